@@ -1,0 +1,96 @@
+//! The persistence service: where characters live between sessions.
+//!
+//! Writes go through a hot tier into SQL. The hot tier is Redis when `REDIS_URL` is set, or an
+//! in-process map otherwise; SQL is PostgreSQL when `DATABASE_URL` names one, or an SQLite file
+//! (the embedded default, used by `worldmesh local`). Every stored character carries an
+//! authority `(epoch, version)` stamp and a write is applied only if its stamp is not older
+//! than the stored one — in Redis atomically by a Lua script, in SQL by the `WHERE` of the
+//! update — so a retried or late write can never roll a character back.
+//!
+//! What an acknowledged `SaveCharacters` promises today: the state is in the hot tier **and**
+//! committed in SQL (write-through). The write-behind pipeline (ack after Redis, stream, flusher)
+//! replaces this in the persistence issue; the API and its promise will be documented there.
+//!
+//! Loads read the hot tier first and SQL second, and the newer stamp wins, so SQL is the truth
+//! when Redis has lost data.
+//!
+//! # Layout
+//!
+//! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
+//! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
+//! - [`testing`]: helpers that give each test its own PostgreSQL database and Redis prefix.
+//! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
+
+pub mod hot;
+pub mod service;
+pub mod sql;
+pub mod store;
+pub mod testing;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use worldmesh_protocol::grpc::persistence::persistence_server::PersistenceServer;
+
+pub use store::{Character, Store};
+
+/// Where the tiers live.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `postgres://…` or `sqlite://path` (created if missing).
+    pub database_url: String,
+    /// `redis://…`, or `None` for the in-process hot tier.
+    pub redis_url: Option<String>,
+    /// Prepended to every Redis key, so clusters (and tests) can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Config {
+    /// The embedded defaults: an SQLite file and the in-process hot tier.
+    pub fn embedded(sqlite_path: &std::path::Path) -> Self {
+        Self {
+            database_url: format!("sqlite://{}?mode=rwc", sqlite_path.display()),
+            redis_url: None,
+            redis_prefix: "wm:".into(),
+        }
+    }
+}
+
+/// Errors of the persistence library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("SQL: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("SQL migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("corrupt hot-tier record for character {id}: {why}")]
+    CorruptHotRecord { id: u64, why: String },
+    #[error("unsupported database URL {0:?}: expected postgres:// or sqlite://")]
+    UnsupportedDatabase(String),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects the tiers, runs migrations, and serves the persistence API on `listener` until
+/// `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::connect(&config).await?;
+    serve(listener, store, shutdown).await
+}
+
+/// Serves an already connected [`Store`].
+pub async fn serve(listener: TcpListener, store: Store, shutdown: CancellationToken) -> Result<(), Error> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
+    tonic::transport::Server::builder()
+        .add_service(PersistenceServer::new(service::PersistenceService::new(store.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    store.close().await;
+    tracing::info!("persistence stopped");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The persistence gRPC service: validation and translation around [`Store`].
+
+use tonic::{Request, Response, Status};
+use worldmesh_protocol::grpc::persistence::{self as pb, persistence_server::Persistence};
+use worldmesh_protocol::validate_name;
+
+use crate::store::{Character, Store};
+use crate::Error;
+
+pub struct PersistenceService {
+    store: Store,
+}
+
+impl PersistenceService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+/// Backend failures are `UNAVAILABLE` (retryable); the detail goes to the log, not the caller.
+fn status(e: Error) -> Status {
+    tracing::error!(error = %e, "persistence backend error");
+    metrics::counter!("worldmesh_persistence_backend_errors_total").increment(1);
+    Status::unavailable("persistence backend unavailable")
+}
+
+pub fn to_pb(c: Character) -> pb::Character {
+    pb::Character { id: c.id, name: c.name, x: c.x, y: c.y, heading: c.heading, epoch: c.epoch, version: c.version }
+}
+
+pub fn from_pb(c: pb::Character) -> Character {
+    Character { id: c.id, name: c.name, x: c.x, y: c.y, heading: c.heading, epoch: c.epoch, version: c.version }
+}
+
+#[tonic::async_trait]
+impl Persistence for PersistenceService {
+    async fn load_or_create_character(&self, req: Request<pb::LoadOrCreateCharacterRequest>) -> Result<Response<pb::CharacterReply>, Status> {
+        let req = req.into_inner();
+        if !validate_name(&req.name) {
+            return Err(Status::invalid_argument("invalid character name"));
+        }
+        if !req.spawn_x.is_finite() || !req.spawn_y.is_finite() {
+            return Err(Status::invalid_argument("spawn position must be finite"));
+        }
+        let (character, created) = self.store.load_or_create(&req.name, (req.spawn_x, req.spawn_y)).await.map_err(status)?;
+        if created {
+            tracing::info!(character = character.id, name = %character.name, "character created");
+        }
+        Ok(Response::new(pb::CharacterReply { character: Some(to_pb(character)), created }))
+    }
+
+    async fn load_character(&self, req: Request<pb::LoadCharacterRequest>) -> Result<Response<pb::CharacterReply>, Status> {
+        let id = req.into_inner().id;
+        match self.store.load(id).await.map_err(status)? {
+            Some(c) => Ok(Response::new(pb::CharacterReply { character: Some(to_pb(c)), created: false })),
+            None => Err(Status::not_found(format!("no character {id}"))),
+        }
+    }
+
+    async fn save_characters(&self, req: Request<pb::SaveCharactersRequest>) -> Result<Response<pb::SaveCharactersReply>, Status> {
+        let batch: Vec<Character> = req.into_inner().characters.into_iter().map(from_pb).collect();
+        if batch.iter().any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite())) {
+            return Err(Status::invalid_argument("character positions must be finite"));
+        }
+        let rejected = self.store.save(&batch).await.map_err(status)?;
+        Ok(Response::new(pb::SaveCharactersReply { rejected }))
+    }
+}

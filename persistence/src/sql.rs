@@ -1,0 +1,127 @@
+//! The durable tier: PostgreSQL or SQLite through sqlx's `Any` driver, so one set of
+//! runtime-checked queries serves both (no database is needed at build time). Migrations are
+//! kept in two folders in step, because DDL types differ.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::store::Character;
+use crate::Error;
+
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub struct Sql {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// `SELECT` of every character column with the given `WHERE` clause, as one literal
+/// (sqlx wants `&'static str`).
+macro_rules! select_characters {
+    ($where:literal) => {
+        concat!("SELECT id, name, x, y, heading, epoch, version FROM characters ", $where)
+    };
+}
+
+fn row_to_character(row: &AnyRow) -> Result<Character, sqlx::Error> {
+    Ok(Character {
+        id: row.try_get::<i64, _>("id")? as u64,
+        name: row.try_get("name")?,
+        x: row.try_get::<f64, _>("x")? as f32,
+        y: row.try_get::<f64, _>("y")? as f32,
+        heading: row.try_get::<f64, _>("heading")? as f32,
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+        version: row.try_get::<i64, _>("version")? as u64,
+    })
+}
+
+impl Sql {
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::UnsupportedDatabase(url.to_owned()));
+        };
+        // SQLite allows one writer at a time; more connections only add lock contention.
+        let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        match backend {
+            Backend::Postgres => PG_MIGRATIONS.run(&pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Inserts the character if its name is new; returns the stored row and whether it was
+    /// created by this call.
+    pub async fn load_or_create(&self, name: &str, x: f32, y: f32) -> Result<(Character, bool), Error> {
+        let inserted = sqlx::query("INSERT INTO characters (name, x, y) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(x as f64)
+            .bind(y as f64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let row = sqlx::query(select_characters!("WHERE name = $1"))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row_to_character(&row)?, inserted == 1))
+    }
+
+    pub async fn load(&self, id: u64) -> Result<Option<Character>, Error> {
+        let row = sqlx::query(select_characters!("WHERE id = $1"))
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(row_to_character).transpose()?)
+    }
+
+    /// Applies a batch in one transaction; a row is written only where its stamp is not older
+    /// than the stored one, so replays and late writes are harmless. Returns the ids whose
+    /// stamp was older (not written).
+    pub async fn save(&self, batch: &[Character]) -> Result<Vec<u64>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut stale = Vec::new();
+        for c in batch {
+            let done = sqlx::query(
+                "UPDATE characters SET x = $1, y = $2, heading = $3, epoch = $4, version = $5, \
+                 updated_at = CURRENT_TIMESTAMP \
+                 WHERE id = $6 AND (epoch < $4 OR (epoch = $4 AND version <= $5))",
+            )
+            .bind(c.x as f64)
+            .bind(c.y as f64)
+            .bind(c.heading as f64)
+            .bind(c.epoch as i64)
+            .bind(c.version as i64)
+            .bind(c.id as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 0 {
+                stale.push(c.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(stale)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,89 @@
+//! The storage core: one [`Store`] over the hot tier and SQL, used by the gRPC service and by
+//! anything embedding persistence in-process.
+
+use crate::hot::HotTier;
+use crate::sql::{Backend, Sql};
+use crate::{Config, Error};
+
+/// A character's persistent state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Character {
+    pub id: u64,
+    pub name: String,
+    pub x: f32,
+    pub y: f32,
+    pub heading: f32,
+    /// Authority epoch: bumped each time another zone takes the character over.
+    pub epoch: u64,
+    /// Bumped by the owning zone on every save within an epoch.
+    pub version: u64,
+}
+
+impl Character {
+    /// The order in which writes supersede each other.
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    hot: HotTier,
+    sql: Sql,
+}
+
+impl Store {
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let sql = Sql::connect(&config.database_url).await?;
+        let hot = HotTier::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
+        Ok(Self { hot, sql })
+    }
+
+    pub fn sql_backend(&self) -> &'static str {
+        match self.sql.backend() {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+
+    pub fn hot_backend(&self) -> &'static str {
+        self.hot.name()
+    }
+
+    /// Finds a character by name, creating it at `spawn` if new; the hot tier's copy wins
+    /// when it is newer.
+    pub async fn load_or_create(&self, name: &str, spawn: (f32, f32)) -> Result<(Character, bool), Error> {
+        let (durable, created) = self.sql.load_or_create(name, spawn.0, spawn.1).await?;
+        let hot = self.hot.load(durable.id).await?;
+        Ok((newest(hot, Some(durable)).expect("durable is Some"), created))
+    }
+
+    /// Hot tier first, SQL second; the newer stamp wins (SQL wins when Redis lost data).
+    pub async fn load(&self, id: u64) -> Result<Option<Character>, Error> {
+        let hot = self.hot.load(id).await?;
+        let durable = self.sql.load(id).await?;
+        Ok(newest(hot, durable))
+    }
+
+    /// Saves a batch through the hot tier into SQL; returns the ids refused as stale.
+    pub async fn save(&self, batch: &[Character]) -> Result<Vec<u64>, Error> {
+        let written = self.hot.save(batch).await?;
+        let fresh: Vec<Character> = batch.iter().zip(&written).filter(|(_, w)| **w).map(|(c, _)| c.clone()).collect();
+        let mut rejected: Vec<u64> = batch.iter().zip(&written).filter(|(_, w)| !**w).map(|(c, _)| c.id).collect();
+        rejected.extend(self.sql.save(&fresh).await?);
+        metrics::counter!("worldmesh_persistence_saves_total").increment(batch.len() as u64);
+        metrics::counter!("worldmesh_persistence_saves_rejected_total").increment(rejected.len() as u64);
+        Ok(rejected)
+    }
+
+    pub async fn close(&self) {
+        self.sql.close().await;
+    }
+}
+
+fn newest(a: Option<Character>, b: Option<Character>) -> Option<Character> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.stamp() >= b.stamp() { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}

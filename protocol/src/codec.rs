@@ -1,0 +1,199 @@
+//! The frame codec: the one module that knows how messages become bytes.
+//!
+//! A frame is `version: u8`, `length: u32` little endian, then `length` bytes of payload: one
+//! [`ClientMessage`](crate::ClientMessage) or [`ServerMessage`](crate::ServerMessage) encoded
+//! with bincode 2's standard configuration (little endian, variable-length integers). The same
+//! layout is used on the control stream, where frames follow each other, and in datagrams,
+//! where each datagram holds exactly one frame.
+//!
+//! Decoding untrusted bytes is bounded twice: the header's length is checked against
+//! [`MAX_FRAME_PAYLOAD`] before the payload is read or allocated, and bincode runs with the same
+//! limit so that no length field inside the payload can make it allocate more.
+
+use bincode::config::{self, Configuration, LittleEndian, Limit, Varint};
+use bincode::{Decode, Encode};
+
+use crate::{ErrorCode, PROTOCOL_VERSION};
+
+/// Bytes of frame header: version (1) and payload length (4).
+pub const HEADER_LEN: usize = 5;
+
+/// Largest payload a frame may carry. 16 KiB holds the largest legal message (a full
+/// snapshot is capped far below by the datagram size; chat lines are 256 bytes) with room to
+/// grow, while keeping what one hostile peer can make us buffer small.
+pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_PAYLOAD>>;
+
+fn config() -> Config {
+    config::standard().with_limit::<MAX_FRAME_PAYLOAD>()
+}
+
+/// A parsed, checked frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub version: u8,
+    /// Payload length in bytes, at most [`MAX_FRAME_PAYLOAD`].
+    pub len: usize,
+}
+
+impl FrameHeader {
+    /// Checks a header read off the wire: the version must be ours and the length within the
+    /// limit. Called before the payload is read, so an oversized frame costs nothing.
+    pub fn parse(bytes: [u8; HEADER_LEN]) -> Result<Self, DecodeError> {
+        let version = bytes[0];
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion { got: version });
+        }
+        let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(DecodeError::TooLarge { len, max: MAX_FRAME_PAYLOAD });
+        }
+        Ok(Self { version, len })
+    }
+}
+
+/// Why bytes could not be decoded. Each maps to the [`ErrorCode`] the peer is kicked with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported protocol version {got} (this server speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion { got: u8 },
+    #[error("frame payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame truncated: expected {expected} bytes, got {got}")]
+    Truncated { expected: usize, got: usize },
+    #[error("{extra} bytes left over after the message")]
+    TrailingBytes { extra: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// The error code a client is kicked with for sending these bytes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::Truncated { .. }
+            | DecodeError::TrailingBytes { .. }
+            | DecodeError::Malformed(_) => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// Why a message could not be encoded: only a message larger than the frame limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("message does not fit in a frame: {0}")]
+    TooLarge(String),
+}
+
+/// Appends one frame holding `msg` to `out` and returns the frame's length. On error `out` is
+/// left as it was.
+pub fn encode_frame<M: Encode>(msg: &M, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[PROTOCOL_VERSION, 0, 0, 0, 0]);
+    match bincode::encode_into_std_write(msg, out, config()) {
+        Ok(len) if len <= MAX_FRAME_PAYLOAD => {
+            out[start + 1..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+            Ok(HEADER_LEN + len)
+        }
+        Ok(len) => {
+            out.truncate(start);
+            Err(EncodeError::TooLarge(format!("{len} bytes, limit {MAX_FRAME_PAYLOAD}")))
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(EncodeError::TooLarge(e.to_string()))
+        }
+    }
+}
+
+/// One frame holding `msg`, in a new buffer.
+pub fn encode_to_vec<M: Encode>(msg: &M) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    encode_frame(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a buffer that holds exactly one frame (a datagram).
+pub fn decode_frame<M: Decode<()>>(buf: &[u8]) -> Result<M, DecodeError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Truncated { expected: HEADER_LEN, got: buf.len() });
+    };
+    let header = FrameHeader::parse(*header)?;
+    let payload = &buf[HEADER_LEN..];
+    if payload.len() < header.len {
+        return Err(DecodeError::Truncated { expected: HEADER_LEN + header.len, got: buf.len() });
+    }
+    if payload.len() > header.len {
+        return Err(DecodeError::TrailingBytes { extra: payload.len() - header.len });
+    }
+    decode_payload(payload)
+}
+
+/// Decodes a frame's payload, whose header has already been checked with
+/// [`FrameHeader::parse`]. Every byte must belong to the message.
+pub fn decode_payload<M: Decode<()>>(payload: &[u8]) -> Result<M, DecodeError> {
+    if payload.len() > MAX_FRAME_PAYLOAD {
+        return Err(DecodeError::TooLarge { len: payload.len(), max: MAX_FRAME_PAYLOAD });
+    }
+    let (msg, used) = bincode::decode_from_slice(payload, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(DecodeError::TrailingBytes { extra: payload.len() - used });
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    #[test]
+    fn header_rejects_wrong_version_and_oversize_before_payload() {
+        assert_eq!(
+            FrameHeader::parse([2, 0, 0, 0, 0]),
+            Err(DecodeError::UnsupportedVersion { got: 2 })
+        );
+        let too_big = ((MAX_FRAME_PAYLOAD + 1) as u32).to_le_bytes();
+        assert!(matches!(
+            FrameHeader::parse([1, too_big[0], too_big[1], too_big[2], too_big[3]]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn known_bytes_for_protocol_md() {
+        // The worked example in PROTOCOL.md: Hello { protocol_version: 1, name: "ann" }.
+        let frame = encode_to_vec(&ClientMessage::Hello(Hello {
+            protocol_version: 1,
+            name: "ann".into(),
+        }))
+        .unwrap();
+        assert_eq!(frame, [1, 6, 0, 0, 0, 0, 1, 3, b'a', b'n', b'n']);
+        // Input { seq: 300, ack_tick: 7, heading: 0.0, speed: 1.5, actions: 0 }.
+        let frame = encode_to_vec(&ClientMessage::Input(Input {
+            seq: 300,
+            ack_tick: 7,
+            heading: 0.0,
+            speed: 1.5,
+            actions: 0,
+        }))
+        .unwrap();
+        assert_eq!(
+            frame,
+            [1, 14, 0, 0, 0, 1, 251, 0x2c, 0x01, 7, 0, 0, 0, 0, 0, 0, 0xc0, 0x3f, 0]
+        );
+    }
+
+    #[test]
+    fn trailing_and_truncated_are_errors() {
+        let mut frame = encode_to_vec(&ClientMessage::Bye).unwrap();
+        assert_eq!(decode_frame::<ClientMessage>(&frame), Ok(ClientMessage::Bye));
+        frame.push(0);
+        assert!(matches!(decode_frame::<ClientMessage>(&frame), Err(DecodeError::TrailingBytes { .. })));
+        assert!(matches!(decode_frame::<ClientMessage>(&frame[..3]), Err(DecodeError::Truncated { .. })));
+    }
+}

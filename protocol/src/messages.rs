@@ -1,0 +1,199 @@
+//! Client ↔ gateway messages.
+//!
+//! Reliable messages ([`Hello`], [`Welcome`], [`Chat`], [`Kick`], [`ClientMessage::Bye`]) travel
+//! on the client's control stream; [`Input`] and [`Snapshot`] travel as QUIC datagrams, where a
+//! lost one is simply replaced by the next. The field order of every type here *is* the wire
+//! format (see `PROTOCOL.md`): append new fields and variants, never reorder them.
+
+use bincode::{Decode, Encode};
+
+/// Longest player name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 32;
+/// Longest chat line, in bytes of UTF-8.
+pub const MAX_CHAT_LEN: usize = 256;
+/// Fastest a client may ask to move, in metres per second; faster requests are clamped.
+pub const MAX_SPEED: f32 = 10.0;
+
+/// Everything a client may send.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ClientMessage {
+    /// First message on the control stream.
+    Hello(Hello),
+    /// Movement intent; sent as a datagram every client tick.
+    Input(Input),
+    /// A line of chat, heard by players near the speaker.
+    Chat(ChatSay),
+    /// Clean logout: the character is saved where it stands.
+    Bye,
+}
+
+/// Everything the server may send.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum ServerMessage {
+    /// The answer to a successful [`Hello`].
+    Welcome(Welcome),
+    /// The world as this player sees it at one tick; sent as a datagram every server tick.
+    Snapshot(Snapshot),
+    /// A line of chat from a nearby player.
+    Chat(ChatHeard),
+    /// A typed error. The server closes the connection right after sending it.
+    Kick(Kick),
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Hello {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u8,
+    /// The character's name: 1..=[`MAX_NAME_LEN`] bytes of ASCII letters, digits, `_` or `-`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct Input {
+    /// Increases by one per input the client sends; wraps at `u32::MAX`.
+    pub seq: u32,
+    /// The newest snapshot tick the client has received (0 before the first).
+    pub ack_tick: u32,
+    /// Direction of movement, radians, counter-clockwise from +x.
+    pub heading: f32,
+    /// Requested speed in m/s; 0 stands still. Clamped to [`MAX_SPEED`].
+    pub speed: f32,
+    /// Action bits, reserved; must be 0 for now.
+    pub actions: u32,
+}
+
+impl Input {
+    /// Rejects values no honest client sends: non-finite floats, negative speed.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if !self.heading.is_finite() || !self.speed.is_finite() {
+            return Err("non-finite heading or speed");
+        }
+        if self.speed < 0.0 {
+            return Err("negative speed");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ChatSay {
+    /// 1..=[`MAX_CHAT_LEN`] bytes.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct WorldBounds {
+    pub min_x: f32,
+    pub min_y: f32,
+    pub max_x: f32,
+    pub max_y: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Welcome {
+    /// This connection's player id, unique within the gateway.
+    pub player_id: u64,
+    /// The entity id of the player's own character in snapshots.
+    pub entity_id: u64,
+    /// Server ticks (and snapshots) per second.
+    pub tick_rate_hz: u16,
+    pub world: WorldBounds,
+    /// Where the character stands now.
+    pub x: f32,
+    pub y: f32,
+    pub heading: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Snapshot {
+    /// The server tick this snapshot shows.
+    pub tick: u32,
+    /// The newest input `seq` the server has applied for this player, for client reconciliation.
+    pub last_input_seq: u32,
+    /// The player's own entity first (when present), then others, nearest first.
+    pub entities: Vec<EntityState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct EntityState {
+    pub id: u64,
+    pub kind: EntityKind,
+    pub x: f32,
+    pub y: f32,
+    pub heading: f32,
+    /// Current speed in m/s.
+    pub speed: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum EntityKind {
+    Player,
+    Npc,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ChatHeard {
+    pub from: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Kick {
+    pub code: ErrorCode,
+    /// Human-readable detail, for logs; clients must act on `code` only.
+    pub message: String,
+}
+
+/// Why the server refused or closed a connection. The same number is used as the QUIC
+/// application close code. Append new codes; never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ErrorCode {
+    /// 0: bytes that do not decode as a frame or message.
+    Malformed,
+    /// 1: a frame longer than the limit.
+    FrameTooLarge,
+    /// 2: a frame or Hello with a protocol version the server does not speak.
+    UnsupportedVersion,
+    /// 3: a valid message at the wrong time (e.g. Input before Hello, a second Hello).
+    UnexpectedMessage,
+    /// 4: a name that breaks the naming rules.
+    InvalidName,
+    /// 5: the gateway is at its connection limit.
+    ServerFull,
+    /// 6: no zone server can take the character right now; retry later.
+    NoZoneAvailable,
+    /// 7: a backend (coordinator, persistence, zone) failed; retry later.
+    Unavailable,
+    /// 8: the same character logged in on another connection.
+    LoggedInElsewhere,
+    /// 9: the gateway is shutting down; reconnect.
+    ShuttingDown,
+    /// 10: the client sent too much, too fast.
+    RateLimited,
+    /// 11: no Hello within the login deadline, or the connection went idle.
+    Timeout,
+    /// 12: an input with values no honest client sends (non-finite, negative speed).
+    InvalidInput,
+}
+
+impl ErrorCode {
+    /// The code's number on the wire and as a QUIC close code.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// Checks a player name against the naming rules of [`Hello::name`].
+pub fn validate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}

@@ -1,0 +1,203 @@
+//! Zones, leases and the cell → zone assignment. No I/O: every call takes `now`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The world's shape, fixed for the life of a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    pub min_x: f32,
+    pub min_y: f32,
+    pub max_x: f32,
+    pub max_y: f32,
+    /// Side of a square cell, metres.
+    pub cell_size: f32,
+    pub tick_rate_hz: u32,
+    /// Where new characters appear; a character's spawn point is picked by its name.
+    pub spawn_points: Vec<(f32, f32)>,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        // 2 km square in 250 m cells: 8 × 8 cells, enough for a 4-zone cluster to have
+        // two columns each. Two spawn points in different columns put players in two zones.
+        Self {
+            min_x: 0.0,
+            min_y: 0.0,
+            max_x: 2000.0,
+            max_y: 2000.0,
+            cell_size: 250.0,
+            tick_rate_hz: 20,
+            spawn_points: vec![(625.0, 1000.0), (1375.0, 1000.0)],
+        }
+    }
+}
+
+impl Geometry {
+    pub fn cells_x(&self) -> u32 {
+        ((self.max_x - self.min_x) / self.cell_size).ceil().max(1.0) as u32
+    }
+
+    pub fn cells_y(&self) -> u32 {
+        ((self.max_y - self.min_y) / self.cell_size).ceil().max(1.0) as u32
+    }
+
+    /// The cell containing a position; positions outside the world are clamped to its edge.
+    pub fn cell_of(&self, x: f32, y: f32) -> (u32, u32) {
+        let cx = ((x - self.min_x) / self.cell_size).floor();
+        let cy = ((y - self.min_y) / self.cell_size).floor();
+        let clamp = |v: f32, n: u32| if v.is_nan() { 0 } else { v.clamp(0.0, (n - 1) as f32) as u32 };
+        (clamp(cx, self.cells_x()), clamp(cy, self.cells_y()))
+    }
+}
+
+/// A registered zone server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zone {
+    pub id: u64,
+    pub name: String,
+    pub address: String,
+    pub capacity: u32,
+    pub lease_generation: u64,
+    pub lease_expires: Instant,
+    pub entities: u32,
+    pub players: u32,
+}
+
+/// The registry and the map.
+#[derive(Debug)]
+pub struct WorldMap {
+    geometry: Geometry,
+    lease_ttl: Duration,
+    zones: BTreeMap<u64, Zone>,
+    next_zone_id: u64,
+    next_generation: u64,
+}
+
+impl WorldMap {
+    pub fn new(geometry: Geometry, lease_ttl: Duration) -> Self {
+        Self { geometry, lease_ttl, zones: BTreeMap::new(), next_zone_id: 1, next_generation: 1 }
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// Registers a zone and grants it a lease. A zone registering again under the same name
+    /// (it restarted, or lost its lease) replaces its old entry and gets a new generation, so a
+    /// heartbeat from the old incarnation is refused.
+    pub fn register(&mut self, name: &str, address: &str, capacity: u32, now: Instant) -> Zone {
+        self.zones.retain(|_, z| z.name != name);
+        let id = self.next_zone_id;
+        self.next_zone_id += 1;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let zone = Zone {
+            id,
+            name: name.to_owned(),
+            address: address.to_owned(),
+            capacity,
+            lease_generation: generation,
+            lease_expires: now + self.lease_ttl,
+            entities: 0,
+            players: 0,
+        };
+        self.zones.insert(id, zone.clone());
+        zone
+    }
+
+    /// Renews a lease. False when the zone or that generation of its lease is unknown.
+    pub fn heartbeat(&mut self, zone_id: u64, generation: u64, entities: u32, players: u32, now: Instant) -> bool {
+        match self.zones.get_mut(&zone_id) {
+            Some(z) if z.lease_generation == generation => {
+                z.lease_expires = now + self.lease_ttl;
+                z.entities = entities;
+                z.players = players;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops every zone whose lease has lapsed and returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<Zone> {
+        let dead: Vec<u64> = self.zones.values().filter(|z| z.lease_expires <= now).map(|z| z.id).collect();
+        dead.into_iter().filter_map(|id| self.zones.remove(&id)).collect()
+    }
+
+    pub fn zones(&self) -> impl Iterator<Item = &Zone> {
+        self.zones.values()
+    }
+
+    /// The zone owning a cell: columns are split into contiguous stripes, one per live zone in
+    /// id order, so neighbouring cells mostly share a zone.
+    pub fn owner_of_cell(&self, cx: u32, _cy: u32) -> Option<&Zone> {
+        let n = self.zones.len();
+        if n == 0 {
+            return None;
+        }
+        let cells_x = self.geometry.cells_x() as usize;
+        let stripe = (cx as usize * n / cells_x).min(n - 1);
+        self.zones.values().nth(stripe)
+    }
+
+    /// The zone owning the cell at a position, with that cell.
+    pub fn locate(&self, x: f32, y: f32) -> Option<(&Zone, (u32, u32))> {
+        let cell = self.geometry.cell_of(x, y);
+        self.owner_of_cell(cell.0, cell.1).map(|z| (z, cell))
+    }
+
+    /// Row-major owner ids of every cell (0 = unowned).
+    pub fn cell_owners(&self) -> Vec<u64> {
+        let (w, h) = (self.geometry.cells_x(), self.geometry.cells_y());
+        (0..h)
+            .flat_map(|cy| (0..w).map(move |cx| (cx, cy)))
+            .map(|(cx, cy)| self.owner_of_cell(cx, cy).map_or(0, |z| z.id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> WorldMap {
+        WorldMap::new(Geometry::default(), Duration::from_secs(2))
+    }
+
+    #[test]
+    fn cells_are_striped_over_zones_in_id_order() {
+        let mut m = map();
+        let t = Instant::now();
+        assert!(m.locate(10.0, 10.0).is_none());
+        let a = m.register("a", "http://a", 100, t);
+        let b = m.register("b", "http://b", 100, t);
+        assert_eq!(m.locate(10.0, 10.0).unwrap().0.id, a.id);
+        assert_eq!(m.locate(1999.0, 10.0).unwrap().0.id, b.id);
+        assert_eq!(m.locate(625.0, 1000.0).unwrap().0.id, a.id);
+        assert_eq!(m.locate(1375.0, 1000.0).unwrap().0.id, b.id);
+        // Outside the world clamps to the edge cell.
+        assert_eq!(m.locate(-50.0, 9999.0).unwrap().1, (0, 7));
+        assert_eq!(m.locate(f32::NAN, 0.0).unwrap().1, (0, 0));
+        let owners = m.cell_owners();
+        assert_eq!(owners.len(), 64);
+        assert!(owners.iter().all(|&o| o == a.id || o == b.id));
+    }
+
+    #[test]
+    fn leases_expire_and_stale_generations_are_refused() {
+        let mut m = map();
+        let t = Instant::now();
+        let a = m.register("a", "http://a", 100, t);
+        assert!(m.heartbeat(a.id, a.lease_generation, 1, 1, t + Duration::from_secs(1)));
+        assert!(m.expire(t + Duration::from_millis(2500)).is_empty());
+        assert_eq!(m.expire(t + Duration::from_secs(4)).len(), 1);
+        assert!(!m.heartbeat(a.id, a.lease_generation, 0, 0, t + Duration::from_secs(4)));
+        // Re-registration under the same name replaces the entry with a new generation.
+        let a2 = m.register("a", "http://a", 100, t);
+        let a3 = m.register("a", "http://a", 100, t);
+        assert_eq!(m.zones().count(), 1);
+        assert!(!m.heartbeat(a2.id, a2.lease_generation, 0, 0, t));
+        assert!(m.heartbeat(a3.id, a3.lease_generation, 0, 0, t));
+    }
+}

@@ -1,0 +1,218 @@
+//! The zone server: the authoritative simulation of the cells the coordinator assigns it.
+//!
+//! A zone registers with the world coordinator and keeps its lease by heartbeat. Gateways open
+//! one long-lived gRPC link each (`ZoneLink.Link`) and multiplex their players over it: joins,
+//! leaves, inputs and chat in; per-tick batches of already-encoded client frames out, which the
+//! gateway forwards to clients without decoding. Characters are loaded from persistence when
+//! they join and saved at every checkpoint interval and when they leave.
+//!
+//! # Layout
+//!
+//! - [`sim`]: the sans-IO core: the bevy_ecs world and its systems, stepped by the caller.
+//! - [`driver`]: the tick thread that owns the [`sim::Sim`]: feeds it commands, steps it at the
+//!   tick rate, ships frames to gateway links and checkpoints to persistence.
+//! - [`link`]: the tonic `ZoneLink` service, one task per gateway link.
+//! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
+//! - [`run`]: wires them together and registers with the coordinator.
+
+pub mod driver;
+pub mod link;
+pub mod saver;
+pub mod sim;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use worldmesh_protocol::grpc::coordinator::{self as coord_pb, coordinator_client::CoordinatorClient};
+use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
+use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
+use worldmesh_protocol::WorldBounds;
+
+/// Zone server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Stable name; a zone re-registering under the same name replaces its old entry.
+    pub name: String,
+    /// Address other processes reach this zone at; defaults to `http://<listener address>`.
+    pub advertise: Option<String>,
+    pub coordinator_url: String,
+    pub persistence_url: String,
+    pub view_radius: f32,
+    pub chat_radius: f32,
+    /// Most entities per snapshot, so that one snapshot fits one QUIC datagram: 40 entities at
+    /// ≤ 26 bytes each plus headers stays under quinn's ~1,150-byte datagram limit at the
+    /// default 1,200-byte initial MTU.
+    pub snapshot_max_entities: usize,
+    pub checkpoint_interval: Duration,
+    pub capacity: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "zone".into(),
+            advertise: None,
+            coordinator_url: "http://127.0.0.1:7100".into(),
+            persistence_url: "http://127.0.0.1:7200".into(),
+            view_radius: 100.0,
+            chat_radius: 50.0,
+            snapshot_max_entities: 40,
+            checkpoint_interval: Duration::from_secs(1),
+            capacity: 1000,
+        }
+    }
+}
+
+/// Errors of the zone server library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("coordinator refused: {0}")]
+    Coordinator(#[from] tonic::Status),
+    #[error("invalid URL {0:?}")]
+    InvalidUrl(String),
+    #[error("the coordinator sent no world geometry")]
+    NoGeometry,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the tick thread panicked")]
+    TickThreadPanicked,
+}
+
+pub(crate) fn channel(url: &str) -> Result<Channel, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// The lease this zone holds, as granted by the coordinator.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub zone_id: u64,
+    pub lease_generation: u64,
+    pub heartbeat_interval: Duration,
+    pub world: coord_pb::WorldGeometry,
+}
+
+async fn register(coordinator: &mut CoordinatorClient<Channel>, config: &Config, advertise: &str) -> Result<Registration, Error> {
+    let reply = coordinator
+        .register_zone(coord_pb::RegisterZoneRequest { name: config.name.clone(), address: advertise.to_owned(), capacity: config.capacity })
+        .await?
+        .into_inner();
+    Ok(Registration {
+        zone_id: reply.zone_id,
+        lease_generation: reply.lease_generation,
+        heartbeat_interval: Duration::from_millis(reply.heartbeat_interval_ms.max(50) as u64),
+        world: reply.world.ok_or(Error::NoGeometry)?,
+    })
+}
+
+/// Registers with the coordinator, retrying until it answers or `shutdown` fires.
+async fn register_with_retry(coordinator: &mut CoordinatorClient<Channel>, config: &Config, advertise: &str, shutdown: &CancellationToken) -> Result<Option<Registration>, Error> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match register(coordinator, config, advertise).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(Error::NoGeometry) => return Err(Error::NoGeometry),
+            Err(e) => tracing::warn!(error = %e, "cannot register with the coordinator; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs a zone server on `listener` until `shutdown` is cancelled; on shutdown every character
+/// is saved before this returns.
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+        format!("http://{}", SocketAddr::new(ip, addr.port()))
+    });
+    let mut coordinator = CoordinatorClient::new(channel(&config.coordinator_url)?);
+    let persistence = PersistenceClient::new(channel(&config.persistence_url)?);
+    let Some(reg) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await? else {
+        return Ok(());
+    };
+    tracing::info!(zone = reg.zone_id, name = %config.name, %advertise, "zone registered");
+    let w = &reg.world;
+    let sim_config = sim::SimConfig {
+        tick_rate_hz: w.tick_rate_hz.max(1),
+        bounds: WorldBounds { min_x: w.min_x, min_y: w.min_y, max_x: w.max_x, max_y: w.max_y },
+        view_radius: config.view_radius,
+        snapshot_max_entities: config.snapshot_max_entities,
+        chat_radius: config.chat_radius,
+    };
+
+    let links = Arc::new(link::Links::default());
+    let stats = Arc::new(driver::Stats::default());
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(driver::COMMAND_QUEUE);
+    let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
+    let saver = tokio::spawn(saver::run(persistence.clone(), save_rx, links.clone()));
+    let tick_thread = driver::spawn(
+        driver::DriverConfig { sim: sim_config, checkpoint_interval: config.checkpoint_interval, zone_id: reg.zone_id },
+        cmd_rx,
+        save_tx,
+        links.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    )?;
+    let heartbeat = tokio::spawn(heartbeat_loop(coordinator, config.clone(), advertise.clone(), reg.clone(), stats.clone(), shutdown.clone()));
+
+    let service = link::LinkService::new(cmd_tx, links.clone(), persistence);
+    tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
+    let served = tonic::transport::Server::builder()
+        .add_service(ZoneLinkServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    heartbeat.abort();
+    // The tick thread saves every character as it stops; wait for it, then for the saver to
+    // drain what it was handed.
+    let joined = tokio::task::spawn_blocking(move || tick_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(Error::TickThreadPanicked);
+    }
+    let _ = saver.await;
+    served?;
+    tracing::info!(zone = reg.zone_id, "zone stopped");
+    Ok(())
+}
+
+async fn heartbeat_loop(mut coordinator: CoordinatorClient<Channel>, config: Config, advertise: String, mut reg: Registration, stats: Arc<driver::Stats>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(reg.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let req = coord_pb::HeartbeatRequest {
+            zone_id: reg.zone_id,
+            lease_generation: reg.lease_generation,
+            entities: stats.entities.load(std::sync::atomic::Ordering::Relaxed),
+            players: stats.players.load(std::sync::atomic::Ordering::Relaxed),
+            tick_p99_ms: 0.0,
+        };
+        match coordinator.heartbeat(req).await {
+            Ok(r) if r.get_ref().lease_valid => {}
+            Ok(_) => {
+                tracing::warn!(zone = reg.zone_id, "lease lost; registering again");
+                if let Ok(Some(new)) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await {
+                    reg = new;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The `ZoneLink` service: one bidirectional stream per gateway, multiplexing its players.
+//!
+//! Inbound messages become [`Command`]s for the tick thread. Joins first load the character
+//! from persistence (in the link's task, so a join and a later leave of the same player stay
+//! in order). Outbound, each link has a bounded queue ([`LINK_QUEUE`]) fed by the tick thread.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+use worldmesh_protocol::grpc::persistence::{persistence_client::PersistenceClient, LoadCharacterRequest};
+use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg};
+use worldmesh_protocol::{Input, MAX_CHAT_LEN};
+
+use crate::driver::Command;
+
+/// Messages queued towards one gateway. One per tick carries all its frames, so 64 is three
+/// seconds of ticks: a gateway that far behind is better served by dropping.
+pub const LINK_QUEUE: usize = 64;
+
+pub type LinkSender = mpsc::Sender<Result<pb::ZoneToGateway, Status>>;
+
+/// The open links, by id.
+#[derive(Default)]
+pub struct Links {
+    map: DashMap<u32, LinkSender>,
+}
+
+impl Links {
+    pub fn get(&self, id: u32) -> Option<LinkSender> {
+        self.map.get(&id).map(|s| s.clone())
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        self.map.iter().map(|e| *e.key()).collect()
+    }
+}
+
+/// Sends a message that must not be dropped: at once when there is room, otherwise from a task
+/// that waits for room (bounded by the link's own lifetime).
+pub fn send_control(links: &Links, runtime: &tokio::runtime::Handle, link: u32, msg: Msg) {
+    let Some(tx) = links.get(link) else { return };
+    if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(Ok(pb::ZoneToGateway { msg: Some(msg) })) {
+        runtime.spawn(async move {
+            let _ = tx.send(m).await;
+        });
+    }
+}
+
+pub struct LinkService {
+    commands: mpsc::Sender<Command>,
+    links: Arc<Links>,
+    next_link: AtomicU32,
+    persistence: PersistenceClient<Channel>,
+}
+
+impl LinkService {
+    pub fn new(commands: mpsc::Sender<Command>, links: Arc<Links>, persistence: PersistenceClient<Channel>) -> Self {
+        Self { commands, links, next_link: AtomicU32::new(1), persistence }
+    }
+}
+
+#[tonic::async_trait]
+impl ZoneLink for LinkService {
+    type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::ZoneToGateway, Status>> + Send + 'static>>;
+
+    async fn link(&self, req: Request<Streaming<pb::GatewayToZone>>) -> Result<Response<Self::LinkStream>, Status> {
+        let peer = req.remote_addr();
+        let inbound = req.into_inner();
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        self.links.map.insert(id, tx.clone());
+        tracing::info!(link = id, ?peer, "gateway link opened");
+        metrics::gauge!("worldmesh_zone_links").increment(1.0);
+        tokio::spawn(serve_link(id, inbound, tx, self.commands.clone(), self.links.clone(), self.persistence.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn serve_link(
+    link: u32,
+    mut inbound: Streaming<pb::GatewayToZone>,
+    tx: LinkSender,
+    commands: mpsc::Sender<Command>,
+    links: Arc<Links>,
+    mut persistence: PersistenceClient<Channel>,
+) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(link, error = %e, "gateway link failed");
+                break;
+            }
+        };
+        let Some(msg) = msg.msg else { continue };
+        let cmd = match msg {
+            gateway_to_zone::Msg::Hello(h) => {
+                tracing::info!(link, gateway = %h.gateway_name, "gateway identified");
+                continue;
+            }
+            gateway_to_zone::Msg::Join(j) => match persistence.load_character(LoadCharacterRequest { id: j.character_id }).await {
+                Ok(reply) => match reply.into_inner().character {
+                    Some(character) => Command::Spawn { link, player_id: j.player_id, character },
+                    None => {
+                        join_failed(&tx, j.player_id, "persistence returned no character").await;
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(link, player = j.player_id, character = j.character_id, error = %e, "cannot load character");
+                    join_failed(&tx, j.player_id, "cannot load character").await;
+                    continue;
+                }
+            },
+            gateway_to_zone::Msg::Leave(l) => Command::Leave { link, player_id: l.player_id },
+            gateway_to_zone::Msg::Input(i) => {
+                let input = Input { seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
+                if input.validate().is_err() {
+                    metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => "invalid").increment(1);
+                    continue;
+                }
+                // Inputs are the one command that may be dropped under overload: the client
+                // repeats its intent every tick.
+                if commands.try_send(Command::Input { player_id: i.player_id, input }).is_err() {
+                    metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => "queue_full").increment(1);
+                }
+                continue;
+            }
+            gateway_to_zone::Msg::Chat(c) => {
+                if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
+                    continue;
+                }
+                Command::Chat { player_id: c.player_id, text: c.text }
+            }
+        };
+        if commands.send(cmd).await.is_err() {
+            break;
+        }
+    }
+    links.map.remove(&link);
+    metrics::gauge!("worldmesh_zone_links").decrement(1.0);
+    tracing::info!(link, "gateway link closed");
+    let _ = commands.send(Command::LinkClosed { link }).await;
+}
+
+async fn join_failed(tx: &LinkSender, player_id: u64, reason: &str) {
+    let _ = tx.send(Ok(pb::ZoneToGateway { msg: Some(Msg::JoinFailed(pb::JoinFailed { player_id, reason: reason.into() })) })).await;
+}

@@ -1,0 +1,63 @@
+//! Components and resources of the zone's ECS world.
+
+use bevy_ecs::prelude::*;
+
+/// A connected player's character. Entities without it are not observers.
+#[derive(Component, Debug, Clone)]
+pub struct Player {
+    pub player_id: u64,
+    /// The gateway link the player's frames go out on.
+    pub link: u32,
+}
+
+/// The persistent identity of a character, with its authority stamp.
+#[derive(Component, Debug, Clone)]
+pub struct CharacterRecord {
+    pub id: u64,
+    pub name: String,
+    pub epoch: u64,
+    /// Version of the last state handed to persistence.
+    pub version: u64,
+}
+
+#[derive(Component, Debug, Clone, Copy, PartialEq)]
+pub struct Position {
+    pub x: f32,
+    pub y: f32,
+}
+
+/// Current motion: heading (radians) and speed (m/s).
+#[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
+pub struct Motion {
+    pub heading: f32,
+    pub speed: f32,
+}
+
+/// What the player last asked for, and which input that was.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Intent {
+    pub heading: f32,
+    pub speed: f32,
+    pub last_seq: u32,
+    /// Whether any input has been applied yet (seq 0 is a valid first seq).
+    pub any: bool,
+}
+
+/// Set when state changed since the last checkpoint.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Dirty(pub bool);
+
+/// Current tick number; the first tick run is 1.
+#[derive(Resource, Debug, Default, Clone, Copy)]
+pub struct Tick(pub u32);
+
+/// Fixed settings of the simulation.
+#[derive(Resource, Debug, Clone)]
+pub struct SimSettings {
+    /// Seconds per tick.
+    pub dt: f32,
+    pub bounds: worldmesh_protocol::WorldBounds,
+    pub view_radius: f32,
+    /// Most entities per snapshot, so a snapshot fits one datagram.
+    pub snapshot_max_entities: usize,
+}

@@ -1,0 +1,346 @@
+//! The zone's simulation core: a bevy_ecs world stepped one fixed tick at a time. No I/O and
+//! no clock: the driver calls [`Sim::step`] at the tick rate, tests call it directly.
+//!
+//! Each tick runs the systems in [`TickSet`] order: apply inputs → move → rebuild the interest
+//! grid → build snapshots. Frames for players accumulate in the [`Outbox`]; the driver takes
+//! them after the step and sends them out.
+
+pub mod components;
+pub mod input;
+pub mod interest;
+pub mod movement;
+pub mod snapshot;
+
+use std::collections::HashMap;
+
+use bevy_ecs::prelude::*;
+use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::{codec, ChatHeard, Input, ServerMessage, WorldBounds};
+
+use components::*;
+
+/// System sets of one tick, in order. Public so that later features can slot systems in.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TickSet {
+    Input,
+    Movement,
+    Interest,
+    Snapshot,
+}
+
+/// Player id → entity, for routing inputs and leaves.
+#[derive(Resource, Default)]
+pub struct PlayerIndex(pub HashMap<u64, Entity>);
+
+/// One frame for one player, already encoded.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub link: u32,
+    pub player_id: u64,
+    pub frame: Vec<u8>,
+    /// Control stream (true) or datagram (false).
+    pub reliable: bool,
+}
+
+/// Frames produced by a tick (and by chat between ticks).
+#[derive(Resource, Default)]
+pub struct Outbox(pub Vec<OutFrame>);
+
+impl Outbox {
+    pub fn push(&mut self, link: u32, player_id: u64, frame: Vec<u8>, reliable: bool) {
+        self.0.push(OutFrame { link, player_id, frame, reliable });
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub tick_rate_hz: u32,
+    pub bounds: WorldBounds,
+    /// How far an observer sees, metres.
+    pub view_radius: f32,
+    /// Most entities in one snapshot (so it fits one datagram).
+    pub snapshot_max_entities: usize,
+    /// How far chat carries, metres.
+    pub chat_radius: f32,
+}
+
+/// Where a spawned character stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spawned {
+    pub entity_id: u64,
+    pub x: f32,
+    pub y: f32,
+    pub heading: f32,
+}
+
+pub struct Sim {
+    world: World,
+    schedule: Schedule,
+    chat_radius: f32,
+}
+
+impl Sim {
+    pub fn new(config: &SimConfig) -> Self {
+        let mut world = World::new();
+        world.insert_resource(SimSettings {
+            dt: 1.0 / config.tick_rate_hz.max(1) as f32,
+            bounds: config.bounds,
+            view_radius: config.view_radius,
+            snapshot_max_entities: config.snapshot_max_entities.max(1),
+        });
+        world.insert_resource(Tick(0));
+        world.insert_resource(PlayerIndex::default());
+        world.insert_resource(Outbox::default());
+        world.insert_resource(input::PendingInputs::default());
+        world.insert_resource(interest::Grid::default());
+        world.insert_resource(snapshot::SnapshotScratch::default());
+        let mut schedule = Schedule::default();
+        schedule.configure_sets((TickSet::Input, TickSet::Movement, TickSet::Interest, TickSet::Snapshot).chain());
+        schedule.add_systems((
+            input::apply_inputs.in_set(TickSet::Input),
+            movement::integrate.in_set(TickSet::Movement),
+            interest::rebuild_grid.in_set(TickSet::Interest),
+            snapshot::build_snapshots.in_set(TickSet::Snapshot),
+        ));
+        Self { world, schedule, chat_radius: config.chat_radius }
+    }
+
+    /// The last tick run (0 before the first step).
+    pub fn tick(&self) -> u32 {
+        self.world.resource::<Tick>().0
+    }
+
+    /// Runs one tick.
+    pub fn step(&mut self) {
+        self.world.resource_mut::<Tick>().0 += 1;
+        self.schedule.run(&mut self.world);
+    }
+
+    /// Takes the frames produced since the last call.
+    pub fn take_outbox(&mut self) -> Vec<OutFrame> {
+        std::mem::take(&mut self.world.resource_mut::<Outbox>().0)
+    }
+
+    pub fn player_count(&self) -> usize {
+        self.world.resource::<PlayerIndex>().0.len()
+    }
+
+    pub fn entity_count(&self) -> usize {
+        self.world.entities().len() as usize
+    }
+
+    /// Spawns a player's character. If the character is already in this world (its player
+    /// reconnected before the old session was cleaned up), the live entity is taken over:
+    /// its in-memory state is newer than anything persisted.
+    pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
+        let existing = {
+            let mut q = self.world.query::<(Entity, &CharacterRecord)>();
+            q.iter(&self.world).find(|(_, r)| r.id == c.id).map(|(e, _)| e)
+        };
+        if let Some(entity) = existing {
+            if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+                self.world.resource_mut::<PlayerIndex>().0.remove(&old);
+            }
+            self.world.entity_mut(entity).insert(Player { player_id, link });
+            self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
+            let pos = *self.world.get::<Position>(entity).expect("character has a position");
+            let motion = *self.world.get::<Motion>(entity).expect("character has motion");
+            return Spawned { entity_id: c.id, x: pos.x, y: pos.y, heading: motion.heading };
+        }
+        let b = self.world.resource::<SimSettings>().bounds;
+        let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
+        let entity = self
+            .world
+            .spawn((
+                Player { player_id, link },
+                CharacterRecord { id: c.id, name: c.name.clone(), epoch: c.epoch, version: c.version },
+                Position { x, y },
+                Motion { heading: c.heading, speed: 0.0 },
+                Intent { heading: c.heading, ..Intent::default() },
+                Dirty(false),
+            ))
+            .id();
+        self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
+        Spawned { entity_id: c.id, x, y, heading: c.heading }
+    }
+
+    /// Removes a player's character and returns its final state, with a new version, to be
+    /// saved. `None` if the player is not here.
+    pub fn despawn_player(&mut self, player_id: u64) -> Option<Character> {
+        let entity = self.world.resource_mut::<PlayerIndex>().0.remove(&player_id)?;
+        let state = self.bump_and_read(entity);
+        self.world.despawn(entity);
+        state
+    }
+
+    /// Removes every player of a gateway link that went away; returns their final states.
+    pub fn despawn_link(&mut self, link: u32) -> Vec<(u64, Character)> {
+        let players: Vec<u64> = {
+            let mut q = self.world.query::<&Player>();
+            q.iter(&self.world).filter(|p| p.link == link).map(|p| p.player_id).collect()
+        };
+        players.into_iter().filter_map(|p| self.despawn_player(p).map(|c| (p, c))).collect()
+    }
+
+    pub fn push_input(&mut self, player_id: u64, input: Input) {
+        self.world.resource_mut::<input::PendingInputs>().0.push((player_id, input));
+    }
+
+    /// Delivers a chat line to every player within chat range of the speaker (speaker included).
+    pub fn chat(&mut self, player_id: u64, text: String) {
+        let Some(&speaker) = self.world.resource::<PlayerIndex>().0.get(&player_id) else { return };
+        let (Some(&at), Some(from)) = (self.world.get::<Position>(speaker), self.world.get::<CharacterRecord>(speaker).map(|r| r.name.clone())) else {
+            return;
+        };
+        let frame = match codec::encode_to_vec(&ServerMessage::Chat(ChatHeard { from, text })) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let r2 = self.chat_radius * self.chat_radius;
+        let listeners: Vec<(u32, u64)> = {
+            let mut q = self.world.query::<(&Player, &Position)>();
+            q.iter(&self.world)
+                .filter(|(_, p)| (p.x - at.x).powi(2) + (p.y - at.y).powi(2) <= r2)
+                .map(|(pl, _)| (pl.link, pl.player_id))
+                .collect()
+        };
+        let mut outbox = self.world.resource_mut::<Outbox>();
+        for (link, pid) in listeners {
+            outbox.push(link, pid, frame.clone(), true);
+        }
+    }
+
+    /// States of every character changed since the last checkpoint, each with a new version.
+    pub fn checkpoint(&mut self) -> Vec<Character> {
+        let dirty: Vec<Entity> = {
+            let mut q = self.world.query::<(Entity, &Dirty)>();
+            q.iter(&self.world).filter(|(_, d)| d.0).map(|(e, _)| e).collect()
+        };
+        dirty.into_iter().filter_map(|e| self.bump_and_read(e)).collect()
+    }
+
+    fn bump_and_read(&mut self, entity: Entity) -> Option<Character> {
+        let mut e = self.world.get_entity_mut(entity).ok()?;
+        let pos = *e.get::<Position>()?;
+        let heading = e.get::<Motion>()?.heading;
+        if let Some(mut d) = e.get_mut::<Dirty>() {
+            d.0 = false;
+        }
+        let mut rec = e.get_mut::<CharacterRecord>()?;
+        rec.version += 1;
+        Some(Character { id: rec.id, name: rec.name.clone(), x: pos.x, y: pos.y, heading, epoch: rec.epoch, version: rec.version })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worldmesh_protocol::{codec, Snapshot};
+
+    fn sim() -> Sim {
+        Sim::new(&SimConfig {
+            tick_rate_hz: 20,
+            bounds: WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 1000.0, max_y: 1000.0 },
+            view_radius: 100.0,
+            snapshot_max_entities: 40,
+            chat_radius: 50.0,
+        })
+    }
+
+    fn character(id: u64, x: f32, y: f32) -> Character {
+        Character { id, name: format!("c{id}"), x, y, heading: 0.0, epoch: 0, version: 3 }
+    }
+
+    fn snapshots(out: &[OutFrame], player: u64) -> Vec<Snapshot> {
+        out.iter()
+            .filter(|f| f.player_id == player && !f.reliable)
+            .map(|f| match codec::decode_frame::<ServerMessage>(&f.frame).unwrap() {
+                ServerMessage::Snapshot(s) => s,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inputs_move_players_and_snapshots_show_neighbours_only() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(1, 11, &character(101, 550.0, 500.0));
+        sim.spawn_player(1, 12, &character(102, 900.0, 900.0));
+        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 5.0, actions: 0 });
+        for _ in 0..20 {
+            sim.step();
+        }
+        let out = sim.take_outbox();
+        let s = snapshots(&out, 10);
+        assert_eq!(s.len(), 20);
+        let last = s.last().unwrap();
+        assert_eq!(last.tick, 20);
+        assert_eq!(last.last_input_seq, 1);
+        assert_eq!(last.entities[0].id, 100);
+        assert!((last.entities[0].x - 505.0).abs() < 1e-3, "moved 5 m in 1 s: {}", last.entities[0].x);
+        let ids: Vec<u64> = last.entities.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![100, 101]);
+        // Old, reordered inputs are ignored; speed is clamped.
+        sim.push_input(10, Input { seq: 0, ack_tick: 0, heading: 0.0, speed: 0.0, actions: 0 });
+        sim.push_input(10, Input { seq: 2, ack_tick: 0, heading: 0.0, speed: 1000.0, actions: 0 });
+        sim.step();
+        let s = snapshots(&sim.take_outbox(), 10);
+        assert_eq!(s[0].entities[0].speed, worldmesh_protocol::MAX_SPEED);
+    }
+
+    #[test]
+    fn positions_stay_inside_the_world() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 999.0, 1.0));
+        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: -0.7, speed: 10.0, actions: 0 });
+        for _ in 0..100 {
+            sim.step();
+        }
+        let s = snapshots(&sim.take_outbox(), 10);
+        let me = s.last().unwrap().entities[0];
+        assert_eq!((me.x, me.y), (1000.0, 0.0));
+    }
+
+    #[test]
+    fn checkpoints_carry_new_versions_and_despawn_returns_final_state() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        assert!(sim.checkpoint().is_empty(), "nothing changed yet");
+        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 2.0, actions: 0 });
+        sim.step();
+        let cp = sim.checkpoint();
+        assert_eq!(cp.len(), 1);
+        assert_eq!(cp[0].version, 4);
+        let last = sim.despawn_player(10).unwrap();
+        assert_eq!(last.version, 5);
+        assert_eq!(sim.player_count(), 0);
+        assert!(sim.despawn_player(10).is_none());
+    }
+
+    #[test]
+    fn respawning_a_live_character_takes_it_over() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 2.0, actions: 0 });
+        sim.step();
+        let again = sim.spawn_player(2, 20, &character(100, 0.0, 0.0));
+        assert!((again.x - 500.1).abs() < 1e-3);
+        assert_eq!(sim.player_count(), 1);
+        assert!(sim.despawn_player(10).is_none());
+        assert_eq!(sim.despawn_link(2).len(), 1);
+    }
+
+    #[test]
+    fn chat_reaches_players_in_range() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(1, 11, &character(101, 520.0, 500.0));
+        sim.spawn_player(1, 12, &character(102, 700.0, 500.0));
+        sim.chat(10, "hi".into());
+        let out = sim.take_outbox();
+        let mut heard: Vec<u64> = out.iter().filter(|f| f.reliable).map(|f| f.player_id).collect();
+        heard.sort();
+        assert_eq!(heard, vec![10, 11]);
+    }
+}
