@@ -1,1 +1,175 @@
-//! placeholder
+//! The gateway: the QUIC edge between game clients and the zone servers.
+//!
+//! A client opens a QUIC connection (TLS 1.3, ALPN `worldmesh/1`), then a bidirectional
+//! *control stream* carrying reliable frames (Hello, Welcome, Chat, Kick, Bye); inputs and
+//! snapshots travel as datagrams. On Hello the gateway loads (or creates) the character through
+//! persistence, asks the coordinator which zone owns its position, and joins it to that zone
+//! over the gateway's one long-lived link to that zone. From then on it relays: inputs are
+//! decoded (to validate them) and forwarded; snapshot frames from the zone are forwarded to the
+//! client as they are, without decoding.
+//!
+//! A client that misbehaves (malformed, oversized or unexpected frames, wrong version) gets a
+//! typed [`Kick`](worldmesh_protocol::Kick) and loses its connection; nobody else notices.
+//!
+//! # Layout
+//!
+//! - [`tls`]: certificates (PEM files or a generated development certificate).
+//! - [`zones`]: the zone links, one per zone, and routing of zone frames to sessions.
+//! - [`session`]: one task per client connection: login, relay, logout.
+//! - [`run`]: the accept loop with its connection limit.
+
+pub mod session;
+pub mod tls;
+pub mod zones;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use worldmesh_protocol::grpc::coordinator::{coordinator_client::CoordinatorClient, GetWorldRequest, WorldGeometry};
+use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
+
+pub use tls::TlsFiles;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub coordinator_url: String,
+    pub persistence_url: String,
+    /// Certificate and key; `None` generates a development certificate at start.
+    pub tls: Option<TlsFiles>,
+    /// Connections beyond this get `ServerFull`.
+    pub max_connections: usize,
+    /// A client silent this long is disconnected (QUIC idle timeout; clients keep alive).
+    pub idle_timeout: Duration,
+    /// Time a new connection has to complete its Hello.
+    pub login_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "gateway".into(),
+            coordinator_url: "http://127.0.0.1:7100".into(),
+            persistence_url: "http://127.0.0.1:7200".into(),
+            tls: None,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors of the gateway library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("invalid URL {0:?}")]
+    InvalidUrl(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) fn channel(url: &str) -> Result<Channel, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// State shared by every session of this gateway.
+pub struct Gateway {
+    pub config: Config,
+    pub coordinator: CoordinatorClient<Channel>,
+    pub persistence: PersistenceClient<Channel>,
+    pub zones: zones::ZoneLinks,
+    /// Live sessions by player id, for routing zone frames.
+    pub sessions: DashMap<u64, session::SessionHandle>,
+    /// Character name → the session holding it, so one character is never played twice.
+    pub names: DashMap<String, session::NameClaim>,
+    pub next_player: AtomicU64,
+    /// World geometry, fetched from the coordinator at start.
+    pub world: tokio::sync::OnceCell<WorldGeometry>,
+    pub shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// The world geometry, asked of the coordinator once and kept.
+    pub async fn world(&self) -> Result<&WorldGeometry, tonic::Status> {
+        self.world
+            .get_or_try_init(|| async {
+                let reply = self.coordinator.clone().get_world(GetWorldRequest {}).await?.into_inner();
+                reply.world.ok_or_else(|| tonic::Status::internal("coordinator sent no geometry"))
+            })
+            .await
+    }
+}
+
+/// Builds the QUIC server endpoint on an already bound UDP socket.
+pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::Endpoint, Error> {
+    let identity = match &config.tls {
+        Some(files) => tls::Identity::load(files)?,
+        None => tls::Identity::self_signed()?,
+    };
+    let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(config.idle_timeout.try_into().map_err(|_| Error::Tls("idle timeout out of range".into()))?))
+        // Clients open exactly one stream (the control stream); no reason to allow more.
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Inputs are small and replaced every tick; a few dozen queued is plenty.
+        .datagram_receive_buffer_size(Some(64 * 1024));
+    server.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// Serves clients on `socket` until `shutdown` is cancelled, then kicks every client with
+/// `ShuttingDown` and waits (bounded) for their characters to be saved.
+pub async fn run(socket: std::net::UdpSocket, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    socket.set_nonblocking(true)?;
+    let addr = socket.local_addr()?;
+    let endpoint = endpoint(socket, &config)?;
+    let gateway = Arc::new(Gateway {
+        coordinator: CoordinatorClient::new(channel(&config.coordinator_url)?),
+        persistence: PersistenceClient::new(channel(&config.persistence_url)?),
+        zones: zones::ZoneLinks::default(),
+        sessions: DashMap::new(),
+        names: DashMap::new(),
+        next_player: AtomicU64::new(1),
+        world: tokio::sync::OnceCell::new(),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let limit = Arc::new(Semaphore::new(gateway.config.max_connections));
+    let tasks = tokio_util::task::TaskTracker::new();
+    tracing::info!(%addr, name = %gateway.config.name, "gateway listening (QUIC)");
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let permit = limit.clone().try_acquire_owned().ok();
+        tasks.spawn(session::handle(gateway.clone(), incoming, permit));
+    }
+    tasks.close();
+    // Sessions see the cancelled token, kick their clients and save their characters.
+    if tokio::time::timeout(Duration::from_secs(15), tasks.wait()).await.is_err() {
+        tracing::warn!("sessions did not finish within 15 s of shutdown");
+    }
+    gateway.zones.close_all();
+    endpoint.close(0u32.into(), b"gateway shutting down");
+    endpoint.wait_idle().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

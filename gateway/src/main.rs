@@ -1,1 +1,49 @@
-fn main() {}
+//! `gateway`: runs one gateway as its own process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "worldmesh gateway (QUIC edge)")]
+struct Args {
+    /// UDP address for QUIC.
+    #[arg(long, env = "WORLDMESH_GATEWAY_LISTEN", default_value = "0.0.0.0:7000")]
+    listen: String,
+    #[arg(long, env = "WORLDMESH_GATEWAY_NAME", default_value = "gateway-0")]
+    name: String,
+    #[arg(long, env = "WORLDMESH_COORDINATOR_URL", default_value = "http://127.0.0.1:7100")]
+    coordinator: String,
+    #[arg(long, env = "WORLDMESH_PERSISTENCE_URL", default_value = "http://127.0.0.1:7200")]
+    persistence: String,
+    /// PEM certificate chain; without it a self-signed development certificate is generated.
+    #[arg(long, env = "WORLDMESH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WORLDMESH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, env = "WORLDMESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Idle timeout in seconds.
+    #[arg(long, env = "WORLDMESH_IDLE_TIMEOUT_S", default_value_t = 10)]
+    idle_timeout_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    worldmesh_runtime::init_logging("info");
+    let args = Args::parse();
+    let config = worldmesh_gateway::Config {
+        name: args.name,
+        coordinator_url: args.coordinator,
+        persistence_url: args.persistence,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| worldmesh_gateway::TlsFiles { cert, key }),
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        ..Default::default()
+    };
+    let socket = std::net::UdpSocket::bind(&args.listen)?;
+    worldmesh_gateway::run(socket, config, worldmesh_runtime::shutdown_token()).await?;
+    Ok(())
+}

@@ -1,1 +1,111 @@
-//! placeholder
+//! Load-test bots: real QUIC clients that log in, walk, chat and measure, thousands per
+//! process (one task each, one shared QUIC endpoint).
+//!
+//! # Layout
+//!
+//! - [`client`]: a worldmesh client library (connect, Hello/Welcome, inputs, snapshots, chat,
+//!   Bye) — the reference for what a game client does.
+//! - [`bot`]: one bot's behaviour and measurements.
+//! - [`stats`]: shared counters, the RTT histogram and the JSON [`Report`].
+//! - [`run`]: ramps up a fleet of bots against a gateway and reports.
+
+pub mod bot;
+pub mod client;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use client::{ClientEndpoint, ClientError, Session};
+pub use stats::{Report, Stats};
+
+/// A fleet of bots.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: SocketAddr,
+    pub bots: usize,
+    /// Bots started per second.
+    pub ramp_per_s: f64,
+    /// How long the fleet plays once fully ramped; `None` until `shutdown`.
+    pub duration: Option<Duration>,
+    /// Bot names are `{name_prefix}{index}`; the same names log in as the same characters.
+    pub name_prefix: String,
+    pub input_rate_hz: u32,
+    pub chat_every_s: f64,
+    /// Print a status line this often (`None`: silent).
+    pub status_every: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: (std::net::Ipv4Addr::LOCALHOST, 7000).into(),
+            bots: 50,
+            ramp_per_s: 50.0,
+            duration: Some(Duration::from_secs(30)),
+            name_prefix: "bot".into(),
+            input_rate_hz: 20,
+            chat_every_s: 30.0,
+            status_every: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Runs the fleet, then logs every bot out and returns the report.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, ClientError> {
+    let endpoint = ClientEndpoint::new(worldmesh_protocol::ALPN)?;
+    let stats = Arc::new(Stats::default());
+    let stop = shutdown.child_token();
+    let started = Instant::now();
+    let mut bots = tokio::task::JoinSet::new();
+    let status = config.status_every.map(|every| {
+        let (stats, stop, target) = (stats.clone(), stop.clone(), config.bots);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => println!("{}", stats.status_line(started.elapsed().as_secs_f64(), target, &mut last, every.as_secs_f64())),
+                }
+            }
+        })
+    });
+    let gap = Duration::from_secs_f64(1.0 / config.ramp_per_s.max(0.001));
+    for i in 0..config.bots {
+        if stop.is_cancelled() {
+            break;
+        }
+        let bot = bot::BotConfig {
+            name: format!("{}{i}", config.name_prefix),
+            gateway: config.gateway,
+            input_rate_hz: config.input_rate_hz,
+            speed: 3.0,
+            chat_every_s: config.chat_every_s,
+            seed: i as u64,
+        };
+        bots.spawn(bot::run(endpoint.clone(), bot, stats.clone(), stop.clone()));
+        tokio::time::sleep(gap).await;
+    }
+    match config.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(d) => {}
+            }
+        }
+        None => stop.cancelled().await,
+    }
+    let connected = stats.connected.load(std::sync::atomic::Ordering::Relaxed);
+    let duration_s = started.elapsed().as_secs_f64();
+    stop.cancel();
+    while bots.join_next().await.is_some() {}
+    if let Some(s) = status {
+        s.abort();
+    }
+    Ok(stats.report(config.bots, connected, duration_s))
+}

@@ -1,1 +1,8 @@
-//! placeholder
+//! `worldmesh`: the whole cluster in one process, for laptops, demos and tests.
+//!
+//! [`cluster::Cluster::start`] runs a coordinator, a persistence service, N zone servers and a
+//! gateway in-process, each on its own loopback port and each through the same
+//! `run(listener, config, shutdown)` entry point its own binary uses — so what runs here is
+//! what runs in production, minus the process boundaries. `worldmesh local` adds bots.
+
+pub mod cluster;

@@ -202,10 +202,7 @@ impl Driver {
     /// Shutdown: despawn and save everyone, waiting for room in the saver's queue.
     fn stop(&mut self) {
         let mut all = self.sim.checkpoint();
-        let links: Vec<u32> = self.links.ids();
-        for link in links {
-            all.extend(self.sim.despawn_link(link).into_iter().map(|(_, c)| c));
-        }
+        all.extend(self.sim.despawn_all());
         if !all.is_empty() {
             self.backlog.push_back(SaveJob { characters: all, leaving: Vec::new() });
         }

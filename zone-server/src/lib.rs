@@ -170,7 +170,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     )?;
     let heartbeat = tokio::spawn(heartbeat_loop(coordinator, config.clone(), advertise.clone(), reg.clone(), stats.clone(), shutdown.clone()));
 
-    let service = link::LinkService::new(cmd_tx, links.clone(), persistence);
+    let service = link::LinkService::new(cmd_tx, links.clone(), persistence, shutdown.clone());
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     let served = tonic::transport::Server::builder()
         .add_service(ZoneLinkServer::new(service))

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::persistence::{persistence_client::PersistenceClient, LoadCharacterRequest};
@@ -58,11 +59,12 @@ pub struct LinkService {
     links: Arc<Links>,
     next_link: AtomicU32,
     persistence: PersistenceClient<Channel>,
+    shutdown: CancellationToken,
 }
 
 impl LinkService {
-    pub fn new(commands: mpsc::Sender<Command>, links: Arc<Links>, persistence: PersistenceClient<Channel>) -> Self {
-        Self { commands, links, next_link: AtomicU32::new(1), persistence }
+    pub fn new(commands: mpsc::Sender<Command>, links: Arc<Links>, persistence: PersistenceClient<Channel>, shutdown: CancellationToken) -> Self {
+        Self { commands, links, next_link: AtomicU32::new(1), persistence, shutdown }
     }
 }
 
@@ -78,7 +80,7 @@ impl ZoneLink for LinkService {
         self.links.map.insert(id, tx.clone());
         tracing::info!(link = id, ?peer, "gateway link opened");
         metrics::gauge!("worldmesh_zone_links").increment(1.0);
-        tokio::spawn(serve_link(id, inbound, tx, self.commands.clone(), self.links.clone(), self.persistence.clone()));
+        tokio::spawn(serve_link(id, inbound, tx, self.commands.clone(), self.links.clone(), self.persistence.clone(), self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -90,9 +92,15 @@ async fn serve_link(
     commands: mpsc::Sender<Command>,
     links: Arc<Links>,
     mut persistence: PersistenceClient<Channel>,
+    shutdown: CancellationToken,
 ) {
     loop {
-        let msg = match inbound.message().await {
+        let next = tokio::select! {
+            // Ending the stream at shutdown lets the server's graceful stop complete.
+            _ = shutdown.cancelled() => break,
+            m = inbound.message() => m,
+        };
+        let msg = match next {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {

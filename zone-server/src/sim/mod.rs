@@ -182,6 +182,12 @@ impl Sim {
         players.into_iter().filter_map(|p| self.despawn_player(p).map(|c| (p, c))).collect()
     }
 
+    /// Removes every player; returns their final states (shutdown).
+    pub fn despawn_all(&mut self) -> Vec<Character> {
+        let players: Vec<u64> = self.world.resource::<PlayerIndex>().0.keys().copied().collect();
+        players.into_iter().filter_map(|p| self.despawn_player(p)).collect()
+    }
+
     pub fn push_input(&mut self, player_id: u64, input: Input) {
         self.world.resource_mut::<input::PendingInputs>().0.push((player_id, input));
     }

@@ -1,0 +1,405 @@
+//! One task per client connection: login, relay, logout.
+//!
+//! The control stream is read by its own task (frame reads are not cancel-safe, so they never
+//! sit in a `select!`) and written by another, fed by a bounded queue; the session task selects
+//! over inbound control messages, datagrams, kicks and shutdown.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tracing::Instrument;
+use worldmesh_protocol::codec::{self, DecodeError, FrameHeader, HEADER_LEN};
+use worldmesh_protocol::grpc::coordinator::LocateZoneRequest;
+use worldmesh_protocol::grpc::persistence::LoadOrCreateCharacterRequest;
+use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
+use worldmesh_protocol::{
+    validate_name, ClientMessage, ErrorCode, Kick, ServerMessage, Welcome, WorldBounds, MAX_CHAT_LEN, PROTOCOL_VERSION,
+};
+
+use crate::zones::{JoinOutcome, ZoneLink};
+use crate::Gateway;
+
+/// Reliable frames queued towards one client. Chat is the only steady source; a client that
+/// lets 64 frames pile up is not reading and is kicked.
+const CONTROL_QUEUE: usize = 64;
+/// How long a login may wait for the zone to spawn the character, or a logout for the save.
+const ZONE_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new login waits for an older session of the same character to finish saving.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the router needs to reach a session.
+pub struct SessionHandle {
+    pub connection: quinn::Connection,
+    pub zone_id: u64,
+    control: mpsc::Sender<Bytes>,
+    kick: mpsc::Sender<(ErrorCode, String)>,
+}
+
+impl SessionHandle {
+    pub fn send_reliable(&self, frame: Bytes) {
+        if self.control.try_send(frame).is_err() {
+            metrics::counter!("worldmesh_gateway_reliable_dropped_total").increment(1);
+            self.kick(ErrorCode::RateLimited, "not reading the control stream");
+        }
+    }
+
+    pub fn kick(&self, code: ErrorCode, why: &str) {
+        let _ = self.kick.try_send((code, why.to_owned()));
+    }
+}
+
+/// Who holds a character name, and how to tell when they let go.
+pub struct NameClaim {
+    player_id: u64,
+    kick: mpsc::Sender<(ErrorCode, String)>,
+    released: watch::Receiver<()>,
+}
+
+/// Releases a name claim when the session ends (after its character is saved).
+struct NameGuard {
+    gateway: Arc<Gateway>,
+    name: String,
+    player_id: u64,
+    _release: watch::Sender<()>,
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        self.gateway.names.remove_if(&self.name, |_, c| c.player_id == self.player_id);
+    }
+}
+
+/// A typed refusal: sent to the client as a Kick, then the connection closes.
+struct Refusal(ErrorCode, String);
+
+impl Refusal {
+    fn new(code: ErrorCode, why: impl Into<String>) -> Self {
+        Self(code, why.into())
+    }
+}
+
+impl From<DecodeError> for Refusal {
+    fn from(e: DecodeError) -> Self {
+        Self(e.code(), e.to_string())
+    }
+}
+
+pub async fn handle(gateway: Arc<Gateway>, incoming: quinn::Incoming, permit: Option<OwnedSemaphorePermit>) {
+    let peer = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            metrics::counter!("worldmesh_gateway_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    metrics::counter!("worldmesh_gateway_connections_total").increment(1);
+    let (send, recv) = match tokio::time::timeout(gateway.config.login_timeout, connection.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            close(&connection, None, Refusal::new(ErrorCode::Timeout, "no control stream"), peer).await;
+            return;
+        }
+    };
+    let (inbound_tx, mut inbound) = mpsc::channel(16);
+    tokio::spawn(read_control(recv, inbound_tx));
+    let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+    let writer = tokio::spawn(write_control(send, control_rx));
+
+    if permit.is_none() {
+        metrics::counter!("worldmesh_gateway_refusals_total", "reason" => "server_full").increment(1);
+        close(&connection, Some((control_tx, writer)), Refusal::new(ErrorCode::ServerFull, "gateway at its connection limit"), peer).await;
+        return;
+    }
+    metrics::gauge!("worldmesh_gateway_connections").increment(1.0);
+    let outcome = session(&gateway, &connection, &mut inbound, control_tx.clone(), peer).await;
+    metrics::gauge!("worldmesh_gateway_connections").decrement(1.0);
+    match outcome {
+        Ok(()) => {
+            drop(control_tx);
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+            connection.close(0u32.into(), b"bye");
+        }
+        Err(refusal) => close(&connection, Some((control_tx, writer)), refusal, peer).await,
+    }
+    drop(permit);
+}
+
+/// Sends a Kick on the control stream (when there is one), lets it drain briefly, and closes
+/// the connection with the error code as the QUIC application close code.
+async fn close(connection: &quinn::Connection, control: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)>, Refusal(code, why): Refusal, peer: SocketAddr) {
+    tracing::info!(%peer, %code, %why, "disconnecting client");
+    metrics::counter!("worldmesh_gateway_kicks_total", "reason" => code.to_string()).increment(1);
+    if let Some((tx, writer)) = control {
+        if let Ok(frame) = codec::encode_to_vec(&ServerMessage::Kick(Kick { code, message: why.clone() })) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), tx.send(Bytes::from(frame))).await;
+        }
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+    connection.close(code.as_u32().into(), why.as_bytes());
+}
+
+async fn session(
+    gateway: &Arc<Gateway>,
+    connection: &quinn::Connection,
+    inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
+    control: mpsc::Sender<Bytes>,
+    peer: SocketAddr,
+) -> Result<(), Refusal> {
+    // 1. Hello.
+    let hello = match tokio::time::timeout(gateway.config.login_timeout, inbound.recv()).await {
+        Err(_) => return Err(Refusal::new(ErrorCode::Timeout, "no Hello in time")),
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(ClientMessage::Hello(h)))) => h,
+        Ok(Some(Ok(_))) => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "expected Hello")),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Refusal::new(ErrorCode::UnsupportedVersion, format!("protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}", hello.protocol_version)));
+    }
+    if !validate_name(&hello.name) {
+        return Err(Refusal::new(ErrorCode::InvalidName, "names are 1-32 ASCII letters, digits, '_' or '-'"));
+    }
+    let name = hello.name;
+    let player_id = gateway.next_player.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", player = player_id, %name, %peer);
+    play(gateway, connection, inbound, control, name, player_id).instrument(span).await
+}
+
+async fn play(
+    gateway: &Arc<Gateway>,
+    connection: &quinn::Connection,
+    inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
+    control: mpsc::Sender<Bytes>,
+    name: String,
+    player_id: u64,
+) -> Result<(), Refusal> {
+    // 2. Claim the character name, taking it over from an older session if needed.
+    let (kick_tx, mut kick_rx) = mpsc::channel(1);
+    let _guard = claim_name(gateway, &name, player_id, kick_tx.clone()).await?;
+
+    // 3. Load the character, find its zone, join it there.
+    let world = gateway.world().await.map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("coordinator: {}", e.message())))?.clone();
+    let spawn = spawn_point(&world.spawn_points, &name);
+    let character = gateway
+        .persistence
+        .clone()
+        .load_or_create_character(LoadOrCreateCharacterRequest { name: name.clone(), spawn_x: spawn.0, spawn_y: spawn.1 })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("persistence: {}", e.message())))?
+        .into_inner()
+        .character
+        .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "persistence returned no character"))?;
+    let zone = gateway
+        .coordinator
+        .clone()
+        .locate_zone(LocateZoneRequest { x: character.x, y: character.y })
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::NoZoneAvailable, e.message().to_owned()))?
+        .into_inner()
+        .zone
+        .ok_or_else(|| Refusal::new(ErrorCode::NoZoneAvailable, "no zone for this position"))?;
+    let link = gateway
+        .zones
+        .get_or_connect(gateway, zone.zone_id, &zone.address)
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("zone link: {}", e.message())))?;
+
+    gateway.sessions.insert(player_id, SessionHandle { connection: connection.clone(), zone_id: zone.zone_id, control: control.clone(), kick: kick_tx });
+    let joined = join(gateway, &link, player_id, character.id, &name).await;
+    let joined = match joined {
+        Ok(j) => j,
+        Err(r) => {
+            gateway.sessions.remove(&player_id);
+            leave(gateway, &link, player_id).await;
+            return Err(r);
+        }
+    };
+    let welcome = ServerMessage::Welcome(Welcome {
+        player_id,
+        entity_id: joined.entity_id,
+        tick_rate_hz: world.tick_rate_hz as u16,
+        world: WorldBounds { min_x: world.min_x, min_y: world.min_y, max_x: world.max_x, max_y: world.max_y },
+        x: joined.x,
+        y: joined.y,
+        heading: joined.heading,
+    });
+    let frame = codec::encode_to_vec(&welcome).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+    let _ = control.send(Bytes::from(frame)).await;
+    tracing::info!(zone = zone.zone_id, entity = joined.entity_id, "player logged in");
+    metrics::counter!("worldmesh_gateway_logins_total").increment(1);
+
+    // 4. Relay until the client leaves, misbehaves, or we shut down.
+    let result = relay(gateway, connection, inbound, &mut kick_rx, &link, player_id).await;
+
+    // 5. Logout: stop routing, save the character, then release the name.
+    gateway.sessions.remove(&player_id);
+    leave(gateway, &link, player_id).await;
+    tracing::info!("player logged out");
+    result
+}
+
+async fn relay(
+    gateway: &Arc<Gateway>,
+    connection: &quinn::Connection,
+    inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
+    kick_rx: &mut mpsc::Receiver<(ErrorCode, String)>,
+    link: &ZoneLink,
+    player_id: u64,
+) -> Result<(), Refusal> {
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return Err(Refusal::new(ErrorCode::ShuttingDown, "gateway shutting down; reconnect")),
+            k = kick_rx.recv() => if let Some((code, why)) = k { return Err(Refusal(code, why)) },
+            d = connection.read_datagram() => {
+                let Ok(bytes) = d else { return Ok(()) };
+                metrics::counter!("worldmesh_gateway_datagrams_in_total").increment(1);
+                match codec::decode_frame::<ClientMessage>(&bytes)? {
+                    ClientMessage::Input(i) => {
+                        i.validate().map_err(|why| Refusal::new(ErrorCode::InvalidInput, why))?;
+                        let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
+                        if !link.try_send_input(input) {
+                            metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "zone_queue_full").increment(1);
+                        }
+                    }
+                    _ => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "only Input may be sent as a datagram")),
+                }
+            }
+            m = inbound.recv() => match m {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(ClientMessage::Bye)) => return Ok(()),
+                Some(Ok(ClientMessage::Chat(c))) => {
+                    if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
+                        return Err(Refusal::new(ErrorCode::Malformed, "chat lines are 1-256 bytes"));
+                    }
+                    link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text: c.text })).await;
+                }
+                Some(Ok(_)) => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "Hello and Input are not valid here")),
+            },
+        }
+    }
+}
+
+async fn claim_name(gateway: &Arc<Gateway>, name: &str, player_id: u64, kick: mpsc::Sender<(ErrorCode, String)>) -> Result<NameGuard, Refusal> {
+    let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
+    loop {
+        let mut released = match gateway.names.entry(name.to_owned()) {
+            dashmap::Entry::Vacant(v) => {
+                let (tx, rx) = watch::channel(());
+                v.insert(NameClaim { player_id, kick: kick.clone(), released: rx });
+                return Ok(NameGuard { gateway: gateway.clone(), name: name.to_owned(), player_id, _release: tx });
+            }
+            dashmap::Entry::Occupied(o) => {
+                let _ = o.get().kick.try_send((ErrorCode::LoggedInElsewhere, "logged in from another connection".into()));
+                o.get().released.clone()
+            }
+        };
+        // Wait for the old session to save and let go (its sender drops), then try again.
+        if tokio::time::timeout_at(deadline, released.changed()).await.is_err() {
+            return Err(Refusal::new(ErrorCode::Unavailable, "previous session of this character is still closing"));
+        }
+    }
+}
+
+async fn join(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64, character_id: u64, name: &str) -> Result<pb::Joined, Refusal> {
+    let reply = gateway.zones.expect_join(player_id);
+    if !link.send(gateway_to_zone::Msg::Join(pb::Join { player_id, character_id, name: name.to_owned() })).await {
+        gateway.zones.forget_join(player_id);
+        return Err(Refusal::new(ErrorCode::Unavailable, "zone link closed"));
+    }
+    match tokio::time::timeout(ZONE_REPLY_TIMEOUT, reply).await {
+        Ok(Ok(JoinOutcome::Joined(j))) => Ok(j),
+        Ok(Ok(JoinOutcome::Failed(why))) => Err(Refusal::new(ErrorCode::Unavailable, format!("zone refused: {why}"))),
+        Ok(Err(_)) | Err(_) => {
+            gateway.zones.forget_join(player_id);
+            Err(Refusal::new(ErrorCode::Unavailable, "zone did not answer the join"))
+        }
+    }
+}
+
+/// Tells the zone the player left and waits (bounded) until the character is saved.
+async fn leave(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64) {
+    let saved = gateway.zones.expect_leave(player_id);
+    if !link.send(gateway_to_zone::Msg::Leave(pb::Leave { player_id })).await {
+        return;
+    }
+    match tokio::time::timeout(ZONE_REPLY_TIMEOUT, saved).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::warn!(player = player_id, "zone could not save the character at logout"),
+        _ => tracing::warn!(player = player_id, "zone did not confirm the logout save in time"),
+    }
+}
+
+/// A new character's spawn point: one of the world's spawn points picked by the name, plus up
+/// to ±20 m of offset, both stable for a given name.
+fn spawn_point(points: &[worldmesh_protocol::grpc::coordinator::SpawnPoint], name: &str) -> (f32, f32) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let h = h.finish();
+    let (x, y) = points.get((h % points.len().max(1) as u64) as usize).map_or((0.0, 0.0), |p| (p.x, p.y));
+    let jx = ((h >> 16) % 4001) as f32 / 100.0 - 20.0;
+    let jy = ((h >> 32) % 4001) as f32 / 100.0 - 20.0;
+    (x + jx, y + jy)
+}
+
+/// Reads frames off the control stream: the header first, checked before the payload is read
+/// (so an oversized frame costs nothing), then the payload. Stops at the first error.
+async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<ClientMessage, DecodeError>>) {
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let header = match FrameHeader::parse(header) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        payload.resize(header.len, 0);
+        if recv.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let msg = codec::decode_payload::<ClientMessage>(&payload);
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Writes queued frames to the control stream; finishes the stream when the queue closes.
+async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(frame) = rx.recv().await {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+    // Give the peer a moment to receive what was written (e.g. a Kick) before the caller closes.
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spawn_point;
+    use worldmesh_protocol::grpc::coordinator::SpawnPoint;
+
+    #[test]
+    fn spawn_points_are_stable_and_near_a_spawn() {
+        let points = [SpawnPoint { x: 100.0, y: 100.0 }, SpawnPoint { x: 900.0, y: 100.0 }];
+        let a = spawn_point(&points, "alice");
+        assert_eq!(a, spawn_point(&points, "alice"));
+        assert!(points.iter().any(|p| (p.x - a.0).abs() <= 20.0 && (p.y - a.1).abs() <= 20.0));
+    }
+}

@@ -1,0 +1,120 @@
+//! One bot: logs in, walks (a random walk that turns gently), chats now and then, measures.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+use worldmesh_protocol::{Input, ServerMessage};
+
+use crate::client::{ClientEndpoint, ClientError, Session};
+use crate::stats::Stats;
+
+/// Inputs remembered for RTT matching: 256 inputs at 20 Hz is 12.8 s, far beyond any RTT we
+/// would still call a round trip.
+const SENT_RING: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    pub name: String,
+    pub gateway: SocketAddr,
+    /// Inputs per second (the client tick).
+    pub input_rate_hz: u32,
+    /// Walking speed, m/s.
+    pub speed: f32,
+    /// Mean seconds between chat lines; 0 = never.
+    pub chat_every_s: f64,
+    pub seed: u64,
+}
+
+/// Runs one bot until `stop` fires, then logs out cleanly.
+pub async fn run(endpoint: ClientEndpoint, config: BotConfig, stats: Arc<Stats>, stop: CancellationToken) {
+    let mut session = match Session::login(&endpoint, config.gateway, &config.name).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(bot = %config.name, error = %e, "login failed");
+            stats.record_error(e.reason());
+            return;
+        }
+    };
+    stats.logins.fetch_add(1, Ordering::Relaxed);
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    let since = Instant::now();
+    let result = play(&mut session, &config, &stats, &stop).await;
+    stats.connected.fetch_sub(1, Ordering::Relaxed);
+    stats.connected_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            let _ = session.bye().await;
+        }
+        Err(e) => {
+            tracing::warn!(bot = %config.name, error = %e, "bot disconnected");
+            stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            stats.record_error(e.reason());
+        }
+    }
+}
+
+async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &CancellationToken) -> Result<(), ClientError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut sent_at = [None::<(u32, Instant)>; SENT_RING];
+    let mut seq: u32 = 0;
+    let mut acked: u32 = 0;
+    let mut last_tick: u32 = 0;
+    let mut heading: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_chat = next_chat_at(&mut rng, config.chat_every_s);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                seq = seq.wrapping_add(1);
+                heading += rng.random_range(-0.3..0.3);
+                let input = Input { seq, ack_tick: last_tick, heading, speed: config.speed, actions: 0 };
+                session.send_input(input)?;
+                stats.bytes_up.fetch_add(24, Ordering::Relaxed);
+                sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
+                if let Some(at) = next_chat {
+                    if Instant::now() >= at {
+                        session.say("hello from a bot").await?;
+                        next_chat = next_chat_at(&mut rng, config.chat_every_s);
+                    }
+                }
+                while let Some(msg) = session.try_control() {
+                    match msg {
+                        ServerMessage::Chat(_) => { stats.chats_heard.fetch_add(1, Ordering::Relaxed); }
+                        ServerMessage::Kick(k) => return Err(ClientError::Kicked { code: k.code, message: k.message }),
+                        _ => {}
+                    }
+                }
+            }
+            bytes = session.connection.read_datagram() => {
+                let bytes = bytes?;
+                stats.bytes_down.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let snapshot = match worldmesh_protocol::codec::decode_frame::<ServerMessage>(&bytes) {
+                    Ok(ServerMessage::Snapshot(s)) => s,
+                    Ok(_) | Err(_) => return Err(ClientError::Protocol("bad snapshot datagram".into())),
+                };
+                stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                last_tick = last_tick.max(snapshot.tick);
+                // The first snapshot acknowledging a newer input closes that input's round trip.
+                if snapshot.last_input_seq != acked {
+                    acked = snapshot.last_input_seq;
+                    if let Some((s, at)) = sent_at[acked as usize % SENT_RING] {
+                        if s == acked {
+                            stats.record_rtt(at.elapsed().as_micros() as u64);
+                            sent_at[acked as usize % SENT_RING] = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn next_chat_at(rng: &mut impl Rng, mean_s: f64) -> Option<Instant> {
+    (mean_s > 0.0).then(|| Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_s))
+}

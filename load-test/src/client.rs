@@ -1,0 +1,197 @@
+//! A worldmesh client over real QUIC: what a game client does, in Rust. Bots and tests use it;
+//! third-party clients follow the same steps from `PROTOCOL.md`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::DigitallySignedStruct;
+use tokio::sync::mpsc;
+use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
+use worldmesh_protocol::{ChatSay, ClientMessage, ErrorCode, Hello, Input, ServerMessage, Snapshot, Welcome, PROTOCOL_VERSION};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("datagram: {0}")]
+    Datagram(#[from] quinn::SendDatagramError),
+    #[error("kicked: {code}: {message}")]
+    Kicked { code: ErrorCode, message: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// A short label for counting errors by reason.
+    pub fn reason(&self) -> String {
+        match self {
+            ClientError::Kicked { code, .. } => format!("kicked_{code:?}"),
+            ClientError::Connect(_) => "connect".into(),
+            ClientError::Connection(_) => "connection".into(),
+            ClientError::Write(_) | ClientError::Datagram(_) => "send".into(),
+            ClientError::Protocol(_) => "protocol".into(),
+            ClientError::Timeout => "timeout".into(),
+            ClientError::Tls(_) | ClientError::Io(_) => "setup".into(),
+        }
+    }
+}
+
+/// Accepts any server certificate: for development clusters, whose gateways generate a
+/// self-signed certificate at start. Signatures are still checked, so the handshake is real.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client QUIC endpoint; one serves many connections (bots share one per process).
+#[derive(Clone)]
+pub struct ClientEndpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl ClientEndpoint {
+    /// An endpoint offering `alpn` (normally [`worldmesh_protocol::ALPN`]) that accepts any
+    /// server certificate (development clusters).
+    pub fn new(alpn: &[u8]) -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        config.transport_config(Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        endpoint.set_default_client_config(config);
+        Ok(Self { endpoint })
+    }
+
+    /// A QUIC connection to a gateway, before any worldmesh message.
+    pub async fn connect(&self, gateway: SocketAddr) -> Result<quinn::Connection, ClientError> {
+        Ok(self.endpoint.connect(gateway, "localhost")?.await?)
+    }
+}
+
+/// A logged-in player.
+pub struct Session {
+    pub connection: quinn::Connection,
+    pub welcome: Welcome,
+    send: quinn::SendStream,
+    control: mpsc::Receiver<ServerMessage>,
+}
+
+impl Session {
+    /// Connects, opens the control stream, sends Hello and waits for Welcome (or a Kick).
+    pub async fn login(endpoint: &ClientEndpoint, gateway: SocketAddr, name: &str) -> Result<Self, ClientError> {
+        let connection = endpoint.connect(gateway).await?;
+        let (mut send, recv) = connection.open_bi().await?;
+        let hello = codec::encode_to_vec(&ClientMessage::Hello(Hello { protocol_version: PROTOCOL_VERSION, name: name.to_owned() })).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        send.write_all(&hello).await?;
+        let (tx, mut control) = mpsc::channel(64);
+        tokio::spawn(read_server_frames(recv, tx));
+        let first = tokio::time::timeout(Duration::from_secs(15), control.recv()).await.map_err(|_| ClientError::Timeout)?;
+        match first {
+            Some(ServerMessage::Welcome(welcome)) => Ok(Self { connection, welcome, send, control }),
+            Some(ServerMessage::Kick(k)) => Err(ClientError::Kicked { code: k.code, message: k.message }),
+            Some(other) => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+            None => Err(match connection.close_reason() {
+                Some(e) => ClientError::Connection(e),
+                None => ClientError::Protocol("control stream closed before Welcome".into()),
+            }),
+        }
+    }
+
+    pub fn send_input(&self, input: Input) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::Input(input)).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.connection.send_datagram(frame.into())?)
+    }
+
+    /// The next snapshot datagram.
+    pub async fn recv_snapshot(&self) -> Result<Snapshot, ClientError> {
+        loop {
+            let bytes = self.connection.read_datagram().await?;
+            match codec::decode_frame::<ServerMessage>(&bytes) {
+                Ok(ServerMessage::Snapshot(s)) => return Ok(s),
+                Ok(other) => return Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::Chat(ChatSay { text: text.to_owned() })).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.send.write_all(&frame).await?)
+    }
+
+    /// A control message, if one arrived (chat, kick).
+    pub fn try_control(&mut self) -> Option<ServerMessage> {
+        self.control.try_recv().ok()
+    }
+
+    /// Waits for the next control message; `None` when the stream ended.
+    pub async fn next_control(&mut self) -> Option<ServerMessage> {
+        self.control.recv().await
+    }
+
+    /// Clean logout: Bye, then wait for the gateway to close the connection (it does so after
+    /// the character is saved), bounded.
+    pub async fn bye(mut self) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::Bye).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send.write_all(&frame).await?;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.connection.closed()).await;
+        Ok(())
+    }
+}
+
+/// Reads server frames off the control stream into a channel.
+async fn read_server_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<ServerMessage>) {
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let Ok(header) = FrameHeader::parse(header) else { return };
+        payload.resize(header.len, 0);
+        if recv.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let Ok(msg) = codec::decode_payload::<ServerMessage>(&payload) else { return };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}

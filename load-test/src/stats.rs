@@ -1,0 +1,139 @@
+//! Measurements shared by all bots of a run, and the JSON report made from them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Live counters, updated by every bot.
+pub struct Stats {
+    pub connected: AtomicU64,
+    pub logins: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub errors: AtomicU64,
+    pub snapshots: AtomicU64,
+    /// Sum over bots of the time they spent logged in, microseconds.
+    pub connected_us: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub chats_heard: AtomicU64,
+    /// Input → first snapshot acknowledging it, microseconds.
+    rtt_us: Mutex<Histogram<u64>>,
+    errors_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            connected: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            connected_us: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            chats_heard: AtomicU64::new(0),
+            // 1 µs to 60 s at 3 significant digits.
+            rtt_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+            errors_by_reason: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Stats {
+    pub fn record_rtt(&self, us: u64) {
+        let _ = self.rtt_us.lock().unwrap_or_else(|e| e.into_inner()).record(us.clamp(1, 60_000_000));
+    }
+
+    pub fn record_error(&self, reason: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.errors_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    pub fn rtt_ms(&self) -> Percentiles {
+        let h = self.rtt_us.lock().unwrap_or_else(|e| e.into_inner());
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles { p50: ms(h.value_at_quantile(0.5)), p99: ms(h.value_at_quantile(0.99)), max: ms(h.max()) }
+    }
+
+    /// Snapshots per logged-in bot per second, over the time bots were logged in.
+    pub fn snapshots_per_bot_per_s(&self) -> f64 {
+        let secs = self.connected_us.load(Ordering::Relaxed) as f64 / 1e6;
+        if secs <= 0.0 { 0.0 } else { self.snapshots.load(Ordering::Relaxed) as f64 / secs }
+    }
+
+    /// One status line for humans; the snapshot rate is over the last `interval_s`, given the
+    /// snapshot count at its start (updated in place).
+    pub fn status_line(&self, elapsed_s: f64, target: usize, last_snapshots: &mut u64, interval_s: f64) -> String {
+        let rtt = self.rtt_ms();
+        let connected = self.connected.load(Ordering::Relaxed);
+        let snapshots = self.snapshots.load(Ordering::Relaxed);
+        let rate = if connected > 0 && interval_s > 0.0 { (snapshots - *last_snapshots) as f64 / connected as f64 / interval_s } else { 0.0 };
+        *last_snapshots = snapshots;
+        format!(
+            "t={elapsed_s:>5.0}s bots {}/{} snapshots/bot/s {:.1} rtt p50 {:.1} ms p99 {:.1} ms disconnects {} errors {}",
+            connected,
+            target,
+            rate,
+            rtt.p50,
+            rtt.p99,
+            self.disconnects.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn report(&self, bots_target: usize, bots_connected: u64, duration_s: f64) -> Report {
+        let secs = self.connected_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let per_bot_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        Report {
+            bots_target,
+            bots_connected,
+            disconnects: self.disconnects.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            errors_by_reason: self.errors_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            snapshots_per_bot_per_s: self.snapshots_per_bot_per_s(),
+            rtt_ms: self.rtt_ms(),
+            handoffs: 0,
+            bytes_down_per_bot_per_s: per_bot_s(self.bytes_down.load(Ordering::Relaxed)),
+            bytes_up_per_bot_per_s: per_bot_s(self.bytes_up.load(Ordering::Relaxed)),
+            chats_heard: self.chats_heard.load(Ordering::Relaxed),
+            duration_s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The JSON report of a run. Field names are a contract (dashboards and CI read them): add
+/// fields, never rename.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Report {
+    pub bots_target: usize,
+    /// Bots logged in at the end of the run.
+    pub bots_connected: u64,
+    /// Connections lost unexpectedly (not by the bot's own logout).
+    pub disconnects: u64,
+    /// Failed logins, kicks and protocol errors.
+    pub errors: u64,
+    pub errors_by_reason: BTreeMap<String, u64>,
+    pub snapshots_per_bot_per_s: f64,
+    /// Input sent → first snapshot acknowledging it.
+    pub rtt_ms: Percentiles,
+    /// Zone handoffs observed (always 0 until handoff exists).
+    pub handoffs: u64,
+    pub bytes_down_per_bot_per_s: f64,
+    pub bytes_up_per_bot_per_s: f64,
+    pub chats_heard: u64,
+    pub duration_s: f64,
+}

@@ -1,0 +1,143 @@
+//! An in-process cluster: every service on loopback, started in dependency order and stopped
+//! in reverse, so that every character is saved before persistence goes away.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use worldmesh_protocol::grpc::coordinator::{coordinator_client::CoordinatorClient, GetWorldRequest};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub zones: usize,
+    pub persistence: worldmesh_persistence::Config,
+    pub coordinator: worldmesh_coordinator::Config,
+    pub zone: worldmesh_zone::Config,
+    pub gateway: worldmesh_gateway::Config,
+    /// UDP address of the gateway; port 0 picks a free one.
+    pub gateway_listen: SocketAddr,
+}
+
+impl ClusterConfig {
+    pub fn new(persistence: worldmesh_persistence::Config) -> Self {
+        Self {
+            zones: 4,
+            persistence,
+            coordinator: worldmesh_coordinator::Config::default(),
+            zone: worldmesh_zone::Config::default(),
+            gateway: worldmesh_gateway::Config::default(),
+            gateway_listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("persistence: {0}")]
+    Persistence(#[from] worldmesh_persistence::Error),
+    #[error("zones did not register within {0:?}")]
+    ZonesNotReady(Duration),
+}
+
+type Task<E> = JoinHandle<Result<(), E>>;
+
+/// A running cluster.
+pub struct Cluster {
+    pub gateway_addr: SocketAddr,
+    pub coordinator_url: String,
+    pub persistence_url: String,
+    pub zone_urls: Vec<String>,
+    backend: CancellationToken,
+    zones_token: CancellationToken,
+    gateway_token: CancellationToken,
+    gateway: Task<worldmesh_gateway::Error>,
+    zones: Vec<Task<worldmesh_zone::Error>>,
+    coordinator: Task<worldmesh_coordinator::Error>,
+    persistence: Task<worldmesh_persistence::Error>,
+}
+
+async fn loopback_listener() -> std::io::Result<(TcpListener, String)> {
+    let l = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let url = format!("http://{}", l.local_addr()?);
+    Ok((l, url))
+}
+
+impl Cluster {
+    /// Starts everything and waits until every zone has registered.
+    pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let backend = CancellationToken::new();
+        let zones_token = CancellationToken::new();
+        let gateway_token = CancellationToken::new();
+
+        // Persistence connects (and migrates) before it listens, so errors surface here.
+        let store = worldmesh_persistence::Store::connect(&config.persistence).await?;
+        let (pl, persistence_url) = loopback_listener().await?;
+        let persistence = tokio::spawn(worldmesh_persistence::serve(pl, store, backend.clone()));
+
+        let (cl, coordinator_url) = loopback_listener().await?;
+        let coordinator = tokio::spawn(worldmesh_coordinator::run(cl, config.coordinator.clone(), backend.clone()));
+
+        let mut zones = Vec::new();
+        let mut zone_urls = Vec::new();
+        for i in 0..config.zones {
+            let (zl, url) = loopback_listener().await?;
+            let zc = worldmesh_zone::Config {
+                name: format!("zone-{i}"),
+                coordinator_url: coordinator_url.clone(),
+                persistence_url: persistence_url.clone(),
+                ..config.zone.clone()
+            };
+            zones.push(tokio::spawn(worldmesh_zone::run(zl, zc, zones_token.clone())));
+            zone_urls.push(url);
+        }
+        wait_for_zones(&coordinator_url, config.zones, Duration::from_secs(20)).await?;
+
+        let socket = std::net::UdpSocket::bind(config.gateway_listen)?;
+        let gateway_addr = socket.local_addr()?;
+        let gc = worldmesh_gateway::Config { coordinator_url: coordinator_url.clone(), persistence_url: persistence_url.clone(), ..config.gateway.clone() };
+        let gateway = tokio::spawn(worldmesh_gateway::run(socket, gc, gateway_token.clone()));
+        Ok(Self { gateway_addr, coordinator_url, persistence_url, zone_urls, backend, zones_token, gateway_token, gateway, zones, coordinator, persistence })
+    }
+
+    /// Stops the gateway (clients are kicked, characters saved), then the zones (everything
+    /// left is saved), then the coordinator and persistence.
+    pub async fn stop(self) {
+        self.gateway_token.cancel();
+        log_exit("gateway", self.gateway.await);
+        self.zones_token.cancel();
+        for z in self.zones {
+            log_exit("zone", z.await);
+        }
+        self.backend.cancel();
+        log_exit("coordinator", self.coordinator.await);
+        log_exit("persistence", self.persistence.await);
+    }
+}
+
+fn log_exit<E: std::fmt::Display>(what: &str, r: Result<Result<(), E>, tokio::task::JoinError>) {
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(service = what, error = %e, "service failed"),
+        Err(e) => tracing::error!(service = what, error = %e, "service task panicked"),
+    }
+}
+
+async fn wait_for_zones(coordinator_url: &str, n: usize, within: Duration) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(mut c) = CoordinatorClient::connect(coordinator_url.to_owned()).await {
+            if let Ok(w) = c.get_world(GetWorldRequest {}).await {
+                if w.get_ref().zones.len() >= n {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ClusterError::ZonesNotReady(within))
+}

@@ -1,0 +1,171 @@
+//! Shared helpers of the cluster tests: start a cluster on real backends, drive real QUIC
+//! clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use worldmesh::cluster::{Cluster, ClusterConfig};
+use worldmesh_load_test::{ClientEndpoint, Session};
+use worldmesh_persistence::testing;
+use worldmesh_protocol::{EntityState, Input, Snapshot};
+
+/// Where a test's data lives; dropped after the cluster stops.
+pub enum Backend {
+    /// Real Redis and PostgreSQL, with a fresh database and a unique key prefix.
+    Tiered { base_url: String, db_url: String },
+    /// SQLite in a temporary directory and the in-process hot tier.
+    Embedded { dir: std::path::PathBuf },
+}
+
+impl Backend {
+    pub async fn tiered() -> (Self, worldmesh_persistence::Config) {
+        let base_url = testing::postgres_base_url();
+        let db_url = testing::fresh_postgres_database(&base_url).await.expect("PostgreSQL must be running (see README)");
+        let config = worldmesh_persistence::Config {
+            database_url: db_url.clone(),
+            redis_url: Some(testing::redis_url()),
+            redis_prefix: format!("wmtest:{}:", testing::unique_suffix()),
+        };
+        (Backend::Tiered { base_url, db_url }, config)
+    }
+
+    pub fn embedded() -> (Self, worldmesh_persistence::Config) {
+        let dir = std::env::temp_dir().join(format!("worldmesh-test-{}", testing::unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = worldmesh_persistence::Config::embedded(&dir.join("world.db"));
+        (Backend::Embedded { dir }, config)
+    }
+
+    pub async fn cleanup(self) {
+        match self {
+            Backend::Tiered { base_url, db_url } => testing::drop_postgres_database(&base_url, &db_url).await,
+            Backend::Embedded { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+pub async fn start_cluster(persistence: worldmesh_persistence::Config, zones: usize) -> Cluster {
+    worldmesh_runtime::init_logging("warn");
+    let mut config = ClusterConfig::new(persistence);
+    config.zones = zones;
+    Cluster::start(config).await.expect("cluster starts")
+}
+
+pub fn endpoint() -> ClientEndpoint {
+    ClientEndpoint::new(worldmesh_protocol::ALPN).expect("client endpoint")
+}
+
+/// What one bot saw while walking.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub snapshots: usize,
+    pub seconds: f64,
+    pub first_self: Option<EntityState>,
+    pub last_self: Option<EntityState>,
+    /// Entity ids of others seen at least once.
+    pub others_seen: std::collections::BTreeSet<u64>,
+}
+
+/// Walks in a straight line for `secs` (an input every 50 ms), recording snapshots; then stops
+/// and waits until a snapshot shows it standing still with its stop input applied.
+pub async fn walk(session: &Session, heading: f32, secs: f64) -> Walk {
+    let me = session.welcome.entity_id;
+    let mut walk = Walk::default();
+    let mut seq = 0u32;
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    let record = |walk: &mut Walk, s: &Snapshot| {
+        walk.snapshots += 1;
+        for e in &s.entities {
+            if e.id == me {
+                walk.first_self.get_or_insert(*e);
+                walk.last_self = Some(*e);
+            } else {
+                walk.others_seen.insert(e.id);
+            }
+        }
+    };
+    while start.elapsed().as_secs_f64() < secs {
+        tokio::select! {
+            _ = ticker.tick() => {
+                seq += 1;
+                session.send_input(Input { seq, ack_tick: 0, heading, speed: 3.0, actions: 0 }).expect("send input");
+            }
+            s = session.recv_snapshot() => record(&mut walk, &s.expect("snapshot")),
+        }
+    }
+    walk.seconds = start.elapsed().as_secs_f64();
+    // Stop, and wait for the server to confirm it applied the stop.
+    seq += 1;
+    let stop = seq;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "the stop input was never acknowledged");
+        session.send_input(Input { seq: stop, ack_tick: 0, heading, speed: 0.0, actions: 0 }).expect("send input");
+        let s = tokio::time::timeout(Duration::from_millis(200), session.recv_snapshot()).await;
+        if let Ok(s) = s {
+            let s = s.expect("snapshot");
+            let mine = s.entities.iter().find(|e| e.id == me).copied();
+            if s.last_input_seq == stop && mine.is_some_and(|e| e.speed == 0.0) {
+                walk.last_self = mine;
+                return walk;
+            }
+        }
+    }
+}
+
+pub fn distance(a: (f32, f32), b: (f32, f32)) -> f32 {
+    ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
+}
+
+/// The walk-and-come-back scenario of the foundation issue, on whichever backend.
+pub async fn walk_and_reconnect(gateway: SocketAddr, prefix: &str, bots: usize) {
+    let endpoint = endpoint();
+    let names: Vec<String> = (0..bots).map(|i| format!("{prefix}{i}")).collect();
+    let mut sessions = Vec::new();
+    for n in &names {
+        sessions.push(Session::login(&endpoint, gateway, n).await.unwrap_or_else(|e| panic!("{n} logs in: {e}")));
+    }
+    let spawns: Vec<(u64, (f32, f32))> = sessions.iter().map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y))).collect();
+    assert_eq!(sessions[0].welcome.tick_rate_hz, 20);
+
+    let walks = futures_join(sessions.iter().enumerate().map(|(i, s)| walk(s, i as f32 * 0.6, 3.0))).await;
+
+    for (i, w) in walks.iter().enumerate() {
+        let rate = w.snapshots as f64 / w.seconds;
+        assert!((16.0..=24.0).contains(&rate), "bot {i}: {rate:.1} snapshots/s, expected 20 ± 20%");
+        let (first, last) = (w.first_self.expect("saw itself"), w.last_self.expect("saw itself"));
+        let moved = distance((first.x, first.y), (last.x, last.y));
+        assert!(moved > 6.0, "bot {i} moved only {moved:.2} m in 3 s at 3 m/s");
+        // Everyone who spawned within 70 m (and so stayed within 100 m: 3 s × 3 m/s each way)
+        // must have been seen.
+        let me = spawns[i];
+        for (id, at) in &spawns {
+            if *id != me.0 && distance(me.1, *at) < 70.0 {
+                assert!(w.others_seen.contains(id), "bot {i} never saw entity {id} {:.1} m away", distance(me.1, *at));
+            }
+        }
+    }
+    assert!(walks.iter().any(|w| !w.others_seen.is_empty()), "no bot saw another bot");
+
+    let ends: Vec<EntityState> = walks.iter().map(|w| w.last_self.unwrap()).collect();
+    for s in sessions {
+        s.bye().await.expect("clean logout");
+    }
+    for (i, n) in names.iter().enumerate() {
+        let again = Session::login(&endpoint, gateway, n).await.unwrap_or_else(|e| panic!("{n} logs in again: {e}"));
+        let back = (again.welcome.x, again.welcome.y);
+        assert!(distance(back, (ends[i].x, ends[i].y)) < 0.01, "bot {i} left at ({}, {}) but came back at {back:?}", ends[i].x, ends[i].y);
+        assert_eq!(again.welcome.entity_id, spawns[i].0, "same character");
+        again.bye().await.unwrap();
+    }
+}
+
+/// Polls futures concurrently on this task (no spawn, so they may borrow).
+pub async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    futures::future::join_all(futs).await
+}
