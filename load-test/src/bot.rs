@@ -64,8 +64,13 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
     let mut acked: u32 = 0;
     let mut last_tick: u32 = 0;
     let mut heading: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64);
+    // Welcome is sent right after a server tick, so a clock started at Welcome would send every
+    // input just after the server drained its inputs, and every input would wait a whole tick.
+    // Real clients' frame clocks have no such relation to the server's: start at a random phase.
+    tokio::time::sleep(period.mul_f64(rng.random_range(0.0..1.0))).await;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_chat = next_chat_at(&mut rng, config.chat_every_s);
     loop {
         tokio::select! {

@@ -29,6 +29,9 @@ enum Command {
         duration: u64,
         #[arg(long, default_value = "bot")]
         name_prefix: String,
+        /// Inputs each bot sends per second.
+        #[arg(long, default_value_t = 20)]
+        input_rate: u32,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -37,13 +40,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("warn");
-    let Command::Run { gateway, bots, ramp, duration, name_prefix, report } = Args::parse().command;
+    let Command::Run { gateway, bots, ramp, duration, name_prefix, input_rate, report } = Args::parse().command;
     let config = worldmesh_load_test::Config {
         gateway,
         bots,
         ramp_per_s: ramp,
         duration: Some(Duration::from_secs(duration)),
         name_prefix,
+        input_rate_hz: input_rate,
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;

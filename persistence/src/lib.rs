@@ -28,7 +28,6 @@ pub mod store;
 pub mod testing;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::persistence::persistence_server::PersistenceServer;
 
@@ -88,7 +87,7 @@ pub async fn serve(listener: TcpListener, store: Store, shutdown: CancellationTo
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
     tonic::transport::Server::builder()
         .add_service(PersistenceServer::new(service::PersistenceService::new(store.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.cancelled_owned())
         .await?;
     store.close().await;
     tracing::info!("persistence stopped");

@@ -189,6 +189,28 @@ mod tests {
     }
 
     #[test]
+    fn known_snapshot_bytes_for_protocol_md() {
+        let frame = encode_to_vec(&ServerMessage::Snapshot(Snapshot {
+            tick: 1,
+            last_input_seq: 0,
+            entities: vec![EntityState { id: 1, kind: EntityKind::Player, x: 625.0, y: 1000.0, heading: 0.0, speed: 0.0 }],
+        }))
+        .unwrap();
+        assert_eq!(
+            frame,
+            [
+                1, 22, 0, 0, 0, // header
+                1, 1, 0, 1, // Snapshot, tick 1, last_input_seq 0, 1 entity
+                1, 0, // id 1, Player
+                0x00, 0x40, 0x1c, 0x44, 0x00, 0x00, 0x7a, 0x44, // x 625.0, y 1000.0
+                0, 0, 0, 0, 0, 0, 0, 0, // heading 0.0, speed 0.0
+            ]
+        );
+        let kick = encode_to_vec(&ServerMessage::Kick(Kick { code: ErrorCode::ServerFull, message: "full".into() })).unwrap();
+        assert_eq!(kick, [1, 7, 0, 0, 0, 3, 5, 4, b'f', b'u', b'l', b'l']);
+    }
+
+    #[test]
     fn trailing_and_truncated_are_errors() {
         let mut frame = encode_to_vec(&ClientMessage::Bye).unwrap();
         assert_eq!(decode_frame::<ClientMessage>(&frame), Ok(ClientMessage::Bye));

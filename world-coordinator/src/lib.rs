@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::coordinator::coordinator_server::CoordinatorServer;
 
@@ -67,7 +66,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     tracing::info!(%addr, "world coordinator listening");
     tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(svc))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.cancelled_owned())
         .await?;
     reaper.abort();
     tracing::info!("world coordinator stopped");

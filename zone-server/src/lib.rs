@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use worldmesh_protocol::grpc::coordinator::{self as coord_pb, coordinator_client::CoordinatorClient};
@@ -174,7 +173,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     let served = tonic::transport::Server::builder()
         .add_service(ZoneLinkServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
     heartbeat.abort();
