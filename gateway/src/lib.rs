@@ -29,7 +29,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use worldmesh_protocol::grpc::coordinator::{coordinator_client::CoordinatorClient, GetWorldRequest, WorldGeometry};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 
@@ -77,11 +77,7 @@ pub enum Error {
 }
 
 pub(crate) fn channel(url: &str) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    worldmesh_runtime::grpc_channel(url).map_err(Error::InvalidUrl)
 }
 
 /// State shared by every session of this gateway.

@@ -82,11 +82,9 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
                 session.send_input(input)?;
                 stats.bytes_up.fetch_add(24, Ordering::Relaxed);
                 sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
-                if let Some(at) = next_chat {
-                    if Instant::now() >= at {
-                        session.say("hello from a bot").await?;
-                        next_chat = next_chat_at(&mut rng, config.chat_every_s);
-                    }
+                if next_chat.is_some_and(|at| Instant::now() >= at) {
+                    session.say("hello from a bot").await?;
+                    next_chat = next_chat_at(&mut rng, config.chat_every_s);
                 }
                 while let Some(msg) = session.try_control() {
                     match msg {
@@ -108,11 +106,9 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
                 // The first snapshot acknowledging a newer input closes that input's round trip.
                 if snapshot.last_input_seq != acked {
                     acked = snapshot.last_input_seq;
-                    if let Some((s, at)) = sent_at[acked as usize % SENT_RING] {
-                        if s == acked {
-                            stats.record_rtt(at.elapsed().as_micros() as u64);
-                            sent_at[acked as usize % SENT_RING] = None;
-                        }
+                    if let Some((_, at)) = sent_at[acked as usize % SENT_RING].filter(|(s, _)| *s == acked) {
+                        stats.record_rtt(at.elapsed().as_micros() as u64);
+                        sent_at[acked as usize % SENT_RING] = None;
                     }
                 }
             }

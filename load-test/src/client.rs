@@ -140,13 +140,11 @@ impl Session {
 
     /// The next snapshot datagram.
     pub async fn recv_snapshot(&self) -> Result<Snapshot, ClientError> {
-        loop {
-            let bytes = self.connection.read_datagram().await?;
-            match codec::decode_frame::<ServerMessage>(&bytes) {
-                Ok(ServerMessage::Snapshot(s)) => return Ok(s),
-                Ok(other) => return Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
+        let bytes = self.connection.read_datagram().await?;
+        match codec::decode_frame::<ServerMessage>(&bytes) {
+            Ok(ServerMessage::Snapshot(s)) => Ok(s),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
     }
 

@@ -39,3 +39,14 @@ pub fn shutdown_token() -> CancellationToken {
     tokio::spawn(cancel_on_signal(token.clone()));
     token
 }
+
+/// A lazily connecting gRPC channel with the settings every internal link uses: a 2 s connect
+/// timeout and TCP_NODELAY (per-tick messages must not wait for Nagle and delayed ACKs).
+/// Returns the URL back when it is not a valid URI.
+pub fn grpc_channel(url: &str) -> Result<tonic::transport::Channel, String> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|_| url.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}

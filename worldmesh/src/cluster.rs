@@ -130,12 +130,11 @@ fn log_exit<E: std::fmt::Display>(what: &str, r: Result<Result<(), E>, tokio::ta
 async fn wait_for_zones(coordinator_url: &str, n: usize, within: Duration) -> Result<(), ClusterError> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Ok(mut c) = CoordinatorClient::connect(coordinator_url.to_owned()).await {
-            if let Ok(w) = c.get_world(GetWorldRequest {}).await {
-                if w.get_ref().zones.len() >= n {
-                    return Ok(());
-                }
-            }
+        if let Ok(mut c) = CoordinatorClient::connect(coordinator_url.to_owned()).await
+            && let Ok(w) = c.get_world(GetWorldRequest {}).await
+            && w.get_ref().zones.len() >= n
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

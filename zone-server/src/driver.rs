@@ -89,7 +89,7 @@ impl Driver {
             self.drain_commands();
             self.sim.step();
             self.ship_frames();
-            if self.sim.tick() % checkpoint_every == 0 {
+            if self.sim.tick().is_multiple_of(checkpoint_every) {
                 let batch = self.sim.checkpoint();
                 if !batch.is_empty() {
                     self.save(SaveJob { characters: batch, leaving: Vec::new() });

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use worldmesh_protocol::grpc::coordinator::{self as coord_pb, coordinator_client::CoordinatorClient};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
@@ -85,11 +85,7 @@ pub enum Error {
 }
 
 pub(crate) fn channel(url: &str) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|_| Error::InvalidUrl(url.to_owned()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    worldmesh_runtime::grpc_channel(url).map_err(Error::InvalidUrl)
 }
 
 /// The lease this zone holds, as granted by the coordinator.
