@@ -62,7 +62,6 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
     let mut sent_at = [None::<(u32, Instant)>; SENT_RING];
     let mut seq: u32 = 0;
     let mut acked: u32 = 0;
-    let mut last_tick: u32 = 0;
     let mut heading: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let period = Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64);
     // Welcome is sent right after a server tick, so a clock started at Welcome would send every
@@ -78,7 +77,7 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
             _ = ticker.tick() => {
                 seq = seq.wrapping_add(1);
                 heading += rng.random_range(-0.3..0.3);
-                let input = Input { seq, ack_tick: last_tick, heading, speed: config.speed, actions: 0 };
+                let input = Input { seq, ack_tick: session.ack_tick(), heading, speed: config.speed, actions: 0 };
                 session.send_input(input)?;
                 stats.bytes_up.fetch_add(24, Ordering::Relaxed);
                 sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
@@ -94,18 +93,23 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
                     }
                 }
             }
-            bytes = session.connection.read_datagram() => {
-                let bytes = bytes?;
-                stats.bytes_down.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let snapshot = match worldmesh_protocol::codec::decode_frame::<ServerMessage>(&bytes) {
-                    Ok(ServerMessage::Snapshot(s)) => s,
-                    Ok(_) | Err(_) => return Err(ClientError::Protocol("bad snapshot datagram".into())),
+            view = session.recv_snapshot() => {
+                let view = match view {
+                    Ok(v) => v,
+                    // A snapshot that cannot be decoded is counted and skipped; the next full
+                    // or delta update recovers.
+                    Err(ClientError::Protocol(why)) => {
+                        tracing::debug!(bot = %config.name, %why, "undecodable snapshot");
+                        stats.record_error("snapshot_decode".into());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
+                stats.bytes_down.fetch_add(view.bytes as u64, Ordering::Relaxed);
                 stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                last_tick = last_tick.max(snapshot.tick);
                 // The first snapshot acknowledging a newer input closes that input's round trip.
-                if snapshot.last_input_seq != acked {
-                    acked = snapshot.last_input_seq;
+                if view.newest && view.last_input_seq != acked {
+                    acked = view.last_input_seq;
                     if let Some((_, at)) = sent_at[acked as usize % SENT_RING].filter(|(s, _)| *s == acked) {
                         stats.record_rtt(at.elapsed().as_micros() as u64);
                         sent_at[acked as usize % SENT_RING] = None;

@@ -11,7 +11,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::DigitallySignedStruct;
 use tokio::sync::mpsc;
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
-use worldmesh_protocol::{ChatSay, ClientMessage, ErrorCode, Hello, Input, ServerMessage, Snapshot, Welcome, PROTOCOL_VERSION};
+use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
+use worldmesh_protocol::{ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, ServerMessage, Welcome, PROTOCOL_VERSION};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,21 @@ pub struct Session {
     pub welcome: Welcome,
     send: quinn::SendStream,
     control: mpsc::Receiver<ServerMessage>,
+    decoder: SnapshotDecoder,
+    quantizer: Quantizer,
+}
+
+/// One received snapshot, decoded.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub tick: u32,
+    pub last_input_seq: u32,
+    /// False when the snapshot arrived after a newer one (it was still decoded).
+    pub newest: bool,
+    /// Everything the client now shows (the newest view), dequantised.
+    pub entities: Vec<EntityState>,
+    /// Bytes of the datagram.
+    pub bytes: usize,
 }
 
 impl Session {
@@ -123,7 +139,10 @@ impl Session {
         tokio::spawn(read_server_frames(recv, tx));
         let first = tokio::time::timeout(Duration::from_secs(15), control.recv()).await.map_err(|_| ClientError::Timeout)?;
         match first {
-            Some(ServerMessage::Welcome(welcome)) => Ok(Self { connection, welcome, send, control }),
+            Some(ServerMessage::Welcome(welcome)) => {
+                let quantizer = Quantizer::new(welcome.world);
+                Ok(Self { connection, welcome, send, control, decoder: SnapshotDecoder::default(), quantizer })
+            }
             Some(ServerMessage::Kick(k)) => Err(ClientError::Kicked { code: k.code, message: k.message }),
             Some(other) => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
             None => Err(match connection.close_reason() {
@@ -138,14 +157,22 @@ impl Session {
         Ok(self.connection.send_datagram(frame.into())?)
     }
 
-    /// The next snapshot datagram.
-    pub async fn recv_snapshot(&self) -> Result<Snapshot, ClientError> {
+    /// The newest snapshot tick decoded: what to acknowledge in `Input::ack_tick`.
+    pub fn ack_tick(&self) -> u32 {
+        self.decoder.ack_tick()
+    }
+
+    /// The next snapshot datagram, decoded against the views already held.
+    pub async fn recv_snapshot(&mut self) -> Result<View, ClientError> {
         let bytes = self.connection.read_datagram().await?;
-        match codec::decode_frame::<ServerMessage>(&bytes) {
-            Ok(ServerMessage::Snapshot(s)) => Ok(s),
-            Ok(other) => Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
-            Err(e) => Err(ClientError::Protocol(e.to_string())),
-        }
+        let snapshot = match codec::decode_frame::<ServerMessage>(&bytes) {
+            Ok(ServerMessage::Snapshot(s)) => s,
+            Ok(other) => return Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        let newest = self.decoder.apply(&snapshot).map_err(|e| ClientError::Protocol(format!("snapshot {}: {e}", snapshot.tick)))?;
+        let entities = self.decoder.view().iter().map(|(_, e)| self.quantizer.dequantize(e)).collect();
+        Ok(View { tick: snapshot.tick, last_input_seq: snapshot.last_input_seq, newest, entities, bytes: bytes.len() })
     }
 
     pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {

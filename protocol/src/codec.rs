@@ -190,20 +190,19 @@ mod tests {
 
     #[test]
     fn known_snapshot_bytes_for_protocol_md() {
-        let frame = encode_to_vec(&ServerMessage::Snapshot(Snapshot {
-            tick: 1,
-            last_input_seq: 0,
-            entities: vec![EntityState { id: 1, kind: EntityKind::Player, x: 625.0, y: 1000.0, heading: 0.0, speed: 0.0 }],
-        }))
-        .unwrap();
+        // A full update (no baseline) with one new entity: id 1, Player, at (625, 1000) in a
+        // world starting at (0, 0), heading 0, speed 0.
+        let q = crate::snapshot::Quantizer::new(WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 2000.0, max_y: 2000.0 });
+        let mut enc = crate::snapshot::ObserverEncoder::default();
+        let e = q.quantize(1, EntityKind::Player, 625.0, 1000.0, 0.0, 0.0);
+        let (snapshot, _) = enc.snapshot(1, 0, &[(e, 1.0)], 1100);
+        let frame = encode_to_vec(&ServerMessage::Snapshot(snapshot)).unwrap();
         assert_eq!(
             frame,
             [
-                1, 22, 0, 0, 0, // header
-                1, 1, 0, 1, // Snapshot, tick 1, last_input_seq 0, 1 entity
-                1, 0, // id 1, Player
-                0x00, 0x40, 0x1c, 0x44, 0x00, 0x00, 0x7a, 0x44, // x 625.0, y 1000.0
-                0, 0, 0, 0, 0, 0, 0, 0, // heading 0.0, speed 0.0
+                1, 14, 0, 0, 0, // header
+                1, 1, 0, 0, 9, // Snapshot, tick 1, baseline 0, last_input_seq 0, 9 body bytes
+                0xac, 0x0c, 0x09, 0xc4, 0x00, 0xfa, 0x00, 0x00, 0x00, // body (71 bits + padding)
             ]
         );
         let kick = encode_to_vec(&ServerMessage::Kick(Kick { code: ErrorCode::ServerFull, message: "full".into() })).unwrap();

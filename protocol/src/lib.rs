@@ -9,6 +9,8 @@
 //!   and the frame layout (`version: u8`, `length: u32 LE`, payload). Swapping the codec means
 //!   changing this one module. Decoding is bounded: the length is checked against
 //!   [`codec::MAX_FRAME_PAYLOAD`] before anything is allocated.
+//! - [`snapshot`]: delta-compressed snapshots: the server's per-observer encoder and the
+//!   client's decoder, shared so bots and third-party Rust clients decode exactly as tested.
 //! - [`grpc`]: the internal services (coordinator, zone link, persistence), generated at build
 //!   time from `proto/*.proto` with protox (no system `protoc`).
 //!
@@ -18,6 +20,7 @@
 pub mod codec;
 pub mod grpc;
 pub mod messages;
+pub mod snapshot;
 
 pub use codec::{DecodeError, EncodeError, FrameHeader};
 pub use messages::*;

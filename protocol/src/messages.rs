@@ -104,16 +104,21 @@ pub struct Welcome {
     pub heading: f32,
 }
 
+/// One tick of the world as one player sees it, delta-encoded (see [`crate::snapshot`] and
+/// `PROTOCOL.md` § Snapshots).
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Snapshot {
     /// The server tick this snapshot shows.
     pub tick: u32,
+    /// The tick whose view this is a delta against; 0 = none (a full update).
+    pub baseline: u32,
     /// The newest input `seq` the server has applied for this player, for client reconciliation.
     pub last_input_seq: u32,
-    /// The player's own entity first (when present), then others, nearest first.
-    pub entities: Vec<EntityState>,
+    /// The bit-packed body: removals, then new and changed entities.
+    pub data: Vec<u8>,
 }
 
+/// A decoded (dequantised) entity state, as a client shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
 pub struct EntityState {
     pub id: u64,

@@ -24,17 +24,6 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
     ]
 }
 
-fn entity() -> impl Strategy<Value = EntityState> {
-    (any::<u64>(), any::<bool>(), finite(), finite(), finite(), finite()).prop_map(|(id, npc, x, y, heading, speed)| EntityState {
-        id,
-        kind: if npc { EntityKind::Npc } else { EntityKind::Player },
-        x,
-        y,
-        heading,
-        speed,
-    })
-}
-
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
         Just(ErrorCode::Malformed),
@@ -66,8 +55,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 heading,
             })
         ),
-        (any::<u32>(), any::<u32>(), proptest::collection::vec(entity(), 0..60)).prop_map(
-            |(tick, last_input_seq, entities)| ServerMessage::Snapshot(Snapshot { tick, last_input_seq, entities })
+        (any::<u32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..1200)).prop_map(
+            |(tick, baseline, last_input_seq, data)| ServerMessage::Snapshot(Snapshot { tick, baseline, last_input_seq, data })
         ),
         (name(), ".{0,300}").prop_map(|(from, text)| ServerMessage::Chat(ChatHeard { from, text })),
         (error_code(), ".{0,100}").prop_map(|(code, message)| ServerMessage::Kick(Kick { code, message })),

@@ -66,7 +66,7 @@ async fn hostile_clients_are_kicked_and_nobody_else_notices() {
             for i in 0..3 {
                 sessions.push(Session::login(&endpoint, gw, &format!("honest{i}")).await.expect("honest login"));
             }
-            let walks = futures_join(sessions.iter().enumerate().map(|(i, s)| walk(s, i as f32, 6.0))).await;
+            let walks = futures_join(sessions.iter_mut().enumerate().map(|(i, s)| walk(s, i as f32, 6.0))).await;
             for s in sessions {
                 s.bye().await.unwrap();
             }

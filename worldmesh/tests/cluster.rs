@@ -28,15 +28,15 @@ async fn characters_survive_a_whole_cluster_restart() {
     let (backend, persistence) = Backend::tiered().await;
     let cluster = start_cluster(persistence.clone(), 2).await;
     let endpoint = endpoint();
-    let s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter").await.unwrap();
-    let w = walk(&s, 1.0, 1.0).await;
+    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter").await.unwrap();
+    let w = walk(&mut s, 1.0, 1.0).await;
     let end = w.last_self.unwrap();
     // No Bye: the cluster stops under the player, which must still be saved.
     cluster.stop().await;
     drop(s);
     let cluster = start_cluster(persistence, 2).await;
     let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter").await.unwrap();
-    assert!(distance((again.welcome.x, again.welcome.y), (end.x, end.y)) < 0.01, "came back at ({}, {}), left at ({}, {})", again.welcome.x, again.welcome.y, end.x, end.y);
+    assert!(distance((again.welcome.x, again.welcome.y), (end.x, end.y)) < 0.03, "came back at ({}, {}), left at ({}, {})", again.welcome.x, again.welcome.y, end.x, end.y);
     again.bye().await.unwrap();
     cluster.stop().await;
     backend.cleanup().await;

@@ -43,10 +43,9 @@ pub struct Config {
     pub persistence_url: String,
     pub view_radius: f32,
     pub chat_radius: f32,
-    /// Most entities per snapshot, so that one snapshot fits one QUIC datagram: 40 entities at
-    /// ≤ 26 bytes each plus headers stays under quinn's ~1,150-byte datagram limit at the
-    /// default 1,200-byte initial MTU.
-    pub snapshot_max_entities: usize,
+    /// Largest snapshot frame, bytes: one QUIC datagram. quinn allows ~1,150 bytes of datagram
+    /// payload at its default 1,200-byte initial MTU; 1,100 leaves room for path variations.
+    pub snapshot_budget_bytes: usize,
     pub checkpoint_interval: Duration,
     pub capacity: u32,
 }
@@ -60,7 +59,7 @@ impl Default for Config {
             persistence_url: "http://127.0.0.1:7200".into(),
             view_radius: 100.0,
             chat_radius: 50.0,
-            snapshot_max_entities: 40,
+            snapshot_budget_bytes: 1100,
             checkpoint_interval: Duration::from_secs(1),
             capacity: 1000,
         }
@@ -146,7 +145,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         tick_rate_hz: w.tick_rate_hz.max(1),
         bounds: WorldBounds { min_x: w.min_x, min_y: w.min_y, max_x: w.max_x, max_y: w.max_y },
         view_radius: config.view_radius,
-        snapshot_max_entities: config.snapshot_max_entities,
+        snapshot_budget_bytes: config.snapshot_budget_bytes,
         chat_radius: config.chat_radius,
     };
 

@@ -58,6 +58,6 @@ pub struct SimSettings {
     pub dt: f32,
     pub bounds: worldmesh_protocol::WorldBounds,
     pub view_radius: f32,
-    /// Most entities per snapshot, so a snapshot fits one datagram.
-    pub snapshot_max_entities: usize,
+    /// Largest snapshot frame, bytes (one datagram).
+    pub snapshot_budget_bytes: usize,
 }

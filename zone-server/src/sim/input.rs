@@ -4,6 +4,7 @@ use bevy_ecs::prelude::*;
 use worldmesh_protocol::{Input, MAX_SPEED};
 
 use super::components::{Intent, Player};
+use super::snapshot::Observer;
 use super::PlayerIndex;
 
 /// Inputs received since the last tick, in arrival order.
@@ -15,10 +16,12 @@ pub fn seq_newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < u32::MAX / 2
 }
 
-pub fn apply_inputs(mut pending: ResMut<PendingInputs>, index: Res<PlayerIndex>, mut intents: Query<&mut Intent, With<Player>>) {
+pub fn apply_inputs(mut pending: ResMut<PendingInputs>, index: Res<PlayerIndex>, mut intents: Query<(&mut Intent, &mut Observer), With<Player>>) {
     for (player_id, input) in pending.0.drain(..) {
         let Some(&entity) = index.0.get(&player_id) else { continue };
-        let Ok(mut intent) = intents.get_mut(entity) else { continue };
+        let Ok((mut intent, mut observer)) = intents.get_mut(entity) else { continue };
+        // Even a stale input carries a useful ack: the newest snapshot the client holds.
+        observer.encoder.ack(input.ack_tick);
         // Datagrams reorder: an older input than one already applied is ignored.
         if intent.any && !seq_newer(input.seq, intent.last_seq) {
             continue;

@@ -58,8 +58,8 @@ pub struct SimConfig {
     pub bounds: WorldBounds,
     /// How far an observer sees, metres.
     pub view_radius: f32,
-    /// Most entities in one snapshot (so it fits one datagram).
-    pub snapshot_max_entities: usize,
+    /// Largest snapshot frame in bytes, so that a snapshot fits one datagram.
+    pub snapshot_budget_bytes: usize,
     /// How far chat carries, metres.
     pub chat_radius: f32,
 }
@@ -86,7 +86,7 @@ impl Sim {
             dt: 1.0 / config.tick_rate_hz.max(1) as f32,
             bounds: config.bounds,
             view_radius: config.view_radius,
-            snapshot_max_entities: config.snapshot_max_entities.max(1),
+            snapshot_budget_bytes: config.snapshot_budget_bytes,
         });
         world.insert_resource(Tick(0));
         world.insert_resource(PlayerIndex::default());
@@ -94,6 +94,7 @@ impl Sim {
         world.insert_resource(input::PendingInputs::default());
         world.insert_resource(interest::Grid::default());
         world.insert_resource(snapshot::SnapshotScratch::default());
+        world.insert_resource(snapshot::SnapshotStats::default());
         let mut schedule = Schedule::default();
         schedule.configure_sets((TickSet::Input, TickSet::Movement, TickSet::Interest, TickSet::Snapshot).chain());
         schedule.add_systems((
@@ -121,6 +122,11 @@ impl Sim {
         std::mem::take(&mut self.world.resource_mut::<Outbox>().0)
     }
 
+    /// Totals of the last tick's snapshots.
+    pub fn snapshot_stats(&self) -> snapshot::SnapshotStats {
+        *self.world.resource::<snapshot::SnapshotStats>()
+    }
+
     pub fn player_count(&self) -> usize {
         self.world.resource::<PlayerIndex>().0.len()
     }
@@ -141,7 +147,8 @@ impl Sim {
             if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
                 self.world.resource_mut::<PlayerIndex>().0.remove(&old);
             }
-            self.world.entity_mut(entity).insert(Player { player_id, link });
+            // A new client holds nothing yet: a fresh encoder starts it from a full update.
+            self.world.entity_mut(entity).insert((Player { player_id, link }, snapshot::Observer::default()));
             self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
             let pos = *self.world.get::<Position>(entity).expect("character has a position");
             let motion = *self.world.get::<Motion>(entity).expect("character has motion");
@@ -158,6 +165,7 @@ impl Sim {
                 Motion { heading: c.heading, speed: 0.0 },
                 Intent { heading: c.heading, ..Intent::default() },
                 Dirty(false),
+                snapshot::Observer::default(),
             ))
             .id();
         self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
@@ -241,14 +249,15 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use worldmesh_protocol::{codec, Snapshot};
+    use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
+    use worldmesh_protocol::{codec, EntityState};
 
     fn sim() -> Sim {
         Sim::new(&SimConfig {
             tick_rate_hz: 20,
             bounds: WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 1000.0, max_y: 1000.0 },
             view_radius: 100.0,
-            snapshot_max_entities: 40,
+            snapshot_budget_bytes: 1100,
             chat_radius: 50.0,
         })
     }
@@ -257,11 +266,26 @@ mod tests {
         Character { id, name: format!("c{id}"), x, y, heading: 0.0, epoch: 0, version: 3 }
     }
 
-    fn snapshots(out: &[OutFrame], player: u64) -> Vec<Snapshot> {
+    /// What a client would show, tick by tick: each snapshot decoded in order by one decoder
+    /// per player (no acks are sent here, so every snapshot is a full update).
+    struct Shown {
+        tick: u32,
+        last_input_seq: u32,
+        entities: Vec<EntityState>,
+    }
+
+    fn snapshots(out: &[OutFrame], player: u64) -> Vec<Shown> {
+        let q = Quantizer::new(WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 1000.0, max_y: 1000.0 });
+        let mut dec = SnapshotDecoder::default();
         out.iter()
             .filter(|f| f.player_id == player && !f.reliable)
             .map(|f| match codec::decode_frame::<ServerMessage>(&f.frame).unwrap() {
-                ServerMessage::Snapshot(s) => s,
+                ServerMessage::Snapshot(s) => {
+                    dec.apply(&s).unwrap();
+                    let mut entities: Vec<EntityState> = dec.view().iter().map(|(_, e)| q.dequantize(e)).collect();
+                    entities.sort_by_key(|e| e.id);
+                    Shown { tick: s.tick, last_input_seq: s.last_input_seq, entities }
+                }
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
@@ -284,7 +308,7 @@ mod tests {
         assert_eq!(last.tick, 20);
         assert_eq!(last.last_input_seq, 1);
         assert_eq!(last.entities[0].id, 100);
-        assert!((last.entities[0].x - 505.0).abs() < 1e-3, "moved 5 m in 1 s: {}", last.entities[0].x);
+        assert!((last.entities[0].x - 505.0).abs() < 0.05, "moved 5 m in 1 s: {}", last.entities[0].x);
         let ids: Vec<u64> = last.entities.iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![100, 101]);
         // Old, reordered inputs are ignored; speed is clamped.
@@ -293,6 +317,7 @@ mod tests {
         sim.step();
         let s = snapshots(&sim.take_outbox(), 10);
         assert_eq!(s[0].entities[0].speed, worldmesh_protocol::MAX_SPEED);
+        assert_eq!(s[0].last_input_seq, 2);
     }
 
     #[test]
@@ -304,7 +329,7 @@ mod tests {
             sim.step();
         }
         let s = snapshots(&sim.take_outbox(), 10);
-        let me = s.last().unwrap().entities[0];
+        let me = &s.last().unwrap().entities[0];
         assert_eq!((me.x, me.y), (1000.0, 0.0));
     }
 

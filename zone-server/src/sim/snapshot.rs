@@ -1,17 +1,48 @@
-//! Snapshot system: one frame per observer per tick, the observer first, then what it sees,
-//! nearest first, capped so the frame fits one datagram.
+//! Snapshot system: one delta-compressed frame per observer per tick.
+//!
+//! Interest uses hysteresis: an entity enters an observer's view within `view_radius` and
+//! leaves only beyond `view_radius × (1 + HYSTERESIS)`, so an entity pacing along the edge does
+//! not flicker in and out. Each visible entity's priority gain favours the near and the fast;
+//! the observer's own entity always comes first. The [`ObserverEncoder`] then writes what fits
+//! the byte budget (see `worldmesh_protocol::snapshot`).
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::{codec, EntityKind, EntityState, ServerMessage, Snapshot};
+use worldmesh_protocol::snapshot::{ObserverEncoder, QEntity, Quantizer};
+use worldmesh_protocol::{codec, EntityKind, ServerMessage};
 
 use super::components::{CharacterRecord, Intent, Motion, Player, Position, SimSettings, Tick};
 use super::interest::Grid;
 use super::Outbox;
 
+/// Extra radius, as a fraction of the view radius, an entity must go beyond to leave a view.
+/// 10 % of 100 m is 10 m: more than a running player covers between two acks.
+pub const HYSTERESIS: f32 = 0.10;
+
+/// Bytes of a snapshot frame around its body: header (5), variant (1), tick, baseline and
+/// input seq (≤ 5 each as varints), body length (≤ 3).
+pub const ENVELOPE_BYTES: usize = 24;
+
+/// The observer's encoder: what its client holds, slot assignment, priorities.
+#[derive(Component, Default)]
+pub struct Observer {
+    pub encoder: ObserverEncoder,
+}
+
+/// Totals of the last tick's snapshots, for metrics and the benchmark.
+#[derive(Resource, Default, Debug, Clone, Copy)]
+pub struct SnapshotStats {
+    pub observers: u64,
+    pub visible: u64,
+    /// Visible entities whose state changed since the client's baseline.
+    pub changed: u64,
+    pub written: u64,
+    pub bytes: u64,
+}
+
 /// Scratch space reused across observers and ticks.
 #[derive(Resource, Default)]
 pub struct SnapshotScratch {
-    near: Vec<(f32, Entity)>,
+    visible: Vec<(QEntity, f32)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -21,36 +52,43 @@ pub fn build_snapshots(
     grid: Res<Grid>,
     mut scratch: ResMut<SnapshotScratch>,
     mut outbox: ResMut<Outbox>,
-    observers: Query<(Entity, &Player, &Position, &Intent)>,
+    mut stats: ResMut<SnapshotStats>,
+    mut observers: Query<(Entity, &Player, &Position, &Intent, &mut Observer)>,
     states: Query<(&CharacterRecord, &Position, &Motion, Has<Player>)>,
 ) {
-    let scratch = &mut *scratch;
-    for (me, player, &at, intent) in &observers {
-        scratch.near.clear();
-        grid.for_each_near(at, settings.view_radius, |e, _, d2| {
-            if e != me {
-                scratch.near.push((d2, e));
+    let quantizer = Quantizer::new(settings.bounds);
+    let enter = settings.view_radius;
+    let leave = settings.view_radius * (1.0 + HYSTERESIS);
+    let body_budget = settings.snapshot_budget_bytes.saturating_sub(ENVELOPE_BYTES);
+    let visible = &mut scratch.visible;
+    *stats = SnapshotStats::default();
+    for (me, player, &at, intent, mut observer) in &mut observers {
+        visible.clear();
+        let encoder = &observer.encoder;
+        grid.for_each_near(at, leave, |e, _, d2| {
+            let Ok((rec, pos, motion, is_player)) = states.get(e) else { return };
+            let d = d2.sqrt();
+            if d > enter && !encoder.is_visible(rec.id) {
+                return;
             }
+            let kind = if is_player { EntityKind::Player } else { EntityKind::Npc };
+            let q = quantizer.quantize(rec.id, kind, pos.x, pos.y, motion.heading, motion.speed);
+            // Near and fast entities gain priority fastest; yourself above all.
+            let gain = if e == me { 1.0e6 } else { (1.0 + motion.speed) / (1.0 + d / 10.0) };
+            visible.push((q, gain));
         });
-        scratch.near.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-        let room = settings.snapshot_max_entities.saturating_sub(1);
-        let mut entities = Vec::with_capacity(1 + scratch.near.len().min(room));
-        for e in std::iter::once(me).chain(scratch.near.iter().take(room).map(|&(_, e)| e)) {
-            if let Ok((rec, pos, motion, is_player)) = states.get(e) {
-                entities.push(EntityState {
-                    id: rec.id,
-                    kind: if is_player { EntityKind::Player } else { EntityKind::Npc },
-                    x: pos.x,
-                    y: pos.y,
-                    heading: motion.heading,
-                    speed: motion.speed,
-                });
+        let (snapshot, s) = observer.encoder.snapshot(tick.0, intent.last_seq, visible, body_budget);
+        match codec::encode_to_vec(&ServerMessage::Snapshot(snapshot)) {
+            Ok(frame) => {
+                stats.observers += 1;
+                stats.visible += s.visible as u64;
+                stats.changed += s.changed as u64;
+                stats.written += s.written as u64;
+                stats.bytes += frame.len() as u64;
+                outbox.push(player.link, player.player_id, frame, false);
             }
-        }
-        let msg = ServerMessage::Snapshot(Snapshot { tick: tick.0, last_input_seq: intent.last_seq, entities });
-        match codec::encode_to_vec(&msg) {
-            Ok(frame) => outbox.push(player.link, player.player_id, frame, false),
             Err(e) => tracing::error!(error = %e, player = player.player_id, "snapshot does not fit a frame"),
         }
     }
+    metrics::counter!("worldmesh_zone_snapshot_bytes_total").increment(stats.bytes);
 }
