@@ -50,6 +50,7 @@ pub struct DriverConfig {
     pub sim: SimConfig,
     pub checkpoint_interval: Duration,
     pub zone_id: u64,
+    pub npcs: usize,
 }
 
 pub fn spawn(
@@ -62,7 +63,15 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new().name(format!("zone-{}-tick", config.zone_id)).spawn(move || {
-        let mut driver = Driver { sim: Sim::new(&config.sim), commands, saves, backlog: VecDeque::new(), links, stats, runtime };
+        let mut sim = Sim::new(&config.sim);
+        let b = config.sim.bounds;
+        for i in 0..config.npcs {
+            // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
+            let (fx, fy) = ((i as f32 * 0.618_034).fract(), (i as f32 * 0.754_877_7).fract());
+            let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
+            sim.spawn_npc(id, b.min_x + fx * (b.max_x - b.min_x), b.min_y + fy * (b.max_y - b.min_y));
+        }
+        let mut driver = Driver { sim, commands, saves, backlog: VecDeque::new(), links, stats, runtime };
         driver.run(&config, &shutdown);
     })
 }

@@ -48,6 +48,11 @@ pub struct Config {
     pub snapshot_budget_bytes: usize,
     pub checkpoint_interval: Duration,
     pub capacity: u32,
+    /// Wandering NPCs this zone simulates (spread over the whole world for now; per-cell
+    /// ownership arrives with handoff).
+    pub npcs: usize,
+    /// Cells nobody may walk into.
+    pub collision: sim::movement::CollisionMap,
 }
 
 impl Default for Config {
@@ -62,6 +67,8 @@ impl Default for Config {
             snapshot_budget_bytes: 1100,
             checkpoint_interval: Duration::from_secs(1),
             capacity: 1000,
+            npcs: 0,
+            collision: sim::movement::CollisionMap::default(),
         }
     }
 }
@@ -147,6 +154,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         view_radius: config.view_radius,
         snapshot_budget_bytes: config.snapshot_budget_bytes,
         chat_radius: config.chat_radius,
+        collision: config.collision.clone(),
     };
 
     let links = Arc::new(link::Links::default());
@@ -155,7 +163,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
     let saver = tokio::spawn(saver::run(persistence.clone(), save_rx, links.clone()));
     let tick_thread = driver::spawn(
-        driver::DriverConfig { sim: sim_config, checkpoint_interval: config.checkpoint_interval, zone_id: reg.zone_id },
+        driver::DriverConfig { sim: sim_config, checkpoint_interval: config.checkpoint_interval, zone_id: reg.zone_id, npcs: config.npcs },
         cmd_rx,
         save_tx,
         links.clone(),

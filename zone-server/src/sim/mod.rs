@@ -9,6 +9,7 @@ pub mod components;
 pub mod input;
 pub mod interest;
 pub mod movement;
+pub mod npc;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -23,10 +24,15 @@ use components::*;
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TickSet {
     Input,
+    /// Server-driven behaviour (NPCs).
+    Simulate,
     Movement,
     Interest,
     Snapshot,
 }
+
+/// NPC entity ids start here, far above any character id SQL will hand out.
+pub const NPC_ID_BASE: u64 = 1 << 48;
 
 /// Player id → entity, for routing inputs and leaves.
 #[derive(Resource, Default)]
@@ -62,6 +68,8 @@ pub struct SimConfig {
     pub snapshot_budget_bytes: usize,
     /// How far chat carries, metres.
     pub chat_radius: f32,
+    /// Cells nobody may walk into.
+    pub collision: movement::CollisionMap,
 }
 
 /// Where a spawned character stands.
@@ -91,14 +99,15 @@ impl Sim {
         world.insert_resource(Tick(0));
         world.insert_resource(PlayerIndex::default());
         world.insert_resource(Outbox::default());
-        world.insert_resource(input::PendingInputs::default());
+        world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
         world.insert_resource(snapshot::SnapshotScratch::default());
         world.insert_resource(snapshot::SnapshotStats::default());
         let mut schedule = Schedule::default();
-        schedule.configure_sets((TickSet::Input, TickSet::Movement, TickSet::Interest, TickSet::Snapshot).chain());
+        schedule.configure_sets((TickSet::Input, TickSet::Simulate, TickSet::Movement, TickSet::Interest, TickSet::Snapshot).chain());
         schedule.add_systems((
             input::apply_inputs.in_set(TickSet::Input),
+            npc::wander.in_set(TickSet::Simulate),
             movement::integrate.in_set(TickSet::Movement),
             interest::rebuild_grid.in_set(TickSet::Interest),
             snapshot::build_snapshots.in_set(TickSet::Snapshot),
@@ -148,7 +157,7 @@ impl Sim {
                 self.world.resource_mut::<PlayerIndex>().0.remove(&old);
             }
             // A new client holds nothing yet: a fresh encoder starts it from a full update.
-            self.world.entity_mut(entity).insert((Player { player_id, link }, snapshot::Observer::default()));
+            self.world.entity_mut(entity).insert((Player { player_id, link }, snapshot::Observer::default(), input::InputQueue::default()));
             self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
             let pos = *self.world.get::<Position>(entity).expect("character has a position");
             let motion = *self.world.get::<Motion>(entity).expect("character has motion");
@@ -166,10 +175,23 @@ impl Sim {
                 Intent { heading: c.heading, ..Intent::default() },
                 Dirty(false),
                 snapshot::Observer::default(),
+                input::InputQueue::default(),
             ))
             .id();
         self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
         Spawned { entity_id: c.id, x, y, heading: c.heading }
+    }
+
+    /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
+    /// character ids: use [`NPC_ID_BASE`] and up).
+    pub fn spawn_npc(&mut self, id: u64, x: f32, y: f32) {
+        self.world.spawn((
+            npc::Npc::new(id),
+            CharacterRecord { id, name: String::new(), epoch: 0, version: 0 },
+            Position { x, y },
+            Motion::default(),
+            Intent::default(),
+        ));
     }
 
     /// Removes a player's character and returns its final state, with a new version, to be
@@ -196,8 +218,18 @@ impl Sim {
         players.into_iter().filter_map(|p| self.despawn_player(p)).collect()
     }
 
+    /// Queues a player's input for the next tick (bounded; see [`input`]).
     pub fn push_input(&mut self, player_id: u64, input: Input) {
-        self.world.resource_mut::<input::PendingInputs>().0.push((player_id, input));
+        let Some(&entity) = self.world.resource::<PlayerIndex>().0.get(&player_id) else { return };
+        if let Some(mut q) = self.world.get_mut::<input::InputQueue>(entity) {
+            q.push(input);
+        }
+    }
+
+    /// A player's input rejection counts: (flood, stale, speed_hack, teleport).
+    pub fn input_rejections(&self, player_id: u64) -> Option<(u64, u64, u64, u64)> {
+        let &entity = self.world.resource::<PlayerIndex>().0.get(&player_id)?;
+        self.world.get::<input::InputQueue>(entity).map(|q| (q.flood, q.stale, q.speed_hack, q.teleport))
     }
 
     /// Delivers a chat line to every player within chat range of the speaker (speaker included).
@@ -259,6 +291,7 @@ mod tests {
             view_radius: 100.0,
             snapshot_budget_bytes: 1100,
             chat_radius: 50.0,
+            collision: movement::CollisionMap::new(10.0, [(60, 40)]),
         })
     }
 
@@ -308,16 +341,55 @@ mod tests {
         assert_eq!(last.tick, 20);
         assert_eq!(last.last_input_seq, 1);
         assert_eq!(last.entities[0].id, 100);
-        assert!((last.entities[0].x - 505.0).abs() < 0.05, "moved 5 m in 1 s: {}", last.entities[0].x);
+        // Speed ramps 1.5, 3, 4.5, then 5 m/s (MAX_ACCEL): 94 × 0.05 = 4.7 m in 20 ticks.
+        assert!((last.entities[0].x - 504.7).abs() < 0.05, "moved 4.7 m in 1 s: {}", last.entities[0].x);
         let ids: Vec<u64> = last.entities.iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![100, 101]);
-        // Old, reordered inputs are ignored; speed is clamped.
+        // Old, reordered inputs are ignored; a speed hack is clamped; a teleport is refused.
         sim.push_input(10, Input { seq: 0, ack_tick: 0, heading: 0.0, speed: 0.0, actions: 0 });
-        sim.push_input(10, Input { seq: 2, ack_tick: 0, heading: 0.0, speed: 1000.0, actions: 0 });
+        sim.step();
+        assert_eq!(sim.input_rejections(10), Some((0, 1, 0, 0)), "stale input counted");
+        sim.push_input(10, Input { seq: 2, ack_tick: 0, heading: 0.0, speed: 20.0, actions: 0 });
+        for _ in 0..10 {
+            sim.step();
+        }
+        let s = snapshots(&sim.take_outbox(), 10);
+        assert_eq!(s.last().unwrap().entities[0].speed, worldmesh_protocol::MAX_SPEED);
+        assert_eq!(s.last().unwrap().last_input_seq, 2);
+        assert_eq!(sim.input_rejections(10), Some((0, 1, 1, 0)), "speed hack counted");
+        sim.push_input(10, Input { seq: 3, ack_tick: 0, heading: 1.0, speed: 1000.0, actions: 0 });
         sim.step();
         let s = snapshots(&sim.take_outbox(), 10);
+        assert_eq!(s[0].last_input_seq, 2, "the teleport input was not applied");
         assert_eq!(s[0].entities[0].speed, worldmesh_protocol::MAX_SPEED);
-        assert_eq!(s[0].last_input_seq, 2);
+        assert_eq!(sim.input_rejections(10), Some((0, 1, 1, 1)), "teleport counted");
+    }
+
+    #[test]
+    fn one_input_per_tick_and_floods_are_dropped() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        for seq in 1..=10 {
+            sim.push_input(10, Input { seq, ack_tick: 0, heading: 0.0, speed: seq as f32 * 0.1, actions: 0 });
+        }
+        sim.step();
+        let s = snapshots(&sim.take_outbox(), 10);
+        assert_eq!(s[0].last_input_seq, 10, "the newest input is the one applied");
+        assert_eq!(sim.input_rejections(10), Some((6, 0, 0, 0)), "10 inputs in one tick: 6 beyond the bound of 4");
+    }
+
+    #[test]
+    fn blocked_cells_stop_movement() {
+        let mut sim = sim();
+        // The test map blocks the 10 m cell (60, 40): x 600..610, y 400..410.
+        sim.spawn_player(1, 10, &character(100, 590.0, 405.0));
+        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 5.0, actions: 0 });
+        for _ in 0..60 {
+            sim.step();
+        }
+        let s = snapshots(&sim.take_outbox(), 10);
+        let me = &s.last().unwrap().entities[0];
+        assert!(me.x < 600.0 && me.x > 599.0, "stopped at the wall: x = {}", me.x);
     }
 
     #[test]
@@ -356,10 +428,50 @@ mod tests {
         sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 2.0, actions: 0 });
         sim.step();
         let again = sim.spawn_player(2, 20, &character(100, 0.0, 0.0));
-        assert!((again.x - 500.1).abs() < 1e-3);
+        assert!((again.x - 500.075).abs() < 1e-3, "1.5 m/s for one tick: {}", again.x);
         assert_eq!(sim.player_count(), 1);
         assert!(sim.despawn_player(10).is_none());
         assert_eq!(sim.despawn_link(2).len(), 1);
+    }
+
+    #[test]
+    fn npcs_wander_inside_the_world_and_are_seen_but_never_saved() {
+        let mut sim = sim();
+        for i in 0..20 {
+            sim.spawn_npc(NPC_ID_BASE + i, 500.0 + i as f32, 500.0);
+        }
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        for _ in 0..200 {
+            sim.step();
+        }
+        let shown = snapshots(&sim.take_outbox(), 10);
+        let last = shown.last().unwrap();
+        let npcs: Vec<&EntityState> = last.entities.iter().filter(|e| e.kind == worldmesh_protocol::EntityKind::Npc).collect();
+        assert!(!npcs.is_empty(), "NPCs near the player are visible");
+        assert!(npcs.iter().all(|e| (0.0..=1000.0).contains(&e.x) && (0.0..=1000.0).contains(&e.y)));
+        assert!(npcs.iter().any(|e| e.speed > 0.0), "NPCs move");
+        assert!(sim.checkpoint().iter().all(|c| c.id < NPC_ID_BASE), "NPCs are never checkpointed");
+    }
+
+    #[test]
+    fn interest_hysteresis_one_enter_one_leave_per_crossing() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        // A second player paces back and forth across the 100 m edge, ±3 m, then walks away.
+        sim.spawn_player(1, 11, &character(101, 597.0, 500.0));
+        let mut visible_history = Vec::new();
+        for t in 0..400u32 {
+            let seq = t + 1;
+            let heading = if t < 300 { if (t / 40) % 2 == 0 { 0.0 } else { std::f32::consts::PI } } else { 0.0 };
+            sim.push_input(11, Input { seq, ack_tick: 0, heading, speed: 3.0, actions: 0 });
+            sim.step();
+            let shown = snapshots(&sim.take_outbox(), 10);
+            visible_history.push(shown[0].entities.iter().any(|e| e.id == 101));
+        }
+        let changes = visible_history.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(visible_history[0], "starts inside the view");
+        assert_eq!(changes, 1, "exactly one leave, no flicker while pacing at the edge");
+        assert!(!visible_history.last().unwrap());
     }
 
     #[test]

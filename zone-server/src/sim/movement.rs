@@ -1,26 +1,68 @@
-//! Movement system: integrates intents into positions, inside the world bounds.
+//! Movement system: integrates intents into positions, inside the world bounds and outside
+//! blocked cells. Speed changes at most [`MAX_ACCEL`] per second (clients predicting their own
+//! movement must apply the same ramp); heading changes at once.
+
+use std::collections::HashSet;
 
 use bevy_ecs::prelude::*;
 
 use super::components::{Dirty, Intent, Motion, Position, SimSettings};
 
-pub fn integrate(settings: Res<SimSettings>, mut q: Query<(&Intent, &mut Position, &mut Motion, &mut Dirty)>) {
+/// Largest change of speed per second, m/s²: standing to full speed (10 m/s) in a third of a
+/// second, quick enough to feel direct, slow enough to rule out instant dashes.
+pub const MAX_ACCEL: f32 = 30.0;
+
+/// Square cells nobody may walk into (walls, water): a simple collision map from config.
+#[derive(Resource, Debug, Clone, Default)]
+pub struct CollisionMap {
+    cell: f32,
+    blocked: HashSet<(i32, i32)>,
+}
+
+impl CollisionMap {
+    pub fn new(cell: f32, blocked: impl IntoIterator<Item = (i32, i32)>) -> Self {
+        Self { cell: cell.max(0.1), blocked: blocked.into_iter().collect() }
+    }
+
+    pub fn is_blocked(&self, x: f32, y: f32) -> bool {
+        !self.blocked.is_empty() && self.blocked.contains(&((x / self.cell).floor() as i32, (y / self.cell).floor() as i32))
+    }
+}
+
+fn approach(from: f32, to: f32, step: f32) -> f32 {
+    if (to - from).abs() <= step { to } else { from + step * (to - from).signum() }
+}
+
+pub fn integrate(settings: Res<SimSettings>, map: Res<CollisionMap>, mut q: Query<(&Intent, &mut Position, &mut Motion, Option<&mut Dirty>)>) {
     let b = settings.bounds;
     for (intent, mut pos, mut motion, mut dirty) in &mut q {
-        let new_motion = Motion { heading: intent.heading, speed: intent.speed };
-        if *motion != new_motion {
-            *motion = new_motion;
-            dirty.0 = true;
+        let new_motion = Motion { heading: intent.heading, speed: approach(motion.speed, intent.speed, MAX_ACCEL * settings.dt) };
+        let mut changed = *motion != new_motion;
+        *motion = new_motion;
+        if motion.speed > 0.0 {
+            let step = motion.speed * settings.dt;
+            let x = (pos.x + motion.heading.cos() * step).clamp(b.min_x, b.max_x);
+            let y = (pos.y + motion.heading.sin() * step).clamp(b.min_y, b.max_y);
+            // Into a blocked cell: slide along whichever axis stays free, else stop.
+            let inside = map.is_blocked(pos.x, pos.y);
+            let free = |x: f32, y: f32| inside || !map.is_blocked(x, y);
+            let (x, y) = if free(x, y) {
+                (x, y)
+            } else if free(x, pos.y) {
+                (x, pos.y)
+            } else if free(pos.x, y) {
+                (pos.x, y)
+            } else {
+                (pos.x, pos.y)
+            };
+            if x != pos.x || y != pos.y {
+                *pos = Position { x, y };
+                changed = true;
+            }
         }
-        if intent.speed <= 0.0 {
-            continue;
-        }
-        let step = intent.speed * settings.dt;
-        let x = (pos.x + intent.heading.cos() * step).clamp(b.min_x, b.max_x);
-        let y = (pos.y + intent.heading.sin() * step).clamp(b.min_y, b.max_y);
-        if x != pos.x || y != pos.y {
-            *pos = Position { x, y };
-            dirty.0 = true;
+        // NPCs have no `Dirty`: they are not persisted.
+        if changed && let Some(d) = dirty.as_mut() {
+            d.0 = true;
         }
     }
 }

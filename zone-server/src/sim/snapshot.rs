@@ -7,10 +7,10 @@
 //! the byte budget (see `worldmesh_protocol::snapshot`).
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::snapshot::{ObserverEncoder, QEntity, Quantizer};
-use worldmesh_protocol::{codec, EntityKind, ServerMessage};
+use worldmesh_protocol::snapshot::{ObserverEncoder, QEntity};
+use worldmesh_protocol::{codec, ServerMessage};
 
-use super::components::{CharacterRecord, Intent, Motion, Player, Position, SimSettings, Tick};
+use super::components::{Intent, Player, Position, SimSettings, Tick};
 use super::interest::Grid;
 use super::Outbox;
 
@@ -54,9 +54,7 @@ pub fn build_snapshots(
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<SnapshotStats>,
     mut observers: Query<(Entity, &Player, &Position, &Intent, &mut Observer)>,
-    states: Query<(&CharacterRecord, &Position, &Motion, Has<Player>)>,
 ) {
-    let quantizer = Quantizer::new(settings.bounds);
     let enter = settings.view_radius;
     let leave = settings.view_radius * (1.0 + HYSTERESIS);
     let body_budget = settings.snapshot_budget_bytes.saturating_sub(ENVELOPE_BYTES);
@@ -65,17 +63,14 @@ pub fn build_snapshots(
     for (me, player, &at, intent, mut observer) in &mut observers {
         visible.clear();
         let encoder = &observer.encoder;
-        grid.for_each_near(at, leave, |e, _, d2| {
-            let Ok((rec, pos, motion, is_player)) = states.get(e) else { return };
+        grid.for_each_near(at, leave, |seen, d2| {
             let d = d2.sqrt();
-            if d > enter && !encoder.is_visible(rec.id) {
+            if d > enter && !encoder.is_visible(seen.q.id) {
                 return;
             }
-            let kind = if is_player { EntityKind::Player } else { EntityKind::Npc };
-            let q = quantizer.quantize(rec.id, kind, pos.x, pos.y, motion.heading, motion.speed);
             // Near and fast entities gain priority fastest; yourself above all.
-            let gain = if e == me { 1.0e6 } else { (1.0 + motion.speed) / (1.0 + d / 10.0) };
-            visible.push((q, gain));
+            let gain = if seen.entity == me { 1.0e6 } else { (1.0 + seen.q.speed as f32 / 10.0) / (1.0 + d / 10.0) };
+            visible.push((seen.q, gain));
         });
         let (snapshot, s) = observer.encoder.snapshot(tick.0, intent.last_seq, visible, body_budget);
         match codec::encode_to_vec(&ServerMessage::Snapshot(snapshot)) {

@@ -1,0 +1,121 @@
+//! `zone-bench`: one zone's tick, in-process, no network.
+//!
+//! Spawns `--entities` moving entities spread uniformly over an `--area` square — `--observers`
+//! of them players (they send a new random-walk input every tick and acknowledge the snapshot
+//! of two ticks before, like a client ~50 ms away), the rest wandering NPCs — and runs
+//! `--ticks` ticks as fast as it can on this thread, timing each whole tick (inputs, movement,
+//! interest, snapshot encoding). Prints one JSON line.
+//!
+//! The first `WARMUP_TICKS` ticks are not measured: every observer starts with full updates
+//! of everything it sees, which is the login cost, not the steady state.
+
+use std::time::Instant;
+
+use clap::Parser;
+use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::{Input, WorldBounds};
+use worldmesh_zone::sim::{Sim, SimConfig, NPC_ID_BASE};
+
+/// Ticks excluded from the figures (see the module doc): 40 ticks is 2 s at 20 Hz.
+const WARMUP_TICKS: u32 = 40;
+
+/// Size of one entity's full, uncompressed state: id (8), kind (1), x, y, heading, speed (4 each).
+const NAIVE_ENTITY_BYTES: f64 = 25.0;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark one zone's tick (no network)")]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    entities: usize,
+    #[arg(long, default_value_t = 2_000)]
+    observers: usize,
+    #[arg(long, default_value_t = 400)]
+    ticks: u32,
+    /// Side of the square world, metres.
+    #[arg(long, default_value_t = 2000.0)]
+    area: f32,
+    /// View radius, metres.
+    #[arg(long, default_value_t = 100.0)]
+    radius: f32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    let args = Args::parse();
+    let observers = args.observers.min(args.entities);
+    let mut sim = Sim::new(&SimConfig {
+        tick_rate_hz: 20,
+        bounds: WorldBounds { min_x: 0.0, min_y: 0.0, max_x: args.area, max_y: args.area },
+        view_radius: args.radius,
+        snapshot_budget_bytes: 1100,
+        chat_radius: 50.0,
+        collision: Default::default(),
+    });
+    let mut rng = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        // xorshift64*: deterministic for a seed.
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut headings = Vec::with_capacity(observers);
+    for i in 0..args.entities {
+        let (x, y) = (next() * args.area, next() * args.area);
+        if i < observers {
+            let c = Character { id: i as u64 + 1, name: format!("p{i}"), x, y, heading: 0.0, epoch: 0, version: 0 };
+            sim.spawn_player(0, i as u64 + 1, &c);
+            headings.push(next() * std::f32::consts::TAU);
+        } else {
+            sim.spawn_npc(NPC_ID_BASE + i as u64, x, y);
+        }
+    }
+
+    let mut tick_ms = Vec::with_capacity(args.ticks as usize);
+    let (mut visible, mut changed, mut bytes, mut observed) = (0u64, 0u64, 0u64, 0u64);
+    for t in 1..=args.ticks {
+        for (i, h) in headings.iter_mut().enumerate() {
+            *h += (next() - 0.5) * 0.6;
+            let input = Input { seq: t, ack_tick: t.saturating_sub(2), heading: *h, speed: 3.0, actions: 0 };
+            sim.push_input(i as u64 + 1, input);
+        }
+        let started = Instant::now();
+        sim.step();
+        let elapsed = started.elapsed();
+        let frames = sim.take_outbox();
+        drop(frames);
+        if t > WARMUP_TICKS {
+            tick_ms.push(elapsed.as_secs_f64() * 1000.0);
+            let s = sim.snapshot_stats();
+            visible += s.visible;
+            changed += s.changed;
+            bytes += s.bytes;
+            observed += s.observers;
+        }
+    }
+    tick_ms.sort_by(f64::total_cmp);
+    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    let json = serde_json::json!({
+        "entities": args.entities,
+        "observers": observers,
+        "ticks": args.ticks,
+        "tick_ms": {
+            "p50": percentile(&tick_ms, 0.5),
+            "p99": percentile(&tick_ms, 0.99),
+            "max": tick_ms.last().copied().unwrap_or(0.0),
+        },
+        "visible_per_observer_avg": per(visible, observed),
+        "bytes_per_observer_per_tick_avg": per(bytes, observed),
+        "bytes_per_moving_visible_entity_avg": per(bytes, changed),
+        "naive_bytes_per_moving_visible_entity": NAIVE_ENTITY_BYTES,
+    });
+    println!("{json}");
+}

@@ -1,0 +1,56 @@
+//! NPC behaviour: server-driven entities that wander, so a zone carries load without players.
+//!
+//! Each NPC walks in a straight line and picks a new heading and speed every few seconds,
+//! from its own deterministic generator (seeded by its id), so a simulation replays exactly.
+//! NPCs steer by writing their [`Intent`], exactly like players, and the movement system
+//! moves both. They are not persisted.
+
+use bevy_ecs::prelude::*;
+
+use super::components::{Intent, Position, SimSettings, Tick};
+
+#[derive(Component, Debug, Clone)]
+pub struct Npc {
+    rng: u64,
+    next_turn: u32,
+}
+
+impl Npc {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: seed ^ 0x9e37_79b9_7f4a_7c15, next_turn: 0 }
+    }
+
+    /// splitmix64: tiny, fast, good enough for behaviour.
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Turns NPCs when their time comes, and away from the world's edge.
+pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, mut npcs: Query<(&mut Npc, &mut Intent, &Position)>) {
+    let b = settings.bounds;
+    let ticks_per_s = (1.0 / settings.dt).max(1.0);
+    for (mut npc, mut intent, pos) in &mut npcs {
+        let at_edge = pos.x <= b.min_x || pos.x >= b.max_x || pos.y <= b.min_y || pos.y >= b.max_y;
+        if tick.0 < npc.next_turn && !at_edge {
+            continue;
+        }
+        intent.heading = if at_edge {
+            // Head back towards the middle of the world.
+            ((b.min_y + b.max_y) / 2.0 - pos.y).atan2((b.min_x + b.max_x) / 2.0 - pos.x)
+        } else {
+            npc.unit() * std::f32::consts::TAU
+        };
+        intent.speed = 1.0 + npc.unit() * 3.0;
+        // A new decision every 2–6 s.
+        npc.next_turn = tick.0 + ((2.0 + npc.unit() * 4.0) * ticks_per_s) as u32;
+    }
+}
