@@ -29,6 +29,9 @@ struct Local {
     /// Bots to run against the gateway (0 for none; connect your own client).
     #[arg(long, default_value_t = 50)]
     bots: usize,
+    /// Wandering NPCs per zone.
+    #[arg(long, default_value_t = 0)]
+    npcs: usize,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -57,6 +60,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
     let shutdown = worldmesh_runtime::shutdown_token();
     let mut config = ClusterConfig::new(worldmesh_persistence::Config::embedded(&args.data));
     config.zones = args.zones;
+    config.zone.npcs = args.npcs;
     config.gateway_listen = args.listen;
     let started = Instant::now();
     let cluster = Cluster::start(config).await?;

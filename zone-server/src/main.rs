@@ -26,6 +26,9 @@ struct Args {
     /// Checkpoint interval in milliseconds.
     #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
     checkpoint_ms: u64,
+    /// Wandering NPCs this zone simulates.
+    #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
+    npcs: usize,
 }
 
 #[tokio::main]
@@ -39,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         persistence_url: args.persistence,
         view_radius: args.view_radius,
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
+        npcs: args.npcs,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
