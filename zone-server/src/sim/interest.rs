@@ -36,6 +36,11 @@ impl Grid {
         (kx.clamp(0, self.cols - 1), ky.clamp(0, self.rows - 1))
     }
 
+    /// False before the first tick has built the grid.
+    pub fn is_built(&self) -> bool {
+        !self.buckets.is_empty()
+    }
+
     fn bucket(&self, kx: i32, ky: i32) -> Option<&Vec<Seen>> {
         if kx < 0 || ky < 0 || kx >= self.cols || ky >= self.rows {
             return None;

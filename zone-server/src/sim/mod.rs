@@ -457,21 +457,40 @@ mod tests {
     fn interest_hysteresis_one_enter_one_leave_per_crossing() {
         let mut sim = sim();
         sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
-        // A second player paces back and forth across the 100 m edge, ±3 m, then walks away.
-        sim.spawn_player(1, 11, &character(101, 597.0, 500.0));
+        // A second player comes in from 120 m, paces back and forth across the 100 m edge
+        // (±3 m) for 10 s, then walks away: exactly one enter and one leave, no flicker.
+        sim.spawn_player(1, 11, &character(101, 620.0, 500.0));
         let mut visible_history = Vec::new();
-        for t in 0..400u32 {
-            let seq = t + 1;
-            let heading = if t < 300 { if (t / 40) % 2 == 0 { 0.0 } else { std::f32::consts::PI } } else { 0.0 };
-            sim.push_input(11, Input { seq, ack_tick: 0, heading, speed: 3.0, actions: 0 });
+        for t in 0..500u32 {
+            let (heading, speed) = match t {
+                0..46 => (std::f32::consts::PI, 10.0),
+                46..346 => (if ((t - 46) / 40) % 2 == 0 { 0.0 } else { std::f32::consts::PI }, 3.0),
+                _ => (0.0, 10.0),
+            };
+            sim.push_input(11, Input { seq: t + 1, ack_tick: 0, heading, speed, actions: 0 });
             sim.step();
             let shown = snapshots(&sim.take_outbox(), 10);
             visible_history.push(shown[0].entities.iter().any(|e| e.id == 101));
         }
-        let changes = visible_history.windows(2).filter(|w| w[0] != w[1]).count();
-        assert!(visible_history[0], "starts inside the view");
-        assert_eq!(changes, 1, "exactly one leave, no flicker while pacing at the edge");
+        let enters = visible_history.windows(2).filter(|w| !w[0] && w[1]).count();
+        let leaves = visible_history.windows(2).filter(|w| w[0] && !w[1]).count();
+        assert!(!visible_history[0], "starts outside the view");
+        assert_eq!((enters, leaves), (1, 1), "one enter, one leave");
         assert!(!visible_history.last().unwrap());
+    }
+
+    #[test]
+    fn npcs_seek_nearby_players() {
+        let mut sim = sim();
+        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_npc(NPC_ID_BASE, 520.0, 500.0);
+        for _ in 0..200 {
+            sim.step();
+        }
+        let shown = snapshots(&sim.take_outbox(), 10);
+        let npc = shown.last().unwrap().entities.iter().find(|e| e.id == NPC_ID_BASE).cloned().expect("NPC in view");
+        let d = ((npc.x - 500.0).powi(2) + (npc.y - 500.0).powi(2)).sqrt();
+        assert!(d < 20.0, "the NPC came closer (now {d:.1} m)");
     }
 
     #[test]

@@ -2,12 +2,18 @@
 //!
 //! Each NPC walks in a straight line and picks a new heading and speed every few seconds,
 //! from its own deterministic generator (seeded by its id), so a simulation replays exactly.
+//! When it decides and a player is within [`SEEK_RADIUS`], it walks towards the nearest one
+//! instead (seek), using last tick's interest grid.
 //! NPCs steer by writing their [`Intent`], exactly like players, and the movement system
 //! moves both. They are not persisted.
 
 use bevy_ecs::prelude::*;
 
 use super::components::{Intent, Position, SimSettings, Tick};
+use super::interest::Grid;
+
+/// NPCs notice players this close, metres.
+pub const SEEK_RADIUS: f32 = 30.0;
 
 #[derive(Component, Debug, Clone)]
 pub struct Npc {
@@ -35,7 +41,7 @@ impl Npc {
 }
 
 /// Turns NPCs when their time comes, and away from the world's edge.
-pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, mut npcs: Query<(&mut Npc, &mut Intent, &Position)>) {
+pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, grid: Res<Grid>, mut npcs: Query<(&mut Npc, &mut Intent, &Position)>) {
     let b = settings.bounds;
     let ticks_per_s = (1.0 / settings.dt).max(1.0);
     for (mut npc, mut intent, pos) in &mut npcs {
@@ -43,9 +49,19 @@ pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, mut npcs: Query<(&mut
         if tick.0 < npc.next_turn && !at_edge {
             continue;
         }
+        let mut nearest: Option<(f32, Position)> = None;
+        if grid.is_built() {
+            grid.for_each_near(*pos, SEEK_RADIUS, |seen, d2| {
+                if seen.q.kind == worldmesh_protocol::EntityKind::Player && d2 > 0.25 && nearest.is_none_or(|(n, _)| d2 < n) {
+                    nearest = Some((d2, seen.pos));
+                }
+            });
+        }
         intent.heading = if at_edge {
             // Head back towards the middle of the world.
             ((b.min_y + b.max_y) / 2.0 - pos.y).atan2((b.min_x + b.max_x) / 2.0 - pos.x)
+        } else if let Some((_, target)) = nearest {
+            (target.y - pos.y).atan2(target.x - pos.x)
         } else {
             npc.unit() * std::f32::consts::TAU
         };
