@@ -1,5 +1,6 @@
 //! The hot tier: the newest state of every character, checked and written atomically per
-//! batch. Redis in a cluster; an in-process map in embedded mode.
+//! batch. Redis in a cluster (which also queues each accepted batch on a stream for the
+//! [flusher](crate::flusher)); an in-process map in embedded mode.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,14 +11,30 @@ use redis::aio::ConnectionManager;
 use crate::store::Character;
 use crate::Error;
 
-/// Writes each character of a batch unless its stored `(epoch, version)` is newer; returns one
-/// 1 (written) or 0 (stale) per character. One script call per batch: atomic and one round trip.
-const SAVE_IF_NEWER: &str = r#"
+/// The checkpoint script, run once per batch, atomically:
+/// 1. refuses the whole batch when the stream already holds `max_backlog` batches (SQL is
+///    behind; the caller must retry later) — nothing is dropped silently;
+/// 2. writes each character unless its stored `(epoch, version)` is newer (0 = stale, 1 =
+///    written);
+/// 3. appends the written ones to the checkpoint stream as one entry, field `c`, one line per
+///    character: `id epoch version x y heading name`.
+///
+/// KEYS[1] = the stream; ARGV[1] = key prefix; ARGV[2] = max backlog; then 7 values per
+/// character. Character keys are derived inside the script, which is fine on a single Redis
+/// (not Redis Cluster).
+const CHECKPOINT: &str = r#"
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog >= tonumber(ARGV[2]) then
+  return redis.error_reply('BACKLOG ' .. backlog .. ' batches waiting for SQL')
+end
 local out = {}
-for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 6
-  local epoch = tonumber(ARGV[base + 1])
-  local version = tonumber(ARGV[base + 2])
+local lines = {}
+local n = (#ARGV - 2) / 7
+for i = 1, n do
+  local b = 2 + (i - 1) * 7
+  local key = ARGV[1] .. 'char:' .. ARGV[b + 1]
+  local epoch = tonumber(ARGV[b + 2])
+  local version = tonumber(ARGV[b + 3])
   local cur = redis.call('HMGET', key, 'epoch', 'version')
   local ok = 1
   if cur[1] then
@@ -26,30 +43,55 @@ for i, key in ipairs(KEYS) do
     if epoch < ce or (epoch == ce and version < cv) then ok = 0 end
   end
   if ok == 1 then
-    redis.call('HSET', key, 'epoch', ARGV[base + 1], 'version', ARGV[base + 2], 'name', ARGV[base + 3],
-      'x', ARGV[base + 4], 'y', ARGV[base + 5], 'heading', ARGV[base + 6])
+    redis.call('HSET', key, 'epoch', ARGV[b + 2], 'version', ARGV[b + 3], 'name', ARGV[b + 4],
+      'x', ARGV[b + 5], 'y', ARGV[b + 6], 'heading', ARGV[b + 7])
+    lines[#lines + 1] = ARGV[b + 1] .. ' ' .. ARGV[b + 2] .. ' ' .. ARGV[b + 3] .. ' ' .. ARGV[b + 5] .. ' ' ..
+      ARGV[b + 6] .. ' ' .. ARGV[b + 7] .. ' ' .. ARGV[b + 4]
   end
   out[i] = ok
+end
+if #lines > 0 then
+  redis.call('XADD', KEYS[1], '*', 'c', table.concat(lines, '\n'))
 end
 return out
 "#;
 
+/// Parses one stream entry's `c` field back into characters.
+pub fn parse_stream_entry(c: &str) -> Result<Vec<Character>, String> {
+    c.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.splitn(7, ' ').collect();
+            if f.len() != 7 {
+                return Err(format!("bad checkpoint line {line:?}"));
+            }
+            let num = |s: &str| s.parse::<f32>().map_err(|_| format!("bad number in {line:?}"));
+            let int = |s: &str| s.parse::<u64>().map_err(|_| format!("bad integer in {line:?}"));
+            Ok(Character { id: int(f[0])?, epoch: int(f[1])?, version: int(f[2])?, x: num(f[3])?, y: num(f[4])?, heading: num(f[5])?, name: f[6].to_owned() })
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub enum HotTier {
     Memory(Arc<DashMap<u64, Character>>),
-    Redis { conn: ConnectionManager, prefix: String, save_script: Arc<redis::Script> },
+    Redis { conn: ConnectionManager, prefix: String, save_script: Arc<redis::Script>, max_backlog: usize },
 }
 
 impl HotTier {
-    pub async fn connect(url: Option<&str>, prefix: &str) -> Result<Self, Error> {
+    pub async fn connect(url: Option<&str>, prefix: &str, max_backlog: usize) -> Result<Self, Error> {
         match url {
             None => Ok(HotTier::Memory(Arc::default())),
             Some(url) => {
                 let client = redis::Client::open(url)?;
                 let conn = client.get_connection_manager().await?;
-                Ok(HotTier::Redis { conn, prefix: prefix.to_owned(), save_script: Arc::new(redis::Script::new(SAVE_IF_NEWER)) })
+                Ok(HotTier::Redis { conn, prefix: prefix.to_owned(), save_script: Arc::new(redis::Script::new(CHECKPOINT)), max_backlog })
             }
         }
+    }
+
+    /// The Redis stream checkpoints are appended to.
+    pub fn stream_key(prefix: &str) -> String {
+        format!("{prefix}checkpoints")
     }
 
     pub fn name(&self) -> &'static str {
@@ -93,11 +135,12 @@ impl HotTier {
                     }
                 })
                 .collect()),
-            HotTier::Redis { conn, prefix, save_script } => {
+            HotTier::Redis { conn, prefix, save_script, max_backlog } => {
                 let mut conn = conn.clone();
                 let mut inv = save_script.prepare_invoke();
+                inv.key(Self::stream_key(prefix)).arg(prefix).arg(*max_backlog);
                 for c in batch {
-                    inv.key(Self::key(prefix, c.id))
+                    inv.arg(c.id)
                         .arg(c.epoch)
                         .arg(c.version)
                         .arg(&c.name)
@@ -105,7 +148,9 @@ impl HotTier {
                         .arg(c.y.to_string())
                         .arg(c.heading.to_string());
                 }
-                let written: Vec<i64> = inv.invoke_async(&mut conn).await?;
+                let written: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
+                    if e.to_string().contains("BACKLOG") { Error::Backlog(e.to_string()) } else { Error::Redis(e) }
+                })?;
                 Ok(written.into_iter().map(|w| w == 1).collect())
             }
         }

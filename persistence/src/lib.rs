@@ -7,9 +7,15 @@
 //! than the stored one — in Redis atomically by a Lua script, in SQL by the `WHERE` of the
 //! update — so a retried or late write can never roll a character back.
 //!
-//! What an acknowledged `SaveCharacters` promises today: the state is in the hot tier **and**
-//! committed in SQL (write-through). The write-behind pipeline (ack after Redis, stream, flusher)
-//! replaces this in the persistence issue; the API and its promise will be documented there.
+//! What an acknowledged checkpoint (`SaveCharacters`) promises:
+//! - **with Redis**: the state is in Redis and queued, in the same atomic script, on the
+//!   checkpoint stream; the [`flusher`] upserts it into SQL (write-behind) and only then
+//!   acknowledges the stream entry. It survives a crash of this service at any point (the
+//!   stream keeps it until SQL has it) and a Redis restart as far as Redis's own durability
+//!   (AOF) goes. SQL may lag: `worldmesh_persistence_flush_lag_seconds` measures by how much.
+//!   When SQL is down the stream grows up to `max_backlog` batches; then checkpoints are
+//!   refused with `RESOURCE_EXHAUSTED` and zones retry — never dropped silently.
+//! - **embedded** (in-process hot tier): committed in SQLite before the ack (write-through).
 //!
 //! Loads read the hot tier first and SQL second, and the newer stamp wins, so SQL is the truth
 //! when Redis has lost data.
@@ -17,10 +23,12 @@
 //! # Layout
 //!
 //! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
+//! - [`flusher`]: the consumer-group reader moving checkpoints from the Redis stream into SQL.
 //! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
 //! - [`testing`]: helpers that give each test its own PostgreSQL database and Redis prefix.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod flusher;
 pub mod hot;
 pub mod service;
 pub mod sql;
@@ -33,6 +41,9 @@ use worldmesh_protocol::grpc::persistence::persistence_server::PersistenceServer
 
 pub use store::{Character, Store};
 
+/// Default bound of the checkpoint stream, in batches.
+pub const DEFAULT_MAX_BACKLOG: usize = 10_000;
+
 /// Where the tiers live.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +53,12 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prepended to every Redis key, so clusters (and tests) can share one Redis.
     pub redis_prefix: String,
+    /// Checkpoint batches the Redis stream may hold before new checkpoints are refused
+    /// (`RESOURCE_EXHAUSTED`): the bound on how far SQL may fall behind. 10,000 batches of a
+    /// zone's 1 s checkpoint is hours of a small cluster, minutes of a large one.
+    pub max_backlog: usize,
+    /// Run the flusher in this process (tests turn it off to hold checkpoints in Redis).
+    pub run_flusher: bool,
 }
 
 impl Config {
@@ -51,6 +68,8 @@ impl Config {
             database_url: format!("sqlite://{}?mode=rwc", sqlite_path.display()),
             redis_url: None,
             redis_prefix: "wm:".into(),
+            max_backlog: DEFAULT_MAX_BACKLOG,
+            run_flusher: true,
         }
     }
 }
@@ -64,6 +83,8 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("checkpoint backlog full: {0}")]
+    Backlog(String),
     #[error("corrupt hot-tier record for character {id}: {why}")]
     CorruptHotRecord { id: u64, why: String },
     #[error("unsupported database URL {0:?}: expected postgres:// or sqlite://")]

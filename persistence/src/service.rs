@@ -7,6 +7,10 @@ use worldmesh_protocol::validate_name;
 use crate::store::{Character, Store};
 use crate::Error;
 
+/// Characters per checkpoint batch: a zone's full checkpoint at its default capacity, with
+/// room to spare; bigger batches are split by the caller.
+pub const MAX_BATCH: usize = 10_000;
+
 pub struct PersistenceService {
     store: Store,
 }
@@ -17,8 +21,14 @@ impl PersistenceService {
     }
 }
 
-/// Backend failures are `UNAVAILABLE` (retryable); the detail goes to the log, not the caller.
+/// Backend failures are `UNAVAILABLE` (retryable) and a full backlog `RESOURCE_EXHAUSTED`
+/// (retry later); the detail goes to the log, not the caller.
 fn status(e: Error) -> Status {
+    if let Error::Backlog(why) = &e {
+        tracing::warn!(%why, "checkpoint refused: SQL is behind");
+        metrics::counter!("worldmesh_persistence_backlog_refusals_total").increment(1);
+        return Status::resource_exhausted("checkpoint backlog full; retry later");
+    }
     tracing::error!(error = %e, "persistence backend error");
     metrics::counter!("worldmesh_persistence_backend_errors_total").increment(1);
     Status::unavailable("persistence backend unavailable")
@@ -59,6 +69,12 @@ impl Persistence for PersistenceService {
 
     async fn save_characters(&self, req: Request<pb::SaveCharactersRequest>) -> Result<Response<pb::SaveCharactersReply>, Status> {
         let batch: Vec<Character> = req.into_inner().characters.into_iter().map(from_pb).collect();
+        if batch.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("at most {MAX_BATCH} characters per batch")));
+        }
+        if batch.iter().any(|c| !validate_name(&c.name)) {
+            return Err(Status::invalid_argument("invalid character name in batch"));
+        }
         if batch.iter().any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite())) {
             return Err(Status::invalid_argument("character positions must be finite"));
         }

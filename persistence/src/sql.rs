@@ -11,6 +11,11 @@ use crate::Error;
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Rows per upsert statement: 7 parameters each, 7,000 in all, under PostgreSQL's 65,535 and
+/// SQLite's 32,766 bound-parameter limits, and large enough that per-statement overhead is
+/// small next to per-row work.
+pub const UPSERT_CHUNK: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
@@ -119,6 +124,42 @@ impl Sql {
         }
         tx.commit().await?;
         Ok(stale)
+    }
+
+    /// Writes a batch with multi-row upserts (one statement per [`UPSERT_CHUNK`] rows, one
+    /// transaction), each row applied only where its stamp is newer than the stored one —
+    /// so replaying a batch (after a crash between commit and stream ack) changes nothing.
+    /// Ids must be unique within the batch.
+    pub async fn upsert_batch(&self, batch: &[Character]) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(UPSERT_CHUNK) {
+            let mut sql = String::with_capacity(160 + chunk.len() * 40);
+            sql.push_str("INSERT INTO characters (id, name, x, y, heading, epoch, version) VALUES ");
+            for i in 0..chunk.len() {
+                let p = i * 7;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${},${},${},${},${},${},${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7));
+            }
+            sql.push_str(
+                " ON CONFLICT (id) DO UPDATE SET x = excluded.x, y = excluded.y, heading = excluded.heading, \
+                 epoch = excluded.epoch, version = excluded.version, updated_at = CURRENT_TIMESTAMP \
+                 WHERE characters.epoch < excluded.epoch \
+                 OR (characters.epoch = excluded.epoch AND characters.version < excluded.version)",
+            );
+            // Only placeholders are formatted into the statement; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for c in chunk {
+                q = q.bind(c.id as i64).bind(c.name.clone()).bind(c.x as f64).bind(c.y as f64).bind(c.heading as f64).bind(c.epoch as i64).bind(c.version as i64);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn close(&self) {

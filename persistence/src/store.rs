@@ -1,6 +1,12 @@
 //! The storage core: one [`Store`] over the hot tier and SQL, used by the gRPC service and by
 //! anything embedding persistence in-process.
 
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::flusher::Flusher;
 use crate::hot::HotTier;
 use crate::sql::{Backend, Sql};
 use crate::{Config, Error};
@@ -26,17 +32,29 @@ impl Character {
     }
 }
 
+type FlusherTask = (CancellationToken, JoinHandle<()>);
+
 #[derive(Clone)]
 pub struct Store {
     hot: HotTier,
     sql: Sql,
+    flusher: Arc<Mutex<Option<FlusherTask>>>,
 }
 
 impl Store {
+    /// Connects both tiers, runs migrations, and (with Redis, unless disabled) starts the
+    /// flusher that moves checkpoints from the Redis stream into SQL.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let sql = Sql::connect(&config.database_url).await?;
-        let hot = HotTier::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
-        Ok(Self { hot, sql })
+        let hot = HotTier::connect(config.redis_url.as_deref(), &config.redis_prefix, config.max_backlog).await?;
+        let mut flusher = None;
+        if let (Some(url), true) = (&config.redis_url, config.run_flusher) {
+            let consumer = format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "persistence".into()), std::process::id());
+            let f = Flusher::new(url, HotTier::stream_key(&config.redis_prefix), consumer, sql.clone()).await?;
+            let token = CancellationToken::new();
+            flusher = Some((token.clone(), tokio::spawn(f.run(token))));
+        }
+        Ok(Self { hot, sql, flusher: Arc::new(Mutex::new(flusher)) })
     }
 
     pub fn sql_backend(&self) -> &'static str {
@@ -65,18 +83,37 @@ impl Store {
         Ok(newest(hot, durable))
     }
 
-    /// Saves a batch through the hot tier into SQL; returns the ids refused as stale.
+    /// Saves a batch; returns the ids refused as stale (an older stamp than the stored one).
+    ///
+    /// With Redis, the ack means: written to Redis and queued on the checkpoint stream, from
+    /// which the flusher makes it durable in SQL (write-behind). Fails with
+    /// [`Error::Backlog`] when SQL is so far behind that the stream is full.
+    /// Embedded (in-process hot tier), the ack means: committed in SQLite (write-through).
     pub async fn save(&self, batch: &[Character]) -> Result<Vec<u64>, Error> {
         let written = self.hot.save(batch).await?;
-        let fresh: Vec<Character> = batch.iter().zip(&written).filter(|(_, w)| **w).map(|(c, _)| c.clone()).collect();
         let mut rejected: Vec<u64> = batch.iter().zip(&written).filter(|(_, w)| !**w).map(|(c, _)| c.id).collect();
-        rejected.extend(self.sql.save(&fresh).await?);
-        metrics::counter!("worldmesh_persistence_saves_total").increment(batch.len() as u64);
-        metrics::counter!("worldmesh_persistence_saves_rejected_total").increment(rejected.len() as u64);
+        if matches!(self.hot, HotTier::Memory(_)) {
+            let fresh: Vec<Character> = batch.iter().zip(&written).filter(|(_, w)| **w).map(|(c, _)| c.clone()).collect();
+            rejected.extend(self.sql.save(&fresh).await?);
+            metrics::counter!("worldmesh_persistence_checkpoints_durable_total").increment(fresh.len() as u64);
+        }
+        metrics::counter!("worldmesh_persistence_checkpoints_acked_total").increment((batch.len() - rejected.len()) as u64);
+        metrics::counter!("worldmesh_persistence_checkpoints_rejected_total").increment(rejected.len() as u64);
         Ok(rejected)
     }
 
+    /// The SQL tier alone (tests and benchmarks compare against it).
+    pub fn sql(&self) -> &Sql {
+        &self.sql
+    }
+
+    /// Stops the flusher (after one last pass over what the stream holds) and closes SQL.
     pub async fn close(&self) {
+        let task = self.flusher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((token, handle)) = task {
+            token.cancel();
+            let _ = handle.await;
+        }
         self.sql.close().await;
     }
 }

@@ -7,7 +7,12 @@ use worldmesh_persistence::{Character, Config, Store};
 async fn tiered() -> (Config, String, String) {
     let base = testing::postgres_base_url();
     let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
-    let config = Config { database_url: db.clone(), redis_url: Some(testing::redis_url()), redis_prefix: format!("wmtest:{}:", testing::unique_suffix()) };
+    let config = Config {
+        database_url: db.clone(),
+        redis_url: Some(testing::redis_url()),
+        redis_prefix: format!("wmtest:{}:", testing::unique_suffix()),
+        ..Config::embedded(std::path::Path::new("unused"))
+    };
     (config, base, db)
 }
 
@@ -41,6 +46,18 @@ async fn stamps_order_writes(store: &Store) {
     assert!(store.load(c.id + 1000).await.unwrap().is_none());
 }
 
+/// Waits until the flusher has made version `version` of a character durable in SQL.
+async fn wait_durable(store: &Store, id: u64, version: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if store.sql().load(id).await.unwrap().is_some_and(|c| c.version >= version) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "version {version} of {id} never reached SQL");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn redis_and_postgres_order_writes_by_stamp() {
     let (config, base, db) = tiered().await;
@@ -67,6 +84,7 @@ async fn sql_wins_when_redis_lost_data() {
     let store = Store::connect(&config).await.unwrap();
     let (c, _) = store.load_or_create("bob", (1.0, 1.0)).await.unwrap();
     store.save(&[Character { version: 3, x: 30.0, ..c.clone() }]).await.unwrap();
+    wait_durable(&store, c.id, 3).await;
     // Redis loses the key (a restart without persistence): SQL's copy is served.
     let client = redis::Client::open(testing::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

@@ -28,6 +28,7 @@ impl Backend {
             database_url: db_url.clone(),
             redis_url: Some(testing::redis_url()),
             redis_prefix: format!("wmtest:{}:", testing::unique_suffix()),
+            ..worldmesh_persistence::Config::embedded(std::path::Path::new("unused"))
         };
         (Backend::Tiered { base_url, db_url }, config)
     }
