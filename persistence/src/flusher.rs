@@ -35,6 +35,12 @@ pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
 const BLOCK: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// `WORLDMESH_TEST_FLUSH_ACK_DELAY_MS`: a pause between SQL commit and stream ack, for crash
+/// tests only.
+static ACK_DELAY: std::sync::LazyLock<Option<Duration>> = std::sync::LazyLock::new(|| {
+    std::env::var("WORLDMESH_TEST_FLUSH_ACK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+});
+
 pub struct Flusher {
     conn: MultiplexedConnection,
     stream: String,
@@ -116,6 +122,11 @@ impl Flusher {
         }
         let batch: Vec<Character> = newest.into_values().collect();
         self.sql.upsert_batch(&batch).await?;
+        if let Some(delay) = *ACK_DELAY {
+            // Crash tests widen the window between the SQL commit and the stream ack, so that a
+            // kill lands there often (see tests/crash.rs). Never set in production.
+            tokio::time::sleep(delay).await;
+        }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let _: () = redis::pipe()
             .cmd("XACK").arg(&self.stream).arg(GROUP).arg(&ids).ignore()
