@@ -1,6 +1,10 @@
 //! The persistence gRPC service: validation and translation around [`Store`].
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::persistence::{self as pb, persistence_server::Persistence};
 use worldmesh_protocol::validate_name;
 
@@ -10,6 +14,9 @@ use crate::Error;
 /// Characters per checkpoint batch: a zone's full checkpoint at its default capacity, with
 /// room to spare; bigger batches are split by the caller.
 pub const MAX_BATCH: usize = 10_000;
+
+/// Acks a checkpoint stream may have in flight towards its zone.
+const CHECKPOINT_ACK_QUEUE: usize = 64;
 
 pub struct PersistenceService {
     store: Store,
@@ -68,17 +75,62 @@ impl Persistence for PersistenceService {
     }
 
     async fn save_characters(&self, req: Request<pb::SaveCharactersRequest>) -> Result<Response<pb::SaveCharactersReply>, Status> {
-        let batch: Vec<Character> = req.into_inner().characters.into_iter().map(from_pb).collect();
-        if batch.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("at most {MAX_BATCH} characters per batch")));
-        }
-        if batch.iter().any(|c| !validate_name(&c.name)) {
-            return Err(Status::invalid_argument("invalid character name in batch"));
-        }
-        if batch.iter().any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite())) {
-            return Err(Status::invalid_argument("character positions must be finite"));
-        }
+        let batch = validate_batch(req.into_inner().characters)?;
         let rejected = self.store.save(&batch).await.map_err(status)?;
         Ok(Response::new(pb::SaveCharactersReply { rejected }))
     }
+
+    type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointAck, Status>> + Send + 'static>>;
+
+    async fn checkpoint(&self, req: Request<Streaming<pb::CheckpointBatch>>) -> Result<Response<Self::CheckpointStream>, Status> {
+        let mut inbound = req.into_inner();
+        let store = self.store.clone();
+        // Acks queued towards the zone; a zone that stops reading stops being served.
+        let (tx, rx) = tokio::sync::mpsc::channel(CHECKPOINT_ACK_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "checkpoint stream ended");
+                        return;
+                    }
+                };
+                let ack = match validate_batch(batch.characters) {
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Ok(chars) => match store.save(&chars).await {
+                        Ok(rejected) => pb::CheckpointAck { batch_id: batch.batch_id, rejected, error: String::new(), backlog_full: false },
+                        Err(e) => {
+                            let backlog_full = matches!(e, Error::Backlog(_));
+                            let error = status(e).message().to_owned();
+                            pb::CheckpointAck { batch_id: batch.batch_id, rejected: Vec::new(), error, backlog_full }
+                        }
+                    },
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Checks a batch from the wire: size, names, finite positions.
+fn validate_batch(characters: Vec<pb::Character>) -> Result<Vec<Character>, Status> {
+    if characters.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!("at most {MAX_BATCH} characters per batch")));
+    }
+    let batch: Vec<Character> = characters.into_iter().map(from_pb).collect();
+    if batch.iter().any(|c| !validate_name(&c.name)) {
+        return Err(Status::invalid_argument("invalid character name in batch"));
+    }
+    if batch.iter().any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite())) {
+        return Err(Status::invalid_argument("character positions must be finite"));
+    }
+    Ok(batch)
 }

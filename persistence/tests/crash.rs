@@ -138,7 +138,8 @@ async fn acked_checkpoints_survive_sigkill_twenty_times() {
     loop {
         let rows: Vec<(i64, i64, f64)> = sqlx::query_as("SELECT id, version, x FROM characters").fetch_all(&pool).await.unwrap();
         let got: HashMap<u64, (u64, f64)> = rows.into_iter().map(|(id, v, x)| (id as u64, (v as u64, x))).collect();
-        let mismatched: Vec<(u64, u64, Option<(u64, f64)>)> =
+        type Mismatch = (u64, u64, Option<(u64, f64)>);
+        let mismatched: Vec<Mismatch> =
             expected.iter().filter(|(id, v)| got.get(id).map(|g| g.0) != Some(**v)).map(|(id, v)| (*id, *v, got.get(id).copied())).collect();
         if mismatched.is_empty() {
             for (id, v) in &expected {
