@@ -60,7 +60,9 @@ impl Sql {
         };
         // SQLite allows one writer at a time; more connections only add lock contention.
         let max = if backend == Backend::Sqlite { 1 } else { 8 };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
+        // A short acquire timeout: while SQL is down the flusher should fail fast and back off,
+        // not sit in the pool for the default 30 s.
+        let pool = AnyPoolOptions::new().max_connections(max).acquire_timeout(std::time::Duration::from_secs(3)).connect(url).await?;
         match backend {
             Backend::Postgres => PG_MIGRATIONS.run(&pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,

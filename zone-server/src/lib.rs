@@ -32,6 +32,10 @@ use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient
 use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
 use worldmesh_protocol::WorldBounds;
 
+/// How long a stopping zone waits for its last checkpoints to be acknowledged: well inside
+/// the termination grace period a Kubernetes pod gets.
+pub const SHUTDOWN_SAVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Zone server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -186,7 +190,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     if !matches!(joined, Ok(Ok(()))) {
         return Err(Error::TickThreadPanicked);
     }
-    let _ = saver.await;
+    // The saver retries until persistence acknowledges; at shutdown that wait is bounded so
+    // a zone whose persistence is gone still exits (what it could not save is logged).
+    if tokio::time::timeout(SHUTDOWN_SAVE_TIMEOUT, saver).await.is_err() {
+        tracing::error!("persistence did not acknowledge the final checkpoint within {SHUTDOWN_SAVE_TIMEOUT:?}; exiting without it");
+    }
     served?;
     tracing::info!(zone = reg.zone_id, "zone stopped");
     Ok(())

@@ -1,6 +1,14 @@
-//! The checkpoint writer: sends save jobs to persistence one at a time, in order, with bounded
-//! retries, then tells gateways which leaving players are saved.
+//! The checkpoint writer: sends checkpoints to persistence, in order, retrying until they are
+//! acknowledged, then tells gateways which leaving players are saved.
+//!
+//! Failure policy: nothing is dropped. While persistence refuses (down, or its backlog is full
+//! and it answers `RESOURCE_EXHAUSTED`), the saver backs off (doubling to
+//! [`MAX_BACKOFF`]) and keeps retrying. Jobs queued meanwhile are *coalesced* into one batch
+//! holding the newest state of each character, so a long outage costs memory bounded by the
+//! number of characters, not by its length. Players leaving during an outage are answered
+//! `Left` once their state is in; the gateway's own wait for that answer is bounded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +22,8 @@ use crate::link::Links;
 /// Save jobs waiting for the saver. The tick thread keeps its own backlog beyond this bound.
 pub const SAVE_QUEUE: usize = 256;
 
-/// Attempts per job: with the backoff below (50 ms doubling to 2 s) about 10 s in all, longer
-/// than a persistence restart on loopback, short enough that a leaving player is answered.
-const MAX_ATTEMPTS: u32 = 9;
+/// Longest pause between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 pub struct SaveJob {
     pub characters: Vec<Character>,
@@ -26,35 +33,58 @@ pub struct SaveJob {
 
 pub async fn run(mut persistence: PersistenceClient<Channel>, mut jobs: mpsc::Receiver<SaveJob>, links: Arc<Links>) {
     let runtime = tokio::runtime::Handle::current();
-    while let Some(job) = jobs.recv().await {
-        let saved = save_with_retry(&mut persistence, &job.characters).await;
-        for (link, player_id) in job.leaving {
-            crate::link::send_control(&links, &runtime, link, Msg::Left(pb::Left { player_id, saved }));
+    while let Some(first) = jobs.recv().await {
+        // Coalesce everything already queued: newest stamp per character wins.
+        let mut newest: HashMap<u64, Character> = HashMap::new();
+        let mut leaving = Vec::new();
+        let mut absorb = |job: SaveJob, newest: &mut HashMap<u64, Character>| {
+            for c in job.characters {
+                match newest.get(&c.id) {
+                    Some(old) if (old.epoch, old.version) >= (c.epoch, c.version) => {}
+                    _ => {
+                        newest.insert(c.id, c);
+                    }
+                }
+            }
+            leaving.extend(job.leaving);
+        };
+        absorb(first, &mut newest);
+        while let Ok(job) = jobs.try_recv() {
+            absorb(job, &mut newest);
+        }
+        let batch: Vec<Character> = newest.into_values().collect();
+        save_until_acked(&mut persistence, &batch).await;
+        for (link, player_id) in leaving {
+            crate::link::send_control(&links, &runtime, link, Msg::Left(pb::Left { player_id, saved: true }));
         }
     }
 }
 
-async fn save_with_retry(persistence: &mut PersistenceClient<Channel>, batch: &[Character]) -> bool {
+async fn save_until_acked(persistence: &mut PersistenceClient<Channel>, batch: &[Character]) {
     let mut delay = Duration::from_millis(50);
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         match persistence.save_characters(SaveCharactersRequest { characters: batch.to_vec() }).await {
             Ok(reply) => {
                 let rejected = &reply.get_ref().rejected;
                 if !rejected.is_empty() {
+                    // Stale: a newer owner (epoch) or a newer version is stored; ours is moot.
                     tracing::warn!(?rejected, "persistence refused stale character states");
                     metrics::counter!("worldmesh_zone_saves_rejected_total").increment(rejected.len() as u64);
                 }
                 metrics::counter!("worldmesh_zone_saves_total").increment(batch.len() as u64);
-                return true;
+                return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, attempt, characters = batch.len(), "checkpoint failed; retrying");
-                metrics::counter!("worldmesh_zone_save_errors_total").increment(1);
+                // Log the first failure and then every tenth, not every retry.
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(error = %e, attempt, characters = batch.len(), "checkpoint failed; retrying");
+                }
+                metrics::counter!("worldmesh_zone_save_errors_total", "code" => format!("{:?}", e.code())).increment(1);
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        delay = (delay * 2).min(MAX_BACKOFF);
     }
-    tracing::error!(characters = batch.len(), "checkpoint failed after {MAX_ATTEMPTS} attempts; state since the last checkpoint is lost");
-    false
 }
