@@ -128,11 +128,14 @@ impl Flusher {
             tokio::time::sleep(delay).await;
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let _: () = redis::pipe()
+        let (backlog,): (u64,) = redis::pipe()
             .cmd("XACK").arg(&self.stream).arg(GROUP).arg(&ids).ignore()
             .cmd("XDEL").arg(&self.stream).arg(&ids).ignore()
+            .cmd("XLEN").arg(&self.stream)
             .query_async(&mut self.conn)
             .await?;
+        // Acked but not yet durable, in batches: the gap between the two watermarks.
+        metrics::gauge!("worldmesh_persistence_backlog_batches").set(backlog as f64);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         metrics::histogram!("worldmesh_persistence_flush_lag_seconds").record(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
         metrics::counter!("worldmesh_persistence_checkpoints_durable_total").increment(batch.len() as u64);

@@ -40,3 +40,14 @@ pub async fn drop_postgres_database(base_url: &str, url: &str) {
         let _ = conn.close().await;
     }
 }
+
+/// A configuration on real Redis and the given database, with a unique key prefix tagged `tag`.
+pub fn tiered_config(database_url: &str, tag: &str) -> crate::Config {
+    crate::Config {
+        database_url: database_url.to_owned(),
+        redis_url: Some(redis_url()),
+        redis_prefix: format!("{tag}:{}:", unique_suffix()),
+        max_backlog: crate::DEFAULT_MAX_BACKLOG,
+        run_flusher: true,
+    }
+}

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use worldmesh_persistence::{testing, Config, Store};
+use worldmesh_persistence::{testing, Store};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::persistence::{Character, CheckpointBatch, LoadCharacterRequest, LoadOrCreateCharacterRequest, SaveCharactersRequest};
 
@@ -19,12 +19,7 @@ struct Harness {
 async fn start() -> Harness {
     let base = testing::postgres_base_url();
     let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
-    let config = Config {
-        database_url: db.clone(),
-        redis_url: Some(testing::redis_url()),
-        redis_prefix: format!("wmapi:{}:", testing::unique_suffix()),
-        ..Config::embedded(std::path::Path::new("unused"))
-    };
+    let config = testing::tiered_config(&db, "wmapi");
     let store = Store::connect(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

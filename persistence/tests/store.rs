@@ -7,12 +7,7 @@ use worldmesh_persistence::{Character, Config, Store};
 async fn tiered() -> (Config, String, String) {
     let base = testing::postgres_base_url();
     let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
-    let config = Config {
-        database_url: db.clone(),
-        redis_url: Some(testing::redis_url()),
-        redis_prefix: format!("wmtest:{}:", testing::unique_suffix()),
-        ..Config::embedded(std::path::Path::new("unused"))
-    };
+    let config = testing::tiered_config(&db, "wmtest");
     (config, base, db)
 }
 

@@ -24,12 +24,7 @@ impl Backend {
     pub async fn tiered() -> (Self, worldmesh_persistence::Config) {
         let base_url = testing::postgres_base_url();
         let db_url = testing::fresh_postgres_database(&base_url).await.expect("PostgreSQL must be running (see README)");
-        let config = worldmesh_persistence::Config {
-            database_url: db_url.clone(),
-            redis_url: Some(testing::redis_url()),
-            redis_prefix: format!("wmtest:{}:", testing::unique_suffix()),
-            ..worldmesh_persistence::Config::embedded(std::path::Path::new("unused"))
-        };
+        let config = testing::tiered_config(&db_url, "wmtest");
         (Backend::Tiered { base_url, db_url }, config)
     }
 
