@@ -117,7 +117,7 @@ async fn acked_checkpoints_survive_a_redis_restart_with_aof() {
 }
 
 /// A TCP proxy that can be cut: while down, live connections are closed and new ones dropped.
-async fn proxy(target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::sync::Notify>) {
+async fn proxy(host: String, target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::sync::Notify>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let up = Arc::new(AtomicBool::new(true));
@@ -129,9 +129,9 @@ async fn proxy(target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::sync::Notify>) 
             if !up2.load(Ordering::SeqCst) {
                 continue;
             }
-            let cut = cut2.clone();
+            let (cut, host) = (cut2.clone(), host.clone());
             tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else { return };
+                let Ok(mut outbound) = TcpStream::connect((host.as_str(), target)).await else { return };
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     _ = cut.notified() => {}
@@ -146,9 +146,11 @@ async fn proxy(target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::sync::Notify>) 
 async fn a_sql_outage_backs_off_refuses_beyond_the_backlog_and_catches_up() {
     let base = testing::postgres_base_url();
     let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
-    let (port, up, cut) = proxy(5432).await;
-    let via_proxy = db.replacen("127.0.0.1:5432", &format!("127.0.0.1:{port}"), 1);
-    assert_ne!(via_proxy, db, "DATABASE_URL must name 127.0.0.1:5432 for this test");
+    // The proxy stands in for whatever host:port DATABASE_URL names.
+    let authority = db.split_once('@').map_or(&db[..], |(_, rest)| rest).split('/').next().unwrap().to_owned();
+    let (host, pg_port) = authority.rsplit_once(':').map_or((authority.as_str(), 5432), |(h, p)| (h, p.parse().unwrap_or(5432)));
+    let (port, up, cut) = proxy(host.to_owned(), pg_port).await;
+    let via_proxy = db.replacen(&authority, &format!("127.0.0.1:{port}"), 1);
     let config = Config {
         database_url: via_proxy,
         redis_url: Some(testing::redis_url()),
