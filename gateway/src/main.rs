@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         ..Default::default()
     };
-    let socket = std::net::UdpSocket::bind(&args.listen)?;
+    let addr = tokio::net::lookup_host(&args.listen).await?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;
+    let socket = worldmesh_gateway::bind_udp(addr, config.socket_buffer_bytes)?;
     worldmesh_gateway::run(socket, config, worldmesh_runtime::shutdown_token()).await?;
     Ok(())
 }

@@ -246,6 +246,42 @@ async fn play(
     result
 }
 
+/// Token bucket for a client's inputs, with a one-second window of drops for flood detection.
+struct InputLimiter {
+    tokens: f64,
+    last: std::time::Instant,
+    window_start: std::time::Instant,
+    dropped_in_window: u32,
+}
+
+impl InputLimiter {
+    fn new(burst: f64) -> Self {
+        let now = std::time::Instant::now();
+        Self { tokens: burst, last: now, window_start: now, dropped_in_window: 0 }
+    }
+
+    /// Ok(true): forward. Ok(false): drop (over the rate). Err: flooding, kick.
+    fn admit(&mut self, config: &crate::Config) -> Result<bool, Refusal> {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * config.input_rate_hz).min(config.input_burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(true);
+        }
+        if now - self.window_start > Duration::from_secs(1) {
+            self.window_start = now;
+            self.dropped_in_window = 0;
+        }
+        self.dropped_in_window += 1;
+        metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "rate_limit").increment(1);
+        if self.dropped_in_window > config.flood_kick_after {
+            return Err(Refusal::new(ErrorCode::RateLimited, format!("input flood: over {} inputs/s", config.input_rate_hz)));
+        }
+        Ok(false)
+    }
+}
+
 async fn relay(
     gateway: &Arc<Gateway>,
     connection: &quinn::Connection,
@@ -254,6 +290,7 @@ async fn relay(
     link: &ZoneLink,
     player_id: u64,
 ) -> Result<(), Refusal> {
+    let mut limiter = InputLimiter::new(gateway.config.input_burst);
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return Err(Refusal::new(ErrorCode::ShuttingDown, "gateway shutting down; reconnect")),
@@ -264,6 +301,9 @@ async fn relay(
                 match codec::decode_frame::<ClientMessage>(&bytes)? {
                     ClientMessage::Input(i) => {
                         i.validate().map_err(|why| Refusal::new(ErrorCode::InvalidInput, why))?;
+                        if !limiter.admit(&gateway.config)? {
+                            continue;
+                        }
                         let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
                         if !link.try_send_input(input) {
                             metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "zone_queue_full").increment(1);

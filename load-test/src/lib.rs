@@ -25,7 +25,8 @@ pub use stats::{Report, Stats};
 /// A fleet of bots.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub gateway: SocketAddr,
+    /// Gateways; bot `i` uses `gateways[i % len]`.
+    pub gateways: Vec<SocketAddr>,
     pub bots: usize,
     /// Bots started per second.
     pub ramp_per_s: f64,
@@ -42,7 +43,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            gateway: (std::net::Ipv4Addr::LOCALHOST, 7000).into(),
+            gateways: vec![(std::net::Ipv4Addr::LOCALHOST, 7000).into()],
             bots: 50,
             ramp_per_s: 50.0,
             duration: Some(Duration::from_secs(30)),
@@ -56,6 +57,9 @@ impl Default for Config {
 
 /// Runs the fleet, then logs every bot out and returns the report.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, ClientError> {
+    if config.gateways.is_empty() {
+        return Err(ClientError::Protocol("no gateway to connect to".into()));
+    }
     let endpoint = ClientEndpoint::new(worldmesh_protocol::ALPN)?;
     let stats = Arc::new(Stats::default());
     let stop = shutdown.child_token();
@@ -82,7 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, 
         }
         let bot = bot::BotConfig {
             name: format!("{}{i}", config.name_prefix),
-            gateway: config.gateway,
+            gateway: config.gateways[i % config.gateways.len().max(1)],
             input_rate_hz: config.input_rate_hz,
             speed: 3.0,
             chat_every_s: config.chat_every_s,

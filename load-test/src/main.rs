@@ -17,8 +17,9 @@ struct Args {
 enum Command {
     /// Run N bots against a gateway and write a JSON report.
     Run {
-        #[arg(long, env = "WORLDMESH_GATEWAY", default_value = "127.0.0.1:7000")]
-        gateway: SocketAddr,
+        /// Gateway address(es), comma-separated; bots are spread across them.
+        #[arg(long, env = "WORLDMESH_GATEWAY", default_value = "127.0.0.1:7000", value_delimiter = ',')]
+        gateway: Vec<SocketAddr>,
         #[arg(long, default_value_t = 50)]
         bots: usize,
         /// Bots started per second.
@@ -42,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("warn");
     let Command::Run { gateway, bots, ramp, duration, name_prefix, input_rate, report } = Args::parse().command;
     let config = worldmesh_load_test::Config {
-        gateway,
+        gateways: gateway,
         bots,
         ramp_per_s: ramp,
         duration: Some(Duration::from_secs(duration)),

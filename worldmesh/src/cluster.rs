@@ -17,7 +17,10 @@ pub struct ClusterConfig {
     pub coordinator: worldmesh_coordinator::Config,
     pub zone: worldmesh_zone::Config,
     pub gateway: worldmesh_gateway::Config,
-    /// UDP address of the gateway; port 0 picks a free one.
+    /// Gateways in front of the zones.
+    pub gateways: usize,
+    /// UDP address of the first gateway (the others take the following ports); port 0 picks
+    /// free ones.
     pub gateway_listen: SocketAddr,
 }
 
@@ -29,6 +32,7 @@ impl ClusterConfig {
             coordinator: worldmesh_coordinator::Config::default(),
             zone: worldmesh_zone::Config::default(),
             gateway: worldmesh_gateway::Config::default(),
+            gateways: 1,
             gateway_listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         }
     }
@@ -48,14 +52,16 @@ type Task<E> = JoinHandle<Result<(), E>>;
 
 /// A running cluster.
 pub struct Cluster {
+    /// The first gateway (all of them: [`Cluster::gateway_addrs`]).
     pub gateway_addr: SocketAddr,
+    pub gateway_addrs: Vec<SocketAddr>,
     pub coordinator_url: String,
     pub persistence_url: String,
     pub zone_urls: Vec<String>,
     backend: CancellationToken,
     zones_token: CancellationToken,
     gateway_token: CancellationToken,
-    gateway: Task<worldmesh_gateway::Error>,
+    gateways: Vec<Task<worldmesh_gateway::Error>>,
     zones: Vec<Task<worldmesh_zone::Error>>,
     coordinator: Task<worldmesh_coordinator::Error>,
     persistence: Task<worldmesh_persistence::Error>,
@@ -97,18 +103,46 @@ impl Cluster {
         }
         wait_for_zones(&coordinator_url, config.zones, Duration::from_secs(20)).await?;
 
-        let socket = std::net::UdpSocket::bind(config.gateway_listen)?;
-        let gateway_addr = socket.local_addr()?;
-        let gc = worldmesh_gateway::Config { coordinator_url: coordinator_url.clone(), persistence_url: persistence_url.clone(), ..config.gateway.clone() };
-        let gateway = tokio::spawn(worldmesh_gateway::run(socket, gc, gateway_token.clone()));
-        Ok(Self { gateway_addr, coordinator_url, persistence_url, zone_urls, backend, zones_token, gateway_token, gateway, zones, coordinator, persistence })
+        let mut gateways = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for i in 0..config.gateways.max(1) {
+            let mut listen = config.gateway_listen;
+            if listen.port() != 0 {
+                listen.set_port(listen.port() + i as u16);
+            }
+            let socket = worldmesh_gateway::bind_udp(listen, config.gateway.socket_buffer_bytes)?;
+            gateway_addrs.push(socket.local_addr()?);
+            let gc = worldmesh_gateway::Config {
+                name: format!("gateway-{i}"),
+                coordinator_url: coordinator_url.clone(),
+                persistence_url: persistence_url.clone(),
+                ..config.gateway.clone()
+            };
+            gateways.push(tokio::spawn(worldmesh_gateway::run(socket, gc, gateway_token.clone())));
+        }
+        Ok(Self {
+            gateway_addr: gateway_addrs[0],
+            gateway_addrs,
+            coordinator_url,
+            persistence_url,
+            zone_urls,
+            backend,
+            zones_token,
+            gateway_token,
+            gateways,
+            zones,
+            coordinator,
+            persistence,
+        })
     }
 
     /// Stops the gateway (clients are kicked, characters saved), then the zones (everything
     /// left is saved), then the coordinator and persistence.
     pub async fn stop(self) {
         self.gateway_token.cancel();
-        log_exit("gateway", self.gateway.await);
+        for g in self.gateways {
+            log_exit("gateway", g.await);
+        }
         self.zones_token.cancel();
         for z in self.zones {
             log_exit("zone", z.await);

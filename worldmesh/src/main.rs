@@ -26,6 +26,9 @@ struct Local {
     /// Zone servers to run.
     #[arg(long, default_value_t = 4)]
     zones: usize,
+    /// Gateways to run (on consecutive ports from --listen); bots are spread across them.
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
     /// Bots to run against the gateway (0 for none; connect your own client).
     #[arg(long, default_value_t = 50)]
     bots: usize,
@@ -61,11 +64,14 @@ async fn local(args: Local) -> anyhow::Result<()> {
     let mut config = ClusterConfig::new(worldmesh_persistence::Config::embedded(&args.data));
     config.zones = args.zones;
     config.zone.npcs = args.npcs;
+    config.gateways = args.gateways;
     config.gateway_listen = args.listen;
     let started = Instant::now();
     let cluster = Cluster::start(config).await?;
     println!("worldmesh local cluster is up in {:.1} s", started.elapsed().as_secs_f64());
-    println!("  gateway (QUIC, ALPN {}): {}", String::from_utf8_lossy(worldmesh_protocol::ALPN), cluster.gateway_addr);
+    for (i, g) in cluster.gateway_addrs.iter().enumerate() {
+        println!("  gateway-{i} (QUIC, ALPN {}): {g}", String::from_utf8_lossy(worldmesh_protocol::ALPN));
+    }
     println!("  coordinator (gRPC):      {}", cluster.coordinator_url);
     println!("  persistence (gRPC):      {}", cluster.persistence_url);
     for (i, z) in cluster.zone_urls.iter().enumerate() {
@@ -76,7 +82,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
 
     let report = if args.bots > 0 {
         let bots = worldmesh_load_test::Config {
-            gateway: cluster.gateway_addr,
+            gateways: cluster.gateway_addrs.clone(),
             bots: args.bots,
             ramp_per_s: 50.0,
             duration: args.duration.map(Duration::from_secs),

@@ -108,6 +108,23 @@ async fn hostile_clients_are_kicked_and_nobody_else_notices() {
     }
     assert_closed_with(&s.connection, ErrorCode::InvalidInput).await;
 
+    // Logged in, then an input flood: beyond the rate and burst, then kicked.
+    let mut s = Session::login(&endpoint, gw, "flooder").await.unwrap();
+    for seq in 1..=1000u32 {
+        // Sending fails once the gateway has closed the connection on us.
+        if s.send_input(Input { seq, ack_tick: 0, heading: 0.0, speed: 1.0, actions: 0 }).is_err() {
+            break;
+        }
+        if seq % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(10), s.next_control()).await.expect("kick in time") {
+        Some(ServerMessage::Kick(k)) => assert_eq!(k.code, ErrorCode::RateLimited),
+        other => panic!("expected a Kick, got {other:?}"),
+    }
+    assert_closed_with(&s.connection, ErrorCode::RateLimited).await;
+
     // A client of another protocol version fails the TLS handshake (ALPN).
     let old_client = ClientEndpoint::new(b"worldmesh/0").unwrap();
     assert!(old_client.connect(gw).await.is_err(), "ALPN mismatch must fail the handshake");

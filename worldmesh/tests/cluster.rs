@@ -41,3 +41,37 @@ async fn characters_survive_a_whole_cluster_restart() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_in_front_of_the_same_zones() {
+    let (backend, persistence) = Backend::embedded();
+    let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
+    config.zones = 2;
+    config.gateways = 2;
+    worldmesh_runtime::init_logging("warn");
+    let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
+    assert_eq!(cluster.gateway_addrs.len(), 2);
+    let endpoint = endpoint();
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let gw = cluster.gateway_addrs[i % 2];
+        sessions.push(worldmesh_load_test::Session::login(&endpoint, gw, &format!("twogw{i}")).await.unwrap());
+    }
+    let spawns: Vec<(u64, (f32, f32))> = sessions.iter().map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y))).collect();
+    let walks = futures_join(sessions.iter_mut().map(|s| walk(s, 0.0, 2.0))).await;
+    for (i, w) in walks.iter().enumerate() {
+        let rate = w.snapshots as f64 / w.seconds;
+        assert!((16.0..=24.0).contains(&rate), "bot {i} on gateway {}: {rate:.1} snapshots/s", i % 2);
+        // Neighbours are seen whichever gateway they came through.
+        for (id, at) in &spawns {
+            if *id != spawns[i].0 && distance(spawns[i].1, *at) < 80.0 {
+                assert!(w.others_seen.contains(id), "bot {i} never saw {id}");
+            }
+        }
+    }
+    for s in sessions {
+        s.bye().await.unwrap();
+    }
+    cluster.stop().await;
+    backend.cleanup().await;
+}
