@@ -63,6 +63,8 @@ pub struct Config {
     /// Inputs dropped by the rate limit within one second beyond which the client is kicked
     /// with `RateLimited`.
     pub flood_kick_after: u32,
+    /// Secret presented to zones on every link (must match theirs).
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             input_rate_hz: 60.0,
             input_burst: 30.0,
             flood_kick_after: 120,
+            cluster_secret: None,
         }
     }
 }

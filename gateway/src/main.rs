@@ -25,6 +25,9 @@ struct Args {
     tls_key: Option<PathBuf>,
     #[arg(long, env = "WORLDMESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Secret presented to zones on every link.
+    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Idle timeout in seconds.
     #[arg(long, env = "WORLDMESH_IDLE_TIMEOUT_S", default_value_t = 10)]
     idle_timeout_s: u64,
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| worldmesh_gateway::TlsFiles { cert, key }),
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        cluster_secret: args.cluster_secret,
         ..Default::default()
     };
     let addr = tokio::net::lookup_host(&args.listen).await?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;

@@ -66,7 +66,8 @@ impl ZoneLinks {
             return Ok(link.clone());
         }
         let channel = crate::channel(address).map_err(|e| tonic::Status::internal(e.to_string()))?;
-        let mut client = ZoneLinkClient::new(channel);
+        let secret = worldmesh_runtime::AddSecret::new(gateway.config.cluster_secret.as_deref()).map_err(tonic::Status::internal)?;
+        let mut client = ZoneLinkClient::with_interceptor(channel, secret);
         let (tx, rx) = mpsc::channel(TO_ZONE_QUEUE);
         tx.send(pb::GatewayToZone { msg: Some(gateway_to_zone::Msg::Hello(pb::LinkHello { gateway_name: gateway.config.name.clone() })) })
             .await

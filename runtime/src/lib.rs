@@ -50,3 +50,70 @@ pub fn grpc_channel(url: &str) -> Result<tonic::transport::Channel, String> {
         .tcp_nodelay(true)
         .connect_lazy())
 }
+
+/// gRPC metadata key carrying the cluster secret on internal links.
+pub const CLUSTER_SECRET_HEADER: &str = "x-worldmesh-cluster-secret";
+
+/// Client side of internal-link authentication: adds the cluster secret to every request.
+#[derive(Clone)]
+pub struct AddSecret(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl AddSecret {
+    /// `None` sends no secret (development clusters). Fails on a secret that is not a valid
+    /// header value (visible ASCII).
+    pub fn new(secret: Option<&str>) -> Result<Self, String> {
+        secret
+            .map(|s| s.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| "the cluster secret must be visible ASCII".to_owned()))
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for AddSecret {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(CLUSTER_SECRET_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Server side: refuses requests without the right cluster secret (`UNAUTHENTICATED`), in
+/// constant time. `None` accepts everyone (development clusters; logged at start).
+#[derive(Clone)]
+pub struct CheckSecret(Option<std::sync::Arc<[u8]>>);
+
+impl CheckSecret {
+    pub fn new(secret: Option<&str>) -> Self {
+        Self(secret.map(|s| s.as_bytes().into()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for CheckSecret {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &self.0 else { return Ok(req) };
+        match req.metadata().get(CLUSTER_SECRET_HEADER) {
+            Some(v) if constant_time_eq(v.as_bytes(), expected) => Ok(req),
+            _ => {
+                tracing::warn!(peer = ?req.remote_addr(), "internal link refused: wrong or missing cluster secret");
+                Err(tonic::Status::unauthenticated("cluster secret required"))
+            }
+        }
+    }
+}
+
+/// A fresh random secret (for in-process clusters, whose services share it in memory).
+pub fn random_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|i| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(i);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}

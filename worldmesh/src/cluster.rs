@@ -26,12 +26,15 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     pub fn new(persistence: worldmesh_persistence::Config) -> Self {
+        // One random secret for the whole in-process cluster: its links are authenticated
+        // exactly as in production.
+        let secret = Some(worldmesh_runtime::random_secret());
         Self {
             zones: 4,
             persistence,
             coordinator: worldmesh_coordinator::Config::default(),
-            zone: worldmesh_zone::Config::default(),
-            gateway: worldmesh_gateway::Config::default(),
+            zone: worldmesh_zone::Config { cluster_secret: secret.clone(), ..Default::default() },
+            gateway: worldmesh_gateway::Config { cluster_secret: secret, ..Default::default() },
             gateways: 1,
             gateway_listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         }

@@ -75,3 +75,33 @@ async fn two_gateways_in_front_of_the_same_zones() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_refuse_links_without_the_cluster_secret() {
+    let (backend, persistence) = Backend::embedded();
+    let cluster = start_cluster(persistence, 1).await;
+    // A gateway that does not know the secret: its players cannot be placed in any zone.
+    let rogue = worldmesh_gateway::Config {
+        name: "rogue".into(),
+        coordinator_url: cluster.coordinator_url.clone(),
+        persistence_url: cluster.persistence_url.clone(),
+        cluster_secret: Some("wrong".into()),
+        ..Default::default()
+    };
+    let socket = worldmesh_gateway::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+    let rogue_addr = socket.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rogue_task = tokio::spawn(worldmesh_gateway::run(socket, rogue, stop.clone()));
+    let endpoint = endpoint();
+    match worldmesh_load_test::Session::login(&endpoint, rogue_addr, "intruder").await {
+        Err(worldmesh_load_test::ClientError::Kicked { code, .. }) => assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable),
+        Err(e) => panic!("expected a typed kick, got {e}"),
+        Ok(_) => panic!("a gateway without the secret placed a player in a zone"),
+    }
+    // The real gateway still works.
+    worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "legit").await.unwrap().bye().await.unwrap();
+    stop.cancel();
+    let _ = rogue_task.await;
+    cluster.stop().await;
+    backend.cleanup().await;
+}

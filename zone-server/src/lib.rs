@@ -57,6 +57,8 @@ pub struct Config {
     pub npcs: usize,
     /// Cells nobody may walk into.
     pub collision: sim::movement::CollisionMap,
+    /// Gateways must present this secret to open a link (`None`: anyone may; development only).
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             capacity: 1000,
             npcs: 0,
             collision: sim::movement::CollisionMap::default(),
+            cluster_secret: None,
         }
     }
 }
@@ -176,10 +179,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     )?;
     let heartbeat = tokio::spawn(heartbeat_loop(coordinator, config.clone(), advertise.clone(), reg.clone(), stats.clone(), shutdown.clone()));
 
+    if config.cluster_secret.is_none() {
+        tracing::warn!("no cluster secret: any process that can reach this zone may open a gateway link");
+    }
     let service = link::LinkService::new(cmd_tx, links.clone(), persistence, shutdown.clone());
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     let served = tonic::transport::Server::builder()
-        .add_service(ZoneLinkServer::new(service))
+        .add_service(ZoneLinkServer::with_interceptor(service, worldmesh_runtime::CheckSecret::new(config.cluster_secret.as_deref())))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -26,6 +26,9 @@ struct Args {
     /// Checkpoint interval in milliseconds.
     #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
     checkpoint_ms: u64,
+    /// Secret gateways must present on their links.
+    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Wandering NPCs this zone simulates.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
     npcs: usize,
@@ -43,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         view_radius: args.view_radius,
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
         npcs: args.npcs,
+        cluster_secret: args.cluster_secret,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
