@@ -22,15 +22,17 @@ pub mod session;
 pub mod tls;
 pub mod zones;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use worldmesh_protocol::grpc::coordinator::{coordinator_client::CoordinatorClient, GetWorldRequest, WorldGeometry};
+use worldmesh_protocol::grpc::coordinator::{
+    GetWorldRequest, WorldGeometry, coordinator_client::CoordinatorClient,
+};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 
 pub use tls::TlsFiles;
@@ -125,8 +127,15 @@ impl Gateway {
     pub async fn world(&self) -> Result<&WorldGeometry, tonic::Status> {
         self.world
             .get_or_try_init(|| async {
-                let reply = self.coordinator.clone().get_world(GetWorldRequest {}).await?.into_inner();
-                reply.world.ok_or_else(|| tonic::Status::internal("coordinator sent no geometry"))
+                let reply = self
+                    .coordinator
+                    .clone()
+                    .get_world(GetWorldRequest {})
+                    .await?
+                    .into_inner();
+                reply
+                    .world
+                    .ok_or_else(|| tonic::Status::internal("coordinator sent no geometry"))
             })
             .await
     }
@@ -134,7 +143,10 @@ impl Gateway {
 
 /// Binds the gateway's UDP socket with enlarged kernel buffers (see
 /// [`Config::socket_buffer_bytes`]); logs what the kernel granted (it caps at `rmem_max`).
-pub fn bind_udp(addr: std::net::SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+pub fn bind_udp(
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
@@ -160,7 +172,12 @@ fn player_id_base(name: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write(name.as_bytes());
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     ((h.finish() as u32 as u64) << 32) | 1
 }
 
@@ -173,19 +190,33 @@ pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::E
     let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(config.idle_timeout.try_into().map_err(|_| Error::Tls("idle timeout out of range".into()))?))
+        .max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .map_err(|_| Error::Tls("idle timeout out of range".into()))?,
+        ))
         // Clients open exactly one stream (the control stream); no reason to allow more.
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         // Inputs are small and replaced every tick; a few dozen queued is plenty.
         .datagram_receive_buffer_size(Some(64 * 1024));
     server.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))?)
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }
 
 /// Serves clients on `socket` until `shutdown` is cancelled, then kicks every client with
 /// `ShuttingDown` and waits (bounded) for their characters to be saved.
-pub async fn run(socket: std::net::UdpSocket, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    socket: std::net::UdpSocket,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     socket.set_nonblocking(true)?;
     let addr = socket.local_addr()?;
     let endpoint = endpoint(socket, &config)?;
@@ -224,7 +255,10 @@ pub async fn run(socket: std::net::UdpSocket, config: Config, shutdown: Cancella
     }
     tasks.close();
     // Sessions see the cancelled token, kick their clients and save their characters.
-    if tokio::time::timeout(Duration::from_secs(15), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions did not finish within 15 s of shutdown");
     }
     gateway.zones.close_all();

@@ -13,9 +13,17 @@ struct Args {
     listen: String,
     #[arg(long, env = "WORLDMESH_GATEWAY_NAME", default_value = "gateway-0")]
     name: String,
-    #[arg(long, env = "WORLDMESH_COORDINATOR_URL", default_value = "http://127.0.0.1:7100")]
+    #[arg(
+        long,
+        env = "WORLDMESH_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:7100"
+    )]
     coordinator: String,
-    #[arg(long, env = "WORLDMESH_PERSISTENCE_URL", default_value = "http://127.0.0.1:7200")]
+    #[arg(
+        long,
+        env = "WORLDMESH_PERSISTENCE_URL",
+        default_value = "http://127.0.0.1:7200"
+    )]
     persistence: String,
     /// PEM certificate chain; without it a self-signed development certificate is generated.
     #[arg(long, env = "WORLDMESH_TLS_CERT", requires = "tls_key")]
@@ -41,13 +49,19 @@ async fn main() -> anyhow::Result<()> {
         name: args.name,
         coordinator_url: args.coordinator,
         persistence_url: args.persistence,
-        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| worldmesh_gateway::TlsFiles { cert, key }),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| worldmesh_gateway::TlsFiles { cert, key }),
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         cluster_secret: args.cluster_secret,
         ..Default::default()
     };
-    let addr = tokio::net::lookup_host(&args.listen).await?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;
+    let addr = tokio::net::lookup_host(&args.listen)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;
     let socket = worldmesh_gateway::bind_udp(addr, config.socket_buffer_bytes)?;
     worldmesh_gateway::run(socket, config, worldmesh_runtime::shutdown_token()).await?;
     Ok(())

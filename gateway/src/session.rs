@@ -11,18 +11,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tracing::Instrument;
 use worldmesh_protocol::codec::{self, DecodeError, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::grpc::coordinator::LocateZoneRequest;
 use worldmesh_protocol::grpc::persistence::LoadOrCreateCharacterRequest;
 use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
 use worldmesh_protocol::{
-    validate_name, ClientMessage, ErrorCode, Kick, ServerMessage, Welcome, WorldBounds, MAX_CHAT_LEN, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, Kick, MAX_CHAT_LEN, PROTOCOL_VERSION, ServerMessage, Welcome,
+    WorldBounds, validate_name,
 };
 
-use crate::zones::{JoinOutcome, ZoneLink};
 use crate::Gateway;
+use crate::zones::{JoinOutcome, ZoneLink};
 
 /// Reliable frames queued towards one client. Chat is the only steady source; a client that
 /// lets 64 frames pile up is not reading and is kicked.
@@ -70,7 +71,9 @@ struct NameGuard {
 
 impl Drop for NameGuard {
     fn drop(&mut self) {
-        self.gateway.names.remove_if(&self.name, |_, c| c.player_id == self.player_id);
+        self.gateway
+            .names
+            .remove_if(&self.name, |_, c| c.player_id == self.player_id);
     }
 }
 
@@ -89,7 +92,11 @@ impl From<DecodeError> for Refusal {
     }
 }
 
-pub async fn handle(gateway: Arc<Gateway>, incoming: quinn::Incoming, permit: Option<OwnedSemaphorePermit>) {
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    incoming: quinn::Incoming,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let peer = incoming.remote_address();
     let connection = match incoming.await {
         Ok(c) => c,
@@ -100,25 +107,46 @@ pub async fn handle(gateway: Arc<Gateway>, incoming: quinn::Incoming, permit: Op
         }
     };
     metrics::counter!("worldmesh_gateway_connections_total").increment(1);
-    let (send, recv) = match tokio::time::timeout(gateway.config.login_timeout, connection.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            close(&connection, None, Refusal::new(ErrorCode::Timeout, "no control stream"), peer).await;
-            return;
-        }
-    };
+    let (send, recv) =
+        match tokio::time::timeout(gateway.config.login_timeout, connection.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                close(
+                    &connection,
+                    None,
+                    Refusal::new(ErrorCode::Timeout, "no control stream"),
+                    peer,
+                )
+                .await;
+                return;
+            }
+        };
     let (inbound_tx, mut inbound) = mpsc::channel(16);
     tokio::spawn(read_control(recv, inbound_tx));
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
     let writer = tokio::spawn(write_control(send, control_rx));
 
     if permit.is_none() {
-        metrics::counter!("worldmesh_gateway_refusals_total", "reason" => "server_full").increment(1);
-        close(&connection, Some((control_tx, writer)), Refusal::new(ErrorCode::ServerFull, "gateway at its connection limit"), peer).await;
+        metrics::counter!("worldmesh_gateway_refusals_total", "reason" => "server_full")
+            .increment(1);
+        close(
+            &connection,
+            Some((control_tx, writer)),
+            Refusal::new(ErrorCode::ServerFull, "gateway at its connection limit"),
+            peer,
+        )
+        .await;
         return;
     }
     metrics::gauge!("worldmesh_gateway_connections").increment(1.0);
-    let outcome = session(&gateway, &connection, &mut inbound, control_tx.clone(), peer).await;
+    let outcome = session(
+        &gateway,
+        &connection,
+        &mut inbound,
+        control_tx.clone(),
+        peer,
+    )
+    .await;
     metrics::gauge!("worldmesh_gateway_connections").decrement(1.0);
     match outcome {
         Ok(()) => {
@@ -133,12 +161,21 @@ pub async fn handle(gateway: Arc<Gateway>, incoming: quinn::Incoming, permit: Op
 
 /// Sends a Kick on the control stream (when there is one), lets it drain briefly, and closes
 /// the connection with the error code as the QUIC application close code.
-async fn close(connection: &quinn::Connection, control: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)>, Refusal(code, why): Refusal, peer: SocketAddr) {
+async fn close(
+    connection: &quinn::Connection,
+    control: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)>,
+    Refusal(code, why): Refusal,
+    peer: SocketAddr,
+) {
     tracing::info!(%peer, %code, %why, "disconnecting client");
     metrics::counter!("worldmesh_gateway_kicks_total", "reason" => code.to_string()).increment(1);
     if let Some((tx, writer)) = control {
-        if let Ok(frame) = codec::encode_to_vec(&ServerMessage::Kick(Kick { code, message: why.clone() })) {
-            let _ = tokio::time::timeout(Duration::from_millis(500), tx.send(Bytes::from(frame))).await;
+        if let Ok(frame) = codec::encode_to_vec(&ServerMessage::Kick(Kick {
+            code,
+            message: why.clone(),
+        })) {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), tx.send(Bytes::from(frame))).await;
         }
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -159,18 +196,31 @@ async fn session(
         Ok(None) => return Ok(()),
         Ok(Some(Err(e))) => return Err(e.into()),
         Ok(Some(Ok(ClientMessage::Hello(h)))) => h,
-        Ok(Some(Ok(_))) => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "expected Hello")),
+        Ok(Some(Ok(_))) => {
+            return Err(Refusal::new(ErrorCode::UnexpectedMessage, "expected Hello"));
+        }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(Refusal::new(ErrorCode::UnsupportedVersion, format!("protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}", hello.protocol_version)));
+        return Err(Refusal::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        ));
     }
     if !validate_name(&hello.name) {
-        return Err(Refusal::new(ErrorCode::InvalidName, "names are 1-32 ASCII letters, digits, '_' or '-'"));
+        return Err(Refusal::new(
+            ErrorCode::InvalidName,
+            "names are 1-32 ASCII letters, digits, '_' or '-'",
+        ));
     }
     let name = hello.name;
     let player_id = gateway.next_player.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", player = player_id, %name, %peer);
-    play(gateway, connection, inbound, control, name, player_id).instrument(span).await
+    play(gateway, connection, inbound, control, name, player_id)
+        .instrument(span)
+        .await
 }
 
 async fn play(
@@ -186,21 +236,42 @@ async fn play(
     let _guard = claim_name(gateway, &name, player_id, kick_tx.clone()).await?;
 
     // 3. Load the character, find its zone, join it there.
-    let world = gateway.world().await.map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("coordinator: {}", e.message())))?.clone();
+    let world = gateway
+        .world()
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::Unavailable,
+                format!("coordinator: {}", e.message()),
+            )
+        })?
+        .clone();
     let spawn = spawn_point(&world.spawn_points, &name);
     let character = gateway
         .persistence
         .clone()
-        .load_or_create_character(LoadOrCreateCharacterRequest { name: name.clone(), spawn_x: spawn.0, spawn_y: spawn.1 })
+        .load_or_create_character(LoadOrCreateCharacterRequest {
+            name: name.clone(),
+            spawn_x: spawn.0,
+            spawn_y: spawn.1,
+        })
         .await
-        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("persistence: {}", e.message())))?
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::Unavailable,
+                format!("persistence: {}", e.message()),
+            )
+        })?
         .into_inner()
         .character
         .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "persistence returned no character"))?;
     let zone = gateway
         .coordinator
         .clone()
-        .locate_zone(LocateZoneRequest { x: character.x, y: character.y })
+        .locate_zone(LocateZoneRequest {
+            x: character.x,
+            y: character.y,
+        })
         .await
         .map_err(|e| Refusal::new(ErrorCode::NoZoneAvailable, e.message().to_owned()))?
         .into_inner()
@@ -210,9 +281,22 @@ async fn play(
         .zones
         .get_or_connect(gateway, zone.zone_id, &zone.address)
         .await
-        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("zone link: {}", e.message())))?;
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::Unavailable,
+                format!("zone link: {}", e.message()),
+            )
+        })?;
 
-    gateway.sessions.insert(player_id, SessionHandle { connection: connection.clone(), zone_id: zone.zone_id, control: control.clone(), kick: kick_tx });
+    gateway.sessions.insert(
+        player_id,
+        SessionHandle {
+            connection: connection.clone(),
+            zone_id: zone.zone_id,
+            control: control.clone(),
+            kick: kick_tx,
+        },
+    );
     let joined = join(gateway, &link, player_id, character.id, &name).await;
     let joined = match joined {
         Ok(j) => j,
@@ -226,14 +310,24 @@ async fn play(
         player_id,
         entity_id: joined.entity_id,
         tick_rate_hz: world.tick_rate_hz as u16,
-        world: WorldBounds { min_x: world.min_x, min_y: world.min_y, max_x: world.max_x, max_y: world.max_y },
+        world: WorldBounds {
+            min_x: world.min_x,
+            min_y: world.min_y,
+            max_x: world.max_x,
+            max_y: world.max_y,
+        },
         x: joined.x,
         y: joined.y,
         heading: joined.heading,
     });
-    let frame = codec::encode_to_vec(&welcome).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+    let frame = codec::encode_to_vec(&welcome)
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
     let _ = control.send(Bytes::from(frame)).await;
-    tracing::info!(zone = zone.zone_id, entity = joined.entity_id, "player logged in");
+    tracing::info!(
+        zone = zone.zone_id,
+        entity = joined.entity_id,
+        "player logged in"
+    );
     metrics::counter!("worldmesh_gateway_logins_total").increment(1);
 
     // 4. Relay until the client leaves, misbehaves, or we shut down.
@@ -257,13 +351,19 @@ struct InputLimiter {
 impl InputLimiter {
     fn new(burst: f64) -> Self {
         let now = std::time::Instant::now();
-        Self { tokens: burst, last: now, window_start: now, dropped_in_window: 0 }
+        Self {
+            tokens: burst,
+            last: now,
+            window_start: now,
+            dropped_in_window: 0,
+        }
     }
 
     /// Ok(true): forward. Ok(false): drop (over the rate). Err: flooding, kick.
     fn admit(&mut self, config: &crate::Config) -> Result<bool, Refusal> {
         let now = std::time::Instant::now();
-        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * config.input_rate_hz).min(config.input_burst);
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * config.input_rate_hz)
+            .min(config.input_burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -274,9 +374,13 @@ impl InputLimiter {
             self.dropped_in_window = 0;
         }
         self.dropped_in_window += 1;
-        metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "rate_limit").increment(1);
+        metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "rate_limit")
+            .increment(1);
         if self.dropped_in_window > config.flood_kick_after {
-            return Err(Refusal::new(ErrorCode::RateLimited, format!("input flood: over {} inputs/s", config.input_rate_hz)));
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!("input flood: over {} inputs/s", config.input_rate_hz),
+            ));
         }
         Ok(false)
     }
@@ -328,39 +432,81 @@ async fn relay(
     }
 }
 
-async fn claim_name(gateway: &Arc<Gateway>, name: &str, player_id: u64, kick: mpsc::Sender<(ErrorCode, String)>) -> Result<NameGuard, Refusal> {
+async fn claim_name(
+    gateway: &Arc<Gateway>,
+    name: &str,
+    player_id: u64,
+    kick: mpsc::Sender<(ErrorCode, String)>,
+) -> Result<NameGuard, Refusal> {
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
     loop {
         let mut released = match gateway.names.entry(name.to_owned()) {
             dashmap::Entry::Vacant(v) => {
                 let (tx, rx) = watch::channel(());
-                v.insert(NameClaim { player_id, kick: kick.clone(), released: rx });
-                return Ok(NameGuard { gateway: gateway.clone(), name: name.to_owned(), player_id, _release: tx });
+                v.insert(NameClaim {
+                    player_id,
+                    kick: kick.clone(),
+                    released: rx,
+                });
+                return Ok(NameGuard {
+                    gateway: gateway.clone(),
+                    name: name.to_owned(),
+                    player_id,
+                    _release: tx,
+                });
             }
             dashmap::Entry::Occupied(o) => {
-                let _ = o.get().kick.try_send((ErrorCode::LoggedInElsewhere, "logged in from another connection".into()));
+                let _ = o.get().kick.try_send((
+                    ErrorCode::LoggedInElsewhere,
+                    "logged in from another connection".into(),
+                ));
                 o.get().released.clone()
             }
         };
         // Wait for the old session to save and let go (its sender drops), then try again.
-        if tokio::time::timeout_at(deadline, released.changed()).await.is_err() {
-            return Err(Refusal::new(ErrorCode::Unavailable, "previous session of this character is still closing"));
+        if tokio::time::timeout_at(deadline, released.changed())
+            .await
+            .is_err()
+        {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "previous session of this character is still closing",
+            ));
         }
     }
 }
 
-async fn join(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64, character_id: u64, name: &str) -> Result<pb::Joined, Refusal> {
+async fn join(
+    gateway: &Arc<Gateway>,
+    link: &ZoneLink,
+    player_id: u64,
+    character_id: u64,
+    name: &str,
+) -> Result<pb::Joined, Refusal> {
     let reply = gateway.zones.expect_join(player_id);
-    if !link.send(gateway_to_zone::Msg::Join(pb::Join { player_id, character_id, name: name.to_owned() })).await {
+    if !link
+        .send(gateway_to_zone::Msg::Join(pb::Join {
+            player_id,
+            character_id,
+            name: name.to_owned(),
+        }))
+        .await
+    {
         gateway.zones.forget_join(player_id);
         return Err(Refusal::new(ErrorCode::Unavailable, "zone link closed"));
     }
     match tokio::time::timeout(ZONE_REPLY_TIMEOUT, reply).await {
         Ok(Ok(JoinOutcome::Joined(j))) => Ok(j),
-        Ok(Ok(JoinOutcome::Failed(why))) => Err(Refusal::new(ErrorCode::Unavailable, format!("zone refused: {why}"))),
+        Ok(Ok(JoinOutcome::Failed(why))) => Err(Refusal::new(
+            ErrorCode::Unavailable,
+            format!("zone refused: {why}"),
+        )),
         Ok(Err(_)) | Err(_) => {
             gateway.zones.forget_join(player_id);
-            Err(Refusal::new(ErrorCode::Unavailable, "zone did not answer the join"))
+            Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "zone did not answer the join",
+            ))
         }
     }
 }
@@ -368,23 +514,37 @@ async fn join(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64, character
 /// Tells the zone the player left and waits (bounded) until the character is saved.
 async fn leave(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64) {
     let saved = gateway.zones.expect_leave(player_id);
-    if !link.send(gateway_to_zone::Msg::Leave(pb::Leave { player_id })).await {
+    if !link
+        .send(gateway_to_zone::Msg::Leave(pb::Leave { player_id }))
+        .await
+    {
         return;
     }
     match tokio::time::timeout(ZONE_REPLY_TIMEOUT, saved).await {
         Ok(Ok(true)) => {}
-        Ok(Ok(false)) => tracing::warn!(player = player_id, "zone could not save the character at logout"),
-        _ => tracing::warn!(player = player_id, "zone did not confirm the logout save in time"),
+        Ok(Ok(false)) => tracing::warn!(
+            player = player_id,
+            "zone could not save the character at logout"
+        ),
+        _ => tracing::warn!(
+            player = player_id,
+            "zone did not confirm the logout save in time"
+        ),
     }
 }
 
 /// A new character's spawn point: one of the world's spawn points picked by the name, plus up
 /// to ±20 m of offset, both stable for a given name.
-fn spawn_point(points: &[worldmesh_protocol::grpc::coordinator::SpawnPoint], name: &str) -> (f32, f32) {
+fn spawn_point(
+    points: &[worldmesh_protocol::grpc::coordinator::SpawnPoint],
+    name: &str,
+) -> (f32, f32) {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
     let h = h.finish();
-    let (x, y) = points.get((h % points.len().max(1) as u64) as usize).map_or((0.0, 0.0), |p| (p.x, p.y));
+    let (x, y) = points
+        .get((h % points.len().max(1) as u64) as usize)
+        .map_or((0.0, 0.0), |p| (p.x, p.y));
     let jx = ((h >> 16) % 4001) as f32 / 100.0 - 20.0;
     let jy = ((h >> 32) % 4001) as f32 / 100.0 - 20.0;
     (x + jx, y + jy)
@@ -392,7 +552,10 @@ fn spawn_point(points: &[worldmesh_protocol::grpc::coordinator::SpawnPoint], nam
 
 /// Reads frames off the control stream: the header first, checked before the payload is read
 /// (so an oversized frame costs nothing), then the payload. Stops at the first error.
-async fn read_control(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<ClientMessage, DecodeError>>) {
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<ClientMessage, DecodeError>>,
+) {
     let mut payload = Vec::new();
     loop {
         let mut header = [0u8; HEADER_LEN];
@@ -437,9 +600,16 @@ mod tests {
 
     #[test]
     fn spawn_points_are_stable_and_near_a_spawn() {
-        let points = [SpawnPoint { x: 100.0, y: 100.0 }, SpawnPoint { x: 900.0, y: 100.0 }];
+        let points = [
+            SpawnPoint { x: 100.0, y: 100.0 },
+            SpawnPoint { x: 900.0, y: 100.0 },
+        ];
         let a = spawn_point(&points, "alice");
         assert_eq!(a, spawn_point(&points, "alice"));
-        assert!(points.iter().any(|p| (p.x - a.0).abs() <= 20.0 && (p.y - a.1).abs() <= 20.0));
+        assert!(
+            points
+                .iter()
+                .any(|p| (p.x - a.0).abs() <= 20.0 && (p.y - a.1).abs() <= 20.0)
+        );
     }
 }

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone, zone_link_client::ZoneLinkClient, zone_to_gateway::Msg};
+use worldmesh_protocol::grpc::zone::{
+    self as pb, gateway_to_zone, zone_link_client::ZoneLinkClient, zone_to_gateway::Msg,
+};
 
 use crate::Gateway;
 
@@ -37,12 +39,19 @@ pub struct ZoneLink {
 impl ZoneLink {
     /// Sends a message that must arrive (join, leave, chat), waiting for room.
     pub async fn send(&self, msg: gateway_to_zone::Msg) -> bool {
-        self.tx.send(pb::GatewayToZone { msg: Some(msg) }).await.is_ok()
+        self.tx
+            .send(pb::GatewayToZone { msg: Some(msg) })
+            .await
+            .is_ok()
     }
 
     /// Sends an input if there is room; false if dropped.
     pub fn try_send_input(&self, input: pb::PlayerInput) -> bool {
-        self.tx.try_send(pb::GatewayToZone { msg: Some(gateway_to_zone::Msg::Input(input)) }).is_ok()
+        self.tx
+            .try_send(pb::GatewayToZone {
+                msg: Some(gateway_to_zone::Msg::Input(input)),
+            })
+            .is_ok()
     }
 }
 
@@ -57,26 +66,50 @@ pub struct ZoneLinks {
 
 impl ZoneLinks {
     /// The link to a zone, opened on first use.
-    pub async fn get_or_connect(&self, gateway: &Arc<Gateway>, zone_id: u64, address: &str) -> Result<ZoneLink, tonic::Status> {
-        if let Some(link) = self.links.get(&zone_id).filter(|l| l.address == address && !l.tx.is_closed()) {
+    pub async fn get_or_connect(
+        &self,
+        gateway: &Arc<Gateway>,
+        zone_id: u64,
+        address: &str,
+    ) -> Result<ZoneLink, tonic::Status> {
+        if let Some(link) = self
+            .links
+            .get(&zone_id)
+            .filter(|l| l.address == address && !l.tx.is_closed())
+        {
             return Ok(link.clone());
         }
         let _guard = self.connecting.lock().await;
-        if let Some(link) = self.links.get(&zone_id).filter(|l| l.address == address && !l.tx.is_closed()) {
+        if let Some(link) = self
+            .links
+            .get(&zone_id)
+            .filter(|l| l.address == address && !l.tx.is_closed())
+        {
             return Ok(link.clone());
         }
-        let channel = crate::channel(address).map_err(|e| tonic::Status::internal(e.to_string()))?;
-        let secret = worldmesh_runtime::AddSecret::new(gateway.config.cluster_secret.as_deref()).map_err(tonic::Status::internal)?;
+        let channel =
+            crate::channel(address).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let secret = worldmesh_runtime::AddSecret::new(gateway.config.cluster_secret.as_deref())
+            .map_err(tonic::Status::internal)?;
         let mut client = ZoneLinkClient::with_interceptor(channel, secret);
         let (tx, rx) = mpsc::channel(TO_ZONE_QUEUE);
-        tx.send(pb::GatewayToZone { msg: Some(gateway_to_zone::Msg::Hello(pb::LinkHello { gateway_name: gateway.config.name.clone() })) })
-            .await
-            .map_err(|_| tonic::Status::internal("link queue closed"))?;
-        let inbound = tokio::time::timeout(Duration::from_secs(5), client.link(ReceiverStream::new(rx)))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("zone link open timed out"))??
-            .into_inner();
-        let link = ZoneLink { zone_id, address: address.to_owned(), tx };
+        tx.send(pb::GatewayToZone {
+            msg: Some(gateway_to_zone::Msg::Hello(pb::LinkHello {
+                gateway_name: gateway.config.name.clone(),
+            })),
+        })
+        .await
+        .map_err(|_| tonic::Status::internal("link queue closed"))?;
+        let inbound =
+            tokio::time::timeout(Duration::from_secs(5), client.link(ReceiverStream::new(rx)))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("zone link open timed out"))??
+                .into_inner();
+        let link = ZoneLink {
+            zone_id,
+            address: address.to_owned(),
+            tx,
+        };
         self.links.insert(zone_id, link.clone());
         tracing::info!(zone = zone_id, %address, "zone link opened");
         tokio::spawn(read_link(gateway.clone(), link.clone(), inbound));
@@ -105,7 +138,11 @@ impl ZoneLinks {
     }
 }
 
-async fn read_link(gateway: Arc<Gateway>, link: ZoneLink, mut inbound: tonic::Streaming<pb::ZoneToGateway>) {
+async fn read_link(
+    gateway: Arc<Gateway>,
+    link: ZoneLink,
+    mut inbound: tonic::Streaming<pb::ZoneToGateway>,
+) {
     let zones = &gateway.zones;
     let zone_id = link.zone_id;
     loop {
@@ -140,21 +177,31 @@ async fn read_link(gateway: Arc<Gateway>, link: ZoneLink, mut inbound: tonic::St
         }
     }
     // Only forget the link if it is still this one (a newer link may have replaced it).
-    zones.links.remove_if(&zone_id, |_, l| l.tx.same_channel(&link.tx));
+    zones
+        .links
+        .remove_if(&zone_id, |_, l| l.tx.same_channel(&link.tx));
     if gateway.shutdown.is_cancelled() {
         return;
     }
-    tracing::warn!(zone = zone_id, "zone link closed; its players are disconnected");
+    tracing::warn!(
+        zone = zone_id,
+        "zone link closed; its players are disconnected"
+    );
     // Until failover exists, players of a lost zone are told to come back; their characters
     // are where the zone last checkpointed them.
     for s in gateway.sessions.iter().filter(|s| s.zone_id == zone_id) {
-        s.kick(worldmesh_protocol::ErrorCode::Unavailable, "zone server lost");
+        s.kick(
+            worldmesh_protocol::ErrorCode::Unavailable,
+            "zone server lost",
+        );
     }
 }
 
 fn route_frames(gateway: &Gateway, frames: Vec<pb::PlayerFrame>) {
     for f in frames {
-        let Some(session) = gateway.sessions.get(&f.player_id) else { continue };
+        let Some(session) = gateway.sessions.get(&f.player_id) else {
+            continue;
+        };
         if f.reliable {
             session.send_reliable(f.frame);
         } else {
@@ -166,7 +213,13 @@ fn route_frames(gateway: &Gateway, frames: Vec<pb::PlayerFrame>) {
 fn send_datagram(conn: &quinn::Connection, frame: Bytes) {
     match conn.send_datagram(frame) {
         Ok(()) => metrics::counter!("worldmesh_gateway_datagrams_out_total").increment(1),
-        Err(quinn::SendDatagramError::TooLarge) => metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "too_large").increment(1),
-        Err(_) => metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "connection").increment(1),
+        Err(quinn::SendDatagramError::TooLarge) => {
+            metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "too_large")
+                .increment(1)
+        }
+        Err(_) => {
+            metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "connection")
+                .increment(1)
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! One bot: logs in, walks (a random walk that turns gently), chats now and then, measures.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -30,7 +30,12 @@ pub struct BotConfig {
 }
 
 /// Runs one bot until `stop` fires, then logs out cleanly.
-pub async fn run(endpoint: ClientEndpoint, config: BotConfig, stats: Arc<Stats>, stop: CancellationToken) {
+pub async fn run(
+    endpoint: ClientEndpoint,
+    config: BotConfig,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
     let mut session = match Session::login(&endpoint, config.gateway, &config.name).await {
         Ok(s) => s,
         Err(e) => {
@@ -44,7 +49,9 @@ pub async fn run(endpoint: ClientEndpoint, config: BotConfig, stats: Arc<Stats>,
     let since = Instant::now();
     let result = play(&mut session, &config, &stats, &stop).await;
     stats.connected.fetch_sub(1, Ordering::Relaxed);
-    stats.connected_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    stats
+        .connected_us
+        .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
     match result {
         Ok(()) => {
             let _ = session.bye().await;
@@ -57,7 +64,12 @@ pub async fn run(endpoint: ClientEndpoint, config: BotConfig, stats: Arc<Stats>,
     }
 }
 
-async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &CancellationToken) -> Result<(), ClientError> {
+async fn play(
+    session: &mut Session,
+    config: &BotConfig,
+    stats: &Stats,
+    stop: &CancellationToken,
+) -> Result<(), ClientError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let mut sent_at = [None::<(u32, Instant)>; SENT_RING];
     let mut seq: u32 = 0;
@@ -121,5 +133,6 @@ async fn play(session: &mut Session, config: &BotConfig, stats: &Stats, stop: &C
 }
 
 fn next_chat_at(rng: &mut impl Rng, mean_s: f64) -> Option<Instant> {
-    (mean_s > 0.0).then(|| Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_s))
+    (mean_s > 0.0)
+        .then(|| Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_s))
 }

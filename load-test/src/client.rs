@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
+use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::DigitallySignedStruct;
 use tokio::sync::mpsc;
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
-use worldmesh_protocol::{ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, ServerMessage, Welcome, PROTOCOL_VERSION};
+use worldmesh_protocol::{
+    ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, PROTOCOL_VERSION, ServerMessage,
+    Welcome,
+};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +61,41 @@ impl ClientError {
 struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -90,7 +120,9 @@ impl ClientEndpoint {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth();
         tls.alpn_protocols = vec![alpn.to_vec()];
-        let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?));
+        let mut config = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?,
+        ));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(2)));
         config.transport_config(Arc::new(transport));
@@ -130,21 +162,43 @@ pub struct View {
 
 impl Session {
     /// Connects, opens the control stream, sends Hello and waits for Welcome (or a Kick).
-    pub async fn login(endpoint: &ClientEndpoint, gateway: SocketAddr, name: &str) -> Result<Self, ClientError> {
+    pub async fn login(
+        endpoint: &ClientEndpoint,
+        gateway: SocketAddr,
+        name: &str,
+    ) -> Result<Self, ClientError> {
         let connection = endpoint.connect(gateway).await?;
         let (mut send, recv) = connection.open_bi().await?;
-        let hello = codec::encode_to_vec(&ClientMessage::Hello(Hello { protocol_version: PROTOCOL_VERSION, name: name.to_owned() })).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let hello = codec::encode_to_vec(&ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: name.to_owned(),
+        }))
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         send.write_all(&hello).await?;
         let (tx, mut control) = mpsc::channel(64);
         tokio::spawn(read_server_frames(recv, tx));
-        let first = tokio::time::timeout(Duration::from_secs(15), control.recv()).await.map_err(|_| ClientError::Timeout)?;
+        let first = tokio::time::timeout(Duration::from_secs(15), control.recv())
+            .await
+            .map_err(|_| ClientError::Timeout)?;
         match first {
             Some(ServerMessage::Welcome(welcome)) => {
                 let quantizer = Quantizer::new(welcome.world);
-                Ok(Self { connection, welcome, send, control, decoder: SnapshotDecoder::default(), quantizer })
+                Ok(Self {
+                    connection,
+                    welcome,
+                    send,
+                    control,
+                    decoder: SnapshotDecoder::default(),
+                    quantizer,
+                })
             }
-            Some(ServerMessage::Kick(k)) => Err(ClientError::Kicked { code: k.code, message: k.message }),
-            Some(other) => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+            Some(ServerMessage::Kick(k)) => Err(ClientError::Kicked {
+                code: k.code,
+                message: k.message,
+            }),
+            Some(other) => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
             None => Err(match connection.close_reason() {
                 Some(e) => ClientError::Connection(e),
                 None => ClientError::Protocol("control stream closed before Welcome".into()),
@@ -153,7 +207,8 @@ impl Session {
     }
 
     pub fn send_input(&self, input: Input) -> Result<(), ClientError> {
-        let frame = codec::encode_to_vec(&ClientMessage::Input(input)).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = codec::encode_to_vec(&ClientMessage::Input(input))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(self.connection.send_datagram(frame.into())?)
     }
 
@@ -167,16 +222,37 @@ impl Session {
         let bytes = self.connection.read_datagram().await?;
         let snapshot = match codec::decode_frame::<ServerMessage>(&bytes) {
             Ok(ServerMessage::Snapshot(s)) => s,
-            Ok(other) => return Err(ClientError::Protocol(format!("unexpected datagram {other:?}"))),
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected datagram {other:?}"
+                )));
+            }
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
-        let newest = self.decoder.apply(&snapshot).map_err(|e| ClientError::Protocol(format!("snapshot {}: {e}", snapshot.tick)))?;
-        let entities = self.decoder.view().iter().map(|(_, e)| self.quantizer.dequantize(e)).collect();
-        Ok(View { tick: snapshot.tick, last_input_seq: snapshot.last_input_seq, newest, entities, bytes: bytes.len() })
+        let newest = self
+            .decoder
+            .apply(&snapshot)
+            .map_err(|e| ClientError::Protocol(format!("snapshot {}: {e}", snapshot.tick)))?;
+        let entities = self
+            .decoder
+            .view()
+            .iter()
+            .map(|(_, e)| self.quantizer.dequantize(e))
+            .collect();
+        Ok(View {
+            tick: snapshot.tick,
+            last_input_seq: snapshot.last_input_seq,
+            newest,
+            entities,
+            bytes: bytes.len(),
+        })
     }
 
     pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {
-        let frame = codec::encode_to_vec(&ClientMessage::Chat(ChatSay { text: text.to_owned() })).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = codec::encode_to_vec(&ClientMessage::Chat(ChatSay {
+            text: text.to_owned(),
+        }))
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(self.send.write_all(&frame).await?)
     }
 
@@ -193,7 +269,8 @@ impl Session {
     /// Clean logout: Bye, then wait for the gateway to close the connection (it does so after
     /// the character is saved), bounded.
     pub async fn bye(mut self) -> Result<(), ClientError> {
-        let frame = codec::encode_to_vec(&ClientMessage::Bye).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = codec::encode_to_vec(&ClientMessage::Bye)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.send.write_all(&frame).await?;
         let _ = self.send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.connection.closed()).await;
@@ -209,12 +286,16 @@ async fn read_server_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Server
         if recv.read_exact(&mut header).await.is_err() {
             return;
         }
-        let Ok(header) = FrameHeader::parse(header) else { return };
+        let Ok(header) = FrameHeader::parse(header) else {
+            return;
+        };
         payload.resize(header.len, 0);
         if recv.read_exact(&mut payload).await.is_err() {
             return;
         }
-        let Ok(msg) = codec::decode_payload::<ServerMessage>(&payload) else { return };
+        let Ok(msg) = codec::decode_payload::<ServerMessage>(&payload) else {
+            return;
+        };
         if tx.send(msg).await.is_err() {
             return;
         }

@@ -18,7 +18,12 @@ enum Command {
     /// Run N bots against a gateway and write a JSON report.
     Run {
         /// Gateway address(es), comma-separated; bots are spread across them.
-        #[arg(long, env = "WORLDMESH_GATEWAY", default_value = "127.0.0.1:7000", value_delimiter = ',')]
+        #[arg(
+            long,
+            env = "WORLDMESH_GATEWAY",
+            default_value = "127.0.0.1:7000",
+            value_delimiter = ','
+        )]
         gateway: Vec<SocketAddr>,
         #[arg(long, default_value_t = 50)]
         bots: usize,
@@ -41,7 +46,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("warn");
-    let Command::Run { gateway, bots, ramp, duration, name_prefix, input_rate, report } = Args::parse().command;
+    let Command::Run {
+        gateway,
+        bots,
+        ramp,
+        duration,
+        name_prefix,
+        input_rate,
+        report,
+    } = Args::parse().command;
     let config = worldmesh_load_test::Config {
         gateways: gateway,
         bots,

@@ -1,8 +1,8 @@
 //! Measurements shared by all bots of a run, and the JSON report made from them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -37,7 +37,9 @@ impl Default for Stats {
             bytes_up: AtomicU64::new(0),
             chats_heard: AtomicU64::new(0),
             // 1 µs to 60 s at 3 significant digits.
-            rtt_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+            rtt_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ),
             errors_by_reason: Mutex::new(BTreeMap::new()),
         }
     }
@@ -45,12 +47,21 @@ impl Default for Stats {
 
 impl Stats {
     pub fn record_rtt(&self, us: u64) {
-        let _ = self.rtt_us.lock().unwrap_or_else(|e| e.into_inner()).record(us.clamp(1, 60_000_000));
+        let _ = self
+            .rtt_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(us.clamp(1, 60_000_000));
     }
 
     pub fn record_error(&self, reason: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.errors_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+        *self
+            .errors_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     pub fn rtt_ms(&self) -> Percentiles {
@@ -59,22 +70,40 @@ impl Stats {
             return Percentiles::default();
         }
         let ms = |us: u64| us as f64 / 1000.0;
-        Percentiles { p50: ms(h.value_at_quantile(0.5)), p99: ms(h.value_at_quantile(0.99)), max: ms(h.max()) }
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
     }
 
     /// Snapshots per logged-in bot per second, over the time bots were logged in.
     pub fn snapshots_per_bot_per_s(&self) -> f64 {
         let secs = self.connected_us.load(Ordering::Relaxed) as f64 / 1e6;
-        if secs <= 0.0 { 0.0 } else { self.snapshots.load(Ordering::Relaxed) as f64 / secs }
+        if secs <= 0.0 {
+            0.0
+        } else {
+            self.snapshots.load(Ordering::Relaxed) as f64 / secs
+        }
     }
 
     /// One status line for humans; the snapshot rate is over the last `interval_s`, given the
     /// snapshot count at its start (updated in place).
-    pub fn status_line(&self, elapsed_s: f64, target: usize, last_snapshots: &mut u64, interval_s: f64) -> String {
+    pub fn status_line(
+        &self,
+        elapsed_s: f64,
+        target: usize,
+        last_snapshots: &mut u64,
+        interval_s: f64,
+    ) -> String {
         let rtt = self.rtt_ms();
         let connected = self.connected.load(Ordering::Relaxed);
         let snapshots = self.snapshots.load(Ordering::Relaxed);
-        let rate = if connected > 0 && interval_s > 0.0 { (snapshots - *last_snapshots) as f64 / connected as f64 / interval_s } else { 0.0 };
+        let rate = if connected > 0 && interval_s > 0.0 {
+            (snapshots - *last_snapshots) as f64 / connected as f64 / interval_s
+        } else {
+            0.0
+        };
         *last_snapshots = snapshots;
         format!(
             "t={elapsed_s:>5.0}s bots {}/{} snapshots/bot/s {:.1} rtt p50 {:.1} ms p99 {:.1} ms disconnects {} errors {}",
@@ -96,7 +125,11 @@ impl Stats {
             bots_connected,
             disconnects: self.disconnects.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            errors_by_reason: self.errors_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            errors_by_reason: self
+                .errors_by_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             snapshots_per_bot_per_s: self.snapshots_per_bot_per_s(),
             rtt_ms: self.rtt_ms(),
             handoffs: 0,

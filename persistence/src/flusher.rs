@@ -18,10 +18,10 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use crate::hot::parse_stream_entry;
 use crate::sql::Sql;
 use crate::store::Character;
-use crate::Error;
 
 /// The consumer group every flusher joins.
 pub const GROUP: &str = "flushers";
@@ -38,7 +38,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// `WORLDMESH_TEST_FLUSH_ACK_DELAY_MS`: a pause between SQL commit and stream ack, for crash
 /// tests only.
 static ACK_DELAY: std::sync::LazyLock<Option<Duration>> = std::sync::LazyLock::new(|| {
-    std::env::var("WORLDMESH_TEST_FLUSH_ACK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+    std::env::var("WORLDMESH_TEST_FLUSH_ACK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
 });
 
 pub struct Flusher {
@@ -50,17 +53,35 @@ pub struct Flusher {
 
 impl Flusher {
     /// Joins the consumer group (creating the stream and group if needed).
-    pub async fn new(redis_url: &str, stream: String, consumer: String, sql: Sql) -> Result<Self, Error> {
+    pub async fn new(
+        redis_url: &str,
+        stream: String,
+        consumer: String,
+        sql: Sql,
+    ) -> Result<Self, Error> {
         // Its own connection: blocking reads must not stall the checkpoint path's commands.
-        let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-        let created: Result<(), redis::RedisError> =
-            redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg(GROUP).arg("0").arg("MKSTREAM").query_async(&mut conn).await;
+        let mut conn = redis::Client::open(redis_url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
         if let Err(e) = created
             && !e.to_string().contains("BUSYGROUP")
         {
             return Err(e.into());
         }
-        Ok(Self { conn, stream, consumer, sql })
+        Ok(Self {
+            conn,
+            stream,
+            consumer,
+            sql,
+        })
     }
 
     /// Runs until `shutdown`, then makes one last pass over what is already in the stream.
@@ -103,7 +124,9 @@ impl Flusher {
         let mut oldest_ms = u64::MAX;
         for e in &entries {
             oldest_ms = oldest_ms.min(entry_ms(&e.id));
-            let Some(c) = e.get::<String>("c") else { continue };
+            let Some(c) = e.get::<String>("c") else {
+                continue;
+            };
             match parse_stream_entry(&c) {
                 Ok(chars) => {
                     for ch in chars {
@@ -117,7 +140,9 @@ impl Flusher {
                 }
                 // Only this service writes the stream; a bad entry is a bug, logged and skipped
                 // rather than blocking every later checkpoint.
-                Err(why) => tracing::error!(entry = %e.id, %why, "unreadable checkpoint entry skipped"),
+                Err(why) => {
+                    tracing::error!(entry = %e.id, %why, "unreadable checkpoint entry skipped")
+                }
             }
         }
         let batch: Vec<Character> = newest.into_values().collect();
@@ -129,28 +154,53 @@ impl Flusher {
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let (backlog,): (u64,) = redis::pipe()
-            .cmd("XACK").arg(&self.stream).arg(GROUP).arg(&ids).ignore()
-            .cmd("XDEL").arg(&self.stream).arg(&ids).ignore()
-            .cmd("XLEN").arg(&self.stream)
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(&ids)
+            .ignore()
+            .cmd("XLEN")
+            .arg(&self.stream)
             .query_async(&mut self.conn)
             .await?;
         // Acked but not yet durable, in batches: the gap between the two watermarks.
         metrics::gauge!("worldmesh_persistence_backlog_batches").set(backlog as f64);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        metrics::histogram!("worldmesh_persistence_flush_lag_seconds").record(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
-        metrics::counter!("worldmesh_persistence_checkpoints_durable_total").increment(batch.len() as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        metrics::histogram!("worldmesh_persistence_flush_lag_seconds")
+            .record(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
+        metrics::counter!("worldmesh_persistence_checkpoints_durable_total")
+            .increment(batch.len() as u64);
         Ok(entries.len())
     }
 
     async fn read_group(&mut self, from: &str, block: bool) -> Result<Vec<StreamId>, Error> {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(READ_COUNT);
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(READ_COUNT);
         if block {
             cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(&self.stream).arg(from);
         let reply: Option<StreamReadReply> = cmd.query_async(&mut self.conn).await?;
-        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).filter(|id| !id.map.is_empty()).collect()).unwrap_or_default())
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .filter(|id| !id.map.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn claim_stale(&mut self) -> Result<Vec<StreamId>, Error> {
@@ -165,7 +215,10 @@ impl Flusher {
             .query_async(&mut self.conn)
             .await?;
         if !reply.claimed.is_empty() {
-            tracing::info!(entries = reply.claimed.len(), "took over checkpoints left pending by a stopped flusher");
+            tracing::info!(
+                entries = reply.claimed.len(),
+                "took over checkpoints left pending by a stopped flusher"
+            );
         }
         Ok(reply.claimed)
     }
@@ -173,5 +226,8 @@ impl Flusher {
 
 /// The millisecond timestamp of a stream entry id (`<ms>-<seq>`).
 fn entry_ms(id: &str) -> u64 {
-    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
 }

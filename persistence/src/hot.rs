@@ -8,8 +8,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
 
-use crate::store::Character;
 use crate::Error;
+use crate::store::Character;
 
 /// The checkpoint script, run once per batch, atomically:
 /// 1. refuses the whole batch when the stream already holds `max_backlog` batches (SQL is
@@ -64,9 +64,23 @@ pub fn parse_stream_entry(c: &str) -> Result<Vec<Character>, String> {
             if f.len() != 7 {
                 return Err(format!("bad checkpoint line {line:?}"));
             }
-            let num = |s: &str| s.parse::<f32>().map_err(|_| format!("bad number in {line:?}"));
-            let int = |s: &str| s.parse::<u64>().map_err(|_| format!("bad integer in {line:?}"));
-            Ok(Character { id: int(f[0])?, epoch: int(f[1])?, version: int(f[2])?, x: num(f[3])?, y: num(f[4])?, heading: num(f[5])?, name: f[6].to_owned() })
+            let num = |s: &str| {
+                s.parse::<f32>()
+                    .map_err(|_| format!("bad number in {line:?}"))
+            };
+            let int = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| format!("bad integer in {line:?}"))
+            };
+            Ok(Character {
+                id: int(f[0])?,
+                epoch: int(f[1])?,
+                version: int(f[2])?,
+                x: num(f[3])?,
+                y: num(f[4])?,
+                heading: num(f[5])?,
+                name: f[6].to_owned(),
+            })
         })
         .collect()
 }
@@ -74,17 +88,31 @@ pub fn parse_stream_entry(c: &str) -> Result<Vec<Character>, String> {
 #[derive(Clone)]
 pub enum HotTier {
     Memory(Arc<DashMap<u64, Character>>),
-    Redis { conn: ConnectionManager, prefix: String, save_script: Arc<redis::Script>, max_backlog: usize },
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+        save_script: Arc<redis::Script>,
+        max_backlog: usize,
+    },
 }
 
 impl HotTier {
-    pub async fn connect(url: Option<&str>, prefix: &str, max_backlog: usize) -> Result<Self, Error> {
+    pub async fn connect(
+        url: Option<&str>,
+        prefix: &str,
+        max_backlog: usize,
+    ) -> Result<Self, Error> {
         match url {
             None => Ok(HotTier::Memory(Arc::default())),
             Some(url) => {
                 let client = redis::Client::open(url)?;
                 let conn = client.get_connection_manager().await?;
-                Ok(HotTier::Redis { conn, prefix: prefix.to_owned(), save_script: Arc::new(redis::Script::new(CHECKPOINT)), max_backlog })
+                Ok(HotTier::Redis {
+                    conn,
+                    prefix: prefix.to_owned(),
+                    save_script: Arc::new(redis::Script::new(CHECKPOINT)),
+                    max_backlog,
+                })
             }
         }
     }
@@ -110,7 +138,10 @@ impl HotTier {
             HotTier::Memory(map) => Ok(map.get(&id).map(|c| c.clone())),
             HotTier::Redis { conn, prefix, .. } => {
                 let mut conn = conn.clone();
-                let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(Self::key(prefix, id)).query_async(&mut conn).await?;
+                let fields: HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(Self::key(prefix, id))
+                    .query_async(&mut conn)
+                    .await?;
                 if fields.is_empty() {
                     return Ok(None);
                 }
@@ -135,10 +166,17 @@ impl HotTier {
                     }
                 })
                 .collect()),
-            HotTier::Redis { conn, prefix, save_script, max_backlog } => {
+            HotTier::Redis {
+                conn,
+                prefix,
+                save_script,
+                max_backlog,
+            } => {
                 let mut conn = conn.clone();
                 let mut inv = save_script.prepare_invoke();
-                inv.key(Self::stream_key(prefix)).arg(prefix).arg(*max_backlog);
+                inv.key(Self::stream_key(prefix))
+                    .arg(prefix)
+                    .arg(*max_backlog);
                 for c in batch {
                     inv.arg(c.id)
                         .arg(c.epoch)
@@ -149,7 +187,11 @@ impl HotTier {
                         .arg(c.heading.to_string());
                 }
                 let written: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
-                    if e.to_string().contains("BACKLOG") { Error::Backlog(e.to_string()) } else { Error::Redis(e) }
+                    if e.to_string().contains("BACKLOG") {
+                        Error::Backlog(e.to_string())
+                    } else {
+                        Error::Redis(e)
+                    }
                 })?;
                 Ok(written.into_iter().map(|w| w == 1).collect())
             }
@@ -158,12 +200,31 @@ impl HotTier {
 }
 
 fn parse_record(id: u64, f: &HashMap<String, String>) -> Result<Character, Error> {
-    let get = |k: &str| f.get(k).ok_or_else(|| Error::CorruptHotRecord { id, why: format!("missing field {k}") });
+    let get = |k: &str| {
+        f.get(k).ok_or_else(|| Error::CorruptHotRecord {
+            id,
+            why: format!("missing field {k}"),
+        })
+    };
     let num = |k: &str| -> Result<f32, Error> {
-        get(k)?.parse().map_err(|_| Error::CorruptHotRecord { id, why: format!("field {k} is not a number") })
+        get(k)?.parse().map_err(|_| Error::CorruptHotRecord {
+            id,
+            why: format!("field {k} is not a number"),
+        })
     };
     let int = |k: &str| -> Result<u64, Error> {
-        get(k)?.parse().map_err(|_| Error::CorruptHotRecord { id, why: format!("field {k} is not an integer") })
+        get(k)?.parse().map_err(|_| Error::CorruptHotRecord {
+            id,
+            why: format!("field {k} is not an integer"),
+        })
     };
-    Ok(Character { id, name: get("name")?.clone(), x: num("x")?, y: num("y")?, heading: num("heading")?, epoch: int("epoch")?, version: int("version")? })
+    Ok(Character {
+        id,
+        name: get("name")?.clone(),
+        x: num("x")?,
+        y: num("y")?,
+        heading: num("heading")?,
+        epoch: int("epoch")?,
+        version: int("version")?,
+    })
 }

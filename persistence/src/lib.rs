@@ -97,18 +97,31 @@ pub enum Error {
 
 /// Connects the tiers, runs migrations, and serves the persistence API on `listener` until
 /// `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let store = Store::connect(&config).await?;
     serve(listener, store, shutdown).await
 }
 
 /// Serves an already connected [`Store`].
-pub async fn serve(listener: TcpListener, store: Store, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
     tonic::transport::Server::builder()
-        .add_service(PersistenceServer::new(service::PersistenceService::new(store.clone())))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.cancelled_owned())
+        .add_service(PersistenceServer::new(service::PersistenceService::new(
+            store.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     store.close().await;
     tracing::info!("persistence stopped");

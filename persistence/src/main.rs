@@ -6,10 +6,18 @@ use clap::Parser;
 #[command(version, about = "worldmesh persistence service")]
 struct Args {
     /// gRPC listen address.
-    #[arg(long, env = "WORLDMESH_PERSISTENCE_LISTEN", default_value = "0.0.0.0:7200")]
+    #[arg(
+        long,
+        env = "WORLDMESH_PERSISTENCE_LISTEN",
+        default_value = "0.0.0.0:7200"
+    )]
     listen: String,
     /// `postgres://…` or `sqlite://path`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://worldmesh.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://worldmesh.db?mode=rwc"
+    )]
     database_url: String,
     /// `redis://…`; without it the hot tier is in-process.
     #[arg(long, env = "REDIS_URL")]

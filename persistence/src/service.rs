@@ -2,14 +2,14 @@
 
 use std::pin::Pin;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::persistence::{self as pb, persistence_server::Persistence};
 use worldmesh_protocol::validate_name;
 
-use crate::store::{Character, Store};
 use crate::Error;
+use crate::store::{Character, Store};
 
 /// Characters per checkpoint batch: a zone's full checkpoint at its default capacity, with
 /// room to spare; bigger batches are split by the caller.
@@ -42,16 +42,35 @@ fn status(e: Error) -> Status {
 }
 
 pub fn to_pb(c: Character) -> pb::Character {
-    pb::Character { id: c.id, name: c.name, x: c.x, y: c.y, heading: c.heading, epoch: c.epoch, version: c.version }
+    pb::Character {
+        id: c.id,
+        name: c.name,
+        x: c.x,
+        y: c.y,
+        heading: c.heading,
+        epoch: c.epoch,
+        version: c.version,
+    }
 }
 
 pub fn from_pb(c: pb::Character) -> Character {
-    Character { id: c.id, name: c.name, x: c.x, y: c.y, heading: c.heading, epoch: c.epoch, version: c.version }
+    Character {
+        id: c.id,
+        name: c.name,
+        x: c.x,
+        y: c.y,
+        heading: c.heading,
+        epoch: c.epoch,
+        version: c.version,
+    }
 }
 
 #[tonic::async_trait]
 impl Persistence for PersistenceService {
-    async fn load_or_create_character(&self, req: Request<pb::LoadOrCreateCharacterRequest>) -> Result<Response<pb::CharacterReply>, Status> {
+    async fn load_or_create_character(
+        &self,
+        req: Request<pb::LoadOrCreateCharacterRequest>,
+    ) -> Result<Response<pb::CharacterReply>, Status> {
         let req = req.into_inner();
         if !validate_name(&req.name) {
             return Err(Status::invalid_argument("invalid character name"));
@@ -59,30 +78,50 @@ impl Persistence for PersistenceService {
         if !req.spawn_x.is_finite() || !req.spawn_y.is_finite() {
             return Err(Status::invalid_argument("spawn position must be finite"));
         }
-        let (character, created) = self.store.load_or_create(&req.name, (req.spawn_x, req.spawn_y)).await.map_err(status)?;
+        let (character, created) = self
+            .store
+            .load_or_create(&req.name, (req.spawn_x, req.spawn_y))
+            .await
+            .map_err(status)?;
         if created {
             tracing::info!(character = character.id, name = %character.name, "character created");
         }
-        Ok(Response::new(pb::CharacterReply { character: Some(to_pb(character)), created }))
+        Ok(Response::new(pb::CharacterReply {
+            character: Some(to_pb(character)),
+            created,
+        }))
     }
 
-    async fn load_character(&self, req: Request<pb::LoadCharacterRequest>) -> Result<Response<pb::CharacterReply>, Status> {
+    async fn load_character(
+        &self,
+        req: Request<pb::LoadCharacterRequest>,
+    ) -> Result<Response<pb::CharacterReply>, Status> {
         let id = req.into_inner().id;
         match self.store.load(id).await.map_err(status)? {
-            Some(c) => Ok(Response::new(pb::CharacterReply { character: Some(to_pb(c)), created: false })),
+            Some(c) => Ok(Response::new(pb::CharacterReply {
+                character: Some(to_pb(c)),
+                created: false,
+            })),
             None => Err(Status::not_found(format!("no character {id}"))),
         }
     }
 
-    async fn save_characters(&self, req: Request<pb::SaveCharactersRequest>) -> Result<Response<pb::SaveCharactersReply>, Status> {
+    async fn save_characters(
+        &self,
+        req: Request<pb::SaveCharactersRequest>,
+    ) -> Result<Response<pb::SaveCharactersReply>, Status> {
         let batch = validate_batch(req.into_inner().characters)?;
         let rejected = self.store.save(&batch).await.map_err(status)?;
         Ok(Response::new(pb::SaveCharactersReply { rejected }))
     }
 
-    type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointAck, Status>> + Send + 'static>>;
+    type CheckpointStream =
+        Pin<Box<dyn Stream<Item = Result<pb::CheckpointAck, Status>> + Send + 'static>>;
 
-    async fn checkpoint(&self, req: Request<Streaming<pb::CheckpointBatch>>) -> Result<Response<Self::CheckpointStream>, Status> {
+    async fn checkpoint(
+        &self,
+        req: Request<Streaming<pb::CheckpointBatch>>,
+    ) -> Result<Response<Self::CheckpointStream>, Status> {
         let mut inbound = req.into_inner();
         let store = self.store.clone();
         // Acks queued towards the zone; a zone that stops reading stops being served.
@@ -103,11 +142,21 @@ impl Persistence for PersistenceService {
                         return;
                     }
                     Ok(chars) => match store.save(&chars).await {
-                        Ok(rejected) => pb::CheckpointAck { batch_id: batch.batch_id, rejected, error: String::new(), backlog_full: false },
+                        Ok(rejected) => pb::CheckpointAck {
+                            batch_id: batch.batch_id,
+                            rejected,
+                            error: String::new(),
+                            backlog_full: false,
+                        },
                         Err(e) => {
                             let backlog_full = matches!(e, Error::Backlog(_));
                             let error = status(e).message().to_owned();
-                            pb::CheckpointAck { batch_id: batch.batch_id, rejected: Vec::new(), error, backlog_full }
+                            pb::CheckpointAck {
+                                batch_id: batch.batch_id,
+                                rejected: Vec::new(),
+                                error,
+                                backlog_full,
+                            }
                         }
                     },
                 };
@@ -123,14 +172,21 @@ impl Persistence for PersistenceService {
 /// Checks a batch from the wire: size, names, finite positions.
 fn validate_batch(characters: Vec<pb::Character>) -> Result<Vec<Character>, Status> {
     if characters.len() > MAX_BATCH {
-        return Err(Status::invalid_argument(format!("at most {MAX_BATCH} characters per batch")));
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_BATCH} characters per batch"
+        )));
     }
     let batch: Vec<Character> = characters.into_iter().map(from_pb).collect();
     if batch.iter().any(|c| !validate_name(&c.name)) {
         return Err(Status::invalid_argument("invalid character name in batch"));
     }
-    if batch.iter().any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite())) {
-        return Err(Status::invalid_argument("character positions must be finite"));
+    if batch
+        .iter()
+        .any(|c| !(c.x.is_finite() && c.y.is_finite() && c.heading.is_finite()))
+    {
+        return Err(Status::invalid_argument(
+            "character positions must be finite",
+        ));
     }
     Ok(batch)
 }

@@ -5,8 +5,8 @@
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::store::Character;
 use crate::Error;
+use crate::store::Character;
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -32,7 +32,10 @@ pub struct Sql {
 /// (sqlx wants `&'static str`).
 macro_rules! select_characters {
     ($where:literal) => {
-        concat!("SELECT id, name, x, y, heading, epoch, version FROM characters ", $where)
+        concat!(
+            "SELECT id, name, x, y, heading, epoch, version FROM characters ",
+            $where
+        )
     };
 }
 
@@ -62,7 +65,11 @@ impl Sql {
         let max = if backend == Backend::Sqlite { 1 } else { 8 };
         // A short acquire timeout: while SQL is down the flusher should fail fast and back off,
         // not sit in the pool for the default 30 s.
-        let pool = AnyPoolOptions::new().max_connections(max).acquire_timeout(std::time::Duration::from_secs(3)).connect(url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect(url)
+            .await?;
         match backend {
             Backend::Postgres => PG_MIGRATIONS.run(&pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
@@ -76,14 +83,21 @@ impl Sql {
 
     /// Inserts the character if its name is new; returns the stored row and whether it was
     /// created by this call.
-    pub async fn load_or_create(&self, name: &str, x: f32, y: f32) -> Result<(Character, bool), Error> {
-        let inserted = sqlx::query("INSERT INTO characters (name, x, y) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(x as f64)
-            .bind(y as f64)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    pub async fn load_or_create(
+        &self,
+        name: &str,
+        x: f32,
+        y: f32,
+    ) -> Result<(Character, bool), Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO characters (name, x, y) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(x as f64)
+        .bind(y as f64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         let row = sqlx::query(select_characters!("WHERE name = $1"))
             .bind(name)
             .fetch_one(&self.pool)
@@ -139,13 +153,24 @@ impl Sql {
         let mut tx = self.pool.begin().await?;
         for chunk in batch.chunks(UPSERT_CHUNK) {
             let mut sql = String::with_capacity(160 + chunk.len() * 40);
-            sql.push_str("INSERT INTO characters (id, name, x, y, heading, epoch, version) VALUES ");
+            sql.push_str(
+                "INSERT INTO characters (id, name, x, y, heading, epoch, version) VALUES ",
+            );
             for i in 0..chunk.len() {
                 let p = i * 7;
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("(${},${},${},${},${},${},${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7));
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${},${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                ));
             }
             sql.push_str(
                 " ON CONFLICT (id) DO UPDATE SET x = excluded.x, y = excluded.y, heading = excluded.heading, \
@@ -156,7 +181,14 @@ impl Sql {
             // Only placeholders are formatted into the statement; every value is bound.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for c in chunk {
-                q = q.bind(c.id as i64).bind(c.name.clone()).bind(c.x as f64).bind(c.y as f64).bind(c.heading as f64).bind(c.epoch as i64).bind(c.version as i64);
+                q = q
+                    .bind(c.id as i64)
+                    .bind(c.name.clone())
+                    .bind(c.x as f64)
+                    .bind(c.y as f64)
+                    .bind(c.heading as f64)
+                    .bind(c.epoch as i64)
+                    .bind(c.version as i64);
             }
             q.execute(&mut *tx).await?;
         }

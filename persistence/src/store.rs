@@ -46,15 +46,34 @@ impl Store {
     /// flusher that moves checkpoints from the Redis stream into SQL.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let sql = Sql::connect(&config.database_url).await?;
-        let hot = HotTier::connect(config.redis_url.as_deref(), &config.redis_prefix, config.max_backlog).await?;
+        let hot = HotTier::connect(
+            config.redis_url.as_deref(),
+            &config.redis_prefix,
+            config.max_backlog,
+        )
+        .await?;
         let mut flusher = None;
         if let (Some(url), true) = (&config.redis_url, config.run_flusher) {
-            let consumer = format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "persistence".into()), std::process::id());
-            let f = Flusher::new(url, HotTier::stream_key(&config.redis_prefix), consumer, sql.clone()).await?;
+            let consumer = format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "persistence".into()),
+                std::process::id()
+            );
+            let f = Flusher::new(
+                url,
+                HotTier::stream_key(&config.redis_prefix),
+                consumer,
+                sql.clone(),
+            )
+            .await?;
             let token = CancellationToken::new();
             flusher = Some((token.clone(), tokio::spawn(f.run(token))));
         }
-        Ok(Self { hot, sql, flusher: Arc::new(Mutex::new(flusher)) })
+        Ok(Self {
+            hot,
+            sql,
+            flusher: Arc::new(Mutex::new(flusher)),
+        })
     }
 
     pub fn sql_backend(&self) -> &'static str {
@@ -70,10 +89,17 @@ impl Store {
 
     /// Finds a character by name, creating it at `spawn` if new; the hot tier's copy wins
     /// when it is newer.
-    pub async fn load_or_create(&self, name: &str, spawn: (f32, f32)) -> Result<(Character, bool), Error> {
+    pub async fn load_or_create(
+        &self,
+        name: &str,
+        spawn: (f32, f32),
+    ) -> Result<(Character, bool), Error> {
         let (durable, created) = self.sql.load_or_create(name, spawn.0, spawn.1).await?;
         let hot = self.hot.load(durable.id).await?;
-        Ok((newest(hot, Some(durable)).expect("durable is Some"), created))
+        Ok((
+            newest(hot, Some(durable)).expect("durable is Some"),
+            created,
+        ))
     }
 
     /// Hot tier first, SQL second; the newer stamp wins (SQL wins when Redis lost data).
@@ -91,14 +117,27 @@ impl Store {
     /// Embedded (in-process hot tier), the ack means: committed in SQLite (write-through).
     pub async fn save(&self, batch: &[Character]) -> Result<Vec<u64>, Error> {
         let written = self.hot.save(batch).await?;
-        let mut rejected: Vec<u64> = batch.iter().zip(&written).filter(|(_, w)| !**w).map(|(c, _)| c.id).collect();
+        let mut rejected: Vec<u64> = batch
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| !**w)
+            .map(|(c, _)| c.id)
+            .collect();
         if matches!(self.hot, HotTier::Memory(_)) {
-            let fresh: Vec<Character> = batch.iter().zip(&written).filter(|(_, w)| **w).map(|(c, _)| c.clone()).collect();
+            let fresh: Vec<Character> = batch
+                .iter()
+                .zip(&written)
+                .filter(|(_, w)| **w)
+                .map(|(c, _)| c.clone())
+                .collect();
             rejected.extend(self.sql.save(&fresh).await?);
-            metrics::counter!("worldmesh_persistence_checkpoints_durable_total").increment(fresh.len() as u64);
+            metrics::counter!("worldmesh_persistence_checkpoints_durable_total")
+                .increment(fresh.len() as u64);
         }
-        metrics::counter!("worldmesh_persistence_checkpoints_acked_total").increment((batch.len() - rejected.len()) as u64);
-        metrics::counter!("worldmesh_persistence_checkpoints_rejected_total").increment(rejected.len() as u64);
+        metrics::counter!("worldmesh_persistence_checkpoints_acked_total")
+            .increment((batch.len() - rejected.len()) as u64);
+        metrics::counter!("worldmesh_persistence_checkpoints_rejected_total")
+            .increment(rejected.len() as u64);
         Ok(rejected)
     }
 
@@ -109,7 +148,11 @@ impl Store {
 
     /// Stops the flusher (after one last pass over what the stream holds) and closes SQL.
     pub async fn close(&self) {
-        let task = self.flusher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some((token, handle)) = task {
             token.cancel();
             let _ = handle.await;

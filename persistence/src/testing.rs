@@ -5,7 +5,8 @@ use sqlx::Connection;
 
 /// `DATABASE_URL`, or the machine's default PostgreSQL.
 pub fn postgres_base_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// `REDIS_URL`, or the machine's default Redis.
@@ -17,26 +18,51 @@ pub fn redis_url() -> String {
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}_{}_{}", std::process::id(), nanos % 1_000_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Creates a fresh, empty database next to the one `base_url` names and returns its URL.
 pub async fn fresh_postgres_database(base_url: &str) -> Result<String, sqlx::Error> {
     let name = format!("wm_test_{}", unique_suffix());
     let mut conn = sqlx::PgConnection::connect(base_url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
     conn.close().await?;
-    let (head, _) = base_url.rsplit_once('/').ok_or_else(|| sqlx::Error::Configuration("DATABASE_URL has no database path".into()))?;
-    let query = base_url.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let (head, _) = base_url
+        .rsplit_once('/')
+        .ok_or_else(|| sqlx::Error::Configuration("DATABASE_URL has no database path".into()))?;
+    let query = base_url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     Ok(format!("{head}/{name}{query}"))
 }
 
 /// Drops a database made by [`fresh_postgres_database`]; errors are ignored (best effort).
 pub async fn drop_postgres_database(base_url: &str, url: &str) {
-    let Some(name) = url.rsplit('/').next().map(|n| n.split('?').next().unwrap_or(n).to_owned()) else { return };
+    let Some(name) = url
+        .rsplit('/')
+        .next()
+        .map(|n| n.split('?').next().unwrap_or(n).to_owned())
+    else {
+        return;
+    };
     if let Ok(mut conn) = sqlx::PgConnection::connect(base_url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
         let _ = conn.close().await;
     }
 }

@@ -2,15 +2,19 @@
 //! (a TCP proxy in front of PostgreSQL that we cut). Nothing acknowledged is lost; the
 //! catch-up time is printed; a full backlog refuses new checkpoints loudly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use worldmesh_persistence::{testing, Character, Config, Error, Store};
+use worldmesh_persistence::{Character, Config, Error, Store, testing};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> Duration {
@@ -18,7 +22,14 @@ async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> D
     loop {
         let mut done = true;
         for c in chars {
-            if store.sql().load(c.id).await.ok().flatten().is_none_or(|d| d.version != version) {
+            if store
+                .sql()
+                .load(c.id)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|d| d.version != version)
+            {
                 done = false;
                 break;
             }
@@ -26,7 +37,10 @@ async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> D
         if done {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "acked checkpoints never reached SQL");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "acked checkpoints never reached SQL"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -34,13 +48,23 @@ async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> D
 async fn create(store: &Store, prefix: &str, n: usize) -> Vec<Character> {
     let mut out = Vec::new();
     for i in 0..n {
-        out.push(store.load_or_create(&format!("{prefix}{i}"), (0.0, 0.0)).await.unwrap().0);
+        out.push(
+            store
+                .load_or_create(&format!("{prefix}{i}"), (0.0, 0.0))
+                .await
+                .unwrap()
+                .0,
+        );
     }
     out
 }
 
 fn at(c: &Character, version: u64) -> Character {
-    Character { version, x: version as f32, ..c.clone() }
+    Character {
+        version,
+        x: version as f32,
+        ..c.clone()
+    }
 }
 
 struct RedisServer {
@@ -52,7 +76,18 @@ struct RedisServer {
 impl RedisServer {
     async fn start(&mut self) {
         let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -64,7 +99,10 @@ impl RedisServer {
         loop {
             if let Ok(c) = redis::Client::open(self.url())
                 && let Ok(mut conn) = c.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
             {
                 return;
             }
@@ -88,12 +126,24 @@ impl RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_checkpoints_survive_a_redis_restart_with_aof() {
     let base = testing::postgres_base_url();
-    let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
+    let db = testing::fresh_postgres_database(&base)
+        .await
+        .expect("PostgreSQL must be running");
     let dir = std::env::temp_dir().join(format!("wm-aof-{}", testing::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut redis = RedisServer { port: free_port(), dir: dir.clone(), child: None };
+    let mut redis = RedisServer {
+        port: free_port(),
+        dir: dir.clone(),
+        child: None,
+    };
     redis.start().await;
-    let config = Config { database_url: db.clone(), redis_url: Some(redis.url()), redis_prefix: "aof:".into(), run_flusher: false, ..Config::embedded(&dir.join("unused")) };
+    let config = Config {
+        database_url: db.clone(),
+        redis_url: Some(redis.url()),
+        redis_prefix: "aof:".into(),
+        run_flusher: false,
+        ..Config::embedded(&dir.join("unused"))
+    };
 
     // Acked into Redis only (no flusher), then Redis is killed.
     let store = Store::connect(&config).await.unwrap();
@@ -107,9 +157,16 @@ async fn acked_checkpoints_survive_a_redis_restart_with_aof() {
 
     // Redis comes back from its AOF; a flusher drains the stream into SQL.
     redis.start().await;
-    let store = Store::connect(&Config { run_flusher: true, ..config }).await.unwrap();
+    let store = Store::connect(&Config {
+        run_flusher: true,
+        ..config
+    })
+    .await
+    .unwrap();
     let catch_up = wait_all_durable(&store, &chars, 10).await;
-    println!("Redis SIGKILL + restart from AOF: 200 acked checkpoints all durable {catch_up:?} after the restart");
+    println!(
+        "Redis SIGKILL + restart from AOF: 200 acked checkpoints all durable {catch_up:?} after the restart"
+    );
     store.close().await;
     redis.kill().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -125,13 +182,17 @@ async fn proxy(host: String, target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::s
     let (up2, cut2) = (up.clone(), cut.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
             if !up2.load(Ordering::SeqCst) {
                 continue;
             }
             let (cut, host) = (cut2.clone(), host.clone());
             tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect((host.as_str(), target)).await else { return };
+                let Ok(mut outbound) = TcpStream::connect((host.as_str(), target)).await else {
+                    return;
+                };
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     _ = cut.notified() => {}
@@ -145,10 +206,22 @@ async fn proxy(host: String, target: u16) -> (u16, Arc<AtomicBool>, Arc<tokio::s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sql_outage_backs_off_refuses_beyond_the_backlog_and_catches_up() {
     let base = testing::postgres_base_url();
-    let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
+    let db = testing::fresh_postgres_database(&base)
+        .await
+        .expect("PostgreSQL must be running");
     // The proxy stands in for whatever host:port DATABASE_URL names.
-    let authority = db.split_once('@').map_or(&db[..], |(_, rest)| rest).split('/').next().unwrap().to_owned();
-    let (host, pg_port) = authority.rsplit_once(':').map_or((authority.as_str(), 5432), |(h, p)| (h, p.parse().unwrap_or(5432)));
+    let authority = db
+        .split_once('@')
+        .map_or(&db[..], |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (host, pg_port) = authority
+        .rsplit_once(':')
+        .map_or((authority.as_str(), 5432), |(h, p)| {
+            (h, p.parse().unwrap_or(5432))
+        });
     let (port, up, cut) = proxy(host.to_owned(), pg_port).await;
     let via_proxy = db.replacen(&authority, &format!("127.0.0.1:{port}"), 1);
     let config = Config {
@@ -167,7 +240,10 @@ async fn a_sql_outage_backs_off_refuses_beyond_the_backlog_and_catches_up() {
     let (mut acked, mut refused) = (0, 0);
     let mut last_acked = 0;
     for v in 1..=60u64 {
-        match store.save(&chars.iter().map(|c| at(c, v)).collect::<Vec<_>>()).await {
+        match store
+            .save(&chars.iter().map(|c| at(c, v)).collect::<Vec<_>>())
+            .await
+        {
             Ok(rejected) => {
                 assert!(rejected.is_empty());
                 acked += 1;
@@ -177,17 +253,29 @@ async fn a_sql_outage_backs_off_refuses_beyond_the_backlog_and_catches_up() {
             Err(e) => panic!("unexpected error while SQL is down: {e}"),
         }
     }
-    assert_eq!((acked, refused), (40, 20), "Redis acks up to the backlog bound, then refuses loudly");
+    assert_eq!(
+        (acked, refused),
+        (40, 20),
+        "Redis acks up to the backlog bound, then refuses loudly"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // SQL comes back: everything acked becomes durable.
     let back = Instant::now();
     up.store(true, Ordering::SeqCst);
     let catch_up = wait_all_durable(&store, &chars, last_acked).await;
-    println!("SQL outage: {acked} batches acked while down, {refused} refused at the bound; durable {catch_up:?} after SQL returned");
+    println!(
+        "SQL outage: {acked} batches acked while down, {refused} refused at the bound; durable {catch_up:?} after SQL returned"
+    );
     assert!(back.elapsed() < Duration::from_secs(30));
     // And the pipeline accepts checkpoints again.
-    assert!(store.save(&chars.iter().map(|c| at(c, 100)).collect::<Vec<_>>()).await.unwrap().is_empty());
+    assert!(
+        store
+            .save(&chars.iter().map(|c| at(c, 100)).collect::<Vec<_>>())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await;
     testing::drop_postgres_database(&base, &db).await;
 }

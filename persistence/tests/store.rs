@@ -6,7 +6,9 @@ use worldmesh_persistence::{Character, Config, Store};
 
 async fn tiered() -> (Config, String, String) {
     let base = testing::postgres_base_url();
-    let db = testing::fresh_postgres_database(&base).await.expect("PostgreSQL must be running");
+    let db = testing::fresh_postgres_database(&base)
+        .await
+        .expect("PostgreSQL must be running");
     let config = testing::tiered_config(&db, "wmtest");
     (config, base, db)
 }
@@ -25,7 +27,11 @@ async fn stamps_order_writes(store: &Store) {
     assert!(!created, "a name is created once");
     assert_eq!(again.id, c.id);
 
-    let v = |version: u64, x: f32| Character { version, x, ..c.clone() };
+    let v = |version: u64, x: f32| Character {
+        version,
+        x,
+        ..c.clone()
+    };
     assert!(store.save(&[v(2, 11.0)]).await.unwrap().is_empty());
     // A late, older write is refused and changes nothing.
     assert_eq!(store.save(&[v(1, 5.0)]).await.unwrap(), vec![c.id]);
@@ -34,7 +40,12 @@ async fn stamps_order_writes(store: &Store) {
     let loaded = store.load(c.id).await.unwrap().unwrap();
     assert_eq!((loaded.x, loaded.version), (11.0, 2));
     // A newer epoch wins over any version of an older one; the old epoch is then fenced.
-    let e1 = Character { epoch: 1, version: 0, x: 12.0, ..c.clone() };
+    let e1 = Character {
+        epoch: 1,
+        version: 0,
+        x: 12.0,
+        ..c.clone()
+    };
     assert!(store.save(&[e1]).await.unwrap().is_empty());
     assert_eq!(store.save(&[v(50, 0.0)]).await.unwrap(), vec![c.id]);
     assert_eq!(store.load(c.id).await.unwrap().unwrap().x, 12.0);
@@ -45,10 +56,19 @@ async fn stamps_order_writes(store: &Store) {
 async fn wait_durable(store: &Store, id: u64, version: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if store.sql().load(id).await.unwrap().is_some_and(|c| c.version >= version) {
+        if store
+            .sql()
+            .load(id)
+            .await
+            .unwrap()
+            .is_some_and(|c| c.version >= version)
+        {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "version {version} of {id} never reached SQL");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version {version} of {id} never reached SQL"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -57,7 +77,10 @@ async fn wait_durable(store: &Store, id: u64, version: u64) {
 async fn redis_and_postgres_order_writes_by_stamp() {
     let (config, base, db) = tiered().await;
     let store = Store::connect(&config).await.unwrap();
-    assert_eq!((store.sql_backend(), store.hot_backend()), ("postgres", "redis"));
+    assert_eq!(
+        (store.sql_backend(), store.hot_backend()),
+        ("postgres", "redis")
+    );
     stamps_order_writes(&store).await;
     store.close().await;
     testing::drop_postgres_database(&base, &db).await;
@@ -67,7 +90,10 @@ async fn redis_and_postgres_order_writes_by_stamp() {
 async fn sqlite_and_memory_order_writes_by_stamp() {
     let (config, dir) = embedded();
     let store = Store::connect(&config).await.unwrap();
-    assert_eq!((store.sql_backend(), store.hot_backend()), ("sqlite", "memory"));
+    assert_eq!(
+        (store.sql_backend(), store.hot_backend()),
+        ("sqlite", "memory")
+    );
     stamps_order_writes(&store).await;
     store.close().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -78,17 +104,30 @@ async fn sql_wins_when_redis_lost_data() {
     let (config, base, db) = tiered().await;
     let store = Store::connect(&config).await.unwrap();
     let (c, _) = store.load_or_create("bob", (1.0, 1.0)).await.unwrap();
-    store.save(&[Character { version: 3, x: 30.0, ..c.clone() }]).await.unwrap();
+    store
+        .save(&[Character {
+            version: 3,
+            x: 30.0,
+            ..c.clone()
+        }])
+        .await
+        .unwrap();
     wait_durable(&store, c.id, 3).await;
     // Redis loses the key (a restart without persistence): SQL's copy is served.
     let client = redis::Client::open(testing::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("DEL").arg(format!("{}char:{}", config.redis_prefix, c.id)).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}char:{}", config.redis_prefix, c.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(store.load(c.id).await.unwrap().unwrap().x, 30.0);
     // Redis holds an *older* state than SQL (it came back from an old snapshot): SQL wins.
     let _: () = redis::cmd("HSET")
         .arg(format!("{}char:{}", config.redis_prefix, c.id))
-        .arg(&["epoch", "0", "version", "1", "name", "bob", "x", "7", "y", "1", "heading", "0"])
+        .arg(&[
+            "epoch", "0", "version", "1", "name", "bob", "x", "7", "y", "1", "heading", "0",
+        ])
         .query_async(&mut conn)
         .await
         .unwrap();

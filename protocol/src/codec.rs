@@ -10,7 +10,7 @@
 //! [`MAX_FRAME_PAYLOAD`] before the payload is read or allocated, and bincode runs with the same
 //! limit so that no length field inside the payload can make it allocate more.
 
-use bincode::config::{self, Configuration, LittleEndian, Limit, Varint};
+use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use bincode::{Decode, Encode};
 
 use crate::{ErrorCode, PROTOCOL_VERSION};
@@ -47,7 +47,10 @@ impl FrameHeader {
         }
         let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         if len > MAX_FRAME_PAYLOAD {
-            return Err(DecodeError::TooLarge { len, max: MAX_FRAME_PAYLOAD });
+            return Err(DecodeError::TooLarge {
+                len,
+                max: MAX_FRAME_PAYLOAD,
+            });
         }
         Ok(Self { version, len })
     }
@@ -100,7 +103,9 @@ pub fn encode_frame<M: Encode>(msg: &M, out: &mut Vec<u8>) -> Result<usize, Enco
         }
         Ok(len) => {
             out.truncate(start);
-            Err(EncodeError::TooLarge(format!("{len} bytes, limit {MAX_FRAME_PAYLOAD}")))
+            Err(EncodeError::TooLarge(format!(
+                "{len} bytes, limit {MAX_FRAME_PAYLOAD}"
+            )))
         }
         Err(e) => {
             out.truncate(start);
@@ -119,15 +124,23 @@ pub fn encode_to_vec<M: Encode>(msg: &M) -> Result<Vec<u8>, EncodeError> {
 /// Decodes a buffer that holds exactly one frame (a datagram).
 pub fn decode_frame<M: Decode<()>>(buf: &[u8]) -> Result<M, DecodeError> {
     let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
-        return Err(DecodeError::Truncated { expected: HEADER_LEN, got: buf.len() });
+        return Err(DecodeError::Truncated {
+            expected: HEADER_LEN,
+            got: buf.len(),
+        });
     };
     let header = FrameHeader::parse(*header)?;
     let payload = &buf[HEADER_LEN..];
     if payload.len() < header.len {
-        return Err(DecodeError::Truncated { expected: HEADER_LEN + header.len, got: buf.len() });
+        return Err(DecodeError::Truncated {
+            expected: HEADER_LEN + header.len,
+            got: buf.len(),
+        });
     }
     if payload.len() > header.len {
-        return Err(DecodeError::TrailingBytes { extra: payload.len() - header.len });
+        return Err(DecodeError::TrailingBytes {
+            extra: payload.len() - header.len,
+        });
     }
     decode_payload(payload)
 }
@@ -136,12 +149,17 @@ pub fn decode_frame<M: Decode<()>>(buf: &[u8]) -> Result<M, DecodeError> {
 /// [`FrameHeader::parse`]. Every byte must belong to the message.
 pub fn decode_payload<M: Decode<()>>(payload: &[u8]) -> Result<M, DecodeError> {
     if payload.len() > MAX_FRAME_PAYLOAD {
-        return Err(DecodeError::TooLarge { len: payload.len(), max: MAX_FRAME_PAYLOAD });
+        return Err(DecodeError::TooLarge {
+            len: payload.len(),
+            max: MAX_FRAME_PAYLOAD,
+        });
     }
     let (msg, used) = bincode::decode_from_slice(payload, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != payload.len() {
-        return Err(DecodeError::TrailingBytes { extra: payload.len() - used });
+        return Err(DecodeError::TrailingBytes {
+            extra: payload.len() - used,
+        });
     }
     Ok(msg)
 }
@@ -184,7 +202,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             frame,
-            [1, 14, 0, 0, 0, 1, 251, 0x2c, 0x01, 7, 0, 0, 0, 0, 0, 0, 0xc0, 0x3f, 0]
+            [
+                1, 14, 0, 0, 0, 1, 251, 0x2c, 0x01, 7, 0, 0, 0, 0, 0, 0, 0xc0, 0x3f, 0
+            ]
         );
     }
 
@@ -192,7 +212,12 @@ mod tests {
     fn known_snapshot_bytes_for_protocol_md() {
         // A full update (no baseline) with one new entity: id 1, Player, at (625, 1000) in a
         // world starting at (0, 0), heading 0, speed 0.
-        let q = crate::snapshot::Quantizer::new(WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 2000.0, max_y: 2000.0 });
+        let q = crate::snapshot::Quantizer::new(WorldBounds {
+            min_x: 0.0,
+            min_y: 0.0,
+            max_x: 2000.0,
+            max_y: 2000.0,
+        });
         let mut enc = crate::snapshot::ObserverEncoder::default();
         let e = q.quantize(1, EntityKind::Player, 625.0, 1000.0, 0.0, 0.0);
         let (snapshot, _) = enc.snapshot(1, 0, &[(e, 1.0)], 1100);
@@ -202,19 +227,33 @@ mod tests {
             [
                 1, 14, 0, 0, 0, // header
                 1, 1, 0, 0, 9, // Snapshot, tick 1, baseline 0, last_input_seq 0, 9 body bytes
-                0xac, 0x0c, 0x09, 0xc4, 0x00, 0xfa, 0x00, 0x00, 0x00, // body (71 bits + padding)
+                0xac, 0x0c, 0x09, 0xc4, 0x00, 0xfa, 0x00, 0x00,
+                0x00, // body (71 bits + padding)
             ]
         );
-        let kick = encode_to_vec(&ServerMessage::Kick(Kick { code: ErrorCode::ServerFull, message: "full".into() })).unwrap();
+        let kick = encode_to_vec(&ServerMessage::Kick(Kick {
+            code: ErrorCode::ServerFull,
+            message: "full".into(),
+        }))
+        .unwrap();
         assert_eq!(kick, [1, 7, 0, 0, 0, 3, 5, 4, b'f', b'u', b'l', b'l']);
     }
 
     #[test]
     fn trailing_and_truncated_are_errors() {
         let mut frame = encode_to_vec(&ClientMessage::Bye).unwrap();
-        assert_eq!(decode_frame::<ClientMessage>(&frame), Ok(ClientMessage::Bye));
+        assert_eq!(
+            decode_frame::<ClientMessage>(&frame),
+            Ok(ClientMessage::Bye)
+        );
         frame.push(0);
-        assert!(matches!(decode_frame::<ClientMessage>(&frame), Err(DecodeError::TrailingBytes { .. })));
-        assert!(matches!(decode_frame::<ClientMessage>(&frame[..3]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode_frame::<ClientMessage>(&frame),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
+        assert!(matches!(
+            decode_frame::<ClientMessage>(&frame[..3]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 }

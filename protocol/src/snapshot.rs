@@ -60,15 +60,30 @@ pub struct Quantizer {
 
 impl Quantizer {
     pub fn new(bounds: WorldBounds) -> Self {
-        Self { min_x: bounds.min_x, min_y: bounds.min_y }
+        Self {
+            min_x: bounds.min_x,
+            min_y: bounds.min_y,
+        }
     }
 
     fn pos(v: f32, min: f32) -> u32 {
         let q = ((v - min) * POS_SCALE).round();
-        if q.is_nan() { 0 } else { q.clamp(0.0, ((1u32 << POS_BITS) - 1) as f32) as u32 }
+        if q.is_nan() {
+            0
+        } else {
+            q.clamp(0.0, ((1u32 << POS_BITS) - 1) as f32) as u32
+        }
     }
 
-    pub fn quantize(&self, id: u64, kind: EntityKind, x: f32, y: f32, heading: f32, speed: f32) -> QEntity {
+    pub fn quantize(
+        &self,
+        id: u64,
+        kind: EntityKind,
+        x: f32,
+        y: f32,
+        heading: f32,
+        speed: f32,
+    ) -> QEntity {
         let turns = heading / std::f32::consts::TAU;
         let h = ((turns - turns.floor()) * 256.0).round() as u32 % 256;
         QEntity {
@@ -192,7 +207,10 @@ impl<'a> BitReader<'a> {
     pub fn read(&mut self, bits: u32) -> Result<u64, SnapshotError> {
         let mut v = 0u64;
         for _ in 0..bits {
-            let byte = *self.data.get(self.pos / 8).ok_or(SnapshotError::Truncated)?;
+            let byte = *self
+                .data
+                .get(self.pos / 8)
+                .ok_or(SnapshotError::Truncated)?;
             v = (v << 1) | ((byte >> (7 - self.pos % 8)) & 1) as u64;
             self.pos += 1;
         }
@@ -269,7 +287,11 @@ fn delta_bits(base: &QEntity, e: &QEntity) -> u32 {
     let mut bits = 3;
     if base.x != e.x || base.y != e.y {
         let (dx, dy) = (e.x as i64 - base.x as i64, e.y as i64 - base.y as i64);
-        bits += 1 + if small(dx) && small(dy) { 2 * SMALL_DELTA_BITS } else { 2 * POS_BITS };
+        bits += 1 + if small(dx) && small(dy) {
+            2 * SMALL_DELTA_BITS
+        } else {
+            2 * POS_BITS
+        };
     }
     if base.heading != e.heading {
         bits += 8;
@@ -299,7 +321,9 @@ pub struct ViewHistory {
 
 impl Default for ViewHistory {
     fn default() -> Self {
-        Self { ring: (0..HISTORY).map(|_| (0, Vec::new())).collect() }
+        Self {
+            ring: (0..HISTORY).map(|_| (0, Vec::new())).collect(),
+        }
     }
 }
 
@@ -432,7 +456,13 @@ impl ObserverEncoder {
     /// `visible` is every entity the observer sees now with its priority gain (how fast its
     /// accumulated priority grows while it is left out). At most `budget_bytes` of body are
     /// written; removals always fit first.
-    pub fn encode(&mut self, tick: u32, visible: &[(QEntity, f32)], budget_bytes: usize, out: &mut Vec<u8>) -> EncodeStats {
+    pub fn encode(
+        &mut self,
+        tick: u32,
+        visible: &[(QEntity, f32)],
+        budget_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> EncodeStats {
         // 1. Slots: keep the slots of entities still visible, free the others. Entities are
         //    laid out by slot in a dense table, which orders them without sorting.
         self.by_slot.clear();
@@ -444,7 +474,12 @@ impl ObserverEncoder {
             self.by_slot[slot] = Some((e, gain));
         }
         self.current.clear();
-        self.current.extend(self.by_slot.iter().enumerate().filter_map(|(s, v)| v.map(|(e, g)| (s as u16, e, g))));
+        self.current.extend(
+            self.by_slot
+                .iter()
+                .enumerate()
+                .filter_map(|(s, v)| v.map(|(e, g)| (s as u16, e, g))),
+        );
         if self.slot_of.len() > self.current.len() {
             let (seen, free) = (&self.slot_seen, &mut self.free);
             self.slot_of.retain(|_, s| {
@@ -460,10 +495,18 @@ impl ObserverEncoder {
         // The baseline must be younger than the history ring, or its entry is the one this
         // tick's view is about to be written into.
         let usable = self.acked != 0 && self.acked < tick && tick - self.acked < HISTORY as u32;
-        let baseline_tick = if usable && self.history.get(self.acked).is_some() { self.acked } else { 0 };
+        let baseline_tick = if usable && self.history.get(self.acked).is_some() {
+            self.acked
+        } else {
+            0
+        };
         let mut view = self.history.take(tick);
         let empty = Vec::new();
-        let base = if baseline_tick != 0 { self.history.get(baseline_tick).unwrap_or(&empty) } else { &empty };
+        let base = if baseline_tick != 0 {
+            self.history.get(baseline_tick).unwrap_or(&empty)
+        } else {
+            &empty
+        };
         self.candidates.clear();
         self.removed.clear();
         let mut bi = 0;
@@ -480,7 +523,12 @@ impl ObserverEncoder {
                 Some(b) if b == e => {}
                 Some(b) if b.id == e.id => {
                     self.priority[slot as usize] += gain;
-                    self.candidates.push(Candidate { slot, entity: e, base: Some(b), bits: delta_bits(&b, &e) });
+                    self.candidates.push(Candidate {
+                        slot,
+                        entity: e,
+                        base: Some(b),
+                        bits: delta_bits(&b, &e),
+                    });
                 }
                 other => {
                     if other.is_some() {
@@ -488,7 +536,12 @@ impl ObserverEncoder {
                         self.removed.push(slot);
                     }
                     self.priority[slot as usize] += gain;
-                    self.candidates.push(Candidate { slot, entity: e, base: None, bits: new_bits(&e) });
+                    self.candidates.push(Candidate {
+                        slot,
+                        entity: e,
+                        base: None,
+                        bits: new_bits(&e),
+                    });
                 }
             }
         }
@@ -498,7 +551,8 @@ impl ObserverEncoder {
         // 3. Choose updates by accumulated priority within the budget.
         let max_slot = self.slot_seen.len() as u64;
         let gap_bits = golomb_bits(max_slot) + 1;
-        let mut used = golomb_bits(self.removed.len() as u64) + golomb_bits(self.candidates.len() as u64);
+        let mut used =
+            golomb_bits(self.removed.len() as u64) + golomb_bits(self.candidates.len() as u64);
         let mut prev: i64 = -1;
         for &s in &self.removed {
             used += golomb_bits((s as i64 - prev - 1) as u64);
@@ -511,7 +565,9 @@ impl ObserverEncoder {
         // only an over-full tick pays for ranking by priority.
         if used + all > budget_bits {
             let priority = &self.priority;
-            self.candidates.sort_unstable_by(|a, b| priority[b.slot as usize].total_cmp(&priority[a.slot as usize]));
+            self.candidates.sort_unstable_by(|a, b| {
+                priority[b.slot as usize].total_cmp(&priority[a.slot as usize])
+            });
             let mut chosen = 0;
             for c in &self.candidates {
                 let cost = c.bits + gap_bits;
@@ -603,10 +659,24 @@ impl ObserverEncoder {
     }
 
     /// Encodes a whole [`Snapshot`] message for `tick`.
-    pub fn snapshot(&mut self, tick: u32, last_input_seq: u32, visible: &[(QEntity, f32)], budget_bytes: usize) -> (Snapshot, EncodeStats) {
+    pub fn snapshot(
+        &mut self,
+        tick: u32,
+        last_input_seq: u32,
+        visible: &[(QEntity, f32)],
+        budget_bytes: usize,
+    ) -> (Snapshot, EncodeStats) {
         let mut data = Vec::with_capacity(64);
         let stats = self.encode(tick, visible, budget_bytes, &mut data);
-        (Snapshot { tick, baseline: self.last_baseline, last_input_seq, data }, stats)
+        (
+            Snapshot {
+                tick,
+                baseline: self.last_baseline,
+                last_input_seq,
+                data,
+            },
+            stats,
+        )
     }
 }
 
@@ -642,14 +712,19 @@ impl SnapshotDecoder {
     /// baseline is not held is refused.
     pub fn apply(&mut self, s: &Snapshot) -> Result<bool, SnapshotError> {
         // Already held, or so old that storing it would evict a newer view.
-        if s.tick == 0 || self.history.get(s.tick).is_some() || s.tick as u64 + HISTORY as u64 <= self.latest as u64 {
+        if s.tick == 0
+            || self.history.get(s.tick).is_some()
+            || s.tick as u64 + HISTORY as u64 <= self.latest as u64
+        {
             return Ok(false);
         }
         let empty = Vec::new();
         let base = if s.baseline == 0 {
             &empty
         } else {
-            self.history.get(s.baseline).ok_or(SnapshotError::MissingBaseline(s.baseline))?
+            self.history
+                .get(s.baseline)
+                .ok_or(SnapshotError::MissingBaseline(s.baseline))?
         };
         let mut r = BitReader::new(&s.data);
         let n_removed = r.golomb()?;
@@ -678,13 +753,28 @@ impl SnapshotDecoder {
                 if n > 64 {
                     return Err(SnapshotError::Truncated);
                 }
-                let id = if n > 32 { (r.read(n - 32)? << 32) | r.read(32)? } else { r.read(n)? };
-                let kind = if r.bit()? { EntityKind::Npc } else { EntityKind::Player };
+                let id = if n > 32 {
+                    (r.read(n - 32)? << 32) | r.read(32)?
+                } else {
+                    r.read(n)?
+                };
+                let kind = if r.bit()? {
+                    EntityKind::Npc
+                } else {
+                    EntityKind::Player
+                };
                 let x = r.read(POS_BITS)? as u32;
                 let y = r.read(POS_BITS)? as u32;
                 let heading = r.read(8)? as u8;
                 let speed = r.read(8)? as u8;
-                QEntity { id, kind, x, y, heading, speed }
+                QEntity {
+                    id,
+                    kind,
+                    x,
+                    y,
+                    heading,
+                    speed,
+                }
             } else {
                 let b = base
                     .binary_search_by_key(&slot, |(s, _)| *s)
@@ -782,7 +872,12 @@ mod tests {
 
     #[test]
     fn quantize_round_trip_within_a_quantum() {
-        let q = Quantizer::new(WorldBounds { min_x: -100.0, min_y: 0.0, max_x: 100.0, max_y: 100.0 });
+        let q = Quantizer::new(WorldBounds {
+            min_x: -100.0,
+            min_y: 0.0,
+            max_x: 100.0,
+            max_y: 100.0,
+        });
         let e = q.quantize(7, EntityKind::Npc, 12.34, 56.78, -1.0, 3.12);
         let d = q.dequantize(&e);
         assert!((d.x - 12.34).abs() <= 0.5 / POS_SCALE && (d.y - 56.78).abs() <= 0.5 / POS_SCALE);
@@ -805,14 +900,22 @@ mod tests {
             let entities = (0..n)
                 .map(|i| QEntity {
                     id: 1000 + i as u64 * 37,
-                    kind: if i % 3 == 0 { EntityKind::Npc } else { EntityKind::Player },
+                    kind: if i % 3 == 0 {
+                        EntityKind::Npc
+                    } else {
+                        EntityKind::Player
+                    },
                     x: rng.random_range(0..60_000),
                     y: rng.random_range(0..60_000),
                     heading: rng.random(),
                     speed: rng.random_range(0..60),
                 })
                 .collect();
-            Self { rng, entities, present: vec![true; n] }
+            Self {
+                rng,
+                entities,
+                present: vec![true; n],
+            }
         }
 
         fn step(&mut self) {
@@ -837,7 +940,12 @@ mod tests {
         }
 
         fn visible(&self) -> Vec<(QEntity, f32)> {
-            self.entities.iter().zip(&self.present).filter(|(_, p)| **p).map(|(e, _)| (*e, 1.0)).collect()
+            self.entities
+                .iter()
+                .zip(&self.present)
+                .filter(|(_, p)| **p)
+                .map(|(e, _)| (*e, 1.0))
+                .collect()
         }
     }
 
@@ -849,7 +957,12 @@ mod tests {
 
     /// Runs the encoder and decoder over a lossy, reordering link; returns (snapshots
     /// delivered, ticks at which the decoder's newest view matched the truth).
-    fn lossy_run(seed: u64, budget: usize, ticks: u32, mut check: impl FnMut(u32, &SnapshotDecoder, &ObserverEncoder, &World)) {
+    fn lossy_run(
+        seed: u64,
+        budget: usize,
+        ticks: u32,
+        mut check: impl FnMut(u32, &SnapshotDecoder, &ObserverEncoder, &World),
+    ) {
         let mut world = World::new(150, seed);
         let mut enc = ObserverEncoder::default();
         let mut dec = SnapshotDecoder::default();
@@ -887,7 +1000,8 @@ mod tests {
             lossy_run(seed, 1 << 20, 1000, |tick, dec, _, world| {
                 if dec.ack_tick() == tick {
                     let truth: Vec<QEntity> = {
-                        let mut t: Vec<QEntity> = world.visible().into_iter().map(|(e, _)| e).collect();
+                        let mut t: Vec<QEntity> =
+                            world.visible().into_iter().map(|(e, _)| e).collect();
                         t.sort_unstable_by_key(|e| e.id);
                         t
                     };
@@ -895,7 +1009,10 @@ mod tests {
                     exact += 1;
                 }
             });
-            assert!(exact > 500, "seed {seed}: only {exact} ticks delivered on time");
+            assert!(
+                exact > 500,
+                "seed {seed}: only {exact} ticks delivered on time"
+            );
         }
     }
 
@@ -903,7 +1020,11 @@ mod tests {
     fn under_a_tight_budget_the_client_view_is_exactly_what_the_server_recorded() {
         lossy_run(42, 120, 1000, |tick, dec, enc, _| {
             if dec.ack_tick() == tick {
-                assert_eq!(dec.view(), enc.history.get(tick).unwrap().as_slice(), "tick {tick}");
+                assert_eq!(
+                    dec.view(),
+                    enc.history.get(tick).unwrap().as_slice(),
+                    "tick {tick}"
+                );
             }
         });
     }
@@ -917,7 +1038,8 @@ mod tests {
         let mut last_written: HashMap<u64, u32> = HashMap::new();
         for tick in 1..=400 {
             world.step();
-            let before: HashMap<u64, QEntity> = dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
+            let before: HashMap<u64, QEntity> =
+                dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
             let (snap, _) = enc.snapshot(tick, 0, &world.visible(), 200);
             dec.apply(&snap).unwrap();
             enc.ack(dec.ack_tick());
@@ -927,8 +1049,16 @@ mod tests {
                 }
             }
         }
-        let stalest = world.visible().iter().map(|(e, _)| 400 - last_written.get(&e.id).copied().unwrap_or(0)).max().unwrap();
-        assert!(stalest < 40, "an entity went {stalest} ticks without an update");
+        let stalest = world
+            .visible()
+            .iter()
+            .map(|(e, _)| 400 - last_written.get(&e.id).copied().unwrap_or(0))
+            .max()
+            .unwrap();
+        assert!(
+            stalest < 40,
+            "an entity went {stalest} ticks without an update"
+        );
     }
 
     #[test]
@@ -954,7 +1084,12 @@ mod tests {
             let mut dec = SnapshotDecoder::default();
             let len = rng.random_range(0..64);
             let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-            let _ = dec.apply(&Snapshot { tick: 1, baseline: 0, last_input_seq: 0, data });
+            let _ = dec.apply(&Snapshot {
+                tick: 1,
+                baseline: 0,
+                last_input_seq: 0,
+                data,
+            });
         }
     }
 }

@@ -15,10 +15,21 @@ fn name() -> impl Strategy<Value = String> {
 
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (any::<u8>(), name()).prop_map(|(v, name)| ClientMessage::Hello(Hello { protocol_version: v, name })),
-        (any::<u32>(), any::<u32>(), finite(), finite(), any::<u32>()).prop_map(|(seq, ack_tick, heading, speed, actions)| {
-            ClientMessage::Input(Input { seq, ack_tick, heading, speed, actions })
-        }),
+        (any::<u8>(), name()).prop_map(|(v, name)| ClientMessage::Hello(Hello {
+            protocol_version: v,
+            name
+        })),
+        (any::<u32>(), any::<u32>(), finite(), finite(), any::<u32>()).prop_map(
+            |(seq, ack_tick, heading, speed, actions)| {
+                ClientMessage::Input(Input {
+                    seq,
+                    ack_tick,
+                    heading,
+                    speed,
+                    actions,
+                })
+            }
+        ),
         ".{0,300}".prop_map(|text| ClientMessage::Chat(ChatSay { text })),
         Just(ClientMessage::Bye),
     ]
@@ -44,22 +55,47 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), any::<u16>(), finite(), finite(), finite()).prop_map(
-            |(player_id, entity_id, tick_rate_hz, x, y, heading)| ServerMessage::Welcome(Welcome {
-                player_id,
-                entity_id,
-                tick_rate_hz,
-                world: WorldBounds { min_x: -x, min_y: -y, max_x: x, max_y: y },
-                x,
-                y,
-                heading,
-            })
-        ),
-        (any::<u32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..1200)).prop_map(
-            |(tick, baseline, last_input_seq, data)| ServerMessage::Snapshot(Snapshot { tick, baseline, last_input_seq, data })
-        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u16>(),
+            finite(),
+            finite(),
+            finite()
+        )
+            .prop_map(|(player_id, entity_id, tick_rate_hz, x, y, heading)| {
+                ServerMessage::Welcome(Welcome {
+                    player_id,
+                    entity_id,
+                    tick_rate_hz,
+                    world: WorldBounds {
+                        min_x: -x,
+                        min_y: -y,
+                        max_x: x,
+                        max_y: y,
+                    },
+                    x,
+                    y,
+                    heading,
+                })
+            }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..1200)
+        )
+            .prop_map(
+                |(tick, baseline, last_input_seq, data)| ServerMessage::Snapshot(Snapshot {
+                    tick,
+                    baseline,
+                    last_input_seq,
+                    data
+                })
+            ),
         (name(), ".{0,300}").prop_map(|(from, text)| ServerMessage::Chat(ChatHeard { from, text })),
-        (error_code(), ".{0,100}").prop_map(|(code, message)| ServerMessage::Kick(Kick { code, message })),
+        (error_code(), ".{0,100}")
+            .prop_map(|(code, message)| ServerMessage::Kick(Kick { code, message })),
     ]
 }
 

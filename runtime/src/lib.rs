@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 /// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), human format.
 /// Safe to call more than once (later calls do nothing), which tests rely on.
 pub fn init_logging(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
@@ -63,7 +64,10 @@ impl AddSecret {
     /// header value (visible ASCII).
     pub fn new(secret: Option<&str>) -> Result<Self, String> {
         secret
-            .map(|s| s.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| "the cluster secret must be visible ASCII".to_owned()))
+            .map(|s| {
+                s.parse::<tonic::metadata::AsciiMetadataValue>()
+                    .map_err(|_| "the cluster secret must be visible ASCII".to_owned())
+            })
             .transpose()
             .map(Self)
     }
@@ -95,7 +99,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl tonic::service::Interceptor for CheckSecret {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let Some(expected) = &self.0 else { return Ok(req) };
+        let Some(expected) = &self.0 else {
+            return Ok(req);
+        };
         match req.metadata().get(CLUSTER_SECRET_HEADER) {
             Some(v) if constant_time_eq(v.as_bytes(), expected) => Ok(req),
             _ => {

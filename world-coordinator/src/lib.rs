@@ -58,15 +58,29 @@ pub enum Error {
 }
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr: SocketAddr = listener.local_addr()?;
-    let map = Arc::new(Mutex::new(WorldMap::new(config.geometry.clone(), config.lease_ttl)));
-    let reaper = tokio::spawn(service::reap_expired(map.clone(), config.heartbeat_interval, shutdown.clone()));
+    let map = Arc::new(Mutex::new(WorldMap::new(
+        config.geometry.clone(),
+        config.lease_ttl,
+    )));
+    let reaper = tokio::spawn(service::reap_expired(
+        map.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ));
     let svc = service::CoordinatorService::new(map, config);
     tracing::info!(%addr, "world coordinator listening");
     tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(svc))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     reaper.abort();
     tracing::info!("world coordinator stopped");

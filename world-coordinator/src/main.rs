@@ -9,7 +9,11 @@ use worldmesh_coordinator::{Config, Geometry};
 #[command(version, about = "worldmesh world coordinator")]
 struct Args {
     /// gRPC listen address.
-    #[arg(long, env = "WORLDMESH_COORDINATOR_LISTEN", default_value = "0.0.0.0:7100")]
+    #[arg(
+        long,
+        env = "WORLDMESH_COORDINATOR_LISTEN",
+        default_value = "0.0.0.0:7100"
+    )]
     listen: String,
     /// Simulation ticks per second, announced to zones.
     #[arg(long, env = "WORLDMESH_TICK_RATE", default_value_t = 20)]

@@ -46,7 +46,13 @@ impl Geometry {
     pub fn cell_of(&self, x: f32, y: f32) -> (u32, u32) {
         let cx = ((x - self.min_x) / self.cell_size).floor();
         let cy = ((y - self.min_y) / self.cell_size).floor();
-        let clamp = |v: f32, n: u32| if v.is_nan() { 0 } else { v.clamp(0.0, (n - 1) as f32) as u32 };
+        let clamp = |v: f32, n: u32| {
+            if v.is_nan() {
+                0
+            } else {
+                v.clamp(0.0, (n - 1) as f32) as u32
+            }
+        };
         (clamp(cx, self.cells_x()), clamp(cy, self.cells_y()))
     }
 }
@@ -76,7 +82,13 @@ pub struct WorldMap {
 
 impl WorldMap {
     pub fn new(geometry: Geometry, lease_ttl: Duration) -> Self {
-        Self { geometry, lease_ttl, zones: BTreeMap::new(), next_zone_id: 1, next_generation: 1 }
+        Self {
+            geometry,
+            lease_ttl,
+            zones: BTreeMap::new(),
+            next_zone_id: 1,
+            next_generation: 1,
+        }
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -107,7 +119,14 @@ impl WorldMap {
     }
 
     /// Renews a lease. False when the zone or that generation of its lease is unknown.
-    pub fn heartbeat(&mut self, zone_id: u64, generation: u64, entities: u32, players: u32, now: Instant) -> bool {
+    pub fn heartbeat(
+        &mut self,
+        zone_id: u64,
+        generation: u64,
+        entities: u32,
+        players: u32,
+        now: Instant,
+    ) -> bool {
         match self.zones.get_mut(&zone_id) {
             Some(z) if z.lease_generation == generation => {
                 z.lease_expires = now + self.lease_ttl;
@@ -121,8 +140,15 @@ impl WorldMap {
 
     /// Drops every zone whose lease has lapsed and returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<Zone> {
-        let dead: Vec<u64> = self.zones.values().filter(|z| z.lease_expires <= now).map(|z| z.id).collect();
-        dead.into_iter().filter_map(|id| self.zones.remove(&id)).collect()
+        let dead: Vec<u64> = self
+            .zones
+            .values()
+            .filter(|z| z.lease_expires <= now)
+            .map(|z| z.id)
+            .collect();
+        dead.into_iter()
+            .filter_map(|id| self.zones.remove(&id))
+            .collect()
     }
 
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use worldmesh_protocol::grpc::coordinator::{self as pb, coordinator_server::Coordinator};
 
-use crate::map::{Geometry, WorldMap, Zone};
 use crate::Config;
+use crate::map::{Geometry, WorldMap, Zone};
 
 pub struct CoordinatorService {
     map: Arc<Mutex<WorldMap>>,
@@ -35,20 +35,34 @@ pub fn geometry_to_pb(g: &Geometry) -> pb::WorldGeometry {
         max_y: g.max_y,
         cell_size: g.cell_size,
         tick_rate_hz: g.tick_rate_hz,
-        spawn_points: g.spawn_points.iter().map(|&(x, y)| pb::SpawnPoint { x, y }).collect(),
+        spawn_points: g
+            .spawn_points
+            .iter()
+            .map(|&(x, y)| pb::SpawnPoint { x, y })
+            .collect(),
     }
 }
 
 fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
-    pb::ZoneInfo { zone_id: z.id, name: z.name.clone(), address: z.address.clone(), capacity: z.capacity }
+    pb::ZoneInfo {
+        zone_id: z.id,
+        name: z.name.clone(),
+        address: z.address.clone(),
+        capacity: z.capacity,
+    }
 }
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn register_zone(&self, req: Request<pb::RegisterZoneRequest>) -> Result<Response<pb::RegisterZoneResponse>, Status> {
+    async fn register_zone(
+        &self,
+        req: Request<pb::RegisterZoneRequest>,
+    ) -> Result<Response<pb::RegisterZoneResponse>, Status> {
         let req = req.into_inner();
         if req.name.is_empty() || req.address.is_empty() {
-            return Err(Status::invalid_argument("zone name and address are required"));
+            return Err(Status::invalid_argument(
+                "zone name and address are required",
+            ));
         }
         let mut map = self.map();
         let zone = map.register(&req.name, &req.address, req.capacity, Instant::now());
@@ -64,25 +78,48 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let lease_valid = self.map().heartbeat(req.zone_id, req.lease_generation, req.entities, req.players, Instant::now());
+        let lease_valid = self.map().heartbeat(
+            req.zone_id,
+            req.lease_generation,
+            req.entities,
+            req.players,
+            Instant::now(),
+        );
         if !lease_valid {
-            tracing::warn!(zone = req.zone_id, generation = req.lease_generation, "heartbeat for an unknown lease");
+            tracing::warn!(
+                zone = req.zone_id,
+                generation = req.lease_generation,
+                "heartbeat for an unknown lease"
+            );
         }
         Ok(Response::new(pb::HeartbeatResponse { lease_valid }))
     }
 
-    async fn locate_zone(&self, req: Request<pb::LocateZoneRequest>) -> Result<Response<pb::LocateZoneResponse>, Status> {
+    async fn locate_zone(
+        &self,
+        req: Request<pb::LocateZoneRequest>,
+    ) -> Result<Response<pb::LocateZoneResponse>, Status> {
         let req = req.into_inner();
         let map = self.map();
         match map.locate(req.x, req.y) {
-            Some((zone, (cell_x, cell_y))) => Ok(Response::new(pb::LocateZoneResponse { zone: Some(zone_to_pb(zone)), cell_x, cell_y })),
+            Some((zone, (cell_x, cell_y))) => Ok(Response::new(pb::LocateZoneResponse {
+                zone: Some(zone_to_pb(zone)),
+                cell_x,
+                cell_y,
+            })),
             None => Err(Status::unavailable("no zone server is registered")),
         }
     }
 
-    async fn get_world(&self, _req: Request<pb::GetWorldRequest>) -> Result<Response<pb::WorldMap>, Status> {
+    async fn get_world(
+        &self,
+        _req: Request<pb::GetWorldRequest>,
+    ) -> Result<Response<pb::WorldMap>, Status> {
         let map = self.map();
         Ok(Response::new(pb::WorldMap {
             world: Some(geometry_to_pb(map.geometry())),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use worldmesh_protocol::grpc::coordinator::{coordinator_client::CoordinatorClient, GetWorldRequest};
+use worldmesh_protocol::grpc::coordinator::{
+    GetWorldRequest, coordinator_client::CoordinatorClient,
+};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -33,8 +35,14 @@ impl ClusterConfig {
             zones: 4,
             persistence,
             coordinator: worldmesh_coordinator::Config::default(),
-            zone: worldmesh_zone::Config { cluster_secret: secret.clone(), ..Default::default() },
-            gateway: worldmesh_gateway::Config { cluster_secret: secret, ..Default::default() },
+            zone: worldmesh_zone::Config {
+                cluster_secret: secret.clone(),
+                ..Default::default()
+            },
+            gateway: worldmesh_gateway::Config {
+                cluster_secret: secret,
+                ..Default::default()
+            },
             gateways: 1,
             gateway_listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         }
@@ -89,7 +97,11 @@ impl Cluster {
         let persistence = tokio::spawn(worldmesh_persistence::serve(pl, store, backend.clone()));
 
         let (cl, coordinator_url) = loopback_listener().await?;
-        let coordinator = tokio::spawn(worldmesh_coordinator::run(cl, config.coordinator.clone(), backend.clone()));
+        let coordinator = tokio::spawn(worldmesh_coordinator::run(
+            cl,
+            config.coordinator.clone(),
+            backend.clone(),
+        ));
 
         let mut zones = Vec::new();
         let mut zone_urls = Vec::new();
@@ -101,7 +113,11 @@ impl Cluster {
                 persistence_url: persistence_url.clone(),
                 ..config.zone.clone()
             };
-            zones.push(tokio::spawn(worldmesh_zone::run(zl, zc, zones_token.clone())));
+            zones.push(tokio::spawn(worldmesh_zone::run(
+                zl,
+                zc,
+                zones_token.clone(),
+            )));
             zone_urls.push(url);
         }
         wait_for_zones(&coordinator_url, config.zones, Duration::from_secs(20)).await?;
@@ -121,7 +137,11 @@ impl Cluster {
                 persistence_url: persistence_url.clone(),
                 ..config.gateway.clone()
             };
-            gateways.push(tokio::spawn(worldmesh_gateway::run(socket, gc, gateway_token.clone())));
+            gateways.push(tokio::spawn(worldmesh_gateway::run(
+                socket,
+                gc,
+                gateway_token.clone(),
+            )));
         }
         Ok(Self {
             gateway_addr: gateway_addrs[0],
@@ -164,7 +184,11 @@ fn log_exit<E: std::fmt::Display>(what: &str, r: Result<Result<(), E>, tokio::ta
     }
 }
 
-async fn wait_for_zones(coordinator_url: &str, n: usize, within: Duration) -> Result<(), ClusterError> {
+async fn wait_for_zones(
+    coordinator_url: &str,
+    n: usize,
+    within: Duration,
+) -> Result<(), ClusterError> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut c) = CoordinatorClient::connect(coordinator_url.to_owned()).await

@@ -42,7 +42,11 @@ struct Local {
     #[arg(long)]
     report: Option<PathBuf>,
     /// UDP address of the gateway.
-    #[arg(long, env = "WORLDMESH_GATEWAY_LISTEN", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        env = "WORLDMESH_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:7000"
+    )]
     listen: SocketAddr,
     /// SQLite file holding characters.
     #[arg(long, env = "WORLDMESH_DATA", default_value = "worldmesh-local.db")]
@@ -68,9 +72,15 @@ async fn local(args: Local) -> anyhow::Result<()> {
     config.gateway_listen = args.listen;
     let started = Instant::now();
     let cluster = Cluster::start(config).await?;
-    println!("worldmesh local cluster is up in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "worldmesh local cluster is up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     for (i, g) in cluster.gateway_addrs.iter().enumerate() {
-        println!("  gateway-{i} (QUIC, ALPN {}): {g}", String::from_utf8_lossy(worldmesh_protocol::ALPN));
+        println!(
+            "  gateway-{i} (QUIC, ALPN {}): {g}",
+            String::from_utf8_lossy(worldmesh_protocol::ALPN)
+        );
     }
     println!("  coordinator (gRPC):      {}", cluster.coordinator_url);
     println!("  persistence (gRPC):      {}", cluster.persistence_url);
@@ -78,7 +88,12 @@ async fn local(args: Local) -> anyhow::Result<()> {
         println!("  zone-{i} (gRPC):           {z}");
     }
     println!("  data file (SQLite):      {}", args.data.display());
-    println!("  bots: {}   stop: {}", args.bots, args.duration.map_or("Ctrl-C".to_owned(), |d| format!("after {d} s or Ctrl-C")));
+    println!(
+        "  bots: {}   stop: {}",
+        args.bots,
+        args.duration
+            .map_or("Ctrl-C".to_owned(), |d| format!("after {d} s or Ctrl-C"))
+    );
 
     let report = if args.bots > 0 {
         let bots = worldmesh_load_test::Config {

@@ -28,15 +28,26 @@ async fn characters_survive_a_whole_cluster_restart() {
     let (backend, persistence) = Backend::tiered().await;
     let cluster = start_cluster(persistence.clone(), 2).await;
     let endpoint = endpoint();
-    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter").await.unwrap();
+    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter")
+        .await
+        .unwrap();
     let w = walk(&mut s, 1.0, 1.0).await;
     let end = w.last_self.unwrap();
     // No Bye: the cluster stops under the player, which must still be saved.
     cluster.stop().await;
     drop(s);
     let cluster = start_cluster(persistence, 2).await;
-    let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter").await.unwrap();
-    assert!(distance((again.welcome.x, again.welcome.y), (end.x, end.y)) < 0.03, "came back at ({}, {}), left at ({}, {})", again.welcome.x, again.welcome.y, end.x, end.y);
+    let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter")
+        .await
+        .unwrap();
+    assert!(
+        distance((again.welcome.x, again.welcome.y), (end.x, end.y)) < 0.03,
+        "came back at ({}, {}), left at ({}, {})",
+        again.welcome.x,
+        again.welcome.y,
+        end.x,
+        end.y
+    );
     again.bye().await.unwrap();
     cluster.stop().await;
     backend.cleanup().await;
@@ -55,13 +66,24 @@ async fn two_gateways_in_front_of_the_same_zones() {
     let mut sessions = Vec::new();
     for i in 0..6 {
         let gw = cluster.gateway_addrs[i % 2];
-        sessions.push(worldmesh_load_test::Session::login(&endpoint, gw, &format!("twogw{i}")).await.unwrap());
+        sessions.push(
+            worldmesh_load_test::Session::login(&endpoint, gw, &format!("twogw{i}"))
+                .await
+                .unwrap(),
+        );
     }
-    let spawns: Vec<(u64, (f32, f32))> = sessions.iter().map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y))).collect();
+    let spawns: Vec<(u64, (f32, f32))> = sessions
+        .iter()
+        .map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y)))
+        .collect();
     let walks = futures_join(sessions.iter_mut().map(|s| walk(s, 0.0, 2.0))).await;
     for (i, w) in walks.iter().enumerate() {
         let rate = w.snapshots as f64 / w.seconds;
-        assert!((16.0..=24.0).contains(&rate), "bot {i} on gateway {}: {rate:.1} snapshots/s", i % 2);
+        assert!(
+            (16.0..=24.0).contains(&rate),
+            "bot {i} on gateway {}: {rate:.1} snapshots/s",
+            i % 2
+        );
         // Neighbours are seen whichever gateway they came through.
         for (id, at) in &spawns {
             if *id != spawns[i].0 && distance(spawns[i].1, *at) < 80.0 {
@@ -94,12 +116,19 @@ async fn zones_refuse_links_without_the_cluster_secret() {
     let rogue_task = tokio::spawn(worldmesh_gateway::run(socket, rogue, stop.clone()));
     let endpoint = endpoint();
     match worldmesh_load_test::Session::login(&endpoint, rogue_addr, "intruder").await {
-        Err(worldmesh_load_test::ClientError::Kicked { code, .. }) => assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable),
+        Err(worldmesh_load_test::ClientError::Kicked { code, .. }) => {
+            assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable)
+        }
         Err(e) => panic!("expected a typed kick, got {e}"),
         Ok(_) => panic!("a gateway without the secret placed a player in a zone"),
     }
     // The real gateway still works.
-    worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "legit").await.unwrap().bye().await.unwrap();
+    worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "legit")
+        .await
+        .unwrap()
+        .bye()
+        .await
+        .unwrap();
     stop.cancel();
     let _ = rogue_task.await;
     cluster.stop().await;

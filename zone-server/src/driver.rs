@@ -10,15 +10,15 @@
 //! the schedule from now, so an overloaded zone slows down instead of spiralling.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio_util::sync::CancellationToken;
+use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
-use worldmesh_protocol::Input;
 
 use crate::link::Links;
 use crate::saver::SaveJob;
@@ -32,11 +32,26 @@ pub const COMMAND_QUEUE: usize = 16 * 1024;
 pub const MAX_CATCH_UP_TICKS: u32 = 3;
 
 pub enum Command {
-    Spawn { link: u32, player_id: u64, character: Character },
-    Leave { link: u32, player_id: u64 },
-    Input { player_id: u64, input: Input },
-    Chat { player_id: u64, text: String },
-    LinkClosed { link: u32 },
+    Spawn {
+        link: u32,
+        player_id: u64,
+        character: Character,
+    },
+    Leave {
+        link: u32,
+        player_id: u64,
+    },
+    Input {
+        player_id: u64,
+        input: Input,
+    },
+    Chat {
+        player_id: u64,
+        text: String,
+    },
+    LinkClosed {
+        link: u32,
+    },
 }
 
 /// Numbers the heartbeat reports.
@@ -62,18 +77,35 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
-    std::thread::Builder::new().name(format!("zone-{}-tick", config.zone_id)).spawn(move || {
-        let mut sim = Sim::new(&config.sim);
-        let b = config.sim.bounds;
-        for i in 0..config.npcs {
-            // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
-            let (fx, fy) = ((i as f32 * 0.618_034).fract(), (i as f32 * 0.754_877_7).fract());
-            let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
-            sim.spawn_npc(id, b.min_x + fx * (b.max_x - b.min_x), b.min_y + fy * (b.max_y - b.min_y));
-        }
-        let mut driver = Driver { sim, commands, saves, backlog: VecDeque::new(), links, stats, runtime };
-        driver.run(&config, &shutdown);
-    })
+    std::thread::Builder::new()
+        .name(format!("zone-{}-tick", config.zone_id))
+        .spawn(move || {
+            let mut sim = Sim::new(&config.sim);
+            let b = config.sim.bounds;
+            for i in 0..config.npcs {
+                // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
+                let (fx, fy) = (
+                    (i as f32 * 0.618_034).fract(),
+                    (i as f32 * 0.754_877_7).fract(),
+                );
+                let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
+                sim.spawn_npc(
+                    id,
+                    b.min_x + fx * (b.max_x - b.min_x),
+                    b.min_y + fy * (b.max_y - b.min_y),
+                );
+            }
+            let mut driver = Driver {
+                sim,
+                commands,
+                saves,
+                backlog: VecDeque::new(),
+                links,
+                stats,
+                runtime,
+            };
+            driver.run(&config, &shutdown);
+        })
 }
 
 struct Driver {
@@ -90,7 +122,9 @@ struct Driver {
 impl Driver {
     fn run(&mut self, config: &DriverConfig, shutdown: &CancellationToken) {
         let period = Duration::from_secs_f64(1.0 / config.sim.tick_rate_hz as f64);
-        let checkpoint_every = (config.checkpoint_interval.as_secs_f64() / period.as_secs_f64()).round().max(1.0) as u32;
+        let checkpoint_every = (config.checkpoint_interval.as_secs_f64() / period.as_secs_f64())
+            .round()
+            .max(1.0) as u32;
         let mut deadline = Instant::now() + period;
         let mut late_in_a_row = 0;
         while !shutdown.is_cancelled() {
@@ -101,13 +135,21 @@ impl Driver {
             if self.sim.tick().is_multiple_of(checkpoint_every) {
                 let batch = self.sim.checkpoint();
                 if !batch.is_empty() {
-                    self.save(SaveJob { characters: batch, leaving: Vec::new() });
+                    self.save(SaveJob {
+                        characters: batch,
+                        leaving: Vec::new(),
+                    });
                 }
             }
             self.flush_backlog();
-            self.stats.players.store(self.sim.player_count() as u32, Ordering::Relaxed);
-            self.stats.entities.store(self.sim.entity_count() as u32, Ordering::Relaxed);
-            metrics::histogram!("worldmesh_zone_tick_duration_seconds").record(started.elapsed().as_secs_f64());
+            self.stats
+                .players
+                .store(self.sim.player_count() as u32, Ordering::Relaxed);
+            self.stats
+                .entities
+                .store(self.sim.entity_count() as u32, Ordering::Relaxed);
+            metrics::histogram!("worldmesh_zone_tick_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
 
             let now = Instant::now();
             if now < deadline {
@@ -140,22 +182,57 @@ impl Driver {
 
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Spawn { link, player_id, character } => {
+            Command::Spawn {
+                link,
+                player_id,
+                character,
+            } => {
                 let s = self.sim.spawn_player(link, player_id, &character);
-                tracing::debug!(player = player_id, entity = s.entity_id, x = s.x, y = s.y, "player spawned");
-                self.send_control(link, Msg::Joined(pb::Joined { player_id, entity_id: s.entity_id, x: s.x, y: s.y, heading: s.heading }));
+                tracing::debug!(
+                    player = player_id,
+                    entity = s.entity_id,
+                    x = s.x,
+                    y = s.y,
+                    "player spawned"
+                );
+                self.send_control(
+                    link,
+                    Msg::Joined(pb::Joined {
+                        player_id,
+                        entity_id: s.entity_id,
+                        x: s.x,
+                        y: s.y,
+                        heading: s.heading,
+                    }),
+                );
             }
             Command::Leave { link, player_id } => match self.sim.despawn_player(player_id) {
-                Some(c) => self.save(SaveJob { characters: vec![c], leaving: vec![(link, player_id)] }),
-                None => self.send_control(link, Msg::Left(pb::Left { player_id, saved: true })),
+                Some(c) => self.save(SaveJob {
+                    characters: vec![c],
+                    leaving: vec![(link, player_id)],
+                }),
+                None => self.send_control(
+                    link,
+                    Msg::Left(pb::Left {
+                        player_id,
+                        saved: true,
+                    }),
+                ),
             },
             Command::Input { player_id, input } => self.sim.push_input(player_id, input),
             Command::Chat { player_id, text } => self.sim.chat(player_id, text),
             Command::LinkClosed { link } => {
                 let gone = self.sim.despawn_link(link);
                 if !gone.is_empty() {
-                    tracing::info!(link, players = gone.len(), "gateway link closed; saving its players");
-                    self.save(SaveJob { characters: gone.into_iter().map(|(_, c)| c).collect(), leaving: Vec::new() });
+                    tracing::info!(
+                        link,
+                        players = gone.len(),
+                        "gateway link closed; saving its players"
+                    );
+                    self.save(SaveJob {
+                        characters: gone.into_iter().map(|(_, c)| c).collect(),
+                        leaving: Vec::new(),
+                    });
                 }
             }
         }
@@ -167,10 +244,16 @@ impl Driver {
         let tick = self.sim.tick();
         let mut by_link: HashMap<u32, Vec<pb::PlayerFrame>> = HashMap::new();
         for f in self.sim.take_outbox() {
-            by_link.entry(f.link).or_default().push(pb::PlayerFrame { player_id: f.player_id, frame: f.frame.into(), reliable: f.reliable });
+            by_link.entry(f.link).or_default().push(pb::PlayerFrame {
+                player_id: f.player_id,
+                frame: f.frame.into(),
+                reliable: f.reliable,
+            });
         }
         for (link, frames) in by_link {
-            let Some(tx) = self.links.get(link) else { continue };
+            let Some(tx) = self.links.get(link) else {
+                continue;
+            };
             let n = frames.len() as u64;
             match tx.try_send(Ok(pb::ZoneToGateway { msg: Some(Msg::Frames(pb::Frames { tick, frames })) })) {
                 Ok(()) => metrics::counter!("worldmesh_zone_frames_sent_total").increment(n),
@@ -213,7 +296,10 @@ impl Driver {
         let mut all = self.sim.checkpoint();
         all.extend(self.sim.despawn_all());
         if !all.is_empty() {
-            self.backlog.push_back(SaveJob { characters: all, leaving: Vec::new() });
+            self.backlog.push_back(SaveJob {
+                characters: all,
+                leaving: Vec::new(),
+            });
         }
         for job in self.backlog.drain(..) {
             if self.saves.blocking_send(job).is_err() {

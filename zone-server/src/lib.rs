@@ -27,10 +27,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use worldmesh_protocol::grpc::coordinator::{self as coord_pb, coordinator_client::CoordinatorClient};
+use worldmesh_protocol::WorldBounds;
+use worldmesh_protocol::grpc::coordinator::{
+    self as coord_pb, coordinator_client::CoordinatorClient,
+};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
-use worldmesh_protocol::WorldBounds;
 
 /// How long a stopping zone waits for its last checkpoints to be acknowledged: well inside
 /// the termination grace period a Kubernetes pod gets.
@@ -110,9 +112,17 @@ pub struct Registration {
     pub world: coord_pb::WorldGeometry,
 }
 
-async fn register(coordinator: &mut CoordinatorClient<Channel>, config: &Config, advertise: &str) -> Result<Registration, Error> {
+async fn register(
+    coordinator: &mut CoordinatorClient<Channel>,
+    config: &Config,
+    advertise: &str,
+) -> Result<Registration, Error> {
     let reply = coordinator
-        .register_zone(coord_pb::RegisterZoneRequest { name: config.name.clone(), address: advertise.to_owned(), capacity: config.capacity })
+        .register_zone(coord_pb::RegisterZoneRequest {
+            name: config.name.clone(),
+            address: advertise.to_owned(),
+            capacity: config.capacity,
+        })
         .await?
         .into_inner();
     Ok(Registration {
@@ -124,7 +134,12 @@ async fn register(coordinator: &mut CoordinatorClient<Channel>, config: &Config,
 }
 
 /// Registers with the coordinator, retrying until it answers or `shutdown` fires.
-async fn register_with_retry(coordinator: &mut CoordinatorClient<Channel>, config: &Config, advertise: &str, shutdown: &CancellationToken) -> Result<Option<Registration>, Error> {
+async fn register_with_retry(
+    coordinator: &mut CoordinatorClient<Channel>,
+    config: &Config,
+    advertise: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<Registration>, Error> {
     let mut delay = Duration::from_millis(100);
     loop {
         match register(coordinator, config, advertise).await {
@@ -142,22 +157,36 @@ async fn register_with_retry(coordinator: &mut CoordinatorClient<Channel>, confi
 
 /// Runs a zone server on `listener` until `shutdown` is cancelled; on shutdown every character
 /// is saved before this returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr: SocketAddr = listener.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| {
-        let ip = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+        let ip = if addr.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            addr.ip()
+        };
         format!("http://{}", SocketAddr::new(ip, addr.port()))
     });
     let mut coordinator = CoordinatorClient::new(channel(&config.coordinator_url)?);
     let persistence = PersistenceClient::new(channel(&config.persistence_url)?);
-    let Some(reg) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await? else {
+    let Some(reg) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await?
+    else {
         return Ok(());
     };
     tracing::info!(zone = reg.zone_id, name = %config.name, %advertise, "zone registered");
     let w = &reg.world;
     let sim_config = sim::SimConfig {
         tick_rate_hz: w.tick_rate_hz.max(1),
-        bounds: WorldBounds { min_x: w.min_x, min_y: w.min_y, max_x: w.max_x, max_y: w.max_y },
+        bounds: WorldBounds {
+            min_x: w.min_x,
+            min_y: w.min_y,
+            max_x: w.max_x,
+            max_y: w.max_y,
+        },
         view_radius: config.view_radius,
         snapshot_budget_bytes: config.snapshot_budget_bytes,
         chat_radius: config.chat_radius,
@@ -170,23 +199,43 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
     let saver = tokio::spawn(saver::run(persistence.clone(), save_rx, links.clone()));
     let tick_thread = driver::spawn(
-        driver::DriverConfig { sim: sim_config, checkpoint_interval: config.checkpoint_interval, zone_id: reg.zone_id, npcs: config.npcs },
+        driver::DriverConfig {
+            sim: sim_config,
+            checkpoint_interval: config.checkpoint_interval,
+            zone_id: reg.zone_id,
+            npcs: config.npcs,
+        },
         cmd_rx,
         save_tx,
         links.clone(),
         stats.clone(),
         shutdown.clone(),
     )?;
-    let heartbeat = tokio::spawn(heartbeat_loop(coordinator, config.clone(), advertise.clone(), reg.clone(), stats.clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        coordinator,
+        config.clone(),
+        advertise.clone(),
+        reg.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
 
     if config.cluster_secret.is_none() {
-        tracing::warn!("no cluster secret: any process that can reach this zone may open a gateway link");
+        tracing::warn!(
+            "no cluster secret: any process that can reach this zone may open a gateway link"
+        );
     }
     let service = link::LinkService::new(cmd_tx, links.clone(), persistence, shutdown.clone());
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     let served = tonic::transport::Server::builder()
-        .add_service(ZoneLinkServer::with_interceptor(service, worldmesh_runtime::CheckSecret::new(config.cluster_secret.as_deref())))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown.clone().cancelled_owned())
+        .add_service(ZoneLinkServer::with_interceptor(
+            service,
+            worldmesh_runtime::CheckSecret::new(config.cluster_secret.as_deref()),
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        )
         .await;
     shutdown.cancel();
     heartbeat.abort();
@@ -198,15 +247,27 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     }
     // The saver retries until persistence acknowledges; at shutdown that wait is bounded so
     // a zone whose persistence is gone still exits (what it could not save is logged).
-    if tokio::time::timeout(SHUTDOWN_SAVE_TIMEOUT, saver).await.is_err() {
-        tracing::error!("persistence did not acknowledge the final checkpoint within {SHUTDOWN_SAVE_TIMEOUT:?}; exiting without it");
+    if tokio::time::timeout(SHUTDOWN_SAVE_TIMEOUT, saver)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "persistence did not acknowledge the final checkpoint within {SHUTDOWN_SAVE_TIMEOUT:?}; exiting without it"
+        );
     }
     served?;
     tracing::info!(zone = reg.zone_id, "zone stopped");
     Ok(())
 }
 
-async fn heartbeat_loop(mut coordinator: CoordinatorClient<Channel>, config: Config, advertise: String, mut reg: Registration, stats: Arc<driver::Stats>, shutdown: CancellationToken) {
+async fn heartbeat_loop(
+    mut coordinator: CoordinatorClient<Channel>,
+    config: Config,
+    advertise: String,
+    mut reg: Registration,
+    stats: Arc<driver::Stats>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(reg.heartbeat_interval);
     loop {
         tokio::select! {
@@ -224,7 +285,9 @@ async fn heartbeat_loop(mut coordinator: CoordinatorClient<Channel>, config: Con
             Ok(r) if r.get_ref().lease_valid => {}
             Ok(_) => {
                 tracing::warn!(zone = reg.zone_id, "lease lost; registering again");
-                if let Ok(Some(new)) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await {
+                if let Ok(Some(new)) =
+                    register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await
+                {
                     reg = new;
                 }
             }

@@ -5,8 +5,8 @@
 //! in order). Outbound, each link has a bounded queue ([`LINK_QUEUE`]) fed by the tick thread.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use dashmap::DashMap;
 use futures::Stream;
@@ -15,8 +15,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
-use worldmesh_protocol::grpc::persistence::{persistence_client::PersistenceClient, LoadCharacterRequest};
-use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg};
+use worldmesh_protocol::grpc::persistence::{
+    LoadCharacterRequest, persistence_client::PersistenceClient,
+};
+use worldmesh_protocol::grpc::zone::{
+    self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg,
+};
 use worldmesh_protocol::{Input, MAX_CHAT_LEN};
 
 use crate::driver::Command;
@@ -47,7 +51,9 @@ impl Links {
 /// that waits for room (bounded by the link's own lifetime).
 pub fn send_control(links: &Links, runtime: &tokio::runtime::Handle, link: u32, msg: Msg) {
     let Some(tx) = links.get(link) else { return };
-    if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(Ok(pb::ZoneToGateway { msg: Some(msg) })) {
+    if let Err(mpsc::error::TrySendError::Full(m)) =
+        tx.try_send(Ok(pb::ZoneToGateway { msg: Some(msg) }))
+    {
         runtime.spawn(async move {
             let _ = tx.send(m).await;
         });
@@ -63,16 +69,31 @@ pub struct LinkService {
 }
 
 impl LinkService {
-    pub fn new(commands: mpsc::Sender<Command>, links: Arc<Links>, persistence: PersistenceClient<Channel>, shutdown: CancellationToken) -> Self {
-        Self { commands, links, next_link: AtomicU32::new(1), persistence, shutdown }
+    pub fn new(
+        commands: mpsc::Sender<Command>,
+        links: Arc<Links>,
+        persistence: PersistenceClient<Channel>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            commands,
+            links,
+            next_link: AtomicU32::new(1),
+            persistence,
+            shutdown,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl ZoneLink for LinkService {
-    type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::ZoneToGateway, Status>> + Send + 'static>>;
+    type LinkStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ZoneToGateway, Status>> + Send + 'static>>;
 
-    async fn link(&self, req: Request<Streaming<pb::GatewayToZone>>) -> Result<Response<Self::LinkStream>, Status> {
+    async fn link(
+        &self,
+        req: Request<Streaming<pb::GatewayToZone>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
         let peer = req.remote_addr();
         let inbound = req.into_inner();
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +101,15 @@ impl ZoneLink for LinkService {
         self.links.map.insert(id, tx.clone());
         tracing::info!(link = id, ?peer, "gateway link opened");
         metrics::gauge!("worldmesh_zone_links").increment(1.0);
-        tokio::spawn(serve_link(id, inbound, tx, self.commands.clone(), self.links.clone(), self.persistence.clone(), self.shutdown.clone()));
+        tokio::spawn(serve_link(
+            id,
+            inbound,
+            tx,
+            self.commands.clone(),
+            self.links.clone(),
+            self.persistence.clone(),
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -114,9 +143,16 @@ async fn serve_link(
                 tracing::info!(link, gateway = %h.gateway_name, "gateway identified");
                 continue;
             }
-            gateway_to_zone::Msg::Join(j) => match persistence.load_character(LoadCharacterRequest { id: j.character_id }).await {
+            gateway_to_zone::Msg::Join(j) => match persistence
+                .load_character(LoadCharacterRequest { id: j.character_id })
+                .await
+            {
                 Ok(reply) => match reply.into_inner().character {
-                    Some(character) => Command::Spawn { link, player_id: j.player_id, character },
+                    Some(character) => Command::Spawn {
+                        link,
+                        player_id: j.player_id,
+                        character,
+                    },
                     None => {
                         join_failed(&tx, j.player_id, "persistence returned no character").await;
                         continue;
@@ -128,16 +164,31 @@ async fn serve_link(
                     continue;
                 }
             },
-            gateway_to_zone::Msg::Leave(l) => Command::Leave { link, player_id: l.player_id },
+            gateway_to_zone::Msg::Leave(l) => Command::Leave {
+                link,
+                player_id: l.player_id,
+            },
             gateway_to_zone::Msg::Input(i) => {
-                let input = Input { seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
+                let input = Input {
+                    seq: i.seq,
+                    ack_tick: i.ack_tick,
+                    heading: i.heading,
+                    speed: i.speed,
+                    actions: i.actions,
+                };
                 if input.validate().is_err() {
                     metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => "invalid").increment(1);
                     continue;
                 }
                 // Inputs are the one command that may be dropped under overload: the client
                 // repeats its intent every tick.
-                if commands.try_send(Command::Input { player_id: i.player_id, input }).is_err() {
+                if commands
+                    .try_send(Command::Input {
+                        player_id: i.player_id,
+                        input,
+                    })
+                    .is_err()
+                {
                     metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => "queue_full").increment(1);
                 }
                 continue;
@@ -146,7 +197,10 @@ async fn serve_link(
                 if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
                     continue;
                 }
-                Command::Chat { player_id: c.player_id, text: c.text }
+                Command::Chat {
+                    player_id: c.player_id,
+                    text: c.text,
+                }
             }
         };
         if commands.send(cmd).await.is_err() {
@@ -160,5 +214,12 @@ async fn serve_link(
 }
 
 async fn join_failed(tx: &LinkSender, player_id: u64, reason: &str) {
-    let _ = tx.send(Ok(pb::ZoneToGateway { msg: Some(Msg::JoinFailed(pb::JoinFailed { player_id, reason: reason.into() })) })).await;
+    let _ = tx
+        .send(Ok(pb::ZoneToGateway {
+            msg: Some(Msg::JoinFailed(pb::JoinFailed {
+                player_id,
+                reason: reason.into(),
+            })),
+        }))
+        .await;
 }

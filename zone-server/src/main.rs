@@ -16,9 +16,17 @@ struct Args {
     /// Address gateways reach this zone at, e.g. http://zone-0.zones:7300.
     #[arg(long, env = "WORLDMESH_ZONE_ADVERTISE")]
     advertise: Option<String>,
-    #[arg(long, env = "WORLDMESH_COORDINATOR_URL", default_value = "http://127.0.0.1:7100")]
+    #[arg(
+        long,
+        env = "WORLDMESH_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:7100"
+    )]
     coordinator: String,
-    #[arg(long, env = "WORLDMESH_PERSISTENCE_URL", default_value = "http://127.0.0.1:7200")]
+    #[arg(
+        long,
+        env = "WORLDMESH_PERSISTENCE_URL",
+        default_value = "http://127.0.0.1:7200"
+    )]
     persistence: String,
     /// View radius in metres.
     #[arg(long, env = "WORLDMESH_VIEW_RADIUS", default_value_t = 100.0)]

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use worldmesh_protocol::grpc::persistence::{persistence_client::PersistenceClient, Character, SaveCharactersRequest};
+use worldmesh_protocol::grpc::persistence::{
+    Character, SaveCharactersRequest, persistence_client::PersistenceClient,
+};
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 
 use crate::link::Links;
@@ -31,7 +33,11 @@ pub struct SaveJob {
     pub leaving: Vec<(u32, u64)>,
 }
 
-pub async fn run(mut persistence: PersistenceClient<Channel>, mut jobs: mpsc::Receiver<SaveJob>, links: Arc<Links>) {
+pub async fn run(
+    mut persistence: PersistenceClient<Channel>,
+    mut jobs: mpsc::Receiver<SaveJob>,
+    links: Arc<Links>,
+) {
     let runtime = tokio::runtime::Handle::current();
     while let Some(first) = jobs.recv().await {
         // Coalesce everything already queued: newest stamp per character wins.
@@ -55,7 +61,15 @@ pub async fn run(mut persistence: PersistenceClient<Channel>, mut jobs: mpsc::Re
         let batch: Vec<Character> = newest.into_values().collect();
         save_until_acked(&mut persistence, &batch).await;
         for (link, player_id) in leaving {
-            crate::link::send_control(&links, &runtime, link, Msg::Left(pb::Left { player_id, saved: true }));
+            crate::link::send_control(
+                &links,
+                &runtime,
+                link,
+                Msg::Left(pb::Left {
+                    player_id,
+                    saved: true,
+                }),
+            );
         }
     }
 }
@@ -65,13 +79,19 @@ async fn save_until_acked(persistence: &mut PersistenceClient<Channel>, batch: &
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match persistence.save_characters(SaveCharactersRequest { characters: batch.to_vec() }).await {
+        match persistence
+            .save_characters(SaveCharactersRequest {
+                characters: batch.to_vec(),
+            })
+            .await
+        {
             Ok(reply) => {
                 let rejected = &reply.get_ref().rejected;
                 if !rejected.is_empty() {
                     // Stale: a newer owner (epoch) or a newer version is stored; ours is moot.
                     tracing::warn!(?rejected, "persistence refused stale character states");
-                    metrics::counter!("worldmesh_zone_saves_rejected_total").increment(rejected.len() as u64);
+                    metrics::counter!("worldmesh_zone_saves_rejected_total")
+                        .increment(rejected.len() as u64);
                 }
                 metrics::counter!("worldmesh_zone_saves_total").increment(batch.len() as u64);
                 return;

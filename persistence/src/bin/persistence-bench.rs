@@ -14,13 +14,13 @@
 //! `--rate` paces the zones to an offered load (checkpoints per second) instead of as fast as
 //! acks allow; the lag target is stated at half the throughput target.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use worldmesh_persistence::{hot::HotTier, testing, Config, Store};
+use worldmesh_persistence::{Config, Store, hot::HotTier, testing};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::persistence::{Character, CheckpointBatch};
 
@@ -43,22 +43,41 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Server database for a fresh benchmark database.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * q).round() as usize] }
+    if sorted.is_empty() {
+        0.0
+    } else {
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
 }
 
 fn character(id: u64, version: u64) -> Character {
-    Character { id, name: format!("b{id}"), x: version as f32, y: 1.0, heading: 0.0, epoch: 0, version }
+    Character {
+        id,
+        name: format!("b{id}"),
+        x: version as f32,
+        y: 1.0,
+        heading: 0.0,
+        epoch: 0,
+        version,
+    }
 }
 
 #[tokio::main]
@@ -67,11 +86,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let db = testing::fresh_postgres_database(&args.database_url).await?;
     let prefix = format!("wmbench:{}:", testing::unique_suffix());
-    let config = Config { database_url: db.clone(), redis_url: Some(args.redis_url.clone()), redis_prefix: prefix.clone(), ..Config::embedded(std::path::Path::new("unused")) };
+    let config = Config {
+        database_url: db.clone(),
+        redis_url: Some(args.redis_url.clone()),
+        redis_prefix: prefix.clone(),
+        ..Config::embedded(std::path::Path::new("unused"))
+    };
     let store = Store::connect(&config).await?;
     // The rows exist before the run, as characters do.
     let rows: Vec<worldmesh_persistence::Character> = (1..=args.entities as u64)
-        .map(|id| worldmesh_persistence::Character { id, name: format!("b{id}"), x: 0.0, y: 1.0, heading: 0.0, epoch: 0, version: 0 })
+        .map(|id| worldmesh_persistence::Character {
+            id,
+            name: format!("b{id}"),
+            x: 0.0,
+            y: 1.0,
+            heading: 0.0,
+            epoch: 0,
+            version: 0,
+        })
         .collect();
     for chunk in rows.chunks(10_000) {
         store.sql().upsert_batch(chunk).await?;
@@ -107,18 +139,34 @@ async fn main() -> anyhow::Result<()> {
     }
     let baseline_sql = sql_rows as f64 / started.elapsed().as_secs_f64();
     // Put versions back below what the pipeline will write.
-    sqlx::query("UPDATE characters SET version = 0").execute(&pool).await?;
+    sqlx::query("UPDATE characters SET version = 0")
+        .execute(&pool)
+        .await?;
 
     // Baseline 2: plain pipelined Redis writes of the same keys (one HSET per row, one
     // pipeline per batch).
-    let mut redis = redis::Client::open(args.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+    let mut redis = redis::Client::open(args.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
     let started = Instant::now();
     let mut redis_rows = 0u64;
     'redis: loop {
         for chunk in rows.chunks(args.batch) {
             let mut pipe = redis::pipe();
             for c in chunk {
-                pipe.cmd("HSET").arg(format!("{prefix}plain:{}", c.id)).arg("epoch").arg(0).arg("version").arg(1).arg("x").arg("1").arg("y").arg("1").arg("heading").arg("0").ignore();
+                pipe.cmd("HSET")
+                    .arg(format!("{prefix}plain:{}", c.id))
+                    .arg("epoch")
+                    .arg(0)
+                    .arg("version")
+                    .arg(1)
+                    .arg("x")
+                    .arg("1")
+                    .arg("y")
+                    .arg("1")
+                    .arg("heading")
+                    .arg("0")
+                    .ignore();
             }
             let _: () = pipe.query_async(&mut redis).await?;
             redis_rows += chunk.len() as u64;
@@ -133,7 +181,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(worldmesh_persistence::serve(listener, store.clone(), shutdown.clone()));
+    let server = tokio::spawn(worldmesh_persistence::serve(
+        listener,
+        store.clone(),
+        shutdown.clone(),
+    ));
     let acked = Arc::new(AtomicU64::new(0));
     let running = Arc::new(AtomicBool::new(true));
     let load_for = Duration::from_secs(args.seconds);
@@ -141,12 +193,24 @@ async fn main() -> anyhow::Result<()> {
 
     // Lag sampler: age of the oldest entry still in the stream.
     let lags = {
-        let (mut conn, stream, running) = (redis.clone(), HotTier::stream_key(&prefix), running.clone());
+        let (mut conn, stream, running) =
+            (redis.clone(), HotTier::stream_key(&prefix), running.clone());
         tokio::spawn(async move {
             let mut lags = Vec::new();
             while running.load(Ordering::Relaxed) {
-                let oldest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut conn).await.unwrap_or_default();
-                let lag = oldest.first().and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok()).map_or(0, |ms| now_ms().saturating_sub(ms));
+                let oldest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let lag = oldest
+                    .first()
+                    .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+                    .map_or(0, |ms| now_ms().saturating_sub(ms));
                 lags.push(lag as f64);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -156,14 +220,22 @@ async fn main() -> anyhow::Result<()> {
 
     let mut zones = Vec::new();
     for z in 0..args.zones {
-        let mut client = PersistenceClient::new(worldmesh_runtime::grpc_channel(&url).map_err(anyhow::Error::msg)?);
-        let ids: Vec<u64> = (1..=args.entities as u64).filter(|id| *id as usize % args.zones == z).collect();
+        let mut client = PersistenceClient::new(
+            worldmesh_runtime::grpc_channel(&url).map_err(anyhow::Error::msg)?,
+        );
+        let ids: Vec<u64> = (1..=args.entities as u64)
+            .filter(|id| *id as usize % args.zones == z)
+            .collect();
         let (acked, batch) = (acked.clone(), args.batch);
         // Paced zones send one batch per `gap`.
-        let gap = (args.rate > 0).then(|| Duration::from_secs_f64(batch as f64 * args.zones as f64 / args.rate as f64));
+        let gap = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(batch as f64 * args.zones as f64 / args.rate as f64));
         zones.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
-            let mut acks = client.checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let mut acks = client
+                .checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
             let permits = Arc::new(tokio::sync::Semaphore::new(WINDOW));
             let sender = {
                 let permits = permits.clone();
@@ -179,8 +251,17 @@ async fn main() -> anyhow::Result<()> {
                                 tokio::time::sleep_until(next).await;
                             }
                             batch_id += 1;
-                            let characters = chunk.iter().map(|&id| character(id, version)).collect();
-                            if tx.send(CheckpointBatch { batch_id, characters }).await.is_err() || started.elapsed() >= load_for {
+                            let characters =
+                                chunk.iter().map(|&id| character(id, version)).collect();
+                            if tx
+                                .send(CheckpointBatch {
+                                    batch_id,
+                                    characters,
+                                })
+                                .await
+                                .is_err()
+                                || started.elapsed() >= load_for
+                            {
                                 return;
                             }
                         }
@@ -211,7 +292,10 @@ async fn main() -> anyhow::Result<()> {
     // Drain: until the stream is empty.
     let stream = HotTier::stream_key(&prefix);
     loop {
-        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut redis).await?;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut redis)
+            .await?;
         if len == 0 {
             break;
         }

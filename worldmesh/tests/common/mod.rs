@@ -23,7 +23,9 @@ pub enum Backend {
 impl Backend {
     pub async fn tiered() -> (Self, worldmesh_persistence::Config) {
         let base_url = testing::postgres_base_url();
-        let db_url = testing::fresh_postgres_database(&base_url).await.expect("PostgreSQL must be running (see README)");
+        let db_url = testing::fresh_postgres_database(&base_url)
+            .await
+            .expect("PostgreSQL must be running (see README)");
         let config = testing::tiered_config(&db_url, "wmtest");
         (Backend::Tiered { base_url, db_url }, config)
     }
@@ -37,7 +39,9 @@ impl Backend {
 
     pub async fn cleanup(self) {
         match self {
-            Backend::Tiered { base_url, db_url } => testing::drop_postgres_database(&base_url, &db_url).await,
+            Backend::Tiered { base_url, db_url } => {
+                testing::drop_postgres_database(&base_url, &db_url).await
+            }
             Backend::Embedded { dir } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
@@ -104,8 +108,19 @@ pub async fn walk(session: &mut Session, heading: f32, secs: f64) -> Walk {
     let stop = seq;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        assert!(Instant::now() < deadline, "the stop input was never acknowledged");
-        session.send_input(Input { seq: stop, ack_tick: session.ack_tick(), heading, speed: 0.0, actions: 0 }).expect("send input");
+        assert!(
+            Instant::now() < deadline,
+            "the stop input was never acknowledged"
+        );
+        session
+            .send_input(Input {
+                seq: stop,
+                ack_tick: session.ack_tick(),
+                heading,
+                speed: 0.0,
+                actions: 0,
+            })
+            .expect("send input");
         let s = tokio::time::timeout(Duration::from_millis(200), session.recv_snapshot()).await;
         if let Ok(s) = s {
             let s = s.expect("snapshot");
@@ -128,45 +143,83 @@ pub async fn walk_and_reconnect(gateway: SocketAddr, prefix: &str, bots: usize) 
     let names: Vec<String> = (0..bots).map(|i| format!("{prefix}{i}")).collect();
     let mut sessions = Vec::new();
     for n in &names {
-        sessions.push(Session::login(&endpoint, gateway, n).await.unwrap_or_else(|e| panic!("{n} logs in: {e}")));
+        sessions.push(
+            Session::login(&endpoint, gateway, n)
+                .await
+                .unwrap_or_else(|e| panic!("{n} logs in: {e}")),
+        );
     }
-    let spawns: Vec<(u64, (f32, f32))> = sessions.iter().map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y))).collect();
+    let spawns: Vec<(u64, (f32, f32))> = sessions
+        .iter()
+        .map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y)))
+        .collect();
     assert_eq!(sessions[0].welcome.tick_rate_hz, 20);
 
-    let walks = futures_join(sessions.iter_mut().enumerate().map(|(i, s)| walk(s, i as f32 * 0.6, 3.0))).await;
+    let walks = futures_join(
+        sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| walk(s, i as f32 * 0.6, 3.0)),
+    )
+    .await;
 
     for (i, w) in walks.iter().enumerate() {
         let rate = w.snapshots as f64 / w.seconds;
-        assert!((16.0..=24.0).contains(&rate), "bot {i}: {rate:.1} snapshots/s, expected 20 ± 20%");
-        let (first, last) = (w.first_self.expect("saw itself"), w.last_self.expect("saw itself"));
+        assert!(
+            (16.0..=24.0).contains(&rate),
+            "bot {i}: {rate:.1} snapshots/s, expected 20 ± 20%"
+        );
+        let (first, last) = (
+            w.first_self.expect("saw itself"),
+            w.last_self.expect("saw itself"),
+        );
         let moved = distance((first.x, first.y), (last.x, last.y));
-        assert!(moved > 6.0, "bot {i} moved only {moved:.2} m in 3 s at 3 m/s");
+        assert!(
+            moved > 6.0,
+            "bot {i} moved only {moved:.2} m in 3 s at 3 m/s"
+        );
         // Everyone who spawned within 70 m (and so stayed within 100 m: 3 s × 3 m/s each way)
         // must have been seen.
         let me = spawns[i];
         for (id, at) in &spawns {
             if *id != me.0 && distance(me.1, *at) < 70.0 {
-                assert!(w.others_seen.contains(id), "bot {i} never saw entity {id} {:.1} m away", distance(me.1, *at));
+                assert!(
+                    w.others_seen.contains(id),
+                    "bot {i} never saw entity {id} {:.1} m away",
+                    distance(me.1, *at)
+                );
             }
         }
     }
-    assert!(walks.iter().any(|w| !w.others_seen.is_empty()), "no bot saw another bot");
+    assert!(
+        walks.iter().any(|w| !w.others_seen.is_empty()),
+        "no bot saw another bot"
+    );
 
     let ends: Vec<EntityState> = walks.iter().map(|w| w.last_self.unwrap()).collect();
     for s in sessions {
         s.bye().await.expect("clean logout");
     }
     for (i, n) in names.iter().enumerate() {
-        let again = Session::login(&endpoint, gateway, n).await.unwrap_or_else(|e| panic!("{n} logs in again: {e}"));
+        let again = Session::login(&endpoint, gateway, n)
+            .await
+            .unwrap_or_else(|e| panic!("{n} logs in again: {e}"));
         let back = (again.welcome.x, again.welcome.y);
         // Snapshots carry positions quantised to 1/32 m; Welcome carries the exact one.
-        assert!(distance(back, (ends[i].x, ends[i].y)) < 0.03, "bot {i} left at ({}, {}) but came back at {back:?}", ends[i].x, ends[i].y);
+        assert!(
+            distance(back, (ends[i].x, ends[i].y)) < 0.03,
+            "bot {i} left at ({}, {}) but came back at {back:?}",
+            ends[i].x,
+            ends[i].y
+        );
         assert_eq!(again.welcome.entity_id, spawns[i].0, "same character");
         again.bye().await.unwrap();
     }
 }
 
 /// Polls futures concurrently on this task (no spawn, so they may borrow).
-pub async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub async fn futures_join<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     futures::future::join_all(futs).await
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use clap::Parser;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::{Input, WorldBounds};
-use worldmesh_zone::sim::{Sim, SimConfig, NPC_ID_BASE};
+use worldmesh_zone::sim::{NPC_ID_BASE, Sim, SimConfig};
 
 /// Ticks excluded from the figures (see the module doc): 40 ticks is 2 s at 20 Hz.
 const WARMUP_TICKS: u32 = 40;
@@ -53,7 +53,12 @@ fn main() {
     let observers = args.observers.min(args.entities);
     let mut sim = Sim::new(&SimConfig {
         tick_rate_hz: 20,
-        bounds: WorldBounds { min_x: 0.0, min_y: 0.0, max_x: args.area, max_y: args.area },
+        bounds: WorldBounds {
+            min_x: 0.0,
+            min_y: 0.0,
+            max_x: args.area,
+            max_y: args.area,
+        },
         view_radius: args.radius,
         snapshot_budget_bytes: 1100,
         chat_radius: 50.0,
@@ -71,7 +76,15 @@ fn main() {
     for i in 0..args.entities {
         let (x, y) = (next() * args.area, next() * args.area);
         if i < observers {
-            let c = Character { id: i as u64 + 1, name: format!("p{i}"), x, y, heading: 0.0, epoch: 0, version: 0 };
+            let c = Character {
+                id: i as u64 + 1,
+                name: format!("p{i}"),
+                x,
+                y,
+                heading: 0.0,
+                epoch: 0,
+                version: 0,
+            };
             sim.spawn_player(0, i as u64 + 1, &c);
             headings.push(next() * std::f32::consts::TAU);
         } else {
@@ -84,7 +97,13 @@ fn main() {
     for t in 1..=args.ticks {
         for (i, h) in headings.iter_mut().enumerate() {
             *h += (next() - 0.5) * 0.6;
-            let input = Input { seq: t, ack_tick: t.saturating_sub(2), heading: *h, speed: 3.0, actions: 0 };
+            let input = Input {
+                seq: t,
+                ack_tick: t.saturating_sub(2),
+                heading: *h,
+                speed: 3.0,
+                actions: 0,
+            };
             sim.push_input(i as u64 + 1, input);
         }
         let started = Instant::now();

@@ -62,7 +62,8 @@ impl InputQueue {
             Rejection::SpeedHack => self.speed_hack += 1,
             Rejection::Teleport => self.teleport += 1,
         }
-        metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => why.as_str()).increment(1);
+        metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => why.as_str())
+            .increment(1);
     }
 
     /// Queues an input, dropping the oldest beyond the bound.
@@ -80,7 +81,9 @@ pub fn seq_newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < u32::MAX / 2
 }
 
-pub fn apply_inputs(mut players: Query<(&mut InputQueue, &mut Intent, &mut Observer), With<Player>>) {
+pub fn apply_inputs(
+    mut players: Query<(&mut InputQueue, &mut Intent, &mut Observer), With<Player>>,
+) {
     for (mut queue, mut intent, mut observer) in &mut players {
         if queue.queue.is_empty() {
             continue;

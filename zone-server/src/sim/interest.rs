@@ -4,8 +4,8 @@
 //! than once per observer that sees it.
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::snapshot::{QEntity, Quantizer};
 use worldmesh_protocol::EntityKind;
+use worldmesh_protocol::snapshot::{QEntity, Quantizer};
 
 use super::components::{CharacterRecord, Motion, Player, Position, SimSettings};
 use super::snapshot::HYSTERESIS;
@@ -51,12 +51,18 @@ impl Grid {
     /// Calls `f` with every entity within `radius` (at most the bucket size) of `at`, with its
     /// squared distance.
     pub fn for_each_near(&self, at: Position, radius: f32, mut f: impl FnMut(&Seen, f32)) {
-        debug_assert!(radius <= self.cell + 1e-3, "query radius {radius} exceeds the grid cell {}", self.cell);
+        debug_assert!(
+            radius <= self.cell + 1e-3,
+            "query radius {radius} exceeds the grid cell {}",
+            self.cell
+        );
         let (kx, ky) = self.key(at);
         let r2 = radius * radius;
         for dx in -1..=1 {
             for dy in -1..=1 {
-                let Some(bucket) = self.bucket(kx + dx, ky + dy) else { continue };
+                let Some(bucket) = self.bucket(kx + dx, ky + dy) else {
+                    continue;
+                };
                 for s in bucket {
                     let d2 = (s.pos.x - at.x).powi(2) + (s.pos.y - at.y).powi(2);
                     if d2 <= r2 {
@@ -68,20 +74,29 @@ impl Grid {
     }
 }
 
-pub fn rebuild_grid(settings: Res<SimSettings>, mut grid: ResMut<Grid>, q: Query<(Entity, &CharacterRecord, &Position, &Motion, Has<Player>)>) {
+pub fn rebuild_grid(
+    settings: Res<SimSettings>,
+    mut grid: ResMut<Grid>,
+    q: Query<(Entity, &CharacterRecord, &Position, &Motion, Has<Player>)>,
+) {
     // Buckets must cover the largest radius anyone queries: the view radius plus hysteresis.
     let cell = (settings.view_radius * (1.0 + HYSTERESIS)).max(1.0);
     let b = settings.bounds;
     let cols = (((b.max_x - b.min_x) / cell).floor() as i32 + 1).max(1);
     let rows = (((b.max_y - b.min_y) / cell).floor() as i32 + 1).max(1);
     let grid = &mut *grid;
-    (grid.cell, grid.min_x, grid.min_y, grid.cols, grid.rows) = (cell, b.min_x, b.min_y, cols, rows);
+    (grid.cell, grid.min_x, grid.min_y, grid.cols, grid.rows) =
+        (cell, b.min_x, b.min_y, cols, rows);
     // Keep the buckets' allocations from tick to tick.
     grid.buckets.resize_with((cols * rows) as usize, Vec::new);
     grid.buckets.iter_mut().for_each(Vec::clear);
     let quantizer = Quantizer::new(b);
     for (entity, rec, &pos, motion, is_player) in &q {
-        let kind = if is_player { EntityKind::Player } else { EntityKind::Npc };
+        let kind = if is_player {
+            EntityKind::Player
+        } else {
+            EntityKind::Npc
+        };
         let q = quantizer.quantize(rec.id, kind, pos.x, pos.y, motion.heading, motion.speed);
         let (kx, ky) = grid.key(pos);
         grid.buckets[(ky * cols + kx) as usize].push(Seen { entity, pos, q });

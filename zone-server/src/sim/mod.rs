@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use bevy_ecs::prelude::*;
 use worldmesh_protocol::grpc::persistence::Character;
-use worldmesh_protocol::{codec, ChatHeard, Input, ServerMessage, WorldBounds};
+use worldmesh_protocol::{ChatHeard, Input, ServerMessage, WorldBounds, codec};
 
 use components::*;
 
@@ -54,7 +54,12 @@ pub struct Outbox(pub Vec<OutFrame>);
 
 impl Outbox {
     pub fn push(&mut self, link: u32, player_id: u64, frame: Vec<u8>, reliable: bool) {
-        self.0.push(OutFrame { link, player_id, frame, reliable });
+        self.0.push(OutFrame {
+            link,
+            player_id,
+            frame,
+            reliable,
+        });
     }
 }
 
@@ -104,7 +109,16 @@ impl Sim {
         world.insert_resource(snapshot::SnapshotScratch::default());
         world.insert_resource(snapshot::SnapshotStats::default());
         let mut schedule = Schedule::default();
-        schedule.configure_sets((TickSet::Input, TickSet::Simulate, TickSet::Movement, TickSet::Interest, TickSet::Snapshot).chain());
+        schedule.configure_sets(
+            (
+                TickSet::Input,
+                TickSet::Simulate,
+                TickSet::Movement,
+                TickSet::Interest,
+                TickSet::Snapshot,
+            )
+                .chain(),
+        );
         schedule.add_systems((
             input::apply_inputs.in_set(TickSet::Input),
             npc::wander.in_set(TickSet::Simulate),
@@ -112,7 +126,11 @@ impl Sim {
             interest::rebuild_grid.in_set(TickSet::Interest),
             snapshot::build_snapshots.in_set(TickSet::Snapshot),
         ));
-        Self { world, schedule, chat_radius: config.chat_radius }
+        Self {
+            world,
+            schedule,
+            chat_radius: config.chat_radius,
+        }
     }
 
     /// The last tick run (0 before the first step).
@@ -150,18 +168,38 @@ impl Sim {
     pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
         let existing = {
             let mut q = self.world.query::<(Entity, &CharacterRecord)>();
-            q.iter(&self.world).find(|(_, r)| r.id == c.id).map(|(e, _)| e)
+            q.iter(&self.world)
+                .find(|(_, r)| r.id == c.id)
+                .map(|(e, _)| e)
         };
         if let Some(entity) = existing {
             if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
                 self.world.resource_mut::<PlayerIndex>().0.remove(&old);
             }
             // A new client holds nothing yet: a fresh encoder starts it from a full update.
-            self.world.entity_mut(entity).insert((Player { player_id, link }, snapshot::Observer::default(), input::InputQueue::default()));
-            self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
-            let pos = *self.world.get::<Position>(entity).expect("character has a position");
-            let motion = *self.world.get::<Motion>(entity).expect("character has motion");
-            return Spawned { entity_id: c.id, x: pos.x, y: pos.y, heading: motion.heading };
+            self.world.entity_mut(entity).insert((
+                Player { player_id, link },
+                snapshot::Observer::default(),
+                input::InputQueue::default(),
+            ));
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .insert(player_id, entity);
+            let pos = *self
+                .world
+                .get::<Position>(entity)
+                .expect("character has a position");
+            let motion = *self
+                .world
+                .get::<Motion>(entity)
+                .expect("character has motion");
+            return Spawned {
+                entity_id: c.id,
+                x: pos.x,
+                y: pos.y,
+                heading: motion.heading,
+            };
         }
         let b = self.world.resource::<SimSettings>().bounds;
         let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
@@ -169,17 +207,36 @@ impl Sim {
             .world
             .spawn((
                 Player { player_id, link },
-                CharacterRecord { id: c.id, name: c.name.clone(), epoch: c.epoch, version: c.version },
+                CharacterRecord {
+                    id: c.id,
+                    name: c.name.clone(),
+                    epoch: c.epoch,
+                    version: c.version,
+                },
                 Position { x, y },
-                Motion { heading: c.heading, speed: 0.0 },
-                Intent { heading: c.heading, ..Intent::default() },
+                Motion {
+                    heading: c.heading,
+                    speed: 0.0,
+                },
+                Intent {
+                    heading: c.heading,
+                    ..Intent::default()
+                },
                 Dirty(false),
                 snapshot::Observer::default(),
                 input::InputQueue::default(),
             ))
             .id();
-        self.world.resource_mut::<PlayerIndex>().0.insert(player_id, entity);
-        Spawned { entity_id: c.id, x, y, heading: c.heading }
+        self.world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .insert(player_id, entity);
+        Spawned {
+            entity_id: c.id,
+            x,
+            y,
+            heading: c.heading,
+        }
     }
 
     /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
@@ -187,7 +244,12 @@ impl Sim {
     pub fn spawn_npc(&mut self, id: u64, x: f32, y: f32) {
         self.world.spawn((
             npc::Npc::new(id),
-            CharacterRecord { id, name: String::new(), epoch: 0, version: 0 },
+            CharacterRecord {
+                id,
+                name: String::new(),
+                epoch: 0,
+                version: 0,
+            },
             Position { x, y },
             Motion::default(),
             Intent::default(),
@@ -197,7 +259,11 @@ impl Sim {
     /// Removes a player's character and returns its final state, with a new version, to be
     /// saved. `None` if the player is not here.
     pub fn despawn_player(&mut self, player_id: u64) -> Option<Character> {
-        let entity = self.world.resource_mut::<PlayerIndex>().0.remove(&player_id)?;
+        let entity = self
+            .world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .remove(&player_id)?;
         let state = self.bump_and_read(entity);
         self.world.despawn(entity);
         state
@@ -207,20 +273,37 @@ impl Sim {
     pub fn despawn_link(&mut self, link: u32) -> Vec<(u64, Character)> {
         let players: Vec<u64> = {
             let mut q = self.world.query::<&Player>();
-            q.iter(&self.world).filter(|p| p.link == link).map(|p| p.player_id).collect()
+            q.iter(&self.world)
+                .filter(|p| p.link == link)
+                .map(|p| p.player_id)
+                .collect()
         };
-        players.into_iter().filter_map(|p| self.despawn_player(p).map(|c| (p, c))).collect()
+        players
+            .into_iter()
+            .filter_map(|p| self.despawn_player(p).map(|c| (p, c)))
+            .collect()
     }
 
     /// Removes every player; returns their final states (shutdown).
     pub fn despawn_all(&mut self) -> Vec<Character> {
-        let players: Vec<u64> = self.world.resource::<PlayerIndex>().0.keys().copied().collect();
-        players.into_iter().filter_map(|p| self.despawn_player(p)).collect()
+        let players: Vec<u64> = self
+            .world
+            .resource::<PlayerIndex>()
+            .0
+            .keys()
+            .copied()
+            .collect();
+        players
+            .into_iter()
+            .filter_map(|p| self.despawn_player(p))
+            .collect()
     }
 
     /// Queues a player's input for the next tick (bounded; see [`input`]).
     pub fn push_input(&mut self, player_id: u64, input: Input) {
-        let Some(&entity) = self.world.resource::<PlayerIndex>().0.get(&player_id) else { return };
+        let Some(&entity) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
+            return;
+        };
         if let Some(mut q) = self.world.get_mut::<input::InputQueue>(entity) {
             q.push(input);
         }
@@ -229,13 +312,22 @@ impl Sim {
     /// A player's input rejection counts: (flood, stale, speed_hack, teleport).
     pub fn input_rejections(&self, player_id: u64) -> Option<(u64, u64, u64, u64)> {
         let &entity = self.world.resource::<PlayerIndex>().0.get(&player_id)?;
-        self.world.get::<input::InputQueue>(entity).map(|q| (q.flood, q.stale, q.speed_hack, q.teleport))
+        self.world
+            .get::<input::InputQueue>(entity)
+            .map(|q| (q.flood, q.stale, q.speed_hack, q.teleport))
     }
 
     /// Delivers a chat line to every player within chat range of the speaker (speaker included).
     pub fn chat(&mut self, player_id: u64, text: String) {
-        let Some(&speaker) = self.world.resource::<PlayerIndex>().0.get(&player_id) else { return };
-        let (Some(&at), Some(from)) = (self.world.get::<Position>(speaker), self.world.get::<CharacterRecord>(speaker).map(|r| r.name.clone())) else {
+        let Some(&speaker) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
+            return;
+        };
+        let (Some(&at), Some(from)) = (
+            self.world.get::<Position>(speaker),
+            self.world
+                .get::<CharacterRecord>(speaker)
+                .map(|r| r.name.clone()),
+        ) else {
             return;
         };
         let frame = match codec::encode_to_vec(&ServerMessage::Chat(ChatHeard { from, text })) {
@@ -260,9 +352,15 @@ impl Sim {
     pub fn checkpoint(&mut self) -> Vec<Character> {
         let dirty: Vec<Entity> = {
             let mut q = self.world.query::<(Entity, &Dirty)>();
-            q.iter(&self.world).filter(|(_, d)| d.0).map(|(e, _)| e).collect()
+            q.iter(&self.world)
+                .filter(|(_, d)| d.0)
+                .map(|(e, _)| e)
+                .collect()
         };
-        dirty.into_iter().filter_map(|e| self.bump_and_read(e)).collect()
+        dirty
+            .into_iter()
+            .filter_map(|e| self.bump_and_read(e))
+            .collect()
     }
 
     fn bump_and_read(&mut self, entity: Entity) -> Option<Character> {
@@ -274,7 +372,15 @@ impl Sim {
         }
         let mut rec = e.get_mut::<CharacterRecord>()?;
         rec.version += 1;
-        Some(Character { id: rec.id, name: rec.name.clone(), x: pos.x, y: pos.y, heading, epoch: rec.epoch, version: rec.version })
+        Some(Character {
+            id: rec.id,
+            name: rec.name.clone(),
+            x: pos.x,
+            y: pos.y,
+            heading,
+            epoch: rec.epoch,
+            version: rec.version,
+        })
     }
 }
 
@@ -282,12 +388,17 @@ impl Sim {
 mod tests {
     use super::*;
     use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
-    use worldmesh_protocol::{codec, EntityState};
+    use worldmesh_protocol::{EntityState, codec};
 
     fn sim() -> Sim {
         Sim::new(&SimConfig {
             tick_rate_hz: 20,
-            bounds: WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 1000.0, max_y: 1000.0 },
+            bounds: WorldBounds {
+                min_x: 0.0,
+                min_y: 0.0,
+                max_x: 1000.0,
+                max_y: 1000.0,
+            },
             view_radius: 100.0,
             snapshot_budget_bytes: 1100,
             chat_radius: 50.0,
@@ -296,7 +407,15 @@ mod tests {
     }
 
     fn character(id: u64, x: f32, y: f32) -> Character {
-        Character { id, name: format!("c{id}"), x, y, heading: 0.0, epoch: 0, version: 3 }
+        Character {
+            id,
+            name: format!("c{id}"),
+            x,
+            y,
+            heading: 0.0,
+            epoch: 0,
+            version: 3,
+        }
     }
 
     /// What a client would show, tick by tick: each snapshot decoded in order by one decoder
@@ -308,19 +427,31 @@ mod tests {
     }
 
     fn snapshots(out: &[OutFrame], player: u64) -> Vec<Shown> {
-        let q = Quantizer::new(WorldBounds { min_x: 0.0, min_y: 0.0, max_x: 1000.0, max_y: 1000.0 });
+        let q = Quantizer::new(WorldBounds {
+            min_x: 0.0,
+            min_y: 0.0,
+            max_x: 1000.0,
+            max_y: 1000.0,
+        });
         let mut dec = SnapshotDecoder::default();
         out.iter()
             .filter(|f| f.player_id == player && !f.reliable)
-            .map(|f| match codec::decode_frame::<ServerMessage>(&f.frame).unwrap() {
-                ServerMessage::Snapshot(s) => {
-                    dec.apply(&s).unwrap();
-                    let mut entities: Vec<EntityState> = dec.view().iter().map(|(_, e)| q.dequantize(e)).collect();
-                    entities.sort_by_key(|e| e.id);
-                    Shown { tick: s.tick, last_input_seq: s.last_input_seq, entities }
-                }
-                other => panic!("unexpected {other:?}"),
-            })
+            .map(
+                |f| match codec::decode_frame::<ServerMessage>(&f.frame).unwrap() {
+                    ServerMessage::Snapshot(s) => {
+                        dec.apply(&s).unwrap();
+                        let mut entities: Vec<EntityState> =
+                            dec.view().iter().map(|(_, e)| q.dequantize(e)).collect();
+                        entities.sort_by_key(|e| e.id);
+                        Shown {
+                            tick: s.tick,
+                            last_input_seq: s.last_input_seq,
+                            entities,
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+            )
             .collect()
     }
 
@@ -330,7 +461,16 @@ mod tests {
         sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
         sim.spawn_player(1, 11, &character(101, 550.0, 500.0));
         sim.spawn_player(1, 12, &character(102, 900.0, 900.0));
-        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 5.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 1,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 5.0,
+                actions: 0,
+            },
+        );
         for _ in 0..20 {
             sim.step();
         }
@@ -342,27 +482,73 @@ mod tests {
         assert_eq!(last.last_input_seq, 1);
         assert_eq!(last.entities[0].id, 100);
         // Speed ramps 1.5, 3, 4.5, then 5 m/s (MAX_ACCEL): 94 × 0.05 = 4.7 m in 20 ticks.
-        assert!((last.entities[0].x - 504.7).abs() < 0.05, "moved 4.7 m in 1 s: {}", last.entities[0].x);
+        assert!(
+            (last.entities[0].x - 504.7).abs() < 0.05,
+            "moved 4.7 m in 1 s: {}",
+            last.entities[0].x
+        );
         let ids: Vec<u64> = last.entities.iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![100, 101]);
         // Old, reordered inputs are ignored; a speed hack is clamped; a teleport is refused.
-        sim.push_input(10, Input { seq: 0, ack_tick: 0, heading: 0.0, speed: 0.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 0,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 0.0,
+                actions: 0,
+            },
+        );
         sim.step();
-        assert_eq!(sim.input_rejections(10), Some((0, 1, 0, 0)), "stale input counted");
-        sim.push_input(10, Input { seq: 2, ack_tick: 0, heading: 0.0, speed: 20.0, actions: 0 });
+        assert_eq!(
+            sim.input_rejections(10),
+            Some((0, 1, 0, 0)),
+            "stale input counted"
+        );
+        sim.push_input(
+            10,
+            Input {
+                seq: 2,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 20.0,
+                actions: 0,
+            },
+        );
         for _ in 0..10 {
             sim.step();
         }
         let s = snapshots(&sim.take_outbox(), 10);
-        assert_eq!(s.last().unwrap().entities[0].speed, worldmesh_protocol::MAX_SPEED);
+        assert_eq!(
+            s.last().unwrap().entities[0].speed,
+            worldmesh_protocol::MAX_SPEED
+        );
         assert_eq!(s.last().unwrap().last_input_seq, 2);
-        assert_eq!(sim.input_rejections(10), Some((0, 1, 1, 0)), "speed hack counted");
-        sim.push_input(10, Input { seq: 3, ack_tick: 0, heading: 1.0, speed: 1000.0, actions: 0 });
+        assert_eq!(
+            sim.input_rejections(10),
+            Some((0, 1, 1, 0)),
+            "speed hack counted"
+        );
+        sim.push_input(
+            10,
+            Input {
+                seq: 3,
+                ack_tick: 0,
+                heading: 1.0,
+                speed: 1000.0,
+                actions: 0,
+            },
+        );
         sim.step();
         let s = snapshots(&sim.take_outbox(), 10);
         assert_eq!(s[0].last_input_seq, 2, "the teleport input was not applied");
         assert_eq!(s[0].entities[0].speed, worldmesh_protocol::MAX_SPEED);
-        assert_eq!(sim.input_rejections(10), Some((0, 1, 1, 1)), "teleport counted");
+        assert_eq!(
+            sim.input_rejections(10),
+            Some((0, 1, 1, 1)),
+            "teleport counted"
+        );
     }
 
     #[test]
@@ -370,12 +556,28 @@ mod tests {
         let mut sim = sim();
         sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
         for seq in 1..=10 {
-            sim.push_input(10, Input { seq, ack_tick: 0, heading: 0.0, speed: seq as f32 * 0.1, actions: 0 });
+            sim.push_input(
+                10,
+                Input {
+                    seq,
+                    ack_tick: 0,
+                    heading: 0.0,
+                    speed: seq as f32 * 0.1,
+                    actions: 0,
+                },
+            );
         }
         sim.step();
         let s = snapshots(&sim.take_outbox(), 10);
-        assert_eq!(s[0].last_input_seq, 10, "the newest input is the one applied");
-        assert_eq!(sim.input_rejections(10), Some((6, 0, 0, 0)), "10 inputs in one tick: 6 beyond the bound of 4");
+        assert_eq!(
+            s[0].last_input_seq, 10,
+            "the newest input is the one applied"
+        );
+        assert_eq!(
+            sim.input_rejections(10),
+            Some((6, 0, 0, 0)),
+            "10 inputs in one tick: 6 beyond the bound of 4"
+        );
     }
 
     #[test]
@@ -383,20 +585,42 @@ mod tests {
         let mut sim = sim();
         // The test map blocks the 10 m cell (60, 40): x 600..610, y 400..410.
         sim.spawn_player(1, 10, &character(100, 590.0, 405.0));
-        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 5.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 1,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 5.0,
+                actions: 0,
+            },
+        );
         for _ in 0..60 {
             sim.step();
         }
         let s = snapshots(&sim.take_outbox(), 10);
         let me = &s.last().unwrap().entities[0];
-        assert!(me.x < 600.0 && me.x > 599.0, "stopped at the wall: x = {}", me.x);
+        assert!(
+            me.x < 600.0 && me.x > 599.0,
+            "stopped at the wall: x = {}",
+            me.x
+        );
     }
 
     #[test]
     fn positions_stay_inside_the_world() {
         let mut sim = sim();
         sim.spawn_player(1, 10, &character(100, 999.0, 1.0));
-        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: -0.7, speed: 10.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 1,
+                ack_tick: 0,
+                heading: -0.7,
+                speed: 10.0,
+                actions: 0,
+            },
+        );
         for _ in 0..100 {
             sim.step();
         }
@@ -410,7 +634,16 @@ mod tests {
         let mut sim = sim();
         sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
         assert!(sim.checkpoint().is_empty(), "nothing changed yet");
-        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 2.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 1,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 2.0,
+                actions: 0,
+            },
+        );
         sim.step();
         let cp = sim.checkpoint();
         assert_eq!(cp.len(), 1);
@@ -425,10 +658,23 @@ mod tests {
     fn respawning_a_live_character_takes_it_over() {
         let mut sim = sim();
         sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
-        sim.push_input(10, Input { seq: 1, ack_tick: 0, heading: 0.0, speed: 2.0, actions: 0 });
+        sim.push_input(
+            10,
+            Input {
+                seq: 1,
+                ack_tick: 0,
+                heading: 0.0,
+                speed: 2.0,
+                actions: 0,
+            },
+        );
         sim.step();
         let again = sim.spawn_player(2, 20, &character(100, 0.0, 0.0));
-        assert!((again.x - 500.075).abs() < 1e-3, "1.5 m/s for one tick: {}", again.x);
+        assert!(
+            (again.x - 500.075).abs() < 1e-3,
+            "1.5 m/s for one tick: {}",
+            again.x
+        );
         assert_eq!(sim.player_count(), 1);
         assert!(sim.despawn_player(10).is_none());
         assert_eq!(sim.despawn_link(2).len(), 1);
@@ -446,11 +692,21 @@ mod tests {
         }
         let shown = snapshots(&sim.take_outbox(), 10);
         let last = shown.last().unwrap();
-        let npcs: Vec<&EntityState> = last.entities.iter().filter(|e| e.kind == worldmesh_protocol::EntityKind::Npc).collect();
+        let npcs: Vec<&EntityState> = last
+            .entities
+            .iter()
+            .filter(|e| e.kind == worldmesh_protocol::EntityKind::Npc)
+            .collect();
         assert!(!npcs.is_empty(), "NPCs near the player are visible");
-        assert!(npcs.iter().all(|e| (0.0..=1000.0).contains(&e.x) && (0.0..=1000.0).contains(&e.y)));
+        assert!(
+            npcs.iter()
+                .all(|e| (0.0..=1000.0).contains(&e.x) && (0.0..=1000.0).contains(&e.y))
+        );
         assert!(npcs.iter().any(|e| e.speed > 0.0), "NPCs move");
-        assert!(sim.checkpoint().iter().all(|c| c.id < NPC_ID_BASE), "NPCs are never checkpointed");
+        assert!(
+            sim.checkpoint().iter().all(|c| c.id < NPC_ID_BASE),
+            "NPCs are never checkpointed"
+        );
     }
 
     #[test]
@@ -464,10 +720,26 @@ mod tests {
         for t in 0..500u32 {
             let (heading, speed) = match t {
                 0..46 => (std::f32::consts::PI, 10.0),
-                46..346 => (if ((t - 46) / 40) % 2 == 0 { 0.0 } else { std::f32::consts::PI }, 3.0),
+                46..346 => (
+                    if ((t - 46) / 40) % 2 == 0 {
+                        0.0
+                    } else {
+                        std::f32::consts::PI
+                    },
+                    3.0,
+                ),
                 _ => (0.0, 10.0),
             };
-            sim.push_input(11, Input { seq: t + 1, ack_tick: 0, heading, speed, actions: 0 });
+            sim.push_input(
+                11,
+                Input {
+                    seq: t + 1,
+                    ack_tick: 0,
+                    heading,
+                    speed,
+                    actions: 0,
+                },
+            );
             sim.step();
             let shown = snapshots(&sim.take_outbox(), 10);
             visible_history.push(shown[0].entities.iter().any(|e| e.id == 101));
@@ -488,7 +760,14 @@ mod tests {
             sim.step();
         }
         let shown = snapshots(&sim.take_outbox(), 10);
-        let npc = shown.last().unwrap().entities.iter().find(|e| e.id == NPC_ID_BASE).cloned().expect("NPC in view");
+        let npc = shown
+            .last()
+            .unwrap()
+            .entities
+            .iter()
+            .find(|e| e.id == NPC_ID_BASE)
+            .cloned()
+            .expect("NPC in view");
         let d = ((npc.x - 500.0).powi(2) + (npc.y - 500.0).powi(2)).sqrt();
         assert!(d < 20.0, "the NPC came closer (now {d:.1} m)");
     }
@@ -501,7 +780,11 @@ mod tests {
         sim.spawn_player(1, 12, &character(102, 700.0, 500.0));
         sim.chat(10, "hi".into());
         let out = sim.take_outbox();
-        let mut heard: Vec<u64> = out.iter().filter(|f| f.reliable).map(|f| f.player_id).collect();
+        let mut heard: Vec<u64> = out
+            .iter()
+            .filter(|f| f.reliable)
+            .map(|f| f.player_id)
+            .collect();
         heard.sort();
         assert_eq!(heard, vec![10, 11]);
     }

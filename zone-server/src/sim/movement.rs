@@ -21,22 +21,40 @@ pub struct CollisionMap {
 
 impl CollisionMap {
     pub fn new(cell: f32, blocked: impl IntoIterator<Item = (i32, i32)>) -> Self {
-        Self { cell: cell.max(0.1), blocked: blocked.into_iter().collect() }
+        Self {
+            cell: cell.max(0.1),
+            blocked: blocked.into_iter().collect(),
+        }
     }
 
     pub fn is_blocked(&self, x: f32, y: f32) -> bool {
-        !self.blocked.is_empty() && self.blocked.contains(&((x / self.cell).floor() as i32, (y / self.cell).floor() as i32))
+        !self.blocked.is_empty()
+            && self.blocked.contains(&(
+                (x / self.cell).floor() as i32,
+                (y / self.cell).floor() as i32,
+            ))
     }
 }
 
 fn approach(from: f32, to: f32, step: f32) -> f32 {
-    if (to - from).abs() <= step { to } else { from + step * (to - from).signum() }
+    if (to - from).abs() <= step {
+        to
+    } else {
+        from + step * (to - from).signum()
+    }
 }
 
-pub fn integrate(settings: Res<SimSettings>, map: Res<CollisionMap>, mut q: Query<(&Intent, &mut Position, &mut Motion, Option<&mut Dirty>)>) {
+pub fn integrate(
+    settings: Res<SimSettings>,
+    map: Res<CollisionMap>,
+    mut q: Query<(&Intent, &mut Position, &mut Motion, Option<&mut Dirty>)>,
+) {
     let b = settings.bounds;
     for (intent, mut pos, mut motion, mut dirty) in &mut q {
-        let new_motion = Motion { heading: intent.heading, speed: approach(motion.speed, intent.speed, MAX_ACCEL * settings.dt) };
+        let new_motion = Motion {
+            heading: intent.heading,
+            speed: approach(motion.speed, intent.speed, MAX_ACCEL * settings.dt),
+        };
         let mut changed = *motion != new_motion;
         *motion = new_motion;
         if motion.speed > 0.0 {

@@ -23,7 +23,10 @@ pub struct Npc {
 
 impl Npc {
     pub fn new(seed: u64) -> Self {
-        Self { rng: seed ^ 0x9e37_79b9_7f4a_7c15, next_turn: 0 }
+        Self {
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            next_turn: 0,
+        }
     }
 
     /// splitmix64: tiny, fast, good enough for behaviour.
@@ -41,7 +44,12 @@ impl Npc {
 }
 
 /// Turns NPCs when their time comes, and away from the world's edge.
-pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, grid: Res<Grid>, mut npcs: Query<(&mut Npc, &mut Intent, &Position)>) {
+pub fn wander(
+    tick: Res<Tick>,
+    settings: Res<SimSettings>,
+    grid: Res<Grid>,
+    mut npcs: Query<(&mut Npc, &mut Intent, &Position)>,
+) {
     let b = settings.bounds;
     let ticks_per_s = (1.0 / settings.dt).max(1.0);
     for (mut npc, mut intent, pos) in &mut npcs {
@@ -52,7 +60,10 @@ pub fn wander(tick: Res<Tick>, settings: Res<SimSettings>, grid: Res<Grid>, mut 
         let mut nearest: Option<(f32, Position)> = None;
         if grid.is_built() {
             grid.for_each_near(*pos, SEEK_RADIUS, |seen, d2| {
-                if seen.q.kind == worldmesh_protocol::EntityKind::Player && d2 > 0.25 && nearest.is_none_or(|(n, _)| d2 < n) {
+                if seen.q.kind == worldmesh_protocol::EntityKind::Player
+                    && d2 > 0.25
+                    && nearest.is_none_or(|(n, _)| d2 < n)
+                {
                     nearest = Some((d2, seen.pos));
                 }
             });

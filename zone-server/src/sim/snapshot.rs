@@ -8,11 +8,11 @@
 
 use bevy_ecs::prelude::*;
 use worldmesh_protocol::snapshot::{ObserverEncoder, QEntity};
-use worldmesh_protocol::{codec, ServerMessage};
+use worldmesh_protocol::{ServerMessage, codec};
 
+use super::Outbox;
 use super::components::{Intent, Player, Position, SimSettings, Tick};
 use super::interest::Grid;
-use super::Outbox;
 
 /// Extra radius, as a fraction of the view radius, an entity must go beyond to leave a view.
 /// 10 % of 100 m is 10 m: more than a running player covers between two acks.
@@ -57,7 +57,9 @@ pub fn build_snapshots(
 ) {
     let enter = settings.view_radius;
     let leave = settings.view_radius * (1.0 + HYSTERESIS);
-    let body_budget = settings.snapshot_budget_bytes.saturating_sub(ENVELOPE_BYTES);
+    let body_budget = settings
+        .snapshot_budget_bytes
+        .saturating_sub(ENVELOPE_BYTES);
     let visible = &mut scratch.visible;
     *stats = SnapshotStats::default();
     for (me, player, &at, intent, mut observer) in &mut observers {
@@ -69,10 +71,17 @@ pub fn build_snapshots(
                 return;
             }
             // Near and fast entities gain priority fastest; yourself above all.
-            let gain = if seen.entity == me { 1.0e6 } else { (1.0 + seen.q.speed as f32 / 10.0) / (1.0 + d / 10.0) };
+            let gain = if seen.entity == me {
+                1.0e6
+            } else {
+                (1.0 + seen.q.speed as f32 / 10.0) / (1.0 + d / 10.0)
+            };
             visible.push((seen.q, gain));
         });
-        let (snapshot, s) = observer.encoder.snapshot(tick.0, intent.last_seq, visible, body_budget);
+        let (snapshot, s) =
+            observer
+                .encoder
+                .snapshot(tick.0, intent.last_seq, visible, body_budget);
         match codec::encode_to_vec(&ServerMessage::Snapshot(snapshot)) {
             Ok(frame) => {
                 stats.observers += 1;
@@ -82,7 +91,9 @@ pub fn build_snapshots(
                 stats.bytes += frame.len() as u64;
                 outbox.push(player.link, player.player_id, frame, false);
             }
-            Err(e) => tracing::error!(error = %e, player = player.player_id, "snapshot does not fit a frame"),
+            Err(e) => {
+                tracing::error!(error = %e, player = player.player_id, "snapshot does not fit a frame")
+            }
         }
     }
     metrics::counter!("worldmesh_zone_snapshot_bytes_total").increment(stats.bytes);
