@@ -391,6 +391,8 @@ pub struct EncodeStats {
     pub body_bytes: usize,
     /// Whether a baseline was used (false: full update).
     pub delta: bool,
+    /// The tick of that baseline (0: none).
+    pub baseline: u32,
 }
 
 struct Candidate {
@@ -416,7 +418,6 @@ pub struct ObserverEncoder {
     candidates: Vec<Candidate>,
     removed: Vec<u16>,
     bits: BitWriter,
-    last_baseline: u32,
 }
 
 impl ObserverEncoder {
@@ -647,15 +648,10 @@ impl ObserverEncoder {
             removed: removed.len(),
             body_bytes: body.len(),
             delta: baseline_tick != 0,
+            baseline: baseline_tick,
         };
         self.history.put(tick, view);
-        self.last_baseline = baseline_tick;
         stats
-    }
-
-    /// The baseline tick the last [`Self::encode`] used (0: none).
-    pub fn last_baseline(&self) -> u32 {
-        self.last_baseline
     }
 
     /// Encodes a whole [`Snapshot`] message for `tick`.
@@ -671,7 +667,7 @@ impl ObserverEncoder {
         (
             Snapshot {
                 tick,
-                baseline: self.last_baseline,
+                baseline: stats.baseline,
                 last_input_seq,
                 data,
             },

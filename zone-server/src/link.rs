@@ -41,10 +41,6 @@ impl Links {
     pub fn get(&self, id: u32) -> Option<LinkSender> {
         self.map.get(&id).map(|s| s.clone())
     }
-
-    pub fn ids(&self) -> Vec<u32> {
-        self.map.iter().map(|e| *e.key()).collect()
-    }
 }
 
 /// Sends a message that must not be dropped: at once when there is room, otherwise from a task
