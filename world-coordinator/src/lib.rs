@@ -15,6 +15,7 @@
 //! - [`service`]: the tonic service, a thin shell that locks the map and translates messages.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod handoff;
 pub mod map;
 pub mod service;
 

@@ -1,0 +1,938 @@
+//! The handoff saga and entity authority, both sides, without I/O.
+//!
+//! Every entity has one *authority*: the zone allowed to simulate it and write its state, and
+//! an *epoch* that grows every time the authority changes. The coordinator keeps the durable
+//! record ([`Authority`], one SQL row per entity); zones keep what they hold ([`Participant`]).
+//!
+//! # The saga (entity E, source zone A at epoch e, target zone B, handoff id X = (e, attempt))
+//!
+//! 1. A freezes E (stops simulating it, buffers its inputs) and sends `Begin{X, state}`,
+//!    repeating it until it hears a decision.
+//! 2. The coordinator checks that A owns E at e and that no decision for X or later exists,
+//!    then sends `Prepare{X, state, e+1}` to B (repeated until B answers).
+//! 3. B keeps an inactive copy and answers `Prepared{X, ok}`. B never throws the copy away
+//!    before it hears the decision; while waiting it asks (`Query{X}`).
+//! 4. On `ok` the coordinator writes `E → (B, e+1, last = X committed)` durably: **the commit
+//!    point**. Only then does it tell B (activate the copy) and A (drop E, re-route the player).
+//! 5. Before the commit, a refusal, a timeout ([`PREPARE_TIMEOUT`]), a dead zone or an unknown
+//!    saga after a coordinator restart *aborts*: `last = X aborted` is written durably first,
+//!    so no late or duplicated `Begin{X}` can ever start X again, and A unfreezes E.
+//!
+//! After the commit, A's epoch is stale: persistence refuses its writes (stamps carry the
+//! epoch) and the coordinator answers anything it says about E with `Fenced`, so a partitioned
+//! A can neither resurrect nor duplicate E. Handoff ids are ordered (epoch, then attempt), so
+//! "X or later already decided" is one comparison against the row.
+//!
+//! # Failover and re-sync
+//!
+//! When a zone's lease expires the coordinator moves each entity it owned to a survivor at a
+//! new epoch and sends `Restore`; the survivor activates its prepared copy if it has one (a
+//! handoff that committed while the source died) or loads the last checkpoint. A zone that
+//! (re)connects sends `Holding` (what it simulates); the coordinator answers with `Restore` for
+//! what it should hold but does not, and `Revoke` for what it holds but must not. That is also
+//! how a restarted coordinator, which lost its in-memory sagas, gets every entity back in play.
+//!
+//! The caller must make each [`Action::Write`] durable before performing the actions after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub type ZoneId = u64;
+pub type EntityId = u64;
+
+/// A source that hears nothing repeats itself after this long; so does the coordinator.
+/// Round trips on a cluster network are ~1 ms, so 200 ms only fires on real loss.
+pub const RESEND_AFTER: Duration = Duration::from_millis(200);
+
+/// A saga whose target has not prepared after this long aborts: the entity has been frozen for
+/// 20 ticks, which players notice; better to unfreeze it and let the source try again.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Identifies one handoff attempt of one entity. Ordered: a later epoch, or a later attempt
+/// within an epoch, is a later handoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandoffId {
+    pub epoch: u64,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    Aborted,
+    /// The sender is not the entity's authority (at that epoch): it must drop the entity.
+    Fenced,
+}
+
+/// The durable record of one entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// Owning zone; 0 when nobody simulates it (logged out).
+    pub zone: ZoneId,
+    pub epoch: u64,
+    /// The latest decided handoff of this entity and its outcome (committed or aborted).
+    pub last: Option<(HandoffId, Outcome)>,
+}
+
+/// Zone → coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToCoordinator {
+    Begin {
+        id: HandoffId,
+        entity: EntityId,
+        to: ZoneId,
+        state: Bytes,
+    },
+    Prepared {
+        id: HandoffId,
+        entity: EntityId,
+        ok: bool,
+    },
+    Query {
+        id: HandoffId,
+        entity: EntityId,
+    },
+    /// Grant me authority over this entity (a login), above the epoch persistence holds.
+    Acquire { entity: EntityId, min_epoch: u64 },
+    /// The entity left the world (logout) and its final state is saved.
+    Release { entity: EntityId, epoch: u64 },
+    Restored { entity: EntityId, epoch: u64 },
+    /// Everything this zone simulates, sent when it (re)connects.
+    Holding { entities: Vec<(EntityId, u64)> },
+}
+
+/// Coordinator → zone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToZone {
+    Prepare {
+        id: HandoffId,
+        entity: EntityId,
+        epoch: u64,
+        from: ZoneId,
+        state: Bytes,
+    },
+    Decided {
+        id: HandoffId,
+        entity: EntityId,
+        outcome: Outcome,
+    },
+    Granted { entity: EntityId, epoch: u64 },
+    /// You own this entity now at `epoch` (failover or re-sync): activate it.
+    Restore {
+        entity: EntityId,
+        epoch: u64,
+        /// The handoff whose commit created `epoch`, if one did: a copy prepared for exactly
+        /// that handoff may be activated; anything else restores from persistence.
+        committed: Option<HandoffId>,
+    },
+    /// You no longer own this entity: drop it without saving.
+    Revoke { entity: EntityId, epoch: u64 },
+    HoldingAck,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Make this row durable before performing any later action.
+    Write { entity: EntityId, row: Authority },
+    Send(ZoneId, ToZone),
+}
+
+struct Saga {
+    id: HandoffId,
+    from: ZoneId,
+    to: ZoneId,
+    state: Bytes,
+    started: Instant,
+    resend_at: Instant,
+}
+
+/// The coordinator's side: authority rows, live zones, sagas in flight.
+pub struct Coordinator {
+    rows: BTreeMap<EntityId, Authority>,
+    live: BTreeSet<ZoneId>,
+    sagas: BTreeMap<EntityId, Saga>,
+    /// Restores not yet confirmed: (zone, epoch, next resend).
+    restoring: BTreeMap<EntityId, (ZoneId, u64, Instant)>,
+}
+
+impl Coordinator {
+    /// Starts from the durable rows and the zones whose leases are live (a restart).
+    pub fn new(
+        rows: impl IntoIterator<Item = (EntityId, Authority)>,
+        live: impl IntoIterator<Item = ZoneId>,
+    ) -> Self {
+        Self {
+            rows: rows.into_iter().collect(),
+            live: live.into_iter().collect(),
+            sagas: BTreeMap::new(),
+            restoring: BTreeMap::new(),
+        }
+    }
+
+    pub fn row(&self, entity: EntityId) -> Option<&Authority> {
+        self.rows.get(&entity)
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = (&EntityId, &Authority)> {
+        self.rows.iter()
+    }
+
+    pub fn live(&self) -> &BTreeSet<ZoneId> {
+        &self.live
+    }
+
+    pub fn sagas_in_flight(&self) -> usize {
+        self.sagas.len()
+    }
+
+    /// Replaces a row with what the durable store holds (after a failed write).
+    pub fn reload(&mut self, entity: EntityId, row: Option<Authority>) {
+        self.sagas.remove(&entity);
+        match row {
+            Some(r) => self.rows.insert(entity, r),
+            None => self.rows.remove(&entity),
+        };
+    }
+
+    /// A zone joined: it also takes entities orphaned while no zone was alive.
+    pub fn zone_up(
+        &mut self,
+        zone: ZoneId,
+        now: Instant,
+        survivor: impl Fn(EntityId) -> Option<ZoneId>,
+    ) -> Vec<Action> {
+        self.live.insert(zone);
+        self.reassign_orphans(now, survivor)
+    }
+
+    /// A zone's lease expired: abort its sagas and move its entities to survivors.
+    pub fn zone_down(
+        &mut self,
+        zone: ZoneId,
+        now: Instant,
+        survivor: impl Fn(EntityId) -> Option<ZoneId>,
+    ) -> Vec<Action> {
+        self.live.remove(&zone);
+        let mut out = Vec::new();
+        let touched: Vec<EntityId> = self
+            .sagas
+            .iter()
+            .filter(|(_, s)| s.from == zone || s.to == zone)
+            .map(|(e, _)| *e)
+            .collect();
+        for entity in touched {
+            self.abort(entity, &mut out);
+        }
+        self.restoring.retain(|_, (z, _, _)| *z != zone);
+        out.extend(self.reassign_orphans(now, survivor));
+        out
+    }
+
+    /// Moves entities owned by zones that are not live to survivors: after `zone_down`, and
+    /// after a restart (the coordinator may have died halfway through a failover).
+    pub fn reassign_orphans(
+        &mut self,
+        now: Instant,
+        survivor: impl Fn(EntityId) -> Option<ZoneId>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut orphans: Vec<EntityId> = self
+            .rows
+            .iter()
+            .filter(|(_, r)| r.zone != 0 && !self.live.contains(&r.zone))
+            .map(|(e, _)| *e)
+            .collect();
+        orphans.sort_unstable();
+        for entity in orphans {
+            let Some(to) = survivor(entity).filter(|z| self.live.contains(z)) else {
+                continue;
+            };
+            let row = self.rows.get_mut(&entity).expect("orphan row");
+            row.zone = to;
+            row.epoch += 1;
+            let epoch = row.epoch;
+            out.push(Action::Write {
+                entity,
+                row: row.clone(),
+            });
+            out.push(Action::Send(to, restore(row, entity)));
+            self.restoring
+                .insert(entity, (to, epoch, now + RESEND_AFTER));
+        }
+        out
+    }
+
+    pub fn on_message(&mut self, now: Instant, from: ZoneId, msg: ToCoordinator) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.live.contains(&from) {
+            // A zone without a lease holds nothing; it learns so from its heartbeat.
+            return out;
+        }
+        match msg {
+            ToCoordinator::Begin {
+                id,
+                entity,
+                to,
+                state,
+            } => self.begin(now, from, id, entity, to, state, &mut out),
+            ToCoordinator::Prepared { id, entity, ok } => {
+                let ours = self
+                    .sagas
+                    .get(&entity)
+                    .is_some_and(|s| s.id == id && s.to == from);
+                if !ours {
+                    self.answer(now, from, id, entity, &mut out);
+                } else if ok {
+                    self.commit(entity, &mut out);
+                } else {
+                    self.abort(entity, &mut out);
+                }
+            }
+            ToCoordinator::Query { id, entity } => self.answer(now, from, id, entity, &mut out),
+            ToCoordinator::Acquire { entity, min_epoch } => {
+                let mut old_owner = None;
+                if self.sagas.contains_key(&entity) {
+                    self.abort(entity, &mut out);
+                }
+                let row = self.rows.entry(entity).or_insert(Authority {
+                    zone: 0,
+                    epoch: 0,
+                    last: None,
+                });
+                if row.zone != 0 && row.zone != from {
+                    old_owner = Some(row.zone);
+                }
+                row.zone = from;
+                row.epoch = row.epoch.max(min_epoch) + 1;
+                let epoch = row.epoch;
+                out.push(Action::Write {
+                    entity,
+                    row: row.clone(),
+                });
+                self.restoring.remove(&entity);
+                if let Some(old) = old_owner.filter(|z| self.live.contains(z)) {
+                    out.push(Action::Send(old, ToZone::Revoke { entity, epoch }));
+                }
+                out.push(Action::Send(from, ToZone::Granted { entity, epoch }));
+            }
+            ToCoordinator::Release { entity, epoch } => {
+                if let Some(row) = self.rows.get_mut(&entity)
+                    && row.zone == from
+                    && row.epoch == epoch
+                    && !self.sagas.contains_key(&entity)
+                {
+                    row.zone = 0;
+                    out.push(Action::Write {
+                        entity,
+                        row: row.clone(),
+                    });
+                }
+            }
+            ToCoordinator::Restored { entity, epoch } => {
+                if self
+                    .restoring
+                    .get(&entity)
+                    .is_some_and(|&(z, e, _)| z == from && e == epoch)
+                {
+                    self.restoring.remove(&entity);
+                }
+            }
+            ToCoordinator::Holding { entities } => {
+                let held: BTreeMap<EntityId, u64> = entities.iter().copied().collect();
+                let mut stale = Vec::new();
+                for &(entity, epoch) in &entities {
+                    let current = self.rows.get(&entity);
+                    if let Some(r) = current
+                        && r.zone == from
+                    {
+                        if r.epoch != epoch {
+                            // Ours at a newer epoch (a failover gave it back): restore it.
+                            stale.push(entity);
+                        }
+                    } else {
+                        let newer = current.map_or(epoch + 1, |r| r.epoch.max(epoch + 1));
+                        out.push(Action::Send(
+                            from,
+                            ToZone::Revoke {
+                                entity,
+                                epoch: newer,
+                            },
+                        ));
+                    }
+                }
+                let mut missing: Vec<(EntityId, u64)> = self
+                    .rows
+                    .iter()
+                    .filter(|(e, r)| {
+                        r.zone == from && (!held.contains_key(e) || stale.contains(e))
+                    })
+                    .filter(|(e, _)| {
+                        // Entities being handed in are not expected to be held yet.
+                        !self.sagas.get(e).is_some_and(|s| s.to == from)
+                    })
+                    .map(|(e, r)| (*e, r.epoch))
+                    .collect();
+                missing.sort_unstable();
+                for (entity, epoch) in missing {
+                    out.push(Action::Send(from, restore(&self.rows[&entity], entity)));
+                    self.restoring
+                        .insert(entity, (from, epoch, now + RESEND_AFTER));
+                }
+                out.push(Action::Send(from, ToZone::HoldingAck));
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &mut self,
+        now: Instant,
+        from: ZoneId,
+        id: HandoffId,
+        entity: EntityId,
+        to: ZoneId,
+        state: Bytes,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(row) = self.rows.get(&entity) else {
+            return decide(out, from, id, entity, Outcome::Fenced);
+        };
+        if row.zone != from || row.epoch != id.epoch {
+            let outcome = if row.last == Some((id, Outcome::Committed)) {
+                Outcome::Committed
+            } else {
+                Outcome::Fenced
+            };
+            return decide(out, from, id, entity, outcome);
+        }
+        if let Some((last, outcome)) = row.last
+            && last >= id
+        {
+            let outcome = if last == id { outcome } else { Outcome::Aborted };
+            return decide(out, from, id, entity, outcome);
+        }
+        if let Some(s) = self.sagas.get_mut(&entity) {
+            if s.id == id {
+                // A repeat: the Prepare or its answer may have been lost.
+                s.resend_at = now + RESEND_AFTER;
+                out.push(Action::Send(s.to, prepare(s, entity)));
+            }
+            return;
+        }
+        if to == from || !self.live.contains(&to) {
+            self.sagas.insert(
+                entity,
+                Saga {
+                    id,
+                    from,
+                    to,
+                    state,
+                    started: now,
+                    resend_at: now,
+                },
+            );
+            return self.abort(entity, out);
+        }
+        let saga = Saga {
+            id,
+            from,
+            to,
+            state,
+            started: now,
+            resend_at: now + RESEND_AFTER,
+        };
+        out.push(Action::Send(to, prepare(&saga, entity)));
+        self.sagas.insert(entity, saga);
+    }
+
+    /// Answers a question about handoff `id` of `entity` from a zone with no saga to match.
+    fn answer(
+        &mut self,
+        now: Instant,
+        from: ZoneId,
+        id: HandoffId,
+        entity: EntityId,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(s) = self.sagas.get_mut(&entity) {
+            if s.id == id && s.to == from {
+                // The target asks while we wait for its Prepared: it was lost; ask again.
+                s.resend_at = now + RESEND_AFTER;
+                out.push(Action::Send(s.to, prepare(s, entity)));
+            } else if s.id > id {
+                decide(out, from, id, entity, Outcome::Aborted);
+            }
+            return;
+        }
+        let Some(row) = self.rows.get_mut(&entity) else {
+            return decide(out, from, id, entity, Outcome::Aborted);
+        };
+        if let Some((last, outcome)) = row.last
+            && last >= id
+        {
+            let outcome = if last == id { outcome } else { Outcome::Aborted };
+            return decide(out, from, id, entity, outcome);
+        }
+        if row.epoch == id.epoch {
+            // Nobody decided X and no saga runs (the coordinator restarted): decide now,
+            // durably, so that a late Begin{X} cannot start it again.
+            row.last = Some((id, Outcome::Aborted));
+            out.push(Action::Write {
+                entity,
+                row: row.clone(),
+            });
+        }
+        // Either just aborted, or the entity moved on through another path (failover,
+        // login): X never committed, since its commit would be recorded as `last`.
+        decide(out, from, id, entity, Outcome::Aborted);
+    }
+
+    fn commit(&mut self, entity: EntityId, out: &mut Vec<Action>) {
+        let s = self.sagas.remove(&entity).expect("saga to commit");
+        self.restoring.remove(&entity);
+        let row = self.rows.get_mut(&entity).expect("row of a saga");
+        row.zone = s.to;
+        row.epoch = s.id.epoch + 1;
+        row.last = Some((s.id, Outcome::Committed));
+        out.push(Action::Write {
+            entity,
+            row: row.clone(),
+        });
+        decide(out, s.to, s.id, entity, Outcome::Committed);
+        decide(out, s.from, s.id, entity, Outcome::Committed);
+    }
+
+    fn abort(&mut self, entity: EntityId, out: &mut Vec<Action>) {
+        let s = self.sagas.remove(&entity).expect("saga to abort");
+        let row = self.rows.get_mut(&entity).expect("row of a saga");
+        if row.last.is_none_or(|(l, _)| l < s.id) {
+            row.last = Some((s.id, Outcome::Aborted));
+        }
+        out.push(Action::Write {
+            entity,
+            row: row.clone(),
+        });
+        for z in [s.to, s.from] {
+            if self.live.contains(&z) {
+                decide(out, z, s.id, entity, Outcome::Aborted);
+            }
+        }
+    }
+
+    /// Timeouts and resends; call every few milliseconds.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut expired: Vec<EntityId> = self
+            .sagas
+            .iter()
+            .filter(|(_, s)| now >= s.started + PREPARE_TIMEOUT)
+            .map(|(e, _)| *e)
+            .collect();
+        expired.sort_unstable();
+        for entity in expired {
+            self.abort(entity, &mut out);
+        }
+        for (&entity, s) in self.sagas.iter_mut() {
+            if now >= s.resend_at {
+                s.resend_at = now + RESEND_AFTER;
+                out.push(Action::Send(s.to, prepare(s, entity)));
+            }
+        }
+        let rows = &self.rows;
+        self.restoring.retain(|e, (zone, epoch, _)| {
+            rows.get(e)
+                .is_some_and(|r| r.zone == *zone && r.epoch == *epoch)
+        });
+        for (&entity, (zone, epoch, resend_at)) in self.restoring.iter_mut() {
+            if now >= *resend_at {
+                *resend_at = now + RESEND_AFTER;
+                let _ = epoch;
+                out.push(Action::Send(*zone, restore(&self.rows[&entity], entity)));
+            }
+        }
+        out
+    }
+}
+
+fn restore(row: &Authority, entity: EntityId) -> ToZone {
+    let committed = match row.last {
+        Some((id, Outcome::Committed)) if id.epoch + 1 == row.epoch => Some(id),
+        _ => None,
+    };
+    ToZone::Restore {
+        entity,
+        epoch: row.epoch,
+        committed,
+    }
+}
+
+fn prepare(s: &Saga, entity: EntityId) -> ToZone {
+    ToZone::Prepare {
+        id: s.id,
+        entity,
+        epoch: s.id.epoch + 1,
+        from: s.from,
+        state: s.state.clone(),
+    }
+}
+
+fn decide(out: &mut Vec<Action>, to: ZoneId, id: HandoffId, entity: EntityId, outcome: Outcome) {
+    out.push(Action::Send(
+        to,
+        ToZone::Decided {
+            id,
+            entity,
+            outcome,
+        },
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zone side
+
+/// What a zone holds of one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Held {
+    /// Simulated here. `attempts` numbers this epoch's handoff attempts.
+    Active { epoch: u64, attempts: u32 },
+    /// Frozen here while handoff `id` to `to` is undecided.
+    Frozen {
+        id: HandoffId,
+        to: ZoneId,
+        state: Bytes,
+        resend_at: Instant,
+    },
+    /// An inactive copy, prepared for handoff `id`, waiting for the decision.
+    Prepared {
+        id: HandoffId,
+        epoch: u64,
+        state: Bytes,
+        resend_at: Instant,
+    },
+}
+
+/// What the zone must do after a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Start simulating the entity at `epoch`: from `state`, or from persistence when `None`.
+    Activate {
+        entity: EntityId,
+        epoch: u64,
+        state: Option<Bytes>,
+    },
+    /// Handed off: despawn it and route its player to `to`.
+    HandedOff { entity: EntityId, to: ZoneId },
+    /// The handoff failed: simulate it again.
+    Unfreeze { entity: EntityId },
+    /// Not ours any more: despawn it without saving.
+    Dropped { entity: EntityId },
+    Granted { entity: EntityId, epoch: u64 },
+}
+
+/// A zone's side: what it holds and which handoffs it waits on.
+/// How long a zone remembers that an entity left it at some epoch, to ignore late messages
+/// (a `Restore` or `Prepare` delayed behind the decision that moved the entity on). Far longer
+/// than any message stays in flight on a live gRPC stream.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub struct Participant {
+    held: BTreeMap<EntityId, Held>,
+    /// Entities that left: the epoch they left at (anything at or below it is stale).
+    gone: BTreeMap<EntityId, (u64, Instant)>,
+}
+
+impl Participant {
+    pub fn held(&self, entity: EntityId) -> Option<&Held> {
+        self.held.get(&entity)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&EntityId, &Held)> {
+        self.held.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The epoch of an entity simulated here.
+    pub fn active_epoch(&self, entity: EntityId) -> Option<u64> {
+        match self.held.get(&entity) {
+            Some(Held::Active { epoch, .. }) => Some(*epoch),
+            _ => None,
+        }
+    }
+
+    /// Forgets everything (the zone lost its lease: someone else owns it all now).
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+
+    /// Holds `entity` as active (granted at login, restored).
+    pub fn adopt(&mut self, entity: EntityId, epoch: u64) {
+        self.held.insert(
+            entity,
+            Held::Active {
+                epoch,
+                attempts: 0,
+            },
+        );
+    }
+
+    /// Forgets an entity that left the world; returns the `Release` to send.
+    pub fn release(&mut self, entity: EntityId) -> Option<ToCoordinator> {
+        match self.held.remove(&entity) {
+            Some(Held::Active { epoch, .. }) => Some(ToCoordinator::Release { entity, epoch }),
+            Some(other) => {
+                // Mid-handoff: the saga decides; keep waiting for it.
+                self.held.insert(entity, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Freezes an active entity and starts handing it to `to`. `None` if it is not active.
+    pub fn begin(
+        &mut self,
+        now: Instant,
+        entity: EntityId,
+        to: ZoneId,
+        state: Bytes,
+    ) -> Option<ToCoordinator> {
+        let Some(Held::Active { epoch, attempts }) = self.held.get(&entity).cloned() else {
+            return None;
+        };
+        let id = HandoffId {
+            epoch,
+            attempt: attempts + 1,
+        };
+        self.held.insert(
+            entity,
+            Held::Frozen {
+                id,
+                to,
+                state: state.clone(),
+                resend_at: now + RESEND_AFTER,
+            },
+        );
+        Some(ToCoordinator::Begin {
+            id,
+            entity,
+            to,
+            state,
+        })
+    }
+
+    /// Handles a coordinator message. `accept` says whether a prepared entity may come here.
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        msg: ToZone,
+        accept: impl FnOnce(EntityId, &Bytes) -> bool,
+    ) -> (Vec<Event>, Vec<ToCoordinator>) {
+        let mut events = Vec::new();
+        let mut replies = Vec::new();
+        match msg {
+            ToZone::Prepare {
+                id,
+                entity,
+                epoch,
+                state,
+                ..
+            } => {
+                let ok = match self.held.get(&entity) {
+                    _ if self.is_gone(entity, id.epoch) => false,
+                    Some(Held::Prepared { id: p, .. }) if *p == id => true,
+                    Some(Held::Prepared { id: p, .. }) if *p > id => false,
+                    Some(Held::Active { epoch: e, .. }) | Some(Held::Frozen { id: HandoffId { epoch: e, .. }, .. })
+                        if *e >= epoch =>
+                    {
+                        false
+                    }
+                    _ => {
+                        let ok = accept(entity, &state);
+                        if ok {
+                            self.held.insert(
+                                entity,
+                                Held::Prepared {
+                                    id,
+                                    epoch,
+                                    state,
+                                    resend_at: now + RESEND_AFTER,
+                                },
+                            );
+                        }
+                        ok
+                    }
+                };
+                replies.push(ToCoordinator::Prepared { id, entity, ok });
+            }
+            ToZone::Decided {
+                id,
+                entity,
+                outcome,
+            } => match self.held.get(&entity).cloned() {
+                Some(Held::Frozen { id: f, to, .. }) if f == id => match outcome {
+                    Outcome::Committed => {
+                        self.held.remove(&entity);
+                        self.gone.insert(entity, (id.epoch, now));
+                        events.push(Event::HandedOff { entity, to });
+                    }
+                    Outcome::Aborted => {
+                        self.held.insert(
+                            entity,
+                            Held::Active {
+                                epoch: id.epoch,
+                                attempts: id.attempt,
+                            },
+                        );
+                        events.push(Event::Unfreeze { entity });
+                    }
+                    Outcome::Fenced => {
+                        self.held.remove(&entity);
+                        self.gone.insert(entity, (id.epoch, now));
+                        events.push(Event::Dropped { entity });
+                    }
+                },
+                Some(Held::Prepared {
+                    id: p,
+                    epoch,
+                    state,
+                    ..
+                }) if p == id => {
+                    if outcome == Outcome::Committed {
+                        self.held.insert(
+                            entity,
+                            Held::Active {
+                                epoch,
+                                attempts: 0,
+                            },
+                        );
+                        events.push(Event::Activate {
+                            entity,
+                            epoch,
+                            state: Some(state),
+                        });
+                    } else {
+                        self.held.remove(&entity);
+                    }
+                }
+                _ => {}
+            },
+            ToZone::Granted { entity, epoch } => {
+                self.gone.remove(&entity);
+                self.adopt(entity, epoch);
+                events.push(Event::Granted { entity, epoch });
+            }
+            ToZone::Restore {
+                entity,
+                epoch,
+                committed,
+            } => {
+                if self.is_gone(entity, epoch) {
+                    return (events, replies);
+                }
+                match self.held.get(&entity).cloned() {
+                    Some(Held::Active { epoch: e, .. }) if e >= epoch => {}
+                    Some(Held::Frozen { id, .. }) if id.epoch >= epoch => {}
+                    Some(Held::Prepared { id, state, .. }) if Some(id) == committed => {
+                        self.adopt(entity, epoch);
+                        events.push(Event::Activate {
+                            entity,
+                            epoch,
+                            state: Some(state),
+                        });
+                    }
+                    _ => {
+                        self.adopt(entity, epoch);
+                        events.push(Event::Activate {
+                            entity,
+                            epoch,
+                            state: None,
+                        });
+                    }
+                }
+                replies.push(ToCoordinator::Restored { entity, epoch });
+            }
+            ToZone::Revoke { entity, epoch } => {
+                let older = match self.held.get(&entity) {
+                    Some(Held::Active { epoch: e, .. }) => *e < epoch,
+                    Some(Held::Frozen { id, .. }) => id.epoch < epoch,
+                    Some(Held::Prepared { epoch: e, .. }) => *e < epoch,
+                    None => false,
+                };
+                if older || self.held.get(&entity).is_none() {
+                    self.gone.insert(entity, (epoch - 1, now));
+                }
+                if older {
+                    let was_simulated =
+                        !matches!(self.held.remove(&entity), Some(Held::Prepared { .. }));
+                    if was_simulated {
+                        events.push(Event::Dropped { entity });
+                    }
+                }
+            }
+            ToZone::HoldingAck => {}
+        }
+        (events, replies)
+    }
+
+    /// Whether a message about `entity` at `epoch` is older than its leaving this zone.
+    fn is_gone(&self, entity: EntityId, epoch: u64) -> bool {
+        self.gone.get(&entity).is_some_and(|&(e, _)| epoch <= e)
+    }
+
+    /// Resends for handoffs still undecided; call every few milliseconds.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<ToCoordinator> {
+        let mut out = Vec::new();
+        self.gone
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+        for (&entity, held) in self.held.iter_mut() {
+            match held {
+                Held::Frozen {
+                    id,
+                    to,
+                    state,
+                    resend_at,
+                } if now >= *resend_at => {
+                    *resend_at = now + RESEND_AFTER;
+                    out.push(ToCoordinator::Begin {
+                        id: *id,
+                        entity,
+                        to: *to,
+                        state: state.clone(),
+                    });
+                }
+                Held::Prepared { id, resend_at, .. } if now >= *resend_at => {
+                    *resend_at = now + RESEND_AFTER;
+                    out.push(ToCoordinator::Query { id: *id, entity });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The `Holding` report: every entity simulated or frozen here, with its epoch.
+    pub fn holding(&self) -> ToCoordinator {
+        let mut entities: Vec<(EntityId, u64)> = self
+            .held
+            .iter()
+            .filter_map(|(e, h)| match h {
+                Held::Active { epoch, .. } => Some((*e, *epoch)),
+                Held::Frozen { id, .. } => Some((*e, id.epoch)),
+                Held::Prepared { .. } => None,
+            })
+            .collect();
+        entities.sort_unstable();
+        ToCoordinator::Holding { entities }
+    }
+}
