@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Client frames cross the gateway↔zone link opaquely; `Bytes` avoids a copy per frame.
         .bytes(".worldmesh.zone.v1.PlayerFrame.frame")
+        .bytes(".worldmesh.coordinator.v1.Begin.state")
+        .bytes(".worldmesh.coordinator.v1.Prepare.state")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -231,6 +231,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         config,
     });
+    tokio::spawn(zones::link_all_zones(gateway.clone()));
     let limit = Arc::new(Semaphore::new(gateway.config.max_connections));
     let tasks = tokio_util::task::TaskTracker::new();
     tracing::info!(%addr, name = %gateway.config.name, "gateway listening (QUIC)");

@@ -36,12 +36,22 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the router needs to reach a session.
 pub struct SessionHandle {
     pub connection: quinn::Connection,
-    pub zone_id: u64,
+    /// The zone simulating the player's character; changed by handoff (`Attached`) and
+    /// failover (relocation), read by the session's relay loop.
+    pub route: watch::Sender<u64>,
+    pub character_id: u64,
+    pub name: String,
+    /// Set while a relocation runs, so one loss starts one.
+    pub relocating: std::sync::atomic::AtomicBool,
     control: mpsc::Sender<Bytes>,
     kick: mpsc::Sender<(ErrorCode, String)>,
 }
 
 impl SessionHandle {
+    pub fn zone_id(&self) -> u64 {
+        *self.route.borrow()
+    }
+
     pub fn send_reliable(&self, frame: Bytes) {
         if self.control.try_send(frame).is_err() {
             metrics::counter!("worldmesh_gateway_reliable_dropped_total").increment(1);
@@ -288,11 +298,15 @@ async fn play(
             )
         })?;
 
+    let (route_tx, mut route_rx) = watch::channel(zone.zone_id);
     gateway.sessions.insert(
         player_id,
         SessionHandle {
             connection: connection.clone(),
-            zone_id: zone.zone_id,
+            route: route_tx,
+            character_id: character.id,
+            name: name.clone(),
+            relocating: false.into(),
             control: control.clone(),
             kick: kick_tx,
         },
@@ -331,7 +345,18 @@ async fn play(
     metrics::counter!("worldmesh_gateway_logins_total").increment(1);
 
     // 4. Relay until the client leaves, misbehaves, or we shut down.
-    let result = relay(gateway, connection, inbound, &mut kick_rx, &link, player_id).await;
+    route_rx.mark_unchanged();
+    let mut link = link;
+    let result = relay(
+        gateway,
+        connection,
+        inbound,
+        &mut kick_rx,
+        &mut route_rx,
+        &mut link,
+        player_id,
+    )
+    .await;
 
     // 5. Logout: stop routing, save the character, then release the name.
     gateway.sessions.remove(&player_id);
@@ -391,12 +416,26 @@ async fn relay(
     connection: &quinn::Connection,
     inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
     kick_rx: &mut mpsc::Receiver<(ErrorCode, String)>,
-    link: &ZoneLink,
+    route: &mut watch::Receiver<u64>,
+    link: &mut ZoneLink,
     player_id: u64,
 ) -> Result<(), Refusal> {
     let mut limiter = InputLimiter::new(gateway.config.input_burst);
     loop {
         tokio::select! {
+            r = route.changed() => {
+                if r.is_err() {
+                    continue;
+                }
+                let zone = *route.borrow_and_update();
+                match gateway.zones.get(zone) {
+                    Some(l) => {
+                        tracing::debug!(zone, "player re-routed");
+                        *link = l;
+                    }
+                    None => tracing::warn!(zone, "re-routed to a zone without a link"),
+                }
+            }
             _ = gateway.shutdown.cancelled() => return Err(Refusal::new(ErrorCode::ShuttingDown, "gateway shutting down; reconnect")),
             k = kick_rx.recv() => if let Some((code, why)) = k { return Err(Refusal(code, why)) },
             d = connection.read_datagram() => {

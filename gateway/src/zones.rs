@@ -64,7 +64,19 @@ pub struct ZoneLinks {
     pending_leaves: DashMap<u64, oneshot::Sender<bool>>,
 }
 
+/// How long a player whose zone was lost may take to find its new zone (lease expiry plus
+/// failover) before it is disconnected.
+pub const RELOCATE_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl ZoneLinks {
+    /// The open link to a zone, if any.
+    pub fn get(&self, zone_id: u64) -> Option<ZoneLink> {
+        self.links
+            .get(&zone_id)
+            .filter(|l| !l.tx.is_closed())
+            .map(|l| l.clone())
+    }
+
     /// The link to a zone, opened on first use.
     pub async fn get_or_connect(
         &self,
@@ -171,8 +183,24 @@ async fn read_link(
             Some(Msg::Left(l)) => {
                 if let Some((_, tx)) = zones.pending_leaves.remove(&l.player_id) {
                     let _ = tx.send(l.saved);
+                } else if !l.saved {
+                    // The zone dropped a character it no longer owns: find where it went.
+                    relocate(gateway.clone(), l.player_id, zone_id);
                 }
             }
+            Some(Msg::Attached(a)) => match gateway.sessions.get(&a.player_id) {
+                Some(s) => {
+                    s.route.send_replace(a.zone_id);
+                }
+                None => {
+                    // The player left while its character moved: let the new zone save it.
+                    let _ = link.tx.try_send(pb::GatewayToZone {
+                        msg: Some(gateway_to_zone::Msg::Leave(pb::Leave {
+                            player_id: a.player_id,
+                        })),
+                    });
+                }
+            },
             None => {}
         }
     }
@@ -183,17 +211,182 @@ async fn read_link(
     if gateway.shutdown.is_cancelled() {
         return;
     }
+    let lost: Vec<u64> = gateway
+        .sessions
+        .iter()
+        .filter(|s| s.zone_id() == zone_id)
+        .map(|s| *s.key())
+        .collect();
     tracing::warn!(
         zone = zone_id,
-        "zone link closed; its players are disconnected"
+        players = lost.len(),
+        "zone link closed; re-routing its players"
     );
-    // Until failover exists, players of a lost zone are told to come back; their characters
-    // are where the zone last checkpointed them.
-    for s in gateway.sessions.iter().filter(|s| s.zone_id == zone_id) {
-        s.kick(
-            worldmesh_protocol::ErrorCode::Unavailable,
-            "zone server lost",
-        );
+    for player_id in lost {
+        relocate(gateway.clone(), player_id, zone_id);
+    }
+}
+
+/// Finds the zone that now has authority over a player's character (after its zone died or
+/// dropped it) and joins it there, without the client noticing more than a pause. Asks the
+/// coordinator until failover has given the character to a live zone, up to
+/// [`RELOCATE_TIMEOUT`]; then gives up and disconnects the player.
+pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: u64) {
+    let (character_id, name) = match gateway.sessions.get(&player_id) {
+        Some(s) => {
+            if s.relocating.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
+            (s.character_id, s.name.clone())
+        }
+        None => return,
+    };
+    metrics::counter!("worldmesh_gateway_relocations_total").increment(1);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + RELOCATE_TIMEOUT;
+        let outcome = loop {
+            if tokio::time::Instant::now() > deadline || gateway.shutdown.is_cancelled() {
+                break None;
+            }
+            if !gateway.sessions.contains_key(&player_id) {
+                return;
+            }
+            if let Some(zone) =
+                try_relocate(&gateway, player_id, character_id, &name, lost_zone).await
+            {
+                break Some(zone);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let Some(s) = gateway.sessions.get(&player_id) else {
+            return;
+        };
+        s.relocating
+            .store(false, std::sync::atomic::Ordering::Release);
+        match outcome {
+            Some(zone) => {
+                tracing::info!(
+                    player = player_id,
+                    zone,
+                    "player re-routed after its zone was lost"
+                );
+                s.route.send_replace(zone);
+            }
+            None => s.kick(
+                worldmesh_protocol::ErrorCode::Unavailable,
+                "zone server lost; reconnect",
+            ),
+        }
+    });
+}
+
+async fn try_relocate(
+    gateway: &Arc<Gateway>,
+    player_id: u64,
+    character_id: u64,
+    name: &str,
+    lost_zone: u64,
+) -> Option<u64> {
+    let located = gateway
+        .coordinator
+        .clone()
+        .locate_entity(worldmesh_protocol::grpc::coordinator::LocateEntityRequest {
+            entity_id: character_id,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    let zone = match located.zone {
+        Some(z) if z.zone_id != lost_zone => z,
+        Some(_) => return None,
+        None => {
+            // Nobody holds it (its zone saved and released it on the way down): it goes
+            // wherever its last saved position is.
+            let c = gateway
+                .persistence
+                .clone()
+                .load_character(
+                    worldmesh_protocol::grpc::persistence::LoadCharacterRequest {
+                        id: character_id,
+                    },
+                )
+                .await
+                .ok()?
+                .into_inner()
+                .character?;
+            gateway
+                .coordinator
+                .clone()
+                .locate_zone(worldmesh_protocol::grpc::coordinator::LocateZoneRequest {
+                    x: c.x,
+                    y: c.y,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .zone
+                .filter(|z| z.zone_id != lost_zone)?
+        }
+    };
+    let link = gateway
+        .zones
+        .get_or_connect(gateway, zone.zone_id, &zone.address)
+        .await
+        .ok()?;
+    let reply = gateway.zones.expect_join(player_id);
+    if !link
+        .send(gateway_to_zone::Msg::Join(pb::Join {
+            player_id,
+            character_id,
+            name: name.to_owned(),
+        }))
+        .await
+    {
+        gateway.zones.forget_join(player_id);
+        return None;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), reply).await {
+        Ok(Ok(JoinOutcome::Joined(_))) => Some(zone.zone_id),
+        _ => {
+            gateway.zones.forget_join(player_id);
+            None
+        }
+    }
+}
+
+/// Keeps a link open to every zone in the map, so a zone that receives one of our players by
+/// handoff can reach the gateway at once.
+pub async fn link_all_zones(gateway: Arc<Gateway>) {
+    let mut coordinator = gateway.coordinator.clone();
+    loop {
+        let opened = tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            o = coordinator.watch_map(worldmesh_protocol::grpc::coordinator::GetWorldRequest {}) => o,
+        };
+        if let Ok(resp) = opened {
+            let mut maps = resp.into_inner();
+            loop {
+                let next = tokio::select! {
+                    _ = gateway.shutdown.cancelled() => return,
+                    m = maps.message() => m,
+                };
+                let Ok(Some(map)) = next else { break };
+                for z in map.zones {
+                    if gateway.zones.get(z.zone_id).is_none()
+                        && let Err(e) = gateway
+                            .zones
+                            .get_or_connect(&gateway, z.zone_id, &z.address)
+                            .await
+                    {
+                        tracing::debug!(zone = z.zone_id, error = %e, "cannot open zone link yet");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

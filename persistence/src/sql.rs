@@ -77,6 +77,12 @@ impl Sql {
         Ok(Self { pool, backend })
     }
 
+    /// The pool, for other services that keep their state in the same database (the
+    /// coordinator); the migrations here create their tables too.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -408,6 +408,8 @@ struct Candidate {
 pub struct ObserverEncoder {
     history: ViewHistory,
     acked: u32,
+    /// Acks below this are ignored: they name ticks another encoder sent (a handoff).
+    min_ack: u32,
     slot_of: IdMap<u16>,
     /// Tick each slot's entity was last seen visible (0: free).
     slot_seen: Vec<u32>,
@@ -423,7 +425,16 @@ pub struct ObserverEncoder {
 impl ObserverEncoder {
     /// Records the client's acknowledgement of a snapshot tick (newest wins).
     pub fn ack(&mut self, tick: u32) {
-        self.acked = self.acked.max(tick);
+        if tick >= self.min_ack {
+            self.acked = self.acked.max(tick);
+        }
+    }
+
+    /// Takes over a client from another encoder (another zone, after a handoff): the client's
+    /// acks of ticks before `tick` refer to views this encoder never produced, so they must
+    /// never select a baseline here.
+    pub fn ignore_acks_before(&mut self, tick: u32) {
+        self.min_ack = tick;
     }
 
     pub fn acked(&self) -> u32 {

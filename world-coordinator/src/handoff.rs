@@ -95,12 +95,23 @@ pub enum ToCoordinator {
         entity: EntityId,
     },
     /// Grant me authority over this entity (a login), above the epoch persistence holds.
-    Acquire { entity: EntityId, min_epoch: u64 },
+    Acquire {
+        entity: EntityId,
+        min_epoch: u64,
+    },
     /// The entity left the world (logout) and its final state is saved.
-    Release { entity: EntityId, epoch: u64 },
-    Restored { entity: EntityId, epoch: u64 },
+    Release {
+        entity: EntityId,
+        epoch: u64,
+    },
+    Restored {
+        entity: EntityId,
+        epoch: u64,
+    },
     /// Everything this zone simulates, sent when it (re)connects.
-    Holding { entities: Vec<(EntityId, u64)> },
+    Holding {
+        entities: Vec<(EntityId, u64)>,
+    },
 }
 
 /// Coordinator → zone.
@@ -118,7 +129,10 @@ pub enum ToZone {
         entity: EntityId,
         outcome: Outcome,
     },
-    Granted { entity: EntityId, epoch: u64 },
+    Granted {
+        entity: EntityId,
+        epoch: u64,
+    },
     /// You own this entity now at `epoch` (failover or re-sync): activate it.
     Restore {
         entity: EntityId,
@@ -128,14 +142,20 @@ pub enum ToZone {
         committed: Option<HandoffId>,
     },
     /// You no longer own this entity: drop it without saving.
-    Revoke { entity: EntityId, epoch: u64 },
+    Revoke {
+        entity: EntityId,
+        epoch: u64,
+    },
     HoldingAck,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Make this row durable before performing any later action.
-    Write { entity: EntityId, row: Authority },
+    Write {
+        entity: EntityId,
+        row: Authority,
+    },
     Send(ZoneId, ToZone),
 }
 
@@ -365,12 +385,10 @@ impl Coordinator {
                 let mut missing: Vec<(EntityId, u64)> = self
                     .rows
                     .iter()
-                    .filter(|(e, r)| {
-                        r.zone == from && (!held.contains_key(e) || stale.contains(e))
-                    })
+                    .filter(|(e, r)| r.zone == from && (!held.contains_key(e) || stale.contains(e)))
                     .filter(|(e, _)| {
                         // Entities being handed in are not expected to be held yet.
-                        !self.sagas.get(e).is_some_and(|s| s.to == from)
+                        self.sagas.get(e).is_none_or(|s| s.to != from)
                     })
                     .map(|(e, r)| (*e, r.epoch))
                     .collect();
@@ -411,7 +429,11 @@ impl Coordinator {
         if let Some((last, outcome)) = row.last
             && last >= id
         {
-            let outcome = if last == id { outcome } else { Outcome::Aborted };
+            let outcome = if last == id {
+                outcome
+            } else {
+                Outcome::Aborted
+            };
             return decide(out, from, id, entity, outcome);
         }
         if let Some(s) = self.sagas.get_mut(&entity) {
@@ -473,7 +495,11 @@ impl Coordinator {
         if let Some((last, outcome)) = row.last
             && last >= id
         {
-            let outcome = if last == id { outcome } else { Outcome::Aborted };
+            let outcome = if last == id {
+                outcome
+            } else {
+                Outcome::Aborted
+            };
             return decide(out, from, id, entity, outcome);
         }
         if row.epoch == id.epoch {
@@ -624,12 +650,22 @@ pub enum Event {
         state: Option<Bytes>,
     },
     /// Handed off: despawn it and route its player to `to`.
-    HandedOff { entity: EntityId, to: ZoneId },
+    HandedOff {
+        entity: EntityId,
+        to: ZoneId,
+    },
     /// The handoff failed: simulate it again.
-    Unfreeze { entity: EntityId },
+    Unfreeze {
+        entity: EntityId,
+    },
     /// Not ours any more: despawn it without saving.
-    Dropped { entity: EntityId },
-    Granted { entity: EntityId, epoch: u64 },
+    Dropped {
+        entity: EntityId,
+    },
+    Granted {
+        entity: EntityId,
+        epoch: u64,
+    },
 }
 
 /// A zone's side: what it holds and which handoffs it waits on.
@@ -677,13 +713,8 @@ impl Participant {
 
     /// Holds `entity` as active (granted at login, restored).
     pub fn adopt(&mut self, entity: EntityId, epoch: u64) {
-        self.held.insert(
-            entity,
-            Held::Active {
-                epoch,
-                attempts: 0,
-            },
-        );
+        self.held
+            .insert(entity, Held::Active { epoch, attempts: 0 });
     }
 
     /// Forgets an entity that left the world; returns the `Release` to send.
@@ -752,11 +783,11 @@ impl Participant {
                     _ if self.is_gone(entity, id.epoch) => false,
                     Some(Held::Prepared { id: p, .. }) if *p == id => true,
                     Some(Held::Prepared { id: p, .. }) if *p > id => false,
-                    Some(Held::Active { epoch: e, .. }) | Some(Held::Frozen { id: HandoffId { epoch: e, .. }, .. })
-                        if *e >= epoch =>
-                    {
-                        false
-                    }
+                    Some(Held::Active { epoch: e, .. })
+                    | Some(Held::Frozen {
+                        id: HandoffId { epoch: e, .. },
+                        ..
+                    }) if *e >= epoch => false,
                     _ => {
                         let ok = accept(entity, &state);
                         if ok {
@@ -809,13 +840,8 @@ impl Participant {
                     ..
                 }) if p == id => {
                     if outcome == Outcome::Committed {
-                        self.held.insert(
-                            entity,
-                            Held::Active {
-                                epoch,
-                                attempts: 0,
-                            },
-                        );
+                        self.held
+                            .insert(entity, Held::Active { epoch, attempts: 0 });
                         events.push(Event::Activate {
                             entity,
                             epoch,
@@ -869,7 +895,7 @@ impl Participant {
                     Some(Held::Prepared { epoch: e, .. }) => *e < epoch,
                     None => false,
                 };
-                if older || self.held.get(&entity).is_none() {
+                if older || !self.held.contains_key(&entity) {
                     self.gone.insert(entity, (epoch - 1, now));
                 }
                 if older {

@@ -15,19 +15,24 @@
 //! - [`service`]: the tonic service, a thin shell that locks the map and translates messages.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+mod convert;
 pub mod handoff;
 pub mod map;
 pub mod service;
+pub mod state;
+pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::coordinator::coordinator_server::CoordinatorServer;
 
+pub use convert::{to_coordinator_pb, to_zone_core};
 pub use map::{Geometry, WorldMap};
+pub use service::locate_in;
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// How often zones are told to heartbeat; well under `lease_ttl` so one lost beat is harmless.
     pub heartbeat_interval: Duration,
+    /// Where the map, leases and authority epochs are kept (`postgres://…` or `sqlite:…`).
+    /// `None` keeps them in memory only: a restart then forgets every authority (development).
+    pub database_url: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +53,7 @@ impl Default for Config {
             geometry: Geometry::default(),
             lease_ttl: Duration::from_secs(2),
             heartbeat_interval: Duration::from_millis(500),
+            database_url: None,
         }
     }
 }
@@ -56,6 +65,10 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("SQL: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] worldmesh_persistence::Error),
 }
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled.
@@ -65,16 +78,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let addr: SocketAddr = listener.local_addr()?;
-    let map = Arc::new(Mutex::new(WorldMap::new(
-        config.geometry.clone(),
-        config.lease_ttl,
-    )));
-    let reaper = tokio::spawn(service::reap_expired(
-        map.clone(),
-        config.heartbeat_interval,
-        shutdown.clone(),
-    ));
-    let svc = service::CoordinatorService::new(map, config);
+    let store = match &config.database_url {
+        Some(url) => Some(store::Store::new(
+            worldmesh_persistence::sql::Sql::connect(url).await?,
+        )),
+        None => {
+            tracing::warn!("no database: authority and leases live in memory only");
+            None
+        }
+    };
+    let map = WorldMap::new(config.geometry.clone(), config.lease_ttl);
+    let (published_tx, published_rx) = tokio::sync::watch::channel(Arc::new(state::Published {
+        map: Default::default(),
+    }));
+    let state = state::State::load(map, store, published_tx).await?;
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(state::REQUEST_QUEUE);
+    let task = tokio::spawn(state.run(req_rx, shutdown.clone()));
+    let svc = service::CoordinatorService::new(req_tx, published_rx, config);
     tracing::info!(%addr, "world coordinator listening");
     tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(svc))
@@ -83,7 +103,7 @@ pub async fn run(
             shutdown.cancelled_owned(),
         )
         .await?;
-    reaper.abort();
+    task.abort();
     tracing::info!("world coordinator stopped");
     Ok(())
 }

@@ -30,6 +30,10 @@ struct Args {
     /// Zone heartbeat interval in milliseconds.
     #[arg(long, env = "WORLDMESH_HEARTBEAT_MS", default_value_t = 500)]
     heartbeat_ms: u64,
+    /// Where leases and authority epochs are kept: postgres://… or sqlite:… (empty: memory
+    /// only, development).
+    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    database_url: String,
 }
 
 #[tokio::main]
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         },
         lease_ttl: Duration::from_millis(args.lease_ttl_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        database_url: (!args.database_url.is_empty()).then_some(args.database_url),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();

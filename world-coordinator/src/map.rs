@@ -68,6 +68,8 @@ pub struct Zone {
     pub lease_expires: Instant,
     pub entities: u32,
     pub players: u32,
+    /// Owns no cells; its entities are leaving by handoff.
+    pub draining: bool,
 }
 
 /// The registry and the map.
@@ -78,6 +80,7 @@ pub struct WorldMap {
     zones: BTreeMap<u64, Zone>,
     next_zone_id: u64,
     next_generation: u64,
+    version: u64,
 }
 
 impl WorldMap {
@@ -88,6 +91,54 @@ impl WorldMap {
             zones: BTreeMap::new(),
             next_zone_id: 1,
             next_generation: 1,
+            version: 1,
+        }
+    }
+
+    /// Resumes from stored zones (a coordinator restart): each gets a fresh lease, since the
+    /// coordinator's absence is not theirs.
+    pub fn resume(&mut self, zones: &[crate::store::ZoneRow], now: Instant) {
+        for z in zones {
+            self.next_zone_id = self.next_zone_id.max(z.id + 1);
+            self.next_generation = self.next_generation.max(z.lease_generation + 1);
+            self.zones.insert(
+                z.id,
+                Zone {
+                    id: z.id,
+                    name: z.name.clone(),
+                    address: z.address.clone(),
+                    capacity: z.capacity,
+                    lease_generation: z.lease_generation,
+                    lease_expires: now + self.lease_ttl,
+                    entities: 0,
+                    players: 0,
+                    draining: z.draining,
+                },
+            );
+        }
+        self.version += 1;
+    }
+
+    /// Grows with every change of zones or cells.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn zone(&self, id: u64) -> Option<&Zone> {
+        self.zones.get(&id)
+    }
+
+    /// Marks a zone draining: its cells go to the others. False if the lease is unknown.
+    pub fn drain(&mut self, zone_id: u64, generation: u64) -> bool {
+        match self.zones.get_mut(&zone_id) {
+            Some(z) if z.lease_generation == generation => {
+                if !z.draining {
+                    z.draining = true;
+                    self.version += 1;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -99,7 +150,20 @@ impl WorldMap {
     /// (it restarted, or lost its lease) replaces its old entry and gets a new generation, so a
     /// heartbeat from the old incarnation is refused.
     pub fn register(&mut self, name: &str, address: &str, capacity: u32, now: Instant) -> Zone {
-        self.zones.retain(|_, z| z.name != name);
+        self.register_replacing(name, address, capacity, now).0
+    }
+
+    /// [`Self::register`], also returning the entry it replaced (a previous incarnation).
+    pub fn register_replacing(
+        &mut self,
+        name: &str,
+        address: &str,
+        capacity: u32,
+        now: Instant,
+    ) -> (Zone, Option<Zone>) {
+        let old = self.zones.values().find(|z| z.name == name).map(|z| z.id);
+        let replaced = old.and_then(|id| self.zones.remove(&id));
+        self.version += 1;
         let id = self.next_zone_id;
         self.next_zone_id += 1;
         let generation = self.next_generation;
@@ -113,9 +177,10 @@ impl WorldMap {
             lease_expires: now + self.lease_ttl,
             entities: 0,
             players: 0,
+            draining: false,
         };
         self.zones.insert(id, zone.clone());
-        zone
+        (zone, replaced)
     }
 
     /// Renews a lease. False when the zone or that generation of its lease is unknown.
@@ -138,6 +203,12 @@ impl WorldMap {
         }
     }
 
+    /// Removes a zone at once (its registration could not be stored).
+    pub fn expire_now(&mut self, zone_id: u64) -> Option<Zone> {
+        self.version += 1;
+        self.zones.remove(&zone_id)
+    }
+
     /// Drops every zone whose lease has lapsed and returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<Zone> {
         let dead: Vec<u64> = self
@@ -146,6 +217,9 @@ impl WorldMap {
             .filter(|z| z.lease_expires <= now)
             .map(|z| z.id)
             .collect();
+        if !dead.is_empty() {
+            self.version += 1;
+        }
         dead.into_iter()
             .filter_map(|id| self.zones.remove(&id))
             .collect()
@@ -157,14 +231,23 @@ impl WorldMap {
 
     /// The zone owning a cell: columns are split into contiguous stripes, one per live zone in
     /// id order, so neighbouring cells mostly share a zone.
+    /// Draining zones own nothing, unless every zone is draining.
     pub fn owner_of_cell(&self, cx: u32, _cy: u32) -> Option<&Zone> {
-        let n = self.zones.len();
+        let active = self.zones.values().filter(|z| !z.draining).count();
+        let n = if active == 0 {
+            self.zones.len()
+        } else {
+            active
+        };
         if n == 0 {
             return None;
         }
         let cells_x = self.geometry.cells_x() as usize;
         let stripe = (cx as usize * n / cells_x).min(n - 1);
-        self.zones.values().nth(stripe)
+        self.zones
+            .values()
+            .filter(|z| active == 0 || !z.draining)
+            .nth(stripe)
     }
 
     /// The zone owning the cell at a position, with that cell.

@@ -1,33 +1,57 @@
-//! The coordinator's gRPC service: a thin shell around [`WorldMap`].
+//! The coordinator's gRPC service: a thin shell that forwards requests to the state task
+//! ([`crate::state`]) and reads the published map.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::coordinator::{self as pb, coordinator_server::Coordinator};
 
 use crate::Config;
 use crate::map::{Geometry, WorldMap, Zone};
+use crate::state::{self, Published};
 
 pub struct CoordinatorService {
-    map: Arc<Mutex<WorldMap>>,
+    requests: mpsc::Sender<state::Request>,
+    published: watch::Receiver<Arc<Published>>,
     config: Config,
 }
 
 impl CoordinatorService {
-    pub fn new(map: Arc<Mutex<WorldMap>>, config: Config) -> Self {
-        Self { map, config }
+    pub fn new(
+        requests: mpsc::Sender<state::Request>,
+        published: watch::Receiver<Arc<Published>>,
+        config: Config,
+    ) -> Self {
+        Self {
+            requests,
+            published,
+            config,
+        }
     }
 
-    fn map(&self) -> MutexGuard<'_, WorldMap> {
-        // A panic while holding the lock cannot leave the map half-updated in a way that
-        // matters more than stopping the world; keep serving.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> state::Request,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| Status::unavailable("coordinator stopping"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("coordinator stopping"))
+    }
+
+    fn map(&self) -> pb::WorldMap {
+        self.published.borrow().map.clone()
     }
 }
 
-pub fn geometry_to_pb(g: &Geometry) -> pb::WorldGeometry {
+pub fn geometry_to_pb(g: &Geometry, tick_origin_unix_ms: u64) -> pb::WorldGeometry {
     pb::WorldGeometry {
         min_x: g.min_x,
         min_y: g.min_y,
@@ -40,17 +64,55 @@ pub fn geometry_to_pb(g: &Geometry) -> pb::WorldGeometry {
             .iter()
             .map(|&(x, y)| pb::SpawnPoint { x, y })
             .collect(),
+        tick_origin_unix_ms,
     }
 }
 
-fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
+pub fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
     pb::ZoneInfo {
         zone_id: z.id,
         name: z.name.clone(),
         address: z.address.clone(),
         capacity: z.capacity,
+        draining: z.draining,
     }
 }
+
+pub fn world_map_pb(map: &WorldMap, tick_origin_unix_ms: u64) -> pb::WorldMap {
+    pb::WorldMap {
+        world: Some(geometry_to_pb(map.geometry(), tick_origin_unix_ms)),
+        zones: map.zones().map(zone_to_pb).collect(),
+        cell_owners: map.cell_owners(),
+        cells_x: map.geometry().cells_x(),
+        cells_y: map.geometry().cells_y(),
+        version: map.version(),
+    }
+}
+
+/// The owner of the cell at a position in a published map.
+pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u32, u32))> {
+    let g = map.world.as_ref()?;
+    let cell = |v: f32, min: f32, n: u32| {
+        let c = ((v - min) / g.cell_size).floor();
+        if c.is_nan() {
+            0
+        } else {
+            c.clamp(0.0, n.saturating_sub(1) as f32) as u32
+        }
+    };
+    let (cx, cy) = (cell(x, g.min_x, map.cells_x), cell(y, g.min_y, map.cells_y));
+    let owner = *map
+        .cell_owners
+        .get((cy * map.cells_x + cx) as usize)
+        .filter(|&&o| o != 0)?;
+    map.zones
+        .iter()
+        .find(|z| z.zone_id == owner)
+        .map(|z| (z.clone(), (cx, cy)))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorEvent, Status>> + Send>>;
+type MapStream = Pin<Box<dyn Stream<Item = Result<pb::WorldMap, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -64,17 +126,20 @@ impl Coordinator for CoordinatorService {
                 "zone name and address are required",
             ));
         }
-        let mut map = self.map();
-        let zone = map.register(&req.name, &req.address, req.capacity, Instant::now());
-        tracing::info!(zone = zone.id, name = %zone.name, address = %zone.address, "zone registered");
-        metrics::counter!("worldmesh_coordinator_zone_registrations_total").increment(1);
-        metrics::gauge!("worldmesh_coordinator_zones").set(map.zones().count() as f64);
+        let zone = self
+            .ask(|reply| state::Request::Register {
+                name: req.name,
+                address: req.address,
+                capacity: req.capacity,
+                reply,
+            })
+            .await??;
         Ok(Response::new(pb::RegisterZoneResponse {
             zone_id: zone.id,
             lease_generation: zone.lease_generation,
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u32,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
-            world: Some(geometry_to_pb(map.geometry())),
+            world: self.map().world,
         }))
     }
 
@@ -83,13 +148,15 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let lease_valid = self.map().heartbeat(
-            req.zone_id,
-            req.lease_generation,
-            req.entities,
-            req.players,
-            Instant::now(),
-        );
+        let lease_valid = self
+            .ask(|reply| state::Request::Heartbeat {
+                zone: req.zone_id,
+                generation: req.lease_generation,
+                entities: req.entities,
+                players: req.players,
+                reply,
+            })
+            .await?;
         if !lease_valid {
             tracing::warn!(
                 zone = req.zone_id,
@@ -105,10 +172,9 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::LocateZoneRequest>,
     ) -> Result<Response<pb::LocateZoneResponse>, Status> {
         let req = req.into_inner();
-        let map = self.map();
-        match map.locate(req.x, req.y) {
+        match locate_in(&self.map(), req.x, req.y) {
             Some((zone, (cell_x, cell_y))) => Ok(Response::new(pb::LocateZoneResponse {
-                zone: Some(zone_to_pb(zone)),
+                zone: Some(zone),
                 cell_x,
                 cell_y,
             })),
@@ -120,30 +186,130 @@ impl Coordinator for CoordinatorService {
         &self,
         _req: Request<pb::GetWorldRequest>,
     ) -> Result<Response<pb::WorldMap>, Status> {
-        let map = self.map();
-        Ok(Response::new(pb::WorldMap {
-            world: Some(geometry_to_pb(map.geometry())),
-            zones: map.zones().map(zone_to_pb).collect(),
-            cell_owners: map.cell_owners(),
-            cells_x: map.geometry().cells_x(),
-            cells_y: map.geometry().cells_y(),
+        Ok(Response::new(self.map()))
+    }
+
+    type WatchMapStream = MapStream;
+
+    async fn watch_map(
+        &self,
+        _req: Request<pb::GetWorldRequest>,
+    ) -> Result<Response<MapStream>, Status> {
+        let mut rx = self.published.clone();
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let map = rx.borrow_and_update().map.clone();
+                if tx.send(Ok(map)).await.is_err() || rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn locate_entity(
+        &self,
+        req: Request<pb::LocateEntityRequest>,
+    ) -> Result<Response<pb::LocateEntityResponse>, Status> {
+        let entity = req.into_inner().entity_id;
+        let found = self
+            .ask(|reply| state::Request::LocateEntity { entity, reply })
+            .await?;
+        Ok(Response::new(match found {
+            Some((zone, epoch)) => pb::LocateEntityResponse {
+                zone: Some(zone_to_pb(&zone)),
+                epoch,
+            },
+            None => pb::LocateEntityResponse {
+                zone: None,
+                epoch: 0,
+            },
         }))
     }
-}
 
-/// Drops zones whose lease lapsed, checking once per heartbeat interval.
-pub async fn reap_expired(map: Arc<Mutex<WorldMap>>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+    type ZoneSessionStream = EventStream;
+
+    async fn zone_session(
+        &self,
+        req: Request<Streaming<pb::ZoneEvent>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty zone session"))?;
+        let (zone, generation) = (first.zone_id, first.lease_generation);
+        let (tx, out) = mpsc::channel(state::SESSION_QUEUE);
+        let accepted = self
+            .ask(|reply| state::Request::OpenSession {
+                zone,
+                generation,
+                tx: tx.clone(),
+                reply,
+            })
+            .await?;
+        if !accepted {
+            return Err(Status::failed_precondition(
+                "unknown zone lease; register again",
+            ));
         }
-        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-        for zone in map.expire(Instant::now()) {
-            tracing::warn!(zone = zone.id, name = %zone.name, "zone lease expired; removed from the map");
-            metrics::counter!("worldmesh_coordinator_lease_expiries_total").increment(1);
+        tracing::info!(zone, "zone session opened");
+        let requests = self.requests.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let msg = match next.take() {
+                    Some(m) => m,
+                    None => match inbound.message().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(zone, error = %e, "zone session failed");
+                            break;
+                        }
+                    },
+                };
+                if msg.zone_id != zone || msg.lease_generation != generation {
+                    tracing::warn!(zone, "zone session message for another lease; closing");
+                    break;
+                }
+                let Some(core) = msg.msg.and_then(crate::convert::to_coordinator_core) else {
+                    metrics::counter!("worldmesh_coordinator_malformed_total").increment(1);
+                    continue;
+                };
+                let r = state::Request::FromZone {
+                    zone,
+                    generation,
+                    msg: core,
+                };
+                if requests.send(r).await.is_err() {
+                    break;
+                }
+            }
+            let _ = requests
+                .send(state::Request::SessionClosed { zone, tx })
+                .await;
+            tracing::info!(zone, "zone session closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let req = req.into_inner();
+        let ok = self
+            .ask(|reply| state::Request::Drain {
+                zone: req.zone_id,
+                generation: req.lease_generation,
+                reply,
+            })
+            .await?;
+        if !ok {
+            return Err(Status::failed_precondition("unknown zone lease"));
         }
-        metrics::gauge!("worldmesh_coordinator_zones").set(map.zones().count() as f64);
+        Ok(Response::new(pb::DrainResponse {}))
     }
 }

@@ -141,14 +141,22 @@ impl Sim {
         for _ in 0..5 {
             sim.step().expect("logins");
         }
-        assert!(sim.settled().unwrap(), "seed {seed}: logins did not complete");
+        assert!(
+            sim.settled().unwrap(),
+            "seed {seed}: logins did not complete"
+        );
         sim.faults = true;
         sim
     }
 
     fn log(&self, what: impl FnOnce() -> String) {
         if self.verbose {
-            println!("[{:4} {:5}ms] {}", self.step, (self.now - self.start).as_millis(), what());
+            println!(
+                "[{:4} {:5}ms] {}",
+                self.step,
+                (self.now - self.start).as_millis(),
+                what()
+            );
         }
     }
 
@@ -378,14 +386,13 @@ impl Sim {
             let faults = self.faults;
             let now = self.now;
             let z = self.zones.get_mut(&id).unwrap();
-            let actives: Vec<(EntityId, u64)> = z
-                .p
-                .iter()
-                .filter_map(|(e, h)| match h {
-                    Held::Active { epoch, .. } => Some((*e, *epoch)),
-                    _ => None,
-                })
-                .collect();
+            let actives: Vec<(EntityId, u64)> =
+                z.p.iter()
+                    .filter_map(|(e, h)| match h {
+                        Held::Active { epoch, .. } => Some((*e, *epoch)),
+                        _ => None,
+                    })
+                    .collect();
             for (entity, epoch) in actives {
                 let ent = z.ents.get_mut(&entity).expect("active entity has state");
                 if faults {
@@ -509,7 +516,10 @@ impl Sim {
                         None => stored.2,
                     };
                     if self.verbose {
-                        println!("[{:4}] zone {id} activates {entity} at epoch {epoch}", self.step);
+                        println!(
+                            "[{:4}] zone {id} activates {entity} at epoch {epoch}",
+                            self.step
+                        );
                     }
                     z.ents.insert(entity, ent);
                 }

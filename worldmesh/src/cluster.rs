@@ -31,12 +31,19 @@ impl ClusterConfig {
         // One random secret for the whole in-process cluster: its links are authenticated
         // exactly as in production.
         let secret = Some(worldmesh_runtime::random_secret());
+        // The coordinator keeps its state in the same database as the characters.
+        let coordinator = worldmesh_coordinator::Config {
+            database_url: Some(persistence.database_url.clone()),
+            ..Default::default()
+        };
         Self {
             zones: 4,
             persistence,
-            coordinator: worldmesh_coordinator::Config::default(),
+            coordinator,
             zone: worldmesh_zone::Config {
                 cluster_secret: secret.clone(),
+                // The whole cluster stops at once: nobody to drain to.
+                drain_on_shutdown: false,
                 ..Default::default()
             },
             gateway: worldmesh_gateway::Config {

@@ -1,35 +1,64 @@
-//! The tick thread: owns the [`Sim`], feeds it commands, steps it at the tick rate, ships its
-//! frames to gateway links and its checkpoints to the saver.
+//! The tick thread: owns the [`Sim`] and the zone's side of the handoff saga
+//! ([`Participant`]), feeds them commands, steps the simulation at the tick rate, ships frames
+//! to gateway links, checkpoints to the saver, and hands characters that cross into another
+//! zone's cells over through the coordinator.
 //!
 //! It is an OS thread rather than a task so a slow tick never stalls the async runtime that
 //! serves the links, and so the tick deadline is kept with a plain sleep.
 //!
+//! Ticks are numbered from the world's tick origin (announced by the coordinator), so every
+//! zone calls the same moment by the same number and a client's snapshot ticks keep growing
+//! when it is handed from zone to zone.
+//!
 //! Overrun policy: when a tick finishes after the next deadline the loop runs the next tick at
 //! once, but it never runs more than [`MAX_CATCH_UP_TICKS`] late ticks back to back; beyond
-//! that it drops the lost ticks (counted in `worldmesh_zone_tick_overruns_total`) and restarts
-//! the schedule from now, so an overloaded zone slows down instead of spiralling.
+//! that it skips the lost ticks (counted in `worldmesh_zone_tick_overruns_total`), so an
+//! overloaded zone slows down instead of spiralling.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use prost::Message;
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use worldmesh_coordinator::handoff::{Event, Participant, ToCoordinator, ToZone};
 use worldmesh_protocol::Input;
-use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::grpc::coordinator as coord_pb;
+use worldmesh_protocol::grpc::persistence::{
+    Character, LoadCharacterRequest, persistence_client::PersistenceClient,
+};
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 
 use crate::link::Links;
 use crate::saver::SaveJob;
-use crate::sim::{Sim, SimConfig};
+use crate::sim::{Carried, Sim, SimConfig};
 
 /// Commands queued for the tick thread. 16k holds well over one tick of inputs for a zone's
 /// capacity (1,000 players × a few inputs each); beyond it inputs are dropped and counted.
 pub const COMMAND_QUEUE: usize = 16 * 1024;
 
+/// Messages queued towards the coordinator. Handoff messages are resent until answered, so a
+/// full queue only delays them.
+pub const TO_COORDINATOR_QUEUE: usize = 8192;
+
 /// At most this many late ticks run back to back before the schedule resets (see module doc).
 pub const MAX_CATCH_UP_TICKS: u32 = 3;
+
+/// A character must stand this far inside another zone's cell before it is handed over, so
+/// one walking along a border does not bounce between zones. 5 m is under a second of
+/// running: small enough to be invisible, large enough to absorb jitter.
+pub const HANDOFF_HYSTERESIS: f32 = 5.0;
+
+/// How long a character without a player stays in the world for its player to come back
+/// (gateway failover, reconnect) before it is saved and released.
+pub const DETACHED_GRACE: Duration = Duration::from_secs(30);
+
+/// How often an unanswered `Holding` report is repeated after (re)connecting.
+const RESYNC_EVERY: Duration = Duration::from_millis(500);
 
 pub enum Command {
     Spawn {
@@ -49,36 +78,80 @@ pub enum Command {
         player_id: u64,
         text: String,
     },
+    LinkOpened {
+        link: u32,
+        gateway: String,
+    },
     LinkClosed {
         link: u32,
     },
+    /// A message from the coordinator's session stream.
+    Coordinator(ToZone),
+    /// The session stream (re)connected: report what this zone holds.
+    SessionUp,
+    Map(Arc<coord_pb::WorldMap>),
+    /// A restored character loaded from persistence (`None`: it could not be loaded).
+    Loaded {
+        entity: u64,
+        epoch: u64,
+        character: Option<Character>,
+    },
+    /// Persistence refused these characters' states as stale: a newer authority exists.
+    Fenced {
+        ids: Vec<(u64, u64)>,
+    },
+    /// The lease was lost and the zone registered again under a new id: everything it held
+    /// belongs to others now.
+    LeaseLost {
+        zone_id: u64,
+    },
 }
 
-/// Numbers the heartbeat reports.
+/// Numbers the heartbeat and the cluster report.
 #[derive(Default)]
 pub struct Stats {
     pub entities: AtomicU32,
     pub players: AtomicU32,
+    /// Characters (with or without a player) simulated here.
+    pub characters: AtomicU32,
+    pub handoffs_in: AtomicU64,
+    pub handoffs_out: AtomicU64,
+    pub handoffs_aborted: AtomicU64,
+    /// Handoff latencies (freeze at the source → first snapshot from here), microseconds.
+    pub handoff_latency_us: std::sync::Mutex<Vec<u64>>,
+    /// The character ids simulated here (refreshed every second), for loss/duplicate checks.
+    pub character_ids: std::sync::Mutex<Vec<u64>>,
 }
 
 pub struct DriverConfig {
     pub sim: SimConfig,
     pub checkpoint_interval: Duration,
-    pub zone_id: u64,
+    pub zone_id: Arc<AtomicU64>,
     pub npcs: usize,
+    pub tick_origin_unix_ms: u64,
+    pub capacity: u32,
+}
+
+pub struct Channels {
+    pub commands: mpsc::Receiver<Command>,
+    /// For posting back results of work done off the tick thread (loads).
+    pub commands_tx: mpsc::Sender<Command>,
+    pub saves: mpsc::Sender<SaveJob>,
+    pub to_coordinator: mpsc::Sender<ToCoordinator>,
+    pub persistence: PersistenceClient<Channel>,
 }
 
 pub fn spawn(
     config: DriverConfig,
-    commands: mpsc::Receiver<Command>,
-    saves: mpsc::Sender<SaveJob>,
+    channels: Channels,
     links: Arc<Links>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
+    let zone_id = config.zone_id.load(Ordering::Relaxed);
     std::thread::Builder::new()
-        .name(format!("zone-{}-tick", config.zone_id))
+        .name(format!("zone-{zone_id}-tick"))
         .spawn(move || {
             let mut sim = Sim::new(&config.sim);
             let b = config.sim.bounds;
@@ -88,7 +161,7 @@ pub fn spawn(
                     (i as f32 * 0.618_034).fract(),
                     (i as f32 * 0.754_877_7).fract(),
                 );
-                let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
+                let id = crate::sim::NPC_ID_BASE + (zone_id << 24) + i as u64;
                 sim.spawn_npc(
                     id,
                     b.min_x + fx * (b.max_x - b.min_x),
@@ -97,26 +170,57 @@ pub fn spawn(
             }
             let mut driver = Driver {
                 sim,
-                commands,
-                saves,
+                ch: channels,
                 backlog: VecDeque::new(),
                 links,
                 stats,
                 runtime,
+                zone_id,
+                participant: Participant::default(),
+                map: None,
+                link_gateway: HashMap::new(),
+                pending_acquire: HashMap::new(),
+                resync_at: None,
+                positions: Vec::new(),
+                first_snapshot_due: HashMap::new(),
+                capacity: config.capacity,
             };
             driver.run(&config, &shutdown);
         })
 }
 
+struct PendingJoin {
+    link: u32,
+    player_id: u64,
+    character: Character,
+}
+
 struct Driver {
     sim: Sim,
-    commands: mpsc::Receiver<Command>,
-    saves: mpsc::Sender<SaveJob>,
+    ch: Channels,
     /// Save jobs the saver had no room for yet; retried every tick, never dropped.
     backlog: VecDeque<SaveJob>,
     links: Arc<Links>,
     stats: Arc<Stats>,
     runtime: tokio::runtime::Handle,
+    zone_id: u64,
+    participant: Participant,
+    map: Option<Arc<coord_pb::WorldMap>>,
+    link_gateway: HashMap<u32, String>,
+    /// Joins waiting for the coordinator to grant authority, by character.
+    pending_acquire: HashMap<u64, PendingJoin>,
+    /// While re-syncing: when to repeat the `Holding` report.
+    resync_at: Option<Instant>,
+    positions: Vec<(u64, f32, f32)>,
+    /// Handed-in characters whose first snapshot has not gone out yet: freeze time (unix µs).
+    first_snapshot_due: HashMap<u64, u64>,
+    capacity: u32,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Driver {
@@ -125,14 +229,47 @@ impl Driver {
         let checkpoint_every = (config.checkpoint_interval.as_secs_f64() / period.as_secs_f64())
             .round()
             .max(1.0) as u32;
-        let mut deadline = Instant::now() + period;
-        let mut late_in_a_row = 0;
+        // The Instant of tick 0, from the world's tick origin in wall-clock time.
+        let since_origin =
+            Duration::from_millis((unix_us() / 1000).saturating_sub(config.tick_origin_unix_ms));
+        let origin = Instant::now()
+            .checked_sub(since_origin)
+            .unwrap_or_else(Instant::now);
+        let ticks_at =
+            |t: Instant| (t.duration_since(origin).as_secs_f64() / period.as_secs_f64()) as u32;
+        let mut tick = ticks_at(Instant::now());
+        let mut last_checkpoint = tick;
+        let mut last_housekeeping = tick;
+        let grace_ticks = (DETACHED_GRACE.as_secs_f64() / period.as_secs_f64()) as u32;
         while !shutdown.is_cancelled() {
+            tick += 1;
+            let deadline = origin + period * tick;
+            let now = Instant::now();
+            if now < deadline {
+                std::thread::sleep(deadline - now);
+            } else if now - deadline > period * MAX_CATCH_UP_TICKS {
+                let skip_to = ticks_at(now);
+                metrics::counter!("worldmesh_zone_tick_overruns_total")
+                    .increment(skip_to.saturating_sub(tick) as u64);
+                tick = skip_to.max(tick);
+            }
             let started = Instant::now();
             self.drain_commands();
-            self.sim.step();
+            self.sim.step_at(tick);
             self.ship_frames();
-            if self.sim.tick().is_multiple_of(checkpoint_every) {
+            self.check_borders();
+            for m in self.participant.on_tick(started) {
+                self.to_coordinator(m);
+            }
+            if let Some(at) = self.resync_at
+                && started >= at
+            {
+                self.resync_at = Some(started + RESYNC_EVERY);
+                let holding = self.participant.holding();
+                self.to_coordinator(holding);
+            }
+            if tick - last_checkpoint >= checkpoint_every {
+                last_checkpoint = tick;
                 let batch = self.sim.checkpoint();
                 if !batch.is_empty() {
                     self.save(SaveJob {
@@ -141,6 +278,10 @@ impl Driver {
                     });
                 }
             }
+            if tick - last_housekeeping >= config.sim.tick_rate_hz {
+                last_housekeeping = tick;
+                self.housekeeping(tick.saturating_sub(grace_ticks));
+            }
             self.flush_backlog();
             self.stats
                 .players
@@ -148,34 +289,113 @@ impl Driver {
             self.stats
                 .entities
                 .store(self.sim.entity_count() as u32, Ordering::Relaxed);
+            self.stats
+                .characters
+                .store(self.sim.character_ids().len() as u32, Ordering::Relaxed);
             metrics::histogram!("worldmesh_zone_tick_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
-
-            let now = Instant::now();
-            if now < deadline {
-                late_in_a_row = 0;
-                std::thread::sleep(deadline - now);
-                deadline += period;
-            } else {
-                late_in_a_row += 1;
-                deadline += period;
-                if late_in_a_row > MAX_CATCH_UP_TICKS {
-                    let lost = ((now - deadline).as_secs_f64() / period.as_secs_f64()) as u64;
-                    metrics::counter!("worldmesh_zone_tick_overruns_total").increment(lost.max(1));
-                    deadline = now + period;
-                    late_in_a_row = 0;
-                }
-            }
         }
         self.drain_commands();
         self.stop();
     }
 
+    /// Once a second: release characters whose player never came back; publish ids.
+    fn housekeeping(&mut self, detached_before: u32) {
+        let expired = self.sim.expire_detached(detached_before);
+        if !expired.is_empty() {
+            tracing::info!(
+                characters = expired.len(),
+                "detached characters' grace period over; saving and releasing them"
+            );
+            for c in &expired {
+                if let Some(m) = self.participant.release(c.id) {
+                    self.to_coordinator(m);
+                }
+            }
+            self.save(SaveJob {
+                characters: expired,
+                leaving: Vec::new(),
+            });
+        }
+        if let Ok(mut ids) = self.stats.character_ids.lock() {
+            *ids = self.sim.character_ids();
+        }
+    }
+
+    fn to_coordinator(&self, m: ToCoordinator) {
+        if self.ch.to_coordinator.try_send(m).is_err() {
+            metrics::counter!("worldmesh_zone_coordinator_dropped_total").increment(1);
+        }
+    }
+
     fn drain_commands(&mut self) {
         loop {
-            match self.commands.try_recv() {
+            match self.ch.commands.try_recv() {
                 Ok(cmd) => self.apply(cmd),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// The zone owning the cell at a position, per the latest map.
+    fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<u64> {
+        worldmesh_coordinator::locate_in(map, x, y).map(|(z, _)| z.zone_id)
+    }
+
+    /// Starts a handoff for every character standing [`HANDOFF_HYSTERESIS`] inside a cell
+    /// another zone owns.
+    fn check_borders(&mut self) {
+        let Some(map) = self.map.clone() else { return };
+        self.sim.character_positions(&mut self.positions);
+        let h = HANDOFF_HYSTERESIS;
+        let mut moves = Vec::new();
+        for &(id, x, y) in &self.positions {
+            let Some(to) = Self::owner_at(&map, x, y).filter(|&z| z != self.zone_id) else {
+                continue;
+            };
+            let me = Some(self.zone_id);
+            if [(x + h, y), (x - h, y), (x, y + h), (x, y - h)]
+                .iter()
+                .any(|&(px, py)| Self::owner_at(&map, px, py) == me)
+            {
+                continue;
+            }
+            if self.participant.active_epoch(id).is_some() {
+                moves.push((id, to));
+            }
+        }
+        for (id, to) in moves {
+            let Some((character, carried)) = self.sim.freeze(id) else {
+                continue;
+            };
+            let gateway = carried
+                .player
+                .and_then(|(link, _)| self.link_gateway.get(&link).cloned())
+                .or_else(|| carried.detached.as_ref().map(|d| d.1.clone()))
+                .unwrap_or_default();
+            let player_id = carried
+                .player
+                .map(|p| p.1)
+                .or(carried.detached.as_ref().map(|d| d.0))
+                .unwrap_or(0);
+            let state = pb::HandoffState {
+                character: Some(character),
+                player_id,
+                gateway,
+                speed: carried.speed,
+                intent_heading: carried.intent_heading,
+                intent_speed: carried.intent_speed,
+                last_tick_sent: carried.last_tick_sent,
+                frozen_at_unix_us: unix_us(),
+                last_input_seq: carried.last_input_seq,
+            };
+            let bytes = Bytes::from(state.encode_to_vec());
+            match self.participant.begin(Instant::now(), id, to, bytes) {
+                Some(m) => {
+                    tracing::debug!(entity = id, to, "handoff started");
+                    self.to_coordinator(m);
+                }
+                None => self.sim.unfreeze(id),
             }
         }
     }
@@ -186,55 +406,316 @@ impl Driver {
                 link,
                 player_id,
                 character,
-            } => {
-                let s = self.sim.spawn_player(link, player_id, &character);
-                tracing::debug!(
-                    player = player_id,
-                    entity = s.entity_id,
-                    x = s.x,
-                    y = s.y,
-                    "player spawned"
-                );
-                self.send_control(
-                    link,
-                    Msg::Joined(pb::Joined {
-                        player_id,
-                        entity_id: s.entity_id,
-                        x: s.x,
-                        y: s.y,
-                        heading: s.heading,
-                    }),
-                );
-            }
-            Command::Leave { link, player_id } => match self.sim.despawn_player(player_id) {
-                Some(c) => self.save(SaveJob {
-                    characters: vec![c],
-                    leaving: vec![(link, player_id)],
-                }),
-                None => self.send_control(
-                    link,
-                    Msg::Left(pb::Left {
-                        player_id,
-                        saved: true,
-                    }),
-                ),
-            },
-            Command::Input { player_id, input } => self.sim.push_input(player_id, input),
-            Command::Chat { player_id, text } => self.sim.chat(player_id, text),
-            Command::LinkClosed { link } => {
-                let gone = self.sim.despawn_link(link);
-                if !gone.is_empty() {
-                    tracing::info!(
+            } => self.join(link, player_id, character),
+            Command::Leave { link, player_id } => {
+                let left = self.sim.despawn_player(player_id);
+                match left {
+                    Some(c) => {
+                        if let Some(m) = self.participant.release(c.id) {
+                            self.to_coordinator(m);
+                        }
+                        self.save(SaveJob {
+                            characters: vec![c],
+                            leaving: vec![(link, player_id)],
+                        })
+                    }
+                    None => self.send_control(
                         link,
-                        players = gone.len(),
-                        "gateway link closed; saving its players"
-                    );
-                    self.save(SaveJob {
-                        characters: gone.into_iter().map(|(_, c)| c).collect(),
-                        leaving: Vec::new(),
-                    });
+                        Msg::Left(pb::Left {
+                            player_id,
+                            saved: true,
+                        }),
+                    ),
                 }
             }
+            Command::Input { player_id, input } => self.sim.push_input(player_id, input),
+            Command::Chat { player_id, text } => self.sim.chat(player_id, text),
+            Command::LinkOpened { link, gateway } => {
+                // Characters handed in for this gateway's players before its link existed.
+                for (id, player_id) in self.sim.detached_for(&gateway) {
+                    self.attach(id, link, player_id);
+                }
+                self.link_gateway.insert(link, gateway);
+            }
+            Command::LinkClosed { link } => {
+                let gateway = self.link_gateway.remove(&link).unwrap_or_default();
+                let n = self.sim.detach_link(link, &gateway);
+                if n > 0 {
+                    tracing::info!(
+                        link,
+                        players = n,
+                        "gateway link closed; its characters wait for their players"
+                    );
+                }
+            }
+            Command::Coordinator(msg) => self.on_coordinator(msg),
+            Command::SessionUp => {
+                self.resync_at = Some(Instant::now());
+            }
+            Command::Map(map) => self.map = Some(map),
+            Command::Loaded {
+                entity,
+                epoch,
+                character,
+            } => {
+                if self.participant.active_epoch(entity) != Some(epoch)
+                    || self.sim.has_character(entity)
+                {
+                    return;
+                }
+                match character {
+                    Some(mut c) => {
+                        c.epoch = epoch;
+                        self.sim.spawn_arrival(&c, &Carried::default());
+                        tracing::info!(entity, epoch, "character restored from its checkpoint");
+                        metrics::counter!("worldmesh_zone_restores_total").increment(1);
+                    }
+                    None => {
+                        tracing::error!(entity, "restored character could not be loaded");
+                    }
+                }
+            }
+            Command::Fenced { ids } => {
+                for (id, epoch) in ids {
+                    // Only if the refused state was written at the epoch we still hold.
+                    if self.participant.active_epoch(id) != Some(epoch) {
+                        continue;
+                    }
+                    tracing::warn!(
+                        entity = id,
+                        "persistence holds a newer epoch; dropping our copy"
+                    );
+                    let (_, _) = self.participant.on_message(
+                        Instant::now(),
+                        ToZone::Revoke {
+                            entity: id,
+                            epoch: u64::MAX,
+                        },
+                        |_, _| false,
+                    );
+                    self.drop_character(id);
+                }
+            }
+            Command::LeaseLost { zone_id } => {
+                tracing::warn!(
+                    old = self.zone_id,
+                    new = zone_id,
+                    "lease lost: dropping every character (others own them now)"
+                );
+                for id in self.sim.character_ids() {
+                    self.drop_character(id);
+                }
+                self.participant.clear();
+                self.pending_acquire.clear();
+                self.zone_id = zone_id;
+            }
+        }
+    }
+
+    fn join(&mut self, link: u32, player_id: u64, character: Character) {
+        let id = character.id;
+        if self.sim.has_character(id) {
+            if self.participant.active_epoch(id).is_some() {
+                self.attach(id, link, player_id);
+            } else {
+                self.send_control(
+                    link,
+                    Msg::JoinFailed(pb::JoinFailed {
+                        player_id,
+                        reason: "character is moving between zones; retry".into(),
+                    }),
+                );
+            }
+            return;
+        }
+        if self.sim.character_count() >= self.capacity as usize {
+            self.send_control(
+                link,
+                Msg::JoinFailed(pb::JoinFailed {
+                    player_id,
+                    reason: "zone full".into(),
+                }),
+            );
+            return;
+        }
+        let min_epoch = character.epoch;
+        if let Some(old) = self.pending_acquire.insert(
+            id,
+            PendingJoin {
+                link,
+                player_id,
+                character,
+            },
+        ) {
+            self.send_control(
+                old.link,
+                Msg::JoinFailed(pb::JoinFailed {
+                    player_id: old.player_id,
+                    reason: "superseded by a newer login".into(),
+                }),
+            );
+        }
+        self.to_coordinator(ToCoordinator::Acquire {
+            entity: id,
+            min_epoch,
+        });
+    }
+
+    fn attach(&mut self, id: u64, link: u32, player_id: u64) {
+        if let Some(s) = self.sim.attach(id, link, player_id) {
+            self.joined(link, player_id, s);
+        }
+    }
+
+    fn joined(&self, link: u32, player_id: u64, s: crate::sim::Spawned) {
+        self.send_control(
+            link,
+            Msg::Joined(pb::Joined {
+                player_id,
+                entity_id: s.entity_id,
+                x: s.x,
+                y: s.y,
+                heading: s.heading,
+            }),
+        );
+    }
+
+    /// Removes a character we no longer own; its player is told to look elsewhere.
+    fn drop_character(&mut self, id: u64) {
+        if let Some(Some((link, player_id))) = self.sim.remove_character(id) {
+            self.send_control(
+                link,
+                Msg::Left(pb::Left {
+                    player_id,
+                    saved: false,
+                }),
+            );
+        }
+    }
+
+    fn on_coordinator(&mut self, msg: ToZone) {
+        let map = self.map.clone();
+        let me = self.zone_id;
+        let room = self.sim.character_count() < self.capacity as usize;
+        let (events, replies) = self
+            .participant
+            .on_message(Instant::now(), msg, |_, state| {
+                // Take an entity only if it stands in a cell we own, and we have room.
+                let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
+                    return false;
+                };
+                let Some(c) = s.character else { return false };
+                room && map
+                    .as_ref()
+                    .is_none_or(|m| Self::owner_at(m, c.x, c.y) == Some(me))
+            });
+        for r in replies {
+            self.to_coordinator(r);
+        }
+        for ev in events {
+            match ev {
+                Event::Activate {
+                    entity,
+                    epoch,
+                    state: Some(state),
+                } => self.activate(entity, epoch, &state),
+                Event::Activate {
+                    entity,
+                    epoch,
+                    state: None,
+                } => {
+                    // Failover: restore from the last checkpoint, off the tick thread.
+                    let mut persistence = self.ch.persistence.clone();
+                    let tx = self.ch.commands_tx.clone();
+                    self.runtime.spawn(async move {
+                        let character = persistence
+                            .load_character(LoadCharacterRequest { id: entity })
+                            .await
+                            .ok()
+                            .and_then(|r| r.into_inner().character);
+                        let _ = tx
+                            .send(Command::Loaded {
+                                entity,
+                                epoch,
+                                character,
+                            })
+                            .await;
+                    });
+                }
+                Event::HandedOff { entity, to } => {
+                    self.sim.remove_character(entity);
+                    self.stats.handoffs_out.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "out")
+                        .increment(1);
+                    tracing::debug!(entity, to, "handed off");
+                }
+                Event::Unfreeze { entity } => {
+                    self.sim.unfreeze(entity);
+                    self.stats.handoffs_aborted.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "aborted")
+                        .increment(1);
+                }
+                Event::Dropped { entity } => self.drop_character(entity),
+                Event::Granted { entity, epoch } => {
+                    let Some(mut p) = self.pending_acquire.remove(&entity) else {
+                        // Nobody waits for it any more: give it straight back.
+                        if let Some(m) = self.participant.release(entity) {
+                            self.to_coordinator(m);
+                        }
+                        continue;
+                    };
+                    p.character.epoch = epoch;
+                    let s = self.sim.spawn_player(p.link, p.player_id, &p.character);
+                    self.sim.set_epoch(entity, epoch);
+                    tracing::debug!(player = p.player_id, entity, epoch, "player spawned");
+                    self.joined(p.link, p.player_id, s);
+                }
+            }
+        }
+    }
+
+    /// A handed-in character goes live here: spawn it, and route its player to us.
+    fn activate(&mut self, entity: u64, epoch: u64, state: &Bytes) {
+        let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
+            tracing::error!(entity, "undecodable handoff state");
+            return;
+        };
+        let Some(mut character) = s.character else {
+            return;
+        };
+        character.epoch = epoch;
+        let link = self
+            .link_gateway
+            .iter()
+            .find(|(_, g)| **g == s.gateway)
+            .map(|(l, _)| *l);
+        let carried = Carried {
+            player: (s.player_id != 0)
+                .then_some(())
+                .and(link)
+                .map(|l| (l, s.player_id)),
+            detached: (s.player_id != 0 && link.is_none())
+                .then(|| (s.player_id, s.gateway.clone())),
+            speed: s.speed,
+            intent_heading: s.intent_heading,
+            intent_speed: s.intent_speed,
+            last_input_seq: s.last_input_seq,
+            last_tick_sent: s.last_tick_sent,
+        };
+        self.sim.spawn_arrival(&character, &carried);
+        self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "in").increment(1);
+        if let Some((link, player_id)) = carried.player {
+            self.first_snapshot_due
+                .insert(player_id, s.frozen_at_unix_us);
+            self.send_control(
+                link,
+                Msg::Attached(pb::Attached {
+                    player_id,
+                    entity_id: entity,
+                    zone_id: self.zone_id,
+                }),
+            );
         }
     }
 
@@ -243,7 +724,22 @@ impl Driver {
     fn ship_frames(&mut self) {
         let tick = self.sim.tick();
         let mut by_link: HashMap<u32, Vec<pb::PlayerFrame>> = HashMap::new();
+        let now_us = if self.first_snapshot_due.is_empty() {
+            0
+        } else {
+            unix_us()
+        };
         for f in self.sim.take_outbox() {
+            if !f.reliable
+                && let Some(frozen_at) = self.first_snapshot_due.remove(&f.player_id)
+            {
+                let us = now_us.saturating_sub(frozen_at);
+                metrics::histogram!("worldmesh_zone_handoff_latency_seconds")
+                    .record(us as f64 / 1e6);
+                if let Ok(mut l) = self.stats.handoff_latency_us.lock() {
+                    l.push(us);
+                }
+            }
             by_link.entry(f.link).or_default().push(pb::PlayerFrame {
                 player_id: f.player_id,
                 frame: f.frame.into(),
@@ -276,7 +772,7 @@ impl Driver {
 
     fn flush_backlog(&mut self) {
         while let Some(job) = self.backlog.pop_front() {
-            match self.saves.try_send(job) {
+            match self.ch.saves.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(job)) => {
                     self.backlog.push_front(job);
@@ -295,6 +791,11 @@ impl Driver {
     fn stop(&mut self) {
         let mut all = self.sim.checkpoint();
         all.extend(self.sim.despawn_all());
+        for c in &all {
+            if let Some(m) = self.participant.release(c.id) {
+                self.to_coordinator(m);
+            }
+        }
         if !all.is_empty() {
             self.backlog.push_back(SaveJob {
                 characters: all,
@@ -302,7 +803,7 @@ impl Driver {
             });
         }
         for job in self.backlog.drain(..) {
-            if self.saves.blocking_send(job).is_err() {
+            if self.ch.saves.blocking_send(job).is_err() {
                 tracing::error!("saver stopped before the final save");
             }
         }

@@ -15,6 +15,7 @@
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
 
+pub mod coordinator;
 pub mod driver;
 pub mod link;
 pub mod saver;
@@ -22,9 +23,11 @@ pub mod sim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use worldmesh_protocol::WorldBounds;
@@ -37,6 +40,10 @@ use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
 /// How long a stopping zone waits for its last checkpoints to be acknowledged: well inside
 /// the termination grace period a Kubernetes pod gets.
 pub const SHUTDOWN_SAVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a draining zone waits for its characters to leave by handoff before it stops
+/// anyway (saving what is left). With the save timeout this fits a 60 s grace period.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Zone server settings.
 #[derive(Debug, Clone)]
@@ -61,6 +68,9 @@ pub struct Config {
     pub collision: sim::movement::CollisionMap,
     /// Gateways must present this secret to open a link (`None`: anyone may; development only).
     pub cluster_secret: Option<String>,
+    /// On shutdown, hand every character to other zones first (live, no rollback) instead of
+    /// saving and dropping them. Off when the whole cluster stops at once.
+    pub drain_on_shutdown: bool,
 }
 
 impl Default for Config {
@@ -78,6 +88,7 @@ impl Default for Config {
             npcs: 0,
             collision: sim::movement::CollisionMap::default(),
             cluster_secret: None,
+            drain_on_shutdown: true,
         }
     }
 }
@@ -155,8 +166,9 @@ async fn register_with_retry(
     }
 }
 
-/// Runs a zone server on `listener` until `shutdown` is cancelled; on shutdown every character
-/// is saved before this returns.
+/// Runs a zone server on `listener` until `shutdown` is cancelled. On shutdown it first
+/// drains (if configured): its cells go to other zones and its characters follow by live
+/// handoff; whatever is left is saved before this returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -178,6 +190,8 @@ pub async fn run(
         return Ok(());
     };
     tracing::info!(zone = reg.zone_id, name = %config.name, %advertise, "zone registered");
+    // Everything inside stops on `stop`, which fires after the drain.
+    let stop = CancellationToken::new();
     let w = &reg.world;
     let sim_config = sim::SimConfig {
         tick_rate_hz: w.tick_rate_hz.max(1),
@@ -192,32 +206,69 @@ pub async fn run(
         chat_radius: config.chat_radius,
         collision: config.collision.clone(),
     };
+    let zone_id = Arc::new(AtomicU64::new(reg.zone_id));
+    let (reg_tx, reg_rx) = watch::channel(reg.clone());
 
     let links = Arc::new(link::Links::default());
     let stats = Arc::new(driver::Stats::default());
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(driver::COMMAND_QUEUE);
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
-    let saver = tokio::spawn(saver::run(persistence.clone(), save_rx, links.clone()));
+    let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(driver::TO_COORDINATOR_QUEUE);
+    let saver = tokio::spawn(saver::run(
+        persistence.clone(),
+        save_rx,
+        links.clone(),
+        cmd_tx.clone(),
+    ));
     let tick_thread = driver::spawn(
         driver::DriverConfig {
             sim: sim_config,
             checkpoint_interval: config.checkpoint_interval,
-            zone_id: reg.zone_id,
+            zone_id: zone_id.clone(),
             npcs: config.npcs,
+            tick_origin_unix_ms: w.tick_origin_unix_ms,
+            capacity: config.capacity,
         },
-        cmd_rx,
-        save_tx,
+        driver::Channels {
+            commands: cmd_rx,
+            commands_tx: cmd_tx.clone(),
+            saves: save_tx,
+            to_coordinator: coord_tx,
+            persistence: persistence.clone(),
+        },
         links.clone(),
         stats.clone(),
-        shutdown.clone(),
+        stop.clone(),
     )?;
+    let session = tokio::spawn(coordinator::run_session(
+        coordinator.clone(),
+        reg_rx,
+        coord_rx,
+        cmd_tx.clone(),
+        stop.clone(),
+    ));
+    let map_watch = tokio::spawn(coordinator::watch_map(
+        coordinator.clone(),
+        cmd_tx.clone(),
+        stop.clone(),
+    ));
     let heartbeat = tokio::spawn(heartbeat_loop(
-        coordinator,
+        coordinator.clone(),
         config.clone(),
         advertise.clone(),
-        reg.clone(),
+        reg_tx.clone(),
+        stats.clone(),
+        cmd_tx.clone(),
+        zone_id.clone(),
+        stop.clone(),
+    ));
+    let drain = tokio::spawn(drain_then_stop(
+        coordinator,
+        config.drain_on_shutdown,
+        reg_tx,
         stats.clone(),
         shutdown.clone(),
+        stop.clone(),
     ));
 
     if config.cluster_secret.is_none() {
@@ -225,7 +276,7 @@ pub async fn run(
             "no cluster secret: any process that can reach this zone may open a gateway link"
         );
     }
-    let service = link::LinkService::new(cmd_tx, links.clone(), persistence, shutdown.clone());
+    let service = link::LinkService::new(cmd_tx, links.clone(), persistence, stop.clone());
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     let served = tonic::transport::Server::builder()
         .add_service(ZoneLinkServer::with_interceptor(
@@ -234,13 +285,14 @@ pub async fn run(
         ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
+            stop.clone().cancelled_owned(),
         )
         .await;
-    shutdown.cancel();
+    stop.cancel();
     heartbeat.abort();
+    drain.abort();
     // The tick thread saves every character as it stops; wait for it, then for the saver to
-    // drain what it was handed.
+    // drain what it was handed, then for the last releases to reach the coordinator.
     let joined = tokio::task::spawn_blocking(move || tick_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(Error::TickThreadPanicked);
@@ -255,19 +307,70 @@ pub async fn run(
             "persistence did not acknowledge the final checkpoint within {SHUTDOWN_SAVE_TIMEOUT:?}; exiting without it"
         );
     }
+    session.abort();
+    map_watch.abort();
     served?;
-    tracing::info!(zone = reg.zone_id, "zone stopped");
+    tracing::info!(zone = zone_id.load(Ordering::Relaxed), "zone stopped");
     Ok(())
 }
 
+/// Waits for `shutdown`; then, if asked to, drains the zone (see [`DRAIN_TIMEOUT`]) and
+/// fires `stop`.
+async fn drain_then_stop(
+    mut coordinator: CoordinatorClient<Channel>,
+    drain: bool,
+    reg: watch::Sender<Registration>,
+    stats: Arc<driver::Stats>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    if drain {
+        let r = reg.borrow().clone();
+        match coordinator
+            .drain(coord_pb::DrainRequest {
+                zone_id: r.zone_id,
+                lease_generation: r.lease_generation,
+            })
+            .await
+        {
+            Ok(_) => {
+                let started = tokio::time::Instant::now();
+                tracing::info!(
+                    zone = r.zone_id,
+                    "draining: handing every character to other zones"
+                );
+                loop {
+                    let left = stats.characters.load(Ordering::Relaxed);
+                    if left == 0 {
+                        tracing::info!(zone = r.zone_id, took = ?started.elapsed(), "drained");
+                        break;
+                    }
+                    if started.elapsed() > DRAIN_TIMEOUT {
+                        tracing::warn!(zone = r.zone_id, left, "drain timed out; saving the rest");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot drain; saving every character instead"),
+        }
+    }
+    stop.cancel();
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn heartbeat_loop(
     mut coordinator: CoordinatorClient<Channel>,
     config: Config,
     advertise: String,
-    mut reg: Registration,
+    reg_tx: watch::Sender<Registration>,
     stats: Arc<driver::Stats>,
+    commands: tokio::sync::mpsc::Sender<driver::Command>,
+    zone_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
+    let mut reg = reg_tx.borrow().clone();
     let mut tick = tokio::time::interval(reg.heartbeat_interval);
     loop {
         tokio::select! {
@@ -277,8 +380,8 @@ async fn heartbeat_loop(
         let req = coord_pb::HeartbeatRequest {
             zone_id: reg.zone_id,
             lease_generation: reg.lease_generation,
-            entities: stats.entities.load(std::sync::atomic::Ordering::Relaxed),
-            players: stats.players.load(std::sync::atomic::Ordering::Relaxed),
+            entities: stats.entities.load(Ordering::Relaxed),
+            players: stats.players.load(Ordering::Relaxed),
             tick_p99_ms: 0.0,
         };
         match coordinator.heartbeat(req).await {
@@ -288,7 +391,14 @@ async fn heartbeat_loop(
                 if let Ok(Some(new)) =
                     register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await
                 {
-                    reg = new;
+                    zone_id.store(new.zone_id, Ordering::Relaxed);
+                    let _ = commands
+                        .send(driver::Command::LeaseLost {
+                            zone_id: new.zone_id,
+                        })
+                        .await;
+                    reg = new.clone();
+                    reg_tx.send_replace(new);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

@@ -137,7 +137,10 @@ async fn serve_link(
         let cmd = match msg {
             gateway_to_zone::Msg::Hello(h) => {
                 tracing::info!(link, gateway = %h.gateway_name, "gateway identified");
-                continue;
+                Command::LinkOpened {
+                    link,
+                    gateway: h.gateway_name,
+                }
             }
             gateway_to_zone::Msg::Join(j) => match persistence
                 .load_character(LoadCharacterRequest { id: j.character_id })

@@ -37,6 +37,7 @@ pub async fn run(
     mut persistence: PersistenceClient<Channel>,
     mut jobs: mpsc::Receiver<SaveJob>,
     links: Arc<Links>,
+    commands: mpsc::Sender<crate::driver::Command>,
 ) {
     let runtime = tokio::runtime::Handle::current();
     while let Some(first) = jobs.recv().await {
@@ -59,7 +60,15 @@ pub async fn run(
             absorb(job, &mut newest);
         }
         let batch: Vec<Character> = newest.into_values().collect();
-        save_until_acked(&mut persistence, &batch).await;
+        let rejected = save_until_acked(&mut persistence, &batch).await;
+        if !rejected.is_empty() {
+            let ids = batch
+                .iter()
+                .filter(|c| rejected.contains(&c.id))
+                .map(|c| (c.id, c.epoch))
+                .collect();
+            let _ = commands.send(crate::driver::Command::Fenced { ids }).await;
+        }
         for (link, player_id) in leaving {
             crate::link::send_control(
                 &links,
@@ -74,7 +83,11 @@ pub async fn run(
     }
 }
 
-async fn save_until_acked(persistence: &mut PersistenceClient<Channel>, batch: &[Character]) {
+/// Returns the ids persistence refused as stale.
+async fn save_until_acked(
+    persistence: &mut PersistenceClient<Channel>,
+    batch: &[Character],
+) -> Vec<u64> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = 0u32;
     loop {
@@ -94,7 +107,7 @@ async fn save_until_acked(persistence: &mut PersistenceClient<Channel>, batch: &
                         .increment(rejected.len() as u64);
                 }
                 metrics::counter!("worldmesh_zone_saves_total").increment(batch.len() as u64);
-                return;
+                return reply.into_inner().rejected;
             }
             Err(e) => {
                 // Log the first failure and then every tenth, not every retry.

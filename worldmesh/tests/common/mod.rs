@@ -77,6 +77,10 @@ pub async fn walk(session: &mut Session, heading: f32, secs: f64) -> Walk {
     let me = session.welcome.entity_id;
     let mut walk = Walk::default();
     let mut seq = 0u32;
+    // Snapshots that queued up while the other bots logged in are not part of the walk.
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(1), session.recv_snapshot()).await
+    {}
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let record = |walk: &mut Walk, s: &View| {
@@ -143,11 +147,13 @@ pub async fn walk_and_reconnect(gateway: SocketAddr, prefix: &str, bots: usize) 
     let names: Vec<String> = (0..bots).map(|i| format!("{prefix}{i}")).collect();
     let mut sessions = Vec::new();
     for n in &names {
+        let t = Instant::now();
         sessions.push(
             Session::login(&endpoint, gateway, n)
                 .await
                 .unwrap_or_else(|e| panic!("{n} logs in: {e}")),
         );
+        tracing::debug!("{n} logged in in {:?}", t.elapsed());
     }
     let spawns: Vec<(u64, (f32, f32))> = sessions
         .iter()

@@ -61,3 +61,19 @@ pub struct SimSettings {
     /// Largest snapshot frame, bytes (one datagram).
     pub snapshot_budget_bytes: usize,
 }
+
+/// Being handed to another zone: not simulated, inputs ignored, no snapshots, until the
+/// handoff is decided (see `world_coordinator::handoff`).
+#[derive(Component, Debug, Clone, Copy)]
+pub struct Frozen;
+
+/// A character with no player attached (restored by failover, or handed in before its
+/// gateway's link arrived): kept for a grace period for its player to come back.
+#[derive(Component, Debug, Clone)]
+pub struct Detached {
+    /// The player and gateway it had, if known.
+    pub player_id: u64,
+    pub gateway: String,
+    /// Tick it became detached.
+    pub since: u32,
+}

@@ -81,8 +81,12 @@ pub fn seq_newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < u32::MAX / 2
 }
 
+#[allow(clippy::type_complexity)]
 pub fn apply_inputs(
-    mut players: Query<(&mut InputQueue, &mut Intent, &mut Observer), With<Player>>,
+    mut players: Query<
+        (&mut InputQueue, &mut Intent, &mut Observer),
+        (With<Player>, Without<super::components::Frozen>),
+    >,
 ) {
     for (mut queue, mut intent, mut observer) in &mut players {
         if queue.queue.is_empty() {

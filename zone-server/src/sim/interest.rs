@@ -7,7 +7,7 @@ use bevy_ecs::prelude::*;
 use worldmesh_protocol::EntityKind;
 use worldmesh_protocol::snapshot::{QEntity, Quantizer};
 
-use super::components::{CharacterRecord, Motion, Player, Position, SimSettings};
+use super::components::{CharacterRecord, Motion, Position, SimSettings};
 use super::snapshot::HYSTERESIS;
 
 /// One entity as the grid holds it.
@@ -77,7 +77,7 @@ impl Grid {
 pub fn rebuild_grid(
     settings: Res<SimSettings>,
     mut grid: ResMut<Grid>,
-    q: Query<(Entity, &CharacterRecord, &Position, &Motion, Has<Player>)>,
+    q: Query<(Entity, &CharacterRecord, &Position, &Motion)>,
 ) {
     // Buckets must cover the largest radius anyone queries: the view radius plus hysteresis.
     let cell = (settings.view_radius * (1.0 + HYSTERESIS)).max(1.0);
@@ -91,8 +91,9 @@ pub fn rebuild_grid(
     grid.buckets.resize_with((cols * rows) as usize, Vec::new);
     grid.buckets.iter_mut().for_each(Vec::clear);
     let quantizer = Quantizer::new(b);
-    for (entity, rec, &pos, motion, is_player) in &q {
-        let kind = if is_player {
+    for (entity, rec, &pos, motion) in &q {
+        // Characters (players, also detached ones) have ids below the NPC range.
+        let kind = if rec.id < super::NPC_ID_BASE {
             EntityKind::Player
         } else {
             EntityKind::Npc

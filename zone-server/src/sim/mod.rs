@@ -38,6 +38,25 @@ pub const NPC_ID_BASE: u64 = 1 << 48;
 #[derive(Resource, Default)]
 pub struct PlayerIndex(pub HashMap<u64, Entity>);
 
+/// Character (entity) id → ECS entity, for handoffs and takeovers.
+#[derive(Resource, Default)]
+pub struct CharIndex(pub HashMap<u64, Entity>);
+
+/// Everything that leaves with a handed-off character besides its persistent state.
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    /// (link, player id) when a player is attached.
+    pub player: Option<(u32, u64)>,
+    /// Player id and gateway name of a detached character.
+    pub detached: Option<(u64, String)>,
+    pub speed: f32,
+    pub intent_heading: f32,
+    pub intent_speed: f32,
+    pub last_input_seq: u32,
+    /// Last tick a snapshot went to the player.
+    pub last_tick_sent: u32,
+}
+
 /// One frame for one player, already encoded.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
@@ -103,6 +122,7 @@ impl Sim {
         });
         world.insert_resource(Tick(0));
         world.insert_resource(PlayerIndex::default());
+        world.insert_resource(CharIndex::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
@@ -140,8 +160,245 @@ impl Sim {
 
     /// Runs one tick.
     pub fn step(&mut self) {
-        self.world.resource_mut::<Tick>().0 += 1;
+        let next = self.tick() + 1;
+        self.step_at(next);
+    }
+
+    /// Runs the tick numbered `tick` (zones number ticks from the world's tick origin, so
+    /// every zone calls the same moment by the same number). `tick` must grow.
+    pub fn step_at(&mut self, tick: u32) {
+        self.world.resource_mut::<Tick>().0 = tick;
         self.schedule.run(&mut self.world);
+    }
+
+    fn entity_of(&self, id: u64) -> Option<Entity> {
+        self.world.resource::<CharIndex>().0.get(&id).copied()
+    }
+
+    pub fn has_character(&self, id: u64) -> bool {
+        self.entity_of(id).is_some()
+    }
+
+    /// Characters (not NPCs) being simulated, not frozen: (id, x, y). For border checks.
+    pub fn character_positions(&mut self, out: &mut Vec<(u64, f32, f32)>) {
+        out.clear();
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, &Position), Without<Frozen>>();
+        out.extend(
+            q.iter(&self.world)
+                .filter(|(r, _)| r.id < NPC_ID_BASE)
+                .map(|(r, p)| (r.id, p.x, p.y)),
+        );
+    }
+
+    /// Stops simulating a character for a handoff and returns its state (with a new
+    /// version) and what travels with it.
+    pub fn freeze(&mut self, id: u64) -> Option<(Character, Carried)> {
+        let entity = self.entity_of(id)?;
+        let character = self.bump_and_read(entity)?;
+        let tick = self.tick();
+        let mut e = self.world.entity_mut(entity);
+        e.insert(Frozen);
+        let intent = e.get::<Intent>().copied().unwrap_or_default();
+        let carried = Carried {
+            player: e.get::<Player>().map(|p| (p.link, p.player_id)),
+            detached: e
+                .get::<Detached>()
+                .map(|d| (d.player_id, d.gateway.clone())),
+            speed: e.get::<Motion>().map_or(0.0, |m| m.speed),
+            intent_heading: intent.heading,
+            intent_speed: intent.speed,
+            last_input_seq: intent.last_seq,
+            last_tick_sent: tick,
+        };
+        Some((character, carried))
+    }
+
+    pub fn unfreeze(&mut self, id: u64) {
+        if let Some(entity) = self.entity_of(id) {
+            self.world.entity_mut(entity).remove::<Frozen>();
+        }
+    }
+
+    /// Removes a character without saving (handed off, or fenced). Returns its player.
+    pub fn remove_character(&mut self, id: u64) -> Option<Option<(u32, u64)>> {
+        let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
+        let player = self
+            .world
+            .get::<Player>(entity)
+            .map(|p| (p.link, p.player_id));
+        if let Some((_, pid)) = player {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+        }
+        self.world.despawn(entity);
+        Some(player)
+    }
+
+    /// Sets the authority epoch a character's checkpoints carry.
+    pub fn set_epoch(&mut self, id: u64, epoch: u64) {
+        if let Some(entity) = self.entity_of(id)
+            && let Some(mut r) = self.world.get_mut::<CharacterRecord>(entity)
+        {
+            r.epoch = epoch;
+        }
+    }
+
+    /// Spawns a character that arrives by handoff or restore, with a player if one is
+    /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise.
+    pub fn spawn_arrival(&mut self, c: &Character, carried: &Carried) -> Spawned {
+        if let Some(old) = self.entity_of(c.id) {
+            self.remove_character(c.id);
+            let _ = old;
+        }
+        let b = self.world.resource::<SimSettings>().bounds;
+        let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
+        let tick = self.tick();
+        let mut e = self.world.spawn((
+            CharacterRecord {
+                id: c.id,
+                name: c.name.clone(),
+                epoch: c.epoch,
+                version: c.version,
+            },
+            Position { x, y },
+            Motion {
+                heading: c.heading,
+                speed: carried.speed,
+            },
+            Intent {
+                heading: carried.intent_heading,
+                speed: carried.intent_speed,
+                last_seq: carried.last_input_seq,
+                any: carried.last_input_seq != 0,
+            },
+            Dirty(false),
+        ));
+        match (&carried.player, &carried.detached) {
+            (Some((link, player_id)), _) => {
+                e.insert((
+                    Player {
+                        player_id: *player_id,
+                        link: *link,
+                    },
+                    snapshot::Observer::after_handoff(carried.last_tick_sent),
+                    input::InputQueue::default(),
+                ));
+            }
+            (None, Some((player_id, gateway))) => {
+                e.insert(Detached {
+                    player_id: *player_id,
+                    gateway: gateway.clone(),
+                    since: tick,
+                });
+            }
+            (None, None) => {
+                e.insert(Detached {
+                    player_id: 0,
+                    gateway: String::new(),
+                    since: tick,
+                });
+            }
+        }
+        let entity = e.id();
+        self.world
+            .resource_mut::<CharIndex>()
+            .0
+            .insert(c.id, entity);
+        if let Some((_, pid)) = carried.player {
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .insert(pid, entity);
+        }
+        Spawned {
+            entity_id: c.id,
+            x,
+            y,
+            heading: c.heading,
+        }
+    }
+
+    /// Detached characters waiting for the given gateway: (character id, player id).
+    pub fn detached_for(&mut self, gateway: &str) -> Vec<(u64, u64)> {
+        let mut q = self.world.query::<(&CharacterRecord, &Detached)>();
+        q.iter(&self.world)
+            .filter(|(_, d)| d.gateway == gateway && d.player_id != 0)
+            .map(|(r, d)| (r.id, d.player_id))
+            .collect()
+    }
+
+    /// Attaches a player to a character simulated here (detached, or taken over).
+    pub fn attach(&mut self, id: u64, link: u32, player_id: u64) -> Option<Spawned> {
+        let entity = self.entity_of(id)?;
+        if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&old);
+        }
+        let tick = self.tick();
+        self.world.entity_mut(entity).remove::<Detached>().insert((
+            Player { player_id, link },
+            snapshot::Observer::after_handoff(tick),
+            input::InputQueue::default(),
+        ));
+        self.world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .insert(player_id, entity);
+        let pos = *self.world.get::<Position>(entity)?;
+        let heading = self.world.get::<Motion>(entity)?.heading;
+        Some(Spawned {
+            entity_id: id,
+            x: pos.x,
+            y: pos.y,
+            heading,
+        })
+    }
+
+    /// Detaches every player of a gateway link that went away, keeping their characters in
+    /// the world for a grace period (the gateway may come back, or re-route them).
+    pub fn detach_link(&mut self, link: u32, gateway: &str) -> usize {
+        let players: Vec<(Entity, u64)> = {
+            let mut q = self.world.query::<(Entity, &Player)>();
+            q.iter(&self.world)
+                .filter(|(_, p)| p.link == link)
+                .map(|(e, p)| (e, p.player_id))
+                .collect()
+        };
+        let tick = self.tick();
+        for &(entity, pid) in &players {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+            self.world
+                .entity_mut(entity)
+                .remove::<(Player, snapshot::Observer, input::InputQueue)>()
+                .insert(Detached {
+                    player_id: pid,
+                    gateway: gateway.to_owned(),
+                    since: tick,
+                });
+        }
+        players.len()
+    }
+
+    /// Detached characters whose grace period is over (detached before `before_tick`):
+    /// despawned, their final states returned for saving.
+    pub fn expire_detached(&mut self, before_tick: u32) -> Vec<Character> {
+        let ids: Vec<u64> = {
+            let mut q = self
+                .world
+                .query_filtered::<(&CharacterRecord, &Detached), Without<Frozen>>();
+            q.iter(&self.world)
+                .filter(|(_, d)| d.since < before_tick)
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        ids.into_iter()
+            .filter_map(|id| {
+                let entity = self.entity_of(id)?;
+                let c = self.bump_and_read(entity)?;
+                self.remove_character(id);
+                Some(c)
+            })
+            .collect()
     }
 
     /// Takes the frames produced since the last call.
@@ -166,13 +423,8 @@ impl Sim {
     /// reconnected before the old session was cleaned up), the live entity is taken over:
     /// its in-memory state is newer than anything persisted.
     pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
-        let existing = {
-            let mut q = self.world.query::<(Entity, &CharacterRecord)>();
-            q.iter(&self.world)
-                .find(|(_, r)| r.id == c.id)
-                .map(|(e, _)| e)
-        };
-        if let Some(entity) = existing {
+        if let Some(entity) = self.entity_of(c.id) {
+            self.world.entity_mut(entity).remove::<Detached>();
             if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
                 self.world.resource_mut::<PlayerIndex>().0.remove(&old);
             }
@@ -231,6 +483,10 @@ impl Sim {
             .resource_mut::<PlayerIndex>()
             .0
             .insert(player_id, entity);
+        self.world
+            .resource_mut::<CharIndex>()
+            .0
+            .insert(c.id, entity);
         Spawned {
             entity_id: c.id,
             x,
@@ -265,6 +521,10 @@ impl Sim {
             .0
             .remove(&player_id)?;
         let state = self.bump_and_read(entity);
+        if let Some(r) = self.world.get::<CharacterRecord>(entity) {
+            let id = r.id;
+            self.world.resource_mut::<CharIndex>().0.remove(&id);
+        }
         self.world.despawn(entity);
         state
     }
@@ -286,17 +546,37 @@ impl Sim {
 
     /// Removes every player; returns their final states (shutdown).
     pub fn despawn_all(&mut self) -> Vec<Character> {
-        let players: Vec<u64> = self
+        let ids: Vec<u64> = self
             .world
-            .resource::<PlayerIndex>()
+            .resource::<CharIndex>()
             .0
             .keys()
             .copied()
+            .filter(|&id| id < NPC_ID_BASE)
             .collect();
-        players
-            .into_iter()
-            .filter_map(|p| self.despawn_player(p))
+        ids.into_iter()
+            .filter_map(|id| {
+                let entity = self.entity_of(id)?;
+                let c = self.bump_and_read(entity);
+                self.remove_character(id);
+                c
+            })
             .collect()
+    }
+
+    /// Ids of the characters (not NPCs) in this world.
+    pub fn character_ids(&self) -> Vec<u64> {
+        self.world
+            .resource::<CharIndex>()
+            .0
+            .keys()
+            .copied()
+            .filter(|&id| id < NPC_ID_BASE)
+            .collect()
+    }
+
+    pub fn character_count(&self) -> usize {
+        self.world.resource::<CharIndex>().0.len()
     }
 
     /// Queues a player's input for the next tick (bounded; see [`input`]).

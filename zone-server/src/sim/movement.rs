@@ -47,7 +47,10 @@ fn approach(from: f32, to: f32, step: f32) -> f32 {
 pub fn integrate(
     settings: Res<SimSettings>,
     map: Res<CollisionMap>,
-    mut q: Query<(&Intent, &mut Position, &mut Motion, Option<&mut Dirty>)>,
+    mut q: Query<
+        (&Intent, &mut Position, &mut Motion, Option<&mut Dirty>),
+        Without<super::components::Frozen>,
+    >,
 ) {
     let b = settings.bounds;
     for (intent, mut pos, mut motion, mut dirty) in &mut q {

@@ -26,6 +26,21 @@ pub const ENVELOPE_BYTES: usize = 24;
 #[derive(Component, Default)]
 pub struct Observer {
     pub encoder: ObserverEncoder,
+    /// Send nothing for ticks up to this one: the zone that handed the player over already
+    /// sent them, and a client's snapshot ticks must keep growing.
+    pub floor: u32,
+}
+
+impl Observer {
+    /// An observer taking over a client whose last snapshot (from another zone) was `tick`.
+    pub fn after_handoff(tick: u32) -> Self {
+        let mut encoder = ObserverEncoder::default();
+        encoder.ignore_acks_before(tick + 1);
+        Self {
+            encoder,
+            floor: tick,
+        }
+    }
 }
 
 /// Totals of the last tick's snapshots, for metrics and the benchmark.
@@ -53,7 +68,10 @@ pub fn build_snapshots(
     mut scratch: ResMut<SnapshotScratch>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<SnapshotStats>,
-    mut observers: Query<(Entity, &Player, &Position, &Intent, &mut Observer)>,
+    mut observers: Query<
+        (Entity, &Player, &Position, &Intent, &mut Observer),
+        Without<super::components::Frozen>,
+    >,
 ) {
     let enter = settings.view_radius;
     let leave = settings.view_radius * (1.0 + HYSTERESIS);
@@ -63,6 +81,9 @@ pub fn build_snapshots(
     let visible = &mut scratch.visible;
     *stats = SnapshotStats::default();
     for (me, player, &at, intent, mut observer) in &mut observers {
+        if tick.0 <= observer.floor {
+            continue;
+        }
         visible.clear();
         let encoder = &observer.encoder;
         grid.for_each_near(at, leave, |seen, d2| {

@@ -1,0 +1,196 @@
+//! The handoff core's messages to and from their protobuf form.
+
+use worldmesh_protocol::grpc::coordinator::{self as pb, coordinator_event, zone_event};
+
+use crate::handoff::{HandoffId, Outcome, ToCoordinator, ToZone};
+
+fn id_pb(id: HandoffId) -> Option<pb::HandoffId> {
+    Some(pb::HandoffId {
+        epoch: id.epoch,
+        attempt: id.attempt,
+    })
+}
+
+fn id_core(id: Option<pb::HandoffId>) -> Option<HandoffId> {
+    id.map(|i| HandoffId {
+        epoch: i.epoch,
+        attempt: i.attempt,
+    })
+}
+
+fn outcome_pb(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Committed => pb::Outcome::Committed,
+        Outcome::Aborted => pb::Outcome::Aborted,
+        Outcome::Fenced => pb::Outcome::Fenced,
+    }
+}
+
+pub fn to_zone_pb(m: ToZone) -> coordinator_event::Msg {
+    use coordinator_event::Msg;
+    match m {
+        ToZone::Prepare {
+            id,
+            entity,
+            epoch,
+            from,
+            state,
+        } => Msg::Prepare(pb::Prepare {
+            id: id_pb(id),
+            entity_id: entity,
+            epoch,
+            from_zone: from,
+            state,
+        }),
+        ToZone::Decided {
+            id,
+            entity,
+            outcome,
+        } => Msg::Decided(pb::Decided {
+            id: id_pb(id),
+            entity_id: entity,
+            outcome: outcome_pb(outcome) as i32,
+        }),
+        ToZone::Granted { entity, epoch } => Msg::Granted(pb::Granted {
+            entity_id: entity,
+            epoch,
+        }),
+        ToZone::Restore {
+            entity,
+            epoch,
+            committed,
+        } => Msg::Restore(pb::Restore {
+            entity_id: entity,
+            epoch,
+            committed: committed.and_then(id_pb),
+        }),
+        ToZone::Revoke { entity, epoch } => Msg::Revoke(pb::Revoke {
+            entity_id: entity,
+            epoch,
+        }),
+        ToZone::HoldingAck => Msg::HoldingAck(pb::HoldingAck {}),
+    }
+}
+
+/// A zone-side decode: `None` for a malformed message (missing ids).
+pub fn to_zone_core(m: coordinator_event::Msg) -> Option<ToZone> {
+    use coordinator_event::Msg;
+    Some(match m {
+        Msg::Prepare(p) => ToZone::Prepare {
+            id: id_core(p.id)?,
+            entity: p.entity_id,
+            epoch: p.epoch,
+            from: p.from_zone,
+            state: p.state,
+        },
+        Msg::Decided(d) => ToZone::Decided {
+            id: id_core(d.id)?,
+            entity: d.entity_id,
+            outcome: match pb::Outcome::try_from(d.outcome).ok()? {
+                pb::Outcome::Committed => Outcome::Committed,
+                pb::Outcome::Aborted => Outcome::Aborted,
+                pb::Outcome::Fenced => Outcome::Fenced,
+                pb::Outcome::Unspecified => return None,
+            },
+        },
+        Msg::Granted(g) => ToZone::Granted {
+            entity: g.entity_id,
+            epoch: g.epoch,
+        },
+        Msg::Restore(r) => ToZone::Restore {
+            entity: r.entity_id,
+            epoch: r.epoch,
+            committed: id_core(r.committed),
+        },
+        Msg::Revoke(r) => ToZone::Revoke {
+            entity: r.entity_id,
+            epoch: r.epoch,
+        },
+        Msg::HoldingAck(_) => ToZone::HoldingAck,
+    })
+}
+
+pub fn to_coordinator_pb(m: ToCoordinator) -> zone_event::Msg {
+    use zone_event::Msg;
+    match m {
+        ToCoordinator::Begin {
+            id,
+            entity,
+            to,
+            state,
+        } => Msg::Begin(pb::Begin {
+            id: id_pb(id),
+            entity_id: entity,
+            to_zone: to,
+            state,
+        }),
+        ToCoordinator::Prepared { id, entity, ok } => Msg::Prepared(pb::Prepared {
+            id: id_pb(id),
+            entity_id: entity,
+            ok,
+        }),
+        ToCoordinator::Query { id, entity } => Msg::Query(pb::Query {
+            id: id_pb(id),
+            entity_id: entity,
+        }),
+        ToCoordinator::Acquire { entity, min_epoch } => Msg::Acquire(pb::Acquire {
+            entity_id: entity,
+            min_epoch,
+        }),
+        ToCoordinator::Release { entity, epoch } => Msg::Release(pb::Release {
+            entity_id: entity,
+            epoch,
+        }),
+        ToCoordinator::Restored { entity, epoch } => Msg::Restored(pb::Restored {
+            entity_id: entity,
+            epoch,
+        }),
+        ToCoordinator::Holding { entities } => Msg::Holding(pb::Holding {
+            entities: entities
+                .into_iter()
+                .map(|(entity_id, epoch)| pb::HeldEntity { entity_id, epoch })
+                .collect(),
+        }),
+    }
+}
+
+/// A coordinator-side decode: `None` for a malformed message.
+pub fn to_coordinator_core(m: zone_event::Msg) -> Option<ToCoordinator> {
+    use zone_event::Msg;
+    Some(match m {
+        Msg::Begin(b) => ToCoordinator::Begin {
+            id: id_core(b.id)?,
+            entity: b.entity_id,
+            to: b.to_zone,
+            state: b.state,
+        },
+        Msg::Prepared(p) => ToCoordinator::Prepared {
+            id: id_core(p.id)?,
+            entity: p.entity_id,
+            ok: p.ok,
+        },
+        Msg::Query(q) => ToCoordinator::Query {
+            id: id_core(q.id)?,
+            entity: q.entity_id,
+        },
+        Msg::Acquire(a) => ToCoordinator::Acquire {
+            entity: a.entity_id,
+            min_epoch: a.min_epoch,
+        },
+        Msg::Release(r) => ToCoordinator::Release {
+            entity: r.entity_id,
+            epoch: r.epoch,
+        },
+        Msg::Restored(r) => ToCoordinator::Restored {
+            entity: r.entity_id,
+            epoch: r.epoch,
+        },
+        Msg::Holding(h) => ToCoordinator::Holding {
+            entities: h
+                .entities
+                .into_iter()
+                .map(|e| (e.entity_id, e.epoch))
+                .collect(),
+        },
+    })
+}

@@ -1,0 +1,393 @@
+//! The coordinator's one task that owns all mutable state: the [`WorldMap`] (zones, leases,
+//! cells), the handoff [`Coordinator`] core (authority rows, sagas) and the zone sessions.
+//!
+//! gRPC handlers send it [`Request`]s. It works in batches: take every request waiting, feed
+//! them to the cores, write all resulting authority rows to SQL in **one transaction**, and
+//! only then send the resulting messages, so nothing is announced before it is durable (the
+//! commit point of the saga). A failed write resyncs those rows from SQL and drops the sends;
+//! zones repeat themselves until answered, so nothing is lost by dropping.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use worldmesh_protocol::grpc::coordinator as pb;
+
+use crate::handoff::{self, Action, Coordinator, EntityId, ToCoordinator, ToZone, ZoneId};
+use crate::map::{WorldMap, Zone};
+use crate::store::{Store, ZoneRow};
+
+/// Requests waiting for the state task. Zone messages dominate; 16k is many ticks of
+/// handoffs for a large cluster, and a full queue slows senders rather than dropping.
+pub const REQUEST_QUEUE: usize = 16 * 1024;
+
+/// Messages queued towards one zone's session stream. A zone that falls this far behind is
+/// cut off and re-syncs when it reconnects.
+pub const SESSION_QUEUE: usize = 4096;
+
+/// How often leases, saga timeouts and resends are checked.
+pub const HOUSEKEEPING: Duration = Duration::from_millis(20);
+
+pub type SessionSender = mpsc::Sender<Result<pb::CoordinatorEvent, Status>>;
+
+pub enum Request {
+    Register {
+        name: String,
+        address: String,
+        capacity: u32,
+        reply: oneshot::Sender<Result<Zone, Status>>,
+    },
+    Heartbeat {
+        zone: ZoneId,
+        generation: u64,
+        entities: u32,
+        players: u32,
+        reply: oneshot::Sender<bool>,
+    },
+    Drain {
+        zone: ZoneId,
+        generation: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    OpenSession {
+        zone: ZoneId,
+        generation: u64,
+        tx: SessionSender,
+        reply: oneshot::Sender<bool>,
+    },
+    SessionClosed {
+        zone: ZoneId,
+        tx: SessionSender,
+    },
+    FromZone {
+        zone: ZoneId,
+        generation: u64,
+        msg: ToCoordinator,
+    },
+    LocateEntity {
+        entity: EntityId,
+        reply: oneshot::Sender<Option<(Zone, u64)>>,
+    },
+}
+
+/// What readers see without asking the task: the published map.
+pub struct Published {
+    pub map: pb::WorldMap,
+}
+
+pub struct State {
+    map: WorldMap,
+    core: Coordinator,
+    store: Option<Store>,
+    sessions: HashMap<ZoneId, SessionSender>,
+    published: watch::Sender<Arc<Published>>,
+    tick_origin_unix_ms: u64,
+    published_version: u64,
+}
+
+impl State {
+    /// Resumes from the store (or starts empty without one).
+    pub async fn load(
+        mut map: WorldMap,
+        store: Option<Store>,
+        published: watch::Sender<Arc<Published>>,
+    ) -> Result<Self, sqlx::Error> {
+        let now_ms = unix_ms();
+        let (rows, origin) = match &store {
+            Some(s) => {
+                let loaded = s.load(now_ms).await?;
+                map.resume(&loaded.zones, Instant::now());
+                if !loaded.zones.is_empty() || !loaded.rows.is_empty() {
+                    tracing::info!(
+                        zones = loaded.zones.len(),
+                        entities = loaded.rows.len(),
+                        "resumed from SQL"
+                    );
+                }
+                (loaded.rows, loaded.tick_origin_unix_ms)
+            }
+            None => (Vec::new(), now_ms),
+        };
+        let live: Vec<ZoneId> = map.zones().map(|z| z.id).collect();
+        let mut state = Self {
+            map,
+            core: Coordinator::new(rows, live),
+            store,
+            sessions: HashMap::new(),
+            published,
+            tick_origin_unix_ms: origin,
+            published_version: 0,
+        };
+        // A coordinator that died halfway through a failover finishes it now.
+        let actions = state
+            .core
+            .reassign_orphans(Instant::now(), state.survivor_fn());
+        state.perform(actions).await;
+        state.publish();
+        Ok(state)
+    }
+
+    pub fn tick_origin_unix_ms(&self) -> u64 {
+        self.tick_origin_unix_ms
+    }
+
+    /// Picks who inherits an orphaned entity: spread over live zones that are not draining.
+    /// The heir hands the entity on if it stands elsewhere, so any live zone is correct.
+    fn survivor_fn(&self) -> impl Fn(EntityId) -> Option<ZoneId> + use<> {
+        let mut heirs: Vec<ZoneId> = self
+            .map
+            .zones()
+            .filter(|z| !z.draining)
+            .map(|z| z.id)
+            .collect();
+        if heirs.is_empty() {
+            heirs = self.map.zones().map(|z| z.id).collect();
+        }
+        move |e| (!heirs.is_empty()).then(|| heirs[e as usize % heirs.len()])
+    }
+
+    pub async fn run(mut self, mut requests: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut actions = Vec::new();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = requests.recv() => {
+                    let Some(r) = r else { return };
+                    self.handle(r, &mut actions).await;
+                    // Batch whatever else is already waiting into the same transaction.
+                    for _ in 0..1024 {
+                        match requests.try_recv() {
+                            Ok(r) => self.handle(r, &mut actions).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = housekeeping.tick() => self.housekeeping(&mut actions).await,
+            }
+            self.perform(actions).await;
+            self.publish();
+        }
+    }
+
+    async fn housekeeping(&mut self, actions: &mut Vec<Action>) {
+        let now = Instant::now();
+        for zone in self.map.expire(now) {
+            tracing::warn!(zone = zone.id, name = %zone.name, "zone lease expired; failing over its entities");
+            metrics::counter!("worldmesh_coordinator_lease_expiries_total").increment(1);
+            self.zone_gone(&zone, actions).await;
+        }
+        actions.extend(self.core.on_tick(now));
+    }
+
+    async fn zone_gone(&mut self, zone: &Zone, actions: &mut Vec<Action>) {
+        self.sessions.remove(&zone.id);
+        if let Some(s) = &self.store
+            && let Err(e) = s.delete_zone(zone.id).await
+        {
+            tracing::error!(zone = zone.id, error = %e, "cannot delete zone row");
+        }
+        let survivor = self.survivor_fn();
+        actions.extend(self.core.zone_down(zone.id, Instant::now(), survivor));
+    }
+
+    async fn handle(&mut self, r: Request, actions: &mut Vec<Action>) {
+        match r {
+            Request::Register {
+                name,
+                address,
+                capacity,
+                reply,
+            } => {
+                let (zone, replaced) =
+                    self.map
+                        .register_replacing(&name, &address, capacity, Instant::now());
+                if let Some(old) = replaced {
+                    tracing::info!(old = old.id, new = zone.id, %name, "zone re-registered; its previous incarnation is gone");
+                    self.zone_gone(&old, actions).await;
+                }
+                if let Some(s) = &self.store
+                    && let Err(e) = s.put_zone(&zone_row(&zone)).await
+                {
+                    tracing::error!(error = %e, "cannot store zone registration");
+                    self.map.expire_now(zone.id);
+                    let _ = reply.send(Err(Status::unavailable("coordinator storage failed")));
+                    return;
+                }
+                tracing::info!(zone = zone.id, name = %zone.name, address = %zone.address, "zone registered");
+                metrics::counter!("worldmesh_coordinator_zone_registrations_total").increment(1);
+                let survivor = self.survivor_fn();
+                actions.extend(self.core.zone_up(zone.id, Instant::now(), survivor));
+                let _ = reply.send(Ok(zone));
+            }
+            Request::Heartbeat {
+                zone,
+                generation,
+                entities,
+                players,
+                reply,
+            } => {
+                let ok = self
+                    .map
+                    .heartbeat(zone, generation, entities, players, Instant::now());
+                let _ = reply.send(ok);
+            }
+            Request::Drain {
+                zone,
+                generation,
+                reply,
+            } => {
+                let ok = self.map.drain(zone, generation);
+                if ok {
+                    tracing::info!(zone, "zone draining: its cells move to the others");
+                    if let (Some(s), Some(z)) = (&self.store, self.map.zone(zone))
+                        && let Err(e) = s.put_zone(&zone_row(z)).await
+                    {
+                        tracing::error!(error = %e, "cannot store drain flag");
+                    }
+                }
+                let _ = reply.send(ok);
+            }
+            Request::OpenSession {
+                zone,
+                generation,
+                tx,
+                reply,
+            } => {
+                let ok = self
+                    .map
+                    .zone(zone)
+                    .is_some_and(|z| z.lease_generation == generation);
+                if ok {
+                    self.sessions.insert(zone, tx);
+                }
+                let _ = reply.send(ok);
+            }
+            Request::SessionClosed { zone, tx } => {
+                if self
+                    .sessions
+                    .get(&zone)
+                    .is_some_and(|s| s.same_channel(&tx))
+                {
+                    self.sessions.remove(&zone);
+                }
+            }
+            Request::FromZone {
+                zone,
+                generation,
+                msg,
+            } => {
+                if self
+                    .map
+                    .zone(zone)
+                    .is_none_or(|z| z.lease_generation != generation)
+                {
+                    return;
+                }
+                actions.extend(self.core.on_message(Instant::now(), zone, msg));
+            }
+            Request::LocateEntity { entity, reply } => {
+                let found = self.core.row(entity).and_then(|r| {
+                    self.map
+                        .zone(r.zone)
+                        .filter(|_| self.core.live().contains(&r.zone))
+                        .map(|z| (z.clone(), r.epoch))
+                });
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    /// Writes first, in one transaction; then sends. See the module doc.
+    async fn perform(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let mut rows: BTreeMap<EntityId, handoff::Authority> = BTreeMap::new();
+        let mut sends = Vec::new();
+        for a in actions {
+            match a {
+                Action::Write { entity, row } => {
+                    rows.insert(entity, row);
+                }
+                Action::Send(zone, msg) => sends.push((zone, msg)),
+            }
+        }
+        if let Some(store) = &self.store
+            && !rows.is_empty()
+        {
+            let batch: Vec<_> = rows.into_iter().collect();
+            let started = Instant::now();
+            if let Err(e) = store.write_rows(&batch).await {
+                tracing::error!(error = %e, rows = batch.len(), "authority write failed; resyncing and dropping the replies");
+                metrics::counter!("worldmesh_coordinator_sql_errors_total").increment(1);
+                for (entity, _) in &batch {
+                    match store.read_row(*entity).await {
+                        Ok(row) => self.core.reload(*entity, row),
+                        Err(e) => {
+                            // Cannot tell what is durable: stop rather than guess.
+                            tracing::error!(error = %e, "cannot read authority back; stopping");
+                            std::process::abort();
+                        }
+                    }
+                }
+                return;
+            }
+            metrics::histogram!("worldmesh_coordinator_authority_write_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        for (zone, msg) in sends {
+            if let ToZone::Decided {
+                outcome: handoff::Outcome::Committed,
+                ..
+            } = &msg
+            {
+                metrics::counter!("worldmesh_coordinator_handoff_messages_total", "outcome" => "committed").increment(1);
+            }
+            let Some(tx) = self.sessions.get(&zone) else {
+                continue;
+            };
+            let event = pb::CoordinatorEvent {
+                msg: Some(crate::convert::to_zone_pb(msg)),
+            };
+            if tx.try_send(Ok(event)).is_err() {
+                tracing::warn!(
+                    zone,
+                    "zone session queue full or closed; it will re-sync when it reconnects"
+                );
+                self.sessions.remove(&zone);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.map.version() == self.published_version {
+            return;
+        }
+        self.published_version = self.map.version();
+        metrics::gauge!("worldmesh_coordinator_zones").set(self.map.zones().count() as f64);
+        let map = crate::service::world_map_pb(&self.map, self.tick_origin_unix_ms);
+        self.published.send_replace(Arc::new(Published { map }));
+    }
+}
+
+fn zone_row(z: &Zone) -> ZoneRow {
+    ZoneRow {
+        id: z.id,
+        name: z.name.clone(),
+        address: z.address.clone(),
+        capacity: z.capacity,
+        lease_generation: z.lease_generation,
+        draining: z.draining,
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

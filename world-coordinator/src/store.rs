@@ -1,0 +1,218 @@
+//! The coordinator's durable state in SQL: zones with their ids and lease generations, one
+//! authority row per entity, and the world's tick origin. Tables come from the persistence
+//! crate's migrations, so one database serves both.
+
+use sqlx::Row;
+use worldmesh_persistence::sql::Sql;
+
+use crate::handoff::{Authority, EntityId, HandoffId, Outcome, ZoneId};
+
+/// A registered zone as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneRow {
+    pub id: ZoneId,
+    pub name: String,
+    pub address: String,
+    pub capacity: u32,
+    pub lease_generation: u64,
+    pub draining: bool,
+}
+
+/// Everything a restarted coordinator resumes from.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub zones: Vec<ZoneRow>,
+    pub rows: Vec<(EntityId, Authority)>,
+    pub tick_origin_unix_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    sql: Sql,
+}
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+impl Store {
+    pub fn new(sql: Sql) -> Self {
+        Self { sql }
+    }
+
+    /// Loads the state; the first start also fixes the tick origin at `now_unix_ms`.
+    pub async fn load(&self, now_unix_ms: u64) -> Result<Loaded> {
+        let pool = self.sql.pool();
+        sqlx::query(
+            "INSERT INTO coordinator_meta (key, value) VALUES ('tick_origin_unix_ms', $1) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(now_unix_ms as i64)
+        .execute(pool)
+        .await?;
+        let origin: i64 =
+            sqlx::query("SELECT value FROM coordinator_meta WHERE key = 'tick_origin_unix_ms'")
+                .fetch_one(pool)
+                .await?
+                .try_get("value")?;
+        let zones = sqlx::query(
+            "SELECT zone_id, name, address, capacity, lease_generation, draining \
+             FROM coordinator_zones ORDER BY zone_id",
+        )
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ZoneRow {
+                id: r.try_get::<i64, _>("zone_id")? as u64,
+                name: r.try_get("name")?,
+                address: r.try_get("address")?,
+                capacity: r.try_get::<i64, _>("capacity")? as u32,
+                lease_generation: r.try_get::<i64, _>("lease_generation")? as u64,
+                draining: r.try_get::<i64, _>("draining")? != 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT entity_id, zone_id, epoch, last_epoch, last_attempt, last_outcome \
+             FROM coordinator_authority",
+        )
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let last = match (
+                r.try_get::<Option<i64>, _>("last_epoch")?,
+                r.try_get::<Option<i64>, _>("last_attempt")?,
+                r.try_get::<Option<i64>, _>("last_outcome")?,
+            ) {
+                (Some(e), Some(a), Some(o)) => Some((
+                    HandoffId {
+                        epoch: e as u64,
+                        attempt: a as u32,
+                    },
+                    if o == 1 {
+                        Outcome::Committed
+                    } else {
+                        Outcome::Aborted
+                    },
+                )),
+                _ => None,
+            };
+            Ok((
+                r.try_get::<i64, _>("entity_id")? as u64,
+                Authority {
+                    zone: r.try_get::<i64, _>("zone_id")? as u64,
+                    epoch: r.try_get::<i64, _>("epoch")? as u64,
+                    last,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Loaded {
+            zones,
+            rows,
+            tick_origin_unix_ms: origin as u64,
+        })
+    }
+
+    /// Writes authority rows in one transaction.
+    pub async fn write_rows(&self, rows: &[(EntityId, Authority)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.sql.pool().begin().await?;
+        for (entity, row) in rows {
+            let (le, la, lo) = match row.last {
+                Some((id, outcome)) => (
+                    Some(id.epoch as i64),
+                    Some(id.attempt as i64),
+                    Some(if outcome == Outcome::Committed {
+                        1i64
+                    } else {
+                        2
+                    }),
+                ),
+                None => (None, None, None),
+            };
+            sqlx::query(
+                "INSERT INTO coordinator_authority \
+                 (entity_id, zone_id, epoch, last_epoch, last_attempt, last_outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (entity_id) DO UPDATE SET zone_id = excluded.zone_id, \
+                 epoch = excluded.epoch, last_epoch = excluded.last_epoch, \
+                 last_attempt = excluded.last_attempt, last_outcome = excluded.last_outcome",
+            )
+            .bind(*entity as i64)
+            .bind(row.zone as i64)
+            .bind(row.epoch as i64)
+            .bind(le)
+            .bind(la)
+            .bind(lo)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Reads one authority row back (after a failed write, to resync memory with SQL).
+    pub async fn read_row(&self, entity: EntityId) -> Result<Option<Authority>> {
+        let loaded = sqlx::query(
+            "SELECT zone_id, epoch, last_epoch, last_attempt, last_outcome \
+             FROM coordinator_authority WHERE entity_id = $1",
+        )
+        .bind(entity as i64)
+        .fetch_optional(self.sql.pool())
+        .await?;
+        let Some(r) = loaded else { return Ok(None) };
+        let last = match (
+            r.try_get::<Option<i64>, _>("last_epoch")?,
+            r.try_get::<Option<i64>, _>("last_attempt")?,
+            r.try_get::<Option<i64>, _>("last_outcome")?,
+        ) {
+            (Some(e), Some(a), Some(o)) => Some((
+                HandoffId {
+                    epoch: e as u64,
+                    attempt: a as u32,
+                },
+                if o == 1 {
+                    Outcome::Committed
+                } else {
+                    Outcome::Aborted
+                },
+            )),
+            _ => None,
+        };
+        Ok(Some(Authority {
+            zone: r.try_get::<i64, _>("zone_id")? as u64,
+            epoch: r.try_get::<i64, _>("epoch")? as u64,
+            last,
+        }))
+    }
+
+    pub async fn put_zone(&self, z: &ZoneRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO coordinator_zones \
+             (zone_id, name, address, capacity, lease_generation, draining) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (zone_id) DO UPDATE SET name = excluded.name, \
+             address = excluded.address, capacity = excluded.capacity, \
+             lease_generation = excluded.lease_generation, draining = excluded.draining",
+        )
+        .bind(z.id as i64)
+        .bind(&z.name)
+        .bind(&z.address)
+        .bind(z.capacity as i64)
+        .bind(z.lease_generation as i64)
+        .bind(z.draining as i64)
+        .execute(self.sql.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_zone(&self, id: ZoneId) -> Result<()> {
+        sqlx::query("DELETE FROM coordinator_zones WHERE zone_id = $1")
+            .bind(id as i64)
+            .execute(self.sql.pool())
+            .await?;
+        Ok(())
+    }
+}
