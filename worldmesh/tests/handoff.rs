@@ -1,0 +1,145 @@
+//! Seamless handoff over the real stack: one QUIC connection, one continuous snapshot stream,
+//! while the character crosses between zone servers through the coordinator (gRPC), with
+//! authority epochs in SQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use worldmesh_protocol::Input;
+use worldmesh_protocol::grpc::coordinator::{
+    LocateEntityRequest, coordinator_client::CoordinatorClient,
+};
+
+/// A 400 m world of 50 m cells: with two zones the border runs at x = 200, and everyone
+/// spawns 10 m west of it.
+fn small_world(persistence: worldmesh_persistence::Config) -> worldmesh::cluster::ClusterConfig {
+    let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
+    config.zones = 2;
+    config.coordinator.geometry = worldmesh_coordinator::Geometry {
+        max_x: 400.0,
+        max_y: 400.0,
+        cell_size: 50.0,
+        spawn_points: vec![(190.0, 200.0)],
+        ..Default::default()
+    };
+    config
+}
+
+async fn owner(coordinator: &str, entity: u64) -> (u64, u64) {
+    let mut c = CoordinatorClient::connect(coordinator.to_owned())
+        .await
+        .unwrap();
+    let r = c
+        .locate_entity(LocateEntityRequest { entity_id: entity })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.zone.map_or(0, |z| z.zone_id), r.epoch)
+}
+
+/// Walks along a heading until `until` says stop; returns what was seen. Checks on the way
+/// that snapshots keep coming, their ticks keep growing, and the character never jumps.
+async fn walk_until(
+    s: &mut worldmesh_load_test::Session,
+    seq: &mut u32,
+    heading: f32,
+    until: impl Fn(f32) -> bool,
+) -> f32 {
+    let me = s.welcome.entity_id;
+    let mut last_tick = 0u32;
+    let mut last_x: Option<f32> = None;
+    let mut last_snapshot = Instant::now();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "walk did not finish"
+        );
+        tokio::select! {
+            _ = ticker.tick() => {
+                *seq += 1;
+                s.send_input(Input { seq: *seq, ack_tick: s.ack_tick(), heading, speed: 6.0, actions: 0 }).unwrap();
+                assert!(
+                    last_snapshot.elapsed() < Duration::from_millis(500),
+                    "no snapshot for {:?}: the stream broke",
+                    last_snapshot.elapsed()
+                );
+            }
+            v = s.recv_snapshot() => {
+                let v = v.expect("snapshot");
+                last_snapshot = Instant::now();
+                if !v.newest {
+                    continue;
+                }
+                assert!(v.tick > last_tick, "tick went from {last_tick} to {}", v.tick);
+                last_tick = v.tick;
+                let Some(e) = v.entities.iter().find(|e| e.id == me) else { continue };
+                if let Some(x) = last_x {
+                    assert!((e.x - x).abs() < 3.0, "jumped from x={x} to x={}", e.x);
+                }
+                last_x = Some(e.x);
+                if until(e.x) {
+                    return e.x;
+                }
+            }
+        }
+    }
+}
+
+async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
+    let cluster = worldmesh::cluster::Cluster::start(small_world(persistence))
+        .await
+        .expect("cluster starts");
+    let endpoint = endpoint();
+    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "traveller")
+        .await
+        .expect("login");
+    let me = s.welcome.entity_id;
+    assert!(s.welcome.x < 200.0);
+    let (west, epoch0) = owner(&cluster.coordinator_url, me).await;
+    assert_ne!(west, 0, "the west zone holds the character");
+
+    let mut seq = 0;
+    // East, well past the border (hysteresis is 5 m).
+    walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
+    let (east, epoch1) = owner(&cluster.coordinator_url, me).await;
+    assert_ne!(east, west, "the east zone took the character over");
+    assert!(epoch1 > epoch0, "the handoff raised the epoch: {epoch0} -> {epoch1}");
+
+    // The player still steers it: back west across the border.
+    walk_until(&mut s, &mut seq, std::f32::consts::PI, |x| x < 175.0).await;
+    let (back, epoch2) = owner(&cluster.coordinator_url, me).await;
+    assert_eq!(back, west, "handed back to the west zone");
+    assert!(epoch2 > epoch1);
+
+    // Logout saves it where it stands, by whoever holds it now.
+    let end = walk_until(&mut s, &mut seq, 0.0, |_| true).await;
+    s.bye().await.unwrap();
+    let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "traveller")
+        .await
+        .expect("login again");
+    assert!(
+        (again.welcome.x - end).abs() < 1.0,
+        "came back at x={}, left at x={end}",
+        again.welcome.x
+    );
+    again.bye().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_crosses_zones_and_back_on_one_connection() {
+    let (backend, persistence) = Backend::tiered().await;
+    cross_and_come_back(persistence).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_on_embedded_storage() {
+    let (backend, persistence) = Backend::embedded();
+    cross_and_come_back(persistence).await;
+    backend.cleanup().await;
+}
