@@ -12,12 +12,30 @@ use worldmesh_protocol::{Input, ServerMessage};
 use crate::client::{ClientEndpoint, ClientError, Session};
 use crate::stats::Stats;
 
+/// Travel speed, m/s: a run, under the server's 10 m/s limit.
+pub const TRAVEL_SPEED: f32 = 9.0;
+
 /// Inputs remembered for RTT matching: 256 inputs at 20 Hz is 12.8 s, far beyond any RTT we
 /// would still call a round trip.
 const SENT_RING: usize = 256;
 
+/// How a bot moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behaviour {
+    /// A random walk that turns gently.
+    #[default]
+    Wander,
+    /// Long straight runs back and forth along x around where it started (spawn points sit
+    /// on zone borders in travel runs): every run crosses a border.
+    Travel,
+    /// Stands still (inputs keep flowing).
+    Idle,
+}
+
 #[derive(Debug, Clone)]
 pub struct BotConfig {
+    pub behaviour: Behaviour,
     pub name: String,
     pub gateway: SocketAddr,
     /// Inputs per second (the client tick).
@@ -46,8 +64,10 @@ pub async fn run(
     };
     stats.logins.fetch_add(1, Ordering::Relaxed);
     stats.connected.fetch_add(1, Ordering::Relaxed);
+    stats.entity_seen(&config.name, session.welcome.entity_id);
     let since = Instant::now();
     let result = play(&mut session, &config, &stats, &stop).await;
+    stats.entity_gone(&config.name);
     stats.connected.fetch_sub(1, Ordering::Relaxed);
     stats
         .connected_us
@@ -75,6 +95,13 @@ async fn play(
     let mut seq: u32 = 0;
     let mut acked: u32 = 0;
     let mut heading: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+    let me = session.welcome.entity_id;
+    // Travel: a run along x of 120-200 m centred on the start, at a small random slant.
+    let start_x = session.welcome.x;
+    let span = rng.random_range(60.0..100.0f32);
+    let slant = rng.random_range(-0.15..0.15f32);
+    let mut eastward = rng.random_bool(0.5);
+    let mut x_now = start_x;
     let period = Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64);
     // Welcome is sent right after a server tick, so a clock started at Welcome would send every
     // input just after the server drained its inputs, and every input would wait a whole tick.
@@ -88,8 +115,23 @@ async fn play(
             _ = stop.cancelled() => return Ok(()),
             _ = ticker.tick() => {
                 seq = seq.wrapping_add(1);
-                heading += rng.random_range(-0.3..0.3);
-                let input = Input { seq, ack_tick: session.ack_tick(), heading, speed: config.speed, actions: 0 };
+                let speed = match config.behaviour {
+                    Behaviour::Wander => {
+                        heading += rng.random_range(-0.3..0.3);
+                        config.speed
+                    }
+                    Behaviour::Travel => {
+                        if eastward && x_now > start_x + span {
+                            eastward = false;
+                        } else if !eastward && x_now < start_x - span {
+                            eastward = true;
+                        }
+                        heading = if eastward { slant } else { std::f32::consts::PI + slant };
+                        TRAVEL_SPEED
+                    }
+                    Behaviour::Idle => 0.0,
+                };
+                let input = Input { seq, ack_tick: session.ack_tick(), heading, speed, actions: 0 };
                 session.send_input(input)?;
                 stats.bytes_up.fetch_add(24, Ordering::Relaxed);
                 sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
@@ -119,6 +161,9 @@ async fn play(
                 };
                 stats.bytes_down.fetch_add(view.bytes as u64, Ordering::Relaxed);
                 stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                if view.newest && let Some(e) = view.entities.iter().find(|e| e.id == me) {
+                    x_now = e.x;
+                }
                 // The first snapshot acknowledging a newer input closes that input's round trip.
                 if view.newest && view.last_input_seq != acked {
                     acked = view.last_input_seq;

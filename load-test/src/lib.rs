@@ -38,6 +38,7 @@ pub struct Config {
     pub chat_every_s: f64,
     /// Print a status line this often (`None`: silent).
     pub status_every: Option<Duration>,
+    pub behaviour: bot::Behaviour,
 }
 
 impl Default for Config {
@@ -51,17 +52,27 @@ impl Default for Config {
             input_rate_hz: 20,
             chat_every_s: 30.0,
             status_every: Some(Duration::from_secs(5)),
+            behaviour: bot::Behaviour::Wander,
         }
     }
 }
 
 /// Runs the fleet, then logs every bot out and returns the report.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, ClientError> {
+    run_with(config, Arc::new(Stats::default()), shutdown).await
+}
+
+/// [`run`], with the caller holding the stats (to audit the cluster against the bots while
+/// they play).
+pub async fn run_with(
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<Report, ClientError> {
     if config.gateways.is_empty() {
         return Err(ClientError::Protocol("no gateway to connect to".into()));
     }
     let endpoint = ClientEndpoint::new(worldmesh_protocol::ALPN)?;
-    let stats = Arc::new(Stats::default());
     let stop = shutdown.child_token();
     let started = Instant::now();
     let mut bots = tokio::task::JoinSet::new();
@@ -85,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, 
             break;
         }
         let bot = bot::BotConfig {
+            behaviour: config.behaviour,
             name: format!("{}{i}", config.name_prefix),
             gateway: config.gateways[i % config.gateways.len().max(1)],
             input_rate_hz: config.input_rate_hz,

@@ -38,6 +38,9 @@ enum Command {
         /// Inputs each bot sends per second.
         #[arg(long, default_value_t = 20)]
         input_rate: u32,
+        /// How bots move.
+        #[arg(long, value_enum, default_value_t = worldmesh_load_test::bot::Behaviour::Wander)]
+        behaviour: worldmesh_load_test::bot::Behaviour,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -53,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         duration,
         name_prefix,
         input_rate,
+        behaviour,
         report,
     } = Args::parse().command;
     let config = worldmesh_load_test::Config {
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         duration: Some(Duration::from_secs(duration)),
         name_prefix,
         input_rate_hz: input_rate,
+        behaviour,
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;

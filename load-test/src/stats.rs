@@ -22,6 +22,8 @@ pub struct Stats {
     /// Input → first snapshot acknowledging it, microseconds.
     rtt_us: Mutex<Histogram<u64>>,
     errors_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Bot name → its character's entity id, while logged in.
+    entities: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Stats {
@@ -41,11 +43,36 @@ impl Default for Stats {
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             ),
             errors_by_reason: Mutex::new(BTreeMap::new()),
+            entities: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl Stats {
+    pub fn entity_seen(&self, bot: &str, entity: u64) {
+        self.entities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bot.to_owned(), entity);
+    }
+
+    pub fn entity_gone(&self, bot: &str) {
+        self.entities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(bot);
+    }
+
+    /// The entity ids of every bot logged in now.
+    pub fn entities(&self) -> Vec<u64> {
+        self.entities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect()
+    }
+
     pub fn record_rtt(&self, us: u64) {
         let _ = self
             .rtt_us
@@ -133,6 +160,9 @@ impl Stats {
             snapshots_per_bot_per_s: self.snapshots_per_bot_per_s(),
             rtt_ms: self.rtt_ms(),
             handoffs: 0,
+            handoff_ms: None,
+            lost_entities: None,
+            duplicated_entities: None,
             bytes_down_per_bot_per_s: per_bot_s(self.bytes_down.load(Ordering::Relaxed)),
             bytes_up_per_bot_per_s: per_bot_s(self.bytes_up.load(Ordering::Relaxed)),
             chats_heard: self.chats_heard.load(Ordering::Relaxed),
@@ -163,8 +193,18 @@ pub struct Report {
     pub snapshots_per_bot_per_s: f64,
     /// Input sent → first snapshot acknowledging it.
     pub rtt_ms: Percentiles,
-    /// Zone handoffs observed (always 0 until handoff exists).
+    /// Zone handoffs completed (counted by the zones that received the characters).
     pub handoffs: u64,
+    /// Handoff latency: the source froze the character → the new zone sent its first
+    /// snapshot. Filled in by `worldmesh local`, which can see inside the zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_ms: Option<Percentiles>,
+    /// Bots' characters found in no zone (two audits in a row, one second apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_entities: Option<u64>,
+    /// Characters simulated by two zones at once (two audits in a row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicated_entities: Option<u64>,
     pub bytes_down_per_bot_per_s: f64,
     pub bytes_up_per_bot_per_s: f64,
     pub chats_heard: u64,

@@ -76,6 +76,8 @@ pub struct Cluster {
     pub coordinator_url: String,
     pub persistence_url: String,
     pub zone_urls: Vec<String>,
+    /// Each zone's published counters and audits.
+    pub zone_stats: Vec<std::sync::Arc<worldmesh_zone::driver::Stats>>,
     backend: CancellationToken,
     zones_token: CancellationToken,
     gateway_token: CancellationToken,
@@ -112,14 +114,17 @@ impl Cluster {
 
         let mut zones = Vec::new();
         let mut zone_urls = Vec::new();
+        let mut zone_stats = Vec::new();
         for i in 0..config.zones {
             let (zl, url) = loopback_listener().await?;
             let zc = worldmesh_zone::Config {
                 name: format!("zone-{i}"),
                 coordinator_url: coordinator_url.clone(),
                 persistence_url: persistence_url.clone(),
+                stats: Default::default(),
                 ..config.zone.clone()
             };
+            zone_stats.push(zc.stats.clone());
             zones.push(tokio::spawn(worldmesh_zone::run(
                 zl,
                 zc,
@@ -156,6 +161,7 @@ impl Cluster {
             coordinator_url,
             persistence_url,
             zone_urls,
+            zone_stats,
             backend,
             zones_token,
             gateway_token,

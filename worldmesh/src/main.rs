@@ -5,8 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use worldmesh::cluster::{Cluster, ClusterConfig};
+use worldmesh_load_test::bot::Behaviour;
+use worldmesh_load_test::stats::Percentiles;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "worldmesh: an authoritative MMO server cluster")]
@@ -54,6 +60,10 @@ struct Local {
     /// Seconds between status lines.
     #[arg(long, default_value_t = 5)]
     status_every: u64,
+    /// How bots move. `travel`: new characters spawn on zone borders and run back and forth
+    /// across them, so handoffs happen all the time.
+    #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
+    behaviour: Behaviour,
 }
 
 #[tokio::main]
@@ -70,6 +80,19 @@ async fn local(args: Local) -> anyhow::Result<()> {
     config.zone.npcs = args.npcs;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
+    if args.behaviour == Behaviour::Travel {
+        // Spawn on the borders between the zones' stripes of columns.
+        let g = &mut config.coordinator.geometry;
+        let (cells, n) = (g.cells_x() as usize, args.zones.max(1));
+        let mid_y = (g.min_y + g.max_y) / 2.0;
+        g.spawn_points = (1..n)
+            .filter_map(|k| (0..cells).find(|c| c * n / cells >= k))
+            .map(|c| (g.min_x + c as f32 * g.cell_size, mid_y))
+            .collect();
+        if g.spawn_points.is_empty() {
+            g.spawn_points = vec![((g.min_x + g.max_x) / 2.0, mid_y)];
+        }
+    }
     let started = Instant::now();
     let cluster = Cluster::start(config).await?;
     println!(
@@ -102,9 +125,51 @@ async fn local(args: Local) -> anyhow::Result<()> {
             ramp_per_s: 50.0,
             duration: args.duration.map(Duration::from_secs),
             status_every: Some(Duration::from_secs(args.status_every.max(1))),
+            behaviour: args.behaviour,
+            // Travellers are new characters every run, so they start on the borders.
+            name_prefix: if args.behaviour == Behaviour::Travel {
+                format!("travel{:x}-", rand_suffix())
+            } else {
+                "bot".into()
+            },
             ..Default::default()
         };
-        Some(worldmesh_load_test::run(bots, shutdown.clone()).await?)
+        let stats = Arc::new(worldmesh_load_test::Stats::default());
+        let audit_stop = CancellationToken::new();
+        let auditor = tokio::spawn(audit(
+            cluster.zone_stats.clone(),
+            stats.clone(),
+            audit_stop.clone(),
+        ));
+        let mut report = worldmesh_load_test::run_with(bots, stats, shutdown.clone()).await?;
+        audit_stop.cancel();
+        let (lost, duplicated) = auditor.await?;
+        let mut latencies: Vec<u64> = Vec::new();
+        let mut handoffs = 0;
+        for z in &cluster.zone_stats {
+            handoffs += z.handoffs_in.load(std::sync::atomic::Ordering::Relaxed);
+            latencies.extend(
+                z.handoff_latency_us
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |&us| us as f64 / 1000.0)
+        };
+        report.handoffs = handoffs;
+        report.handoff_ms = Some(Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: latencies.last().map_or(0.0, |&us| us as f64 / 1000.0),
+        });
+        report.lost_entities = Some(lost);
+        report.duplicated_entities = Some(duplicated);
+        Some(report)
     } else {
         match args.duration {
             Some(d) => {
@@ -128,4 +193,66 @@ async fn local(args: Local) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+}
+
+/// Audits the zones against the bots while they play: every second (at the same tick in every
+/// zone) a bot's character must be in exactly one zone. A character simulated by two zones is
+/// duplicated; one in none (not even frozen mid-handoff) is lost. Either must hold for two
+/// audits in a row to count, so a handoff completing between two zones' snapshots of the same
+/// tick is not mistaken for either. Returns (lost, duplicated) distinct characters.
+async fn audit(
+    zones: Vec<Arc<worldmesh_zone::driver::Stats>>,
+    bots: Arc<worldmesh_load_test::Stats>,
+    stop: CancellationToken,
+) -> (u64, u64) {
+    let mut last_tick = 0;
+    let (mut prev_lost, mut prev_dup) = (BTreeSet::new(), BTreeSet::new());
+    let (mut lost, mut duplicated) = (BTreeSet::new(), BTreeSet::new());
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let snaps: Vec<(u32, Vec<u64>, Vec<u64>)> = zones
+            .iter()
+            .filter_map(|z| z.audit.lock().ok().map(|a| a.clone()))
+            .collect();
+        let Some(tick) = snaps.first().map(|s| s.0) else {
+            continue;
+        };
+        if tick == last_tick || snaps.iter().any(|s| s.0 != tick) {
+            continue;
+        }
+        last_tick = tick;
+        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut present = BTreeSet::new();
+        for (_, active, frozen) in &snaps {
+            for id in active {
+                *count.entry(*id).or_default() += 1;
+                present.insert(*id);
+            }
+            present.extend(frozen.iter().copied());
+        }
+        let dup_now: BTreeSet<u64> = count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        let lost_now: BTreeSet<u64> = bots
+            .entities()
+            .into_iter()
+            .filter(|id| !present.contains(id))
+            .collect();
+        duplicated.extend(dup_now.intersection(&prev_dup).copied());
+        lost.extend(lost_now.intersection(&prev_lost).copied());
+        (prev_dup, prev_lost) = (dup_now, lost_now);
+    }
+    (lost.len() as u64, duplicated.len() as u64)
 }

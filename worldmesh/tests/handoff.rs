@@ -107,7 +107,10 @@ async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
     walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
     let (east, epoch1) = owner(&cluster.coordinator_url, me).await;
     assert_ne!(east, west, "the east zone took the character over");
-    assert!(epoch1 > epoch0, "the handoff raised the epoch: {epoch0} -> {epoch1}");
+    assert!(
+        epoch1 > epoch0,
+        "the handoff raised the epoch: {epoch0} -> {epoch1}"
+    );
 
     // The player still steers it: back west across the border.
     walk_until(&mut s, &mut seq, std::f32::consts::PI, |x| x < 175.0).await;

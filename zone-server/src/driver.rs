@@ -119,9 +119,23 @@ pub struct Stats {
     pub handoffs_aborted: AtomicU64,
     /// Handoff latencies (freeze at the source → first snapshot from here), microseconds.
     pub handoff_latency_us: std::sync::Mutex<Vec<u64>>,
-    /// The character ids simulated here (refreshed every second), for loss/duplicate checks.
-    pub character_ids: std::sync::Mutex<Vec<u64>>,
+    /// Characters here, published every [`AUDIT_EVERY_TICKS`] at ticks divisible by it (the
+    /// same ticks in every zone): (tick, simulated ids, frozen ids). For loss and duplicate
+    /// audits.
+    pub audit: std::sync::Mutex<(u32, Vec<u64>, Vec<u64>)>,
 }
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("players", &self.players)
+            .field("characters", &self.characters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Audit publication period in ticks (one second at 20 Hz).
+pub const AUDIT_EVERY_TICKS: u32 = 20;
 
 pub struct DriverConfig {
     pub sim: SimConfig,
@@ -278,6 +292,9 @@ impl Driver {
                     });
                 }
             }
+            if tick.is_multiple_of(AUDIT_EVERY_TICKS) {
+                self.publish_audit(tick);
+            }
             if tick - last_housekeeping >= config.sim.tick_rate_hz {
                 last_housekeeping = tick;
                 self.housekeeping(tick.saturating_sub(grace_ticks));
@@ -317,8 +334,12 @@ impl Driver {
                 leaving: Vec::new(),
             });
         }
-        if let Ok(mut ids) = self.stats.character_ids.lock() {
-            *ids = self.sim.character_ids();
+    }
+
+    fn publish_audit(&mut self, tick: u32) {
+        let (active, frozen) = self.sim.character_ids_split();
+        if let Ok(mut a) = self.stats.audit.lock() {
+            *a = (tick, active, frozen);
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Config {
     /// On shutdown, hand every character to other zones first (live, no rollback) instead of
     /// saving and dropping them. Off when the whole cluster stops at once.
     pub drain_on_shutdown: bool,
+    /// Counters and audits the tick thread publishes (shared with an in-process caller).
+    pub stats: Arc<driver::Stats>,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             collision: sim::movement::CollisionMap::default(),
             cluster_secret: None,
             drain_on_shutdown: true,
+            stats: Arc::default(),
         }
     }
 }
@@ -210,7 +213,7 @@ pub async fn run(
     let (reg_tx, reg_rx) = watch::channel(reg.clone());
 
     let links = Arc::new(link::Links::default());
-    let stats = Arc::new(driver::Stats::default());
+    let stats = config.stats.clone();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(driver::COMMAND_QUEUE);
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(driver::TO_COORDINATOR_QUEUE);

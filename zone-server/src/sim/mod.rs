@@ -575,6 +575,23 @@ impl Sim {
             .collect()
     }
 
+    /// Character ids split into (simulated, frozen for a handoff).
+    pub fn character_ids_split(&mut self) -> (Vec<u64>, Vec<u64>) {
+        let mut q = self.world.query::<(&CharacterRecord, Has<Frozen>)>();
+        let (mut active, mut frozen) = (Vec::new(), Vec::new());
+        for (r, is_frozen) in q.iter(&self.world) {
+            if r.id >= NPC_ID_BASE {
+                continue;
+            }
+            if is_frozen {
+                frozen.push(r.id);
+            } else {
+                active.push(r.id);
+            }
+        }
+        (active, frozen)
+    }
+
     pub fn character_count(&self) -> usize {
         self.world.resource::<CharIndex>().0.len()
     }
