@@ -96,9 +96,9 @@ async fn play(
     let mut acked: u32 = 0;
     let mut heading: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let me = session.welcome.entity_id;
-    // Travel: a run along x of 120-200 m centred on the start, at a small random slant.
+    // Travel: runs of 70-120 m along x centred on the start, at a small random slant.
     let start_x = session.welcome.x;
-    let span = rng.random_range(60.0..100.0f32);
+    let span = rng.random_range(35.0..60.0f32);
     let slant = rng.random_range(-0.15..0.15f32);
     let mut eastward = rng.random_bool(0.5);
     let mut x_now = start_x;

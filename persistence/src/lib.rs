@@ -28,6 +28,7 @@
 //! - [`testing`]: helpers that give each test its own PostgreSQL database and Redis prefix.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod cli;
 pub mod flusher;
 pub mod hot;
 pub mod service;

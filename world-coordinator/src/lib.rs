@@ -1,20 +1,32 @@
 //! The world coordinator: the one place that knows which zone server owns which part of the
-//! world.
+//! world, and which zone has authority over each entity.
 //!
 //! The world is a rectangle cut into square cells. Zone servers register here and hold a lease
-//! that they renew by heartbeat; a zone whose lease lapses is dropped from the map. Every cell
-//! is owned by exactly one live zone: for now cells are spread over the registered zones as
-//! contiguous stripes of columns, recomputed whenever the set of live zones changes. Gateways
-//! ask [`LocateZone`](worldmesh_protocol::grpc::coordinator) where a character stands to learn
-//! which zone should simulate it.
+//! that they renew by heartbeat. Cells are spread over the live zones that are not draining,
+//! as contiguous stripes of columns, recomputed when that set changes; zones and gateways
+//! follow the map on a watch stream. A zone that finds a character standing in another zone's
+//! cell hands it over through the **handoff saga** ([`handoff`]): freeze at the source, prepare
+//! at the target, durable commit of the new authority epoch here, activate at the target. A
+//! zone whose lease lapses is failed over: its entities go to survivors at a new epoch, which
+//! restore them from their last checkpoint. Zones that register get cells (and the characters
+//! in them follow by handoff); zones that drain give theirs away the same way.
+//!
+//! Durability: zones (ids, lease generations, draining), authority rows and the world's tick
+//! origin live in SQL (the persistence crate's migrations). A restarted coordinator resumes
+//! from them; zones re-sync by reporting what they hold on their session stream.
 //!
 //! # Layout
 //!
-//! - [`map`]: the sans-IO core: zones, leases and the cell → zone assignment, driven with an
-//!   explicit `now` so tests control time.
-//! - [`service`]: the tonic service, a thin shell that locks the map and translates messages.
+//! - [`handoff`]: the sans-IO saga, both sides (coordinator and zone participant); checked by
+//!   the deterministic simulation in `tests/simulation.rs`.
+//! - [`map`]: the sans-IO registry: zones, leases and the cell → zone assignment.
+//! - [`state`]: the one task owning both cores: batches requests, writes authority rows in one
+//!   transaction, then sends.
+//! - [`store`]: the SQL tables.
+//! - [`service`]: the tonic service, a thin shell over the state task and the published map.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod cli;
 mod convert;
 pub mod handoff;
 pub mod map;

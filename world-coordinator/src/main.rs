@@ -1,61 +1,9 @@
-//! `world-coordinator`: runs the coordinator as its own process.
-
-use std::time::Duration;
+//! `world-coordinator`: runs the world coordinator as its own process (flags: `--help`).
 
 use clap::Parser;
-use worldmesh_coordinator::{Config, Geometry};
-
-#[derive(Parser, Debug)]
-#[command(version, about = "worldmesh world coordinator")]
-struct Args {
-    /// gRPC listen address.
-    #[arg(
-        long,
-        env = "WORLDMESH_COORDINATOR_LISTEN",
-        default_value = "0.0.0.0:7100"
-    )]
-    listen: String,
-    /// Simulation ticks per second, announced to zones.
-    #[arg(long, env = "WORLDMESH_TICK_RATE", default_value_t = 20)]
-    tick_rate: u32,
-    /// Side of the square world in metres.
-    #[arg(long, env = "WORLDMESH_WORLD_SIZE", default_value_t = 2000.0)]
-    world_size: f32,
-    /// Side of a cell in metres.
-    #[arg(long, env = "WORLDMESH_CELL_SIZE", default_value_t = 250.0)]
-    cell_size: f32,
-    /// Zone lease time-to-live in milliseconds.
-    #[arg(long, env = "WORLDMESH_LEASE_TTL_MS", default_value_t = 2000)]
-    lease_ttl_ms: u64,
-    /// Zone heartbeat interval in milliseconds.
-    #[arg(long, env = "WORLDMESH_HEARTBEAT_MS", default_value_t = 500)]
-    heartbeat_ms: u64,
-    /// Where leases and authority epochs are kept: postgres://… or sqlite:… (empty: memory
-    /// only, development).
-    #[arg(long, env = "DATABASE_URL", default_value = "")]
-    database_url: String,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("info");
-    let args = Args::parse();
-    let size = args.world_size;
-    let config = Config {
-        geometry: Geometry {
-            max_x: size,
-            max_y: size,
-            cell_size: args.cell_size,
-            tick_rate_hz: args.tick_rate,
-            spawn_points: vec![(size * 0.3125, size * 0.5), (size * 0.6875, size * 0.5)],
-            ..Geometry::default()
-        },
-        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
-        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
-        database_url: (!args.database_url.is_empty()).then_some(args.database_url),
-    };
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let shutdown = worldmesh_runtime::shutdown_token();
-    worldmesh_coordinator::run(listener, config, shutdown).await?;
-    Ok(())
+    worldmesh_coordinator::cli::run(worldmesh_coordinator::cli::Args::parse()).await
 }

@@ -28,6 +28,9 @@ pub const REQUEST_QUEUE: usize = 16 * 1024;
 /// cut off and re-syncs when it reconnects.
 pub const SESSION_QUEUE: usize = 4096;
 
+/// Attempts at an authority write before memory is resynced from SQL (100 ms apart).
+const WRITE_ATTEMPTS: u32 = 30;
+
 /// How often leases, saga timeouts and resends are checked.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(20);
 
@@ -322,16 +325,26 @@ impl State {
         {
             let batch: Vec<_> = rows.into_iter().collect();
             let started = Instant::now();
-            if let Err(e) = store.write_rows(&batch).await {
-                tracing::error!(error = %e, rows = batch.len(), "authority write failed; resyncing and dropping the replies");
+            // Memory already holds these rows: they must become durable before anything is
+            // announced, or memory must go back to what SQL holds. Retry for a while (zones
+            // keep ticking; only handoffs and logins wait), then resync from SQL; if SQL cannot
+            // even be read, exit: a restarted coordinator resumes from SQL, which is safe.
+            let mut attempt = 0;
+            while let Err(e) = store.write_rows(&batch).await {
+                attempt += 1;
                 metrics::counter!("worldmesh_coordinator_sql_errors_total").increment(1);
+                if attempt < WRITE_ATTEMPTS {
+                    tracing::warn!(error = %e, attempt, rows = batch.len(), "authority write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                tracing::error!(error = %e, rows = batch.len(), "authority write keeps failing; resyncing from SQL and dropping the replies");
                 for (entity, _) in &batch {
                     match store.read_row(*entity).await {
                         Ok(row) => self.core.reload(*entity, row),
                         Err(e) => {
-                            // Cannot tell what is durable: stop rather than guess.
-                            tracing::error!(error = %e, "cannot read authority back; stopping");
-                            std::process::abort();
+                            tracing::error!(error = %e, "cannot read authority back; exiting so a restart resumes from SQL");
+                            std::process::exit(70);
                         }
                     }
                 }

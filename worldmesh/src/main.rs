@@ -25,6 +25,14 @@ struct Args {
 enum Command {
     /// Run a whole cluster with bots in this process, on embedded storage.
     Local(Local),
+    /// Run the world coordinator (same flags as the `world-coordinator` binary).
+    Coordinator(worldmesh_coordinator::cli::Args),
+    /// Run a zone server (same flags as `zone-server`).
+    Zone(worldmesh_zone::cli::Args),
+    /// Run a gateway (same flags as `gateway`).
+    Gateway(worldmesh_gateway::cli::Args),
+    /// Run the persistence service (same flags as `persistence`).
+    Persistence(worldmesh_persistence::cli::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,9 +76,28 @@ struct Local {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("warn");
-    let Command::Local(args) = Args::parse().command;
-    local(args).await
+    match Args::parse().command {
+        Command::Local(args) => {
+            worldmesh_runtime::init_logging("warn");
+            local(args).await
+        }
+        Command::Coordinator(args) => {
+            worldmesh_runtime::init_logging("info");
+            worldmesh_coordinator::cli::run(args).await
+        }
+        Command::Zone(args) => {
+            worldmesh_runtime::init_logging("info");
+            worldmesh_zone::cli::run(args).await
+        }
+        Command::Gateway(args) => {
+            worldmesh_runtime::init_logging("info");
+            worldmesh_gateway::cli::run(args).await
+        }
+        Command::Persistence(args) => {
+            worldmesh_runtime::init_logging("info");
+            worldmesh_persistence::cli::run(args).await
+        }
+    }
 }
 
 async fn local(args: Local) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ pub async fn run_session(
     mut reg: watch::Receiver<Registration>,
     mut outbound: mpsc::Receiver<ToCoordinator>,
     commands: mpsc::Sender<Command>,
+    to_tick_thread: std::sync::mpsc::SyncSender<worldmesh_coordinator::handoff::ToZone>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -69,8 +70,13 @@ pub async fn run_session(
                                 let Some(core) = ev.msg.and_then(worldmesh_coordinator::to_zone_core) else {
                                     continue;
                                 };
-                                if commands.send(Command::Coordinator(core)).await.is_err() {
-                                    return;
+                                match to_tick_thread.try_send(core) {
+                                    Ok(()) => {}
+                                    // Dropped messages are repeated by the saga's resends.
+                                    Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                                        metrics::counter!("worldmesh_zone_coordinator_dropped_total").increment(1);
+                                    }
+                                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
                                 }
                             }
                             Ok(None) => break,

@@ -148,6 +148,9 @@ pub struct DriverConfig {
 
 pub struct Channels {
     pub commands: mpsc::Receiver<Command>,
+    /// Coordinator messages, handled as they arrive, also between ticks: each step of the
+    /// handoff saga that waited for the next tick would add up to a tick of latency.
+    pub from_coordinator: std::sync::mpsc::Receiver<ToZone>,
     /// For posting back results of work done off the tick thread (loads).
     pub commands_tx: mpsc::Sender<Command>,
     pub saves: mpsc::Sender<SaveJob>,
@@ -260,7 +263,7 @@ impl Driver {
             let deadline = origin + period * tick;
             let now = Instant::now();
             if now < deadline {
-                std::thread::sleep(deadline - now);
+                self.wait_until(deadline);
             } else if now - deadline > period * MAX_CATCH_UP_TICKS {
                 let skip_to = ticks_at(now);
                 metrics::counter!("worldmesh_zone_tick_overruns_total")
@@ -316,6 +319,24 @@ impl Driver {
         self.stop();
     }
 
+    /// Sleeps until `deadline`, handling coordinator messages as they come.
+    fn wait_until(&mut self, deadline: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            match self.ch.from_coordinator.recv_timeout(deadline - now) {
+                Ok(msg) => self.on_coordinator(msg),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(deadline - now);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Once a second: release characters whose player never came back; publish ids.
     fn housekeeping(&mut self, detached_before: u32) {
         let expired = self.sim.expire_detached(detached_before);
@@ -350,6 +371,9 @@ impl Driver {
     }
 
     fn drain_commands(&mut self) {
+        while let Ok(msg) = self.ch.from_coordinator.try_recv() {
+            self.on_coordinator(msg);
+        }
         loop {
             match self.ch.commands.try_recv() {
                 Ok(cmd) => self.apply(cmd),

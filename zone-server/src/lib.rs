@@ -15,6 +15,7 @@
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
 
+pub mod cli;
 pub mod coordinator;
 pub mod driver;
 pub mod link;
@@ -217,6 +218,7 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(driver::COMMAND_QUEUE);
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(driver::TO_COORDINATOR_QUEUE);
+    let (urgent_tx, urgent_rx) = std::sync::mpsc::sync_channel(driver::TO_COORDINATOR_QUEUE);
     let saver = tokio::spawn(saver::run(
         persistence.clone(),
         save_rx,
@@ -234,6 +236,7 @@ pub async fn run(
         },
         driver::Channels {
             commands: cmd_rx,
+            from_coordinator: urgent_rx,
             commands_tx: cmd_tx.clone(),
             saves: save_tx,
             to_coordinator: coord_tx,
@@ -248,6 +251,7 @@ pub async fn run(
         reg_rx,
         coord_rx,
         cmd_tx.clone(),
+        urgent_tx,
         stop.clone(),
     ));
     let map_watch = tokio::spawn(coordinator::watch_map(

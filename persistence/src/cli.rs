@@ -1,0 +1,44 @@
+//! Command-line settings of the persistence service (flags with environment fallbacks), shared by the
+//! `persistence` binary and `worldmesh persistence`.
+
+#[derive(clap::Parser, Debug)]
+#[command(version, about = "worldmesh persistence service")]
+pub struct Args {
+    /// gRPC listen address.
+    #[arg(
+        long,
+        env = "WORLDMESH_PERSISTENCE_LISTEN",
+        default_value = "0.0.0.0:7200"
+    )]
+    listen: String,
+    /// `postgres://…` or `sqlite://path`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://worldmesh.db?mode=rwc"
+    )]
+    database_url: String,
+    /// `redis://…`; without it the hot tier is in-process.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "WORLDMESH_REDIS_PREFIX", default_value = "wm:")]
+    redis_prefix: String,
+    /// Checkpoint batches Redis may queue for SQL before refusing new ones.
+    #[arg(long, env = "WORLDMESH_MAX_BACKLOG", default_value_t = crate::DEFAULT_MAX_BACKLOG)]
+    max_backlog: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = crate::Config {
+        database_url: args.database_url,
+        redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix,
+        max_backlog: args.max_backlog,
+        run_flusher: true,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let shutdown = worldmesh_runtime::shutdown_token();
+    crate::run(listener, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Command-line settings of the world coordinator (flags with environment fallbacks), shared by the
+//! `world-coordinator` binary and `worldmesh coordinator`.
+
+use std::time::Duration;
+
+use crate::{Config, Geometry};
+
+#[derive(clap::Parser, Debug)]
+#[command(version, about = "worldmesh world coordinator")]
+pub struct Args {
+    /// gRPC listen address.
+    #[arg(
+        long,
+        env = "WORLDMESH_COORDINATOR_LISTEN",
+        default_value = "0.0.0.0:7100"
+    )]
+    listen: String,
+    /// Simulation ticks per second, announced to zones.
+    #[arg(long, env = "WORLDMESH_TICK_RATE", default_value_t = 20)]
+    tick_rate: u32,
+    /// Side of the square world in metres.
+    #[arg(long, env = "WORLDMESH_WORLD_SIZE", default_value_t = 2000.0)]
+    world_size: f32,
+    /// Side of a cell in metres.
+    #[arg(long, env = "WORLDMESH_CELL_SIZE", default_value_t = 250.0)]
+    cell_size: f32,
+    /// Zone lease time-to-live in milliseconds.
+    #[arg(long, env = "WORLDMESH_LEASE_TTL_MS", default_value_t = 2000)]
+    lease_ttl_ms: u64,
+    /// Zone heartbeat interval in milliseconds.
+    #[arg(long, env = "WORLDMESH_HEARTBEAT_MS", default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// Where leases and authority epochs are kept: postgres://… or sqlite:… (empty: memory
+    /// only, development).
+    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    database_url: String,
+    /// Spawn points for new characters, `x,y` (repeat the flag for several); default: two,
+    /// at 31 % and 69 % of the width, half way up.
+    #[arg(long = "spawn", value_parser = parse_point)]
+    spawn_points: Vec<(f32, f32)>,
+}
+
+fn parse_point(s: &str) -> Result<(f32, f32), String> {
+    let (x, y) = s.split_once(',').ok_or("expected x,y")?;
+    Ok((
+        x.trim().parse().map_err(|e| format!("x: {e}"))?,
+        y.trim().parse().map_err(|e| format!("y: {e}"))?,
+    ))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let size = args.world_size;
+    let config = Config {
+        geometry: Geometry {
+            max_x: size,
+            max_y: size,
+            cell_size: args.cell_size,
+            tick_rate_hz: args.tick_rate,
+            spawn_points: if args.spawn_points.is_empty() {
+                vec![(size * 0.3125, size * 0.5), (size * 0.6875, size * 0.5)]
+            } else {
+                args.spawn_points
+            },
+            ..Geometry::default()
+        },
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        database_url: (!args.database_url.is_empty()).then_some(args.database_url),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let shutdown = worldmesh_runtime::shutdown_token();
+    crate::run(listener, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The real binaries on loopback, on real Redis and PostgreSQL: a coordinator, persistence, a
+//! gateway and four zone servers, each its own process (`worldmesh <service>`), with 200 bots
+//! travelling across zone borders for 60 s. During the run one zone is SIGKILLed (failover),
+//! another gets SIGTERM (it drains by live handoff) and a fresh zone joins (it receives cells).
+//! At the end every bot is connected and its character in play at a live zone, and the
+//! characters in SQL match the bots one to one.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use worldmesh_persistence::testing;
+use worldmesh_protocol::grpc::coordinator::{
+    GetWorldRequest, LocateEntityRequest, coordinator_client::CoordinatorClient,
+};
+
+const BOTS: usize = 200;
+const RUN: Duration = Duration::from_secs(60);
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[String], secret: &str) -> Self {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("wm-mp-{name}.log")))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
+            .args(args)
+            .env("WORLDMESH_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn worldmesh");
+        Self {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.name;
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
+    let port = free_tcp_port();
+    Proc::start(
+        &format!("zone-{i}"),
+        &[
+            "zone".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--name".into(),
+            format!("zone-{i}"),
+            "--coordinator".into(),
+            coordinator.into(),
+            "--persistence".into(),
+            persistence.into(),
+        ],
+        secret,
+    )
+}
+
+async fn live_zones(coordinator: &str) -> usize {
+    let Ok(mut c) = CoordinatorClient::connect(coordinator.to_owned()).await else {
+        return 0;
+    };
+    c.get_world(GetWorldRequest {})
+        .await
+        .map_or(0, |w| w.into_inner().zones.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_die_drain_and_join_under_200_travelling_bots() {
+    let (backend, persistence) = Backend::tiered().await;
+    let db = persistence.database_url.clone();
+    let secret = worldmesh_runtime::random_secret();
+    let (cport, pport, gport) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    let coordinator_url = format!("http://127.0.0.1:{cport}");
+    let persistence_url = format!("http://127.0.0.1:{pport}");
+
+    let _coordinator = Proc::start(
+        "coordinator",
+        &[
+            "coordinator".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{cport}"),
+            "--database-url".into(),
+            db.clone(),
+            // On the borders of four zones' stripes, so travellers cross them.
+            "--spawn".into(),
+            "500,1000".into(),
+            "--spawn".into(),
+            "1000,1000".into(),
+            "--spawn".into(),
+            "1500,1000".into(),
+        ],
+        &secret,
+    );
+    let _persistence = Proc::start(
+        "persistence",
+        &[
+            "persistence".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{pport}"),
+            "--database-url".into(),
+            db.clone(),
+            "--redis-url".into(),
+            testing::redis_url(),
+            "--redis-prefix".into(),
+            persistence.redis_prefix.clone(),
+        ],
+        &secret,
+    );
+    let mut zones: Vec<Option<Proc>> = (0..4)
+        .map(|i| Some(zone(i, &coordinator_url, &persistence_url, &secret)))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while live_zones(&coordinator_url).await < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "zones did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _gateway = Proc::start(
+        "gateway",
+        &[
+            "gateway".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{gport}"),
+            "--coordinator".into(),
+            coordinator_url.clone(),
+            "--persistence".into(),
+            persistence_url.clone(),
+        ],
+        &secret,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let prefix = format!("mp{}-", testing::unique_suffix());
+    let stats = Arc::new(worldmesh_load_test::Stats::default());
+    let bots = tokio::spawn(worldmesh_load_test::run_with(
+        worldmesh_load_test::Config {
+            gateways: vec![([127, 0, 0, 1], gport).into()],
+            bots: BOTS,
+            ramp_per_s: 100.0,
+            duration: Some(RUN),
+            name_prefix: prefix.clone(),
+            behaviour: worldmesh_load_test::bot::Behaviour::Travel,
+            chat_every_s: 0.0,
+            status_every: None,
+            ..Default::default()
+        },
+        stats.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+
+    // The faults, while the bots play.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    eprintln!("SIGKILL zone-1");
+    zones[1].as_mut().unwrap().signal("-KILL");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    eprintln!("SIGTERM zone-2 (drains)");
+    let draining = zones[2].take().unwrap();
+    draining.signal("-TERM");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    eprintln!("zone-4 joins");
+    zones.push(Some(zone(4, &coordinator_url, &persistence_url, &secret)));
+
+    // Near the end, every bot's character must be in play at a live zone.
+    tokio::time::sleep(RUN - Duration::from_secs(40)).await;
+    let entities = stats.entities();
+    let mut c = CoordinatorClient::connect(coordinator_url.clone())
+        .await
+        .unwrap();
+    let mut homeless = Vec::new();
+    for &e in &entities {
+        let r = c
+            .locate_entity(LocateEntityRequest { entity_id: e })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.zone.is_none() {
+            homeless.push(e);
+        }
+    }
+    let report = bots.await.unwrap().expect("bots ran");
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+    let draining_exit = {
+        let mut d = draining;
+        let status = tokio::task::spawn_blocking(move || {
+            let s = d.child.wait();
+            (d, s)
+        })
+        .await
+        .unwrap();
+        status.1.ok()
+    };
+
+    assert_eq!(entities.len(), BOTS, "every bot logged in and stayed");
+    assert!(
+        homeless.is_empty(),
+        "characters in no live zone: {homeless:?}"
+    );
+    assert_eq!(report.bots_connected, BOTS as u64, "{report:?}");
+    assert_eq!(report.disconnects, 0, "{report:?}");
+    assert!(
+        draining_exit.is_some_and(|s| s.success()),
+        "the SIGTERMed zone drained and exited cleanly: {draining_exit:?}"
+    );
+
+    // SQL: one character per bot, none extra.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM characters WHERE name LIKE $1")
+        .bind(format!("{prefix}%"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let names: std::collections::BTreeSet<String> = rows.into_iter().map(|r| r.0).collect();
+    assert_eq!(names.len(), BOTS, "characters in SQL match the bots");
+    pool.close().await;
+    drop(zones);
+    backend.cleanup().await;
+}

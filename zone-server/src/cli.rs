@@ -1,0 +1,59 @@
+//! Command-line settings of one zone server (flags with environment fallbacks), shared by the
+//! `zone-server` binary and `worldmesh server`.
+
+use std::time::Duration;
+
+#[derive(clap::Parser, Debug)]
+#[command(version, about = "worldmesh zone server")]
+pub struct Args {
+    /// gRPC listen address (gateway links).
+    #[arg(long, env = "WORLDMESH_ZONE_LISTEN", default_value = "0.0.0.0:7300")]
+    listen: String,
+    /// Stable zone name (e.g. the pod name).
+    #[arg(long, env = "WORLDMESH_ZONE_NAME", default_value = "zone-0")]
+    name: String,
+    /// Address gateways reach this zone at, e.g. http://zone-0.zones:7300.
+    #[arg(long, env = "WORLDMESH_ZONE_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(
+        long,
+        env = "WORLDMESH_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:7100"
+    )]
+    coordinator: String,
+    #[arg(
+        long,
+        env = "WORLDMESH_PERSISTENCE_URL",
+        default_value = "http://127.0.0.1:7200"
+    )]
+    persistence: String,
+    /// View radius in metres.
+    #[arg(long, env = "WORLDMESH_VIEW_RADIUS", default_value_t = 100.0)]
+    view_radius: f32,
+    /// Checkpoint interval in milliseconds.
+    #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
+    checkpoint_ms: u64,
+    /// Secret gateways must present on their links.
+    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Wandering NPCs this zone simulates.
+    #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
+    npcs: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = crate::Config {
+        name: args.name,
+        advertise: args.advertise,
+        coordinator_url: args.coordinator,
+        persistence_url: args.persistence,
+        view_radius: args.view_radius,
+        checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
+        npcs: args.npcs,
+        cluster_secret: args.cluster_secret,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    crate::run(listener, config, worldmesh_runtime::shutdown_token()).await?;
+    Ok(())
+}
