@@ -79,6 +79,9 @@ pub struct Cluster {
     /// Each zone's published counters and audits.
     pub zone_stats: Vec<std::sync::Arc<worldmesh_zone::driver::Stats>>,
     backend: CancellationToken,
+    coordinator_token: CancellationToken,
+    coordinator_config: worldmesh_coordinator::Config,
+    coordinator_addr: SocketAddr,
     zones_token: CancellationToken,
     gateway_token: CancellationToken,
     gateways: Vec<Task<worldmesh_gateway::Error>>,
@@ -106,10 +109,12 @@ impl Cluster {
         let persistence = tokio::spawn(worldmesh_persistence::serve(pl, store, backend.clone()));
 
         let (cl, coordinator_url) = loopback_listener().await?;
+        let coordinator_addr = cl.local_addr()?;
+        let coordinator_token = CancellationToken::new();
         let coordinator = tokio::spawn(worldmesh_coordinator::run(
             cl,
             config.coordinator.clone(),
-            backend.clone(),
+            coordinator_token.clone(),
         ));
 
         let mut zones = Vec::new();
@@ -163,6 +168,9 @@ impl Cluster {
             zone_urls,
             zone_stats,
             backend,
+            coordinator_token,
+            coordinator_config: config.coordinator.clone(),
+            coordinator_addr,
             zones_token,
             gateway_token,
             gateways,
@@ -170,6 +178,23 @@ impl Cluster {
             coordinator,
             persistence,
         })
+    }
+
+    /// Stops the coordinator, keeps it down for `down`, and starts a new one on the same
+    /// address from the same database (zones and gateways keep running and reconnect).
+    pub async fn restart_coordinator(&mut self, down: Duration) -> Result<(), ClusterError> {
+        self.coordinator_token.cancel();
+        let old = std::mem::replace(&mut self.coordinator, tokio::spawn(async { Ok(()) }));
+        log_exit("coordinator", old.await);
+        tokio::time::sleep(down).await;
+        let listener = TcpListener::bind(self.coordinator_addr).await?;
+        self.coordinator_token = CancellationToken::new();
+        self.coordinator = tokio::spawn(worldmesh_coordinator::run(
+            listener,
+            self.coordinator_config.clone(),
+            self.coordinator_token.clone(),
+        ));
+        Ok(())
     }
 
     /// Stops the gateway (clients are kicked, characters saved), then the zones (everything
@@ -183,6 +208,7 @@ impl Cluster {
         for z in self.zones {
             log_exit("zone", z.await);
         }
+        self.coordinator_token.cancel();
         self.backend.cancel();
         log_exit("coordinator", self.coordinator.await);
         log_exit("persistence", self.persistence.await);

@@ -105,7 +105,19 @@ pub enum Command {
     LeaseLost {
         zone_id: u64,
     },
+    /// A neighbour's border characters, to show as read-only copies.
+    Ghosts(pb::GhostBatch),
 }
+
+/// A batch of border characters for one neighbour zone, with its address.
+pub struct GhostsOut {
+    pub zone_id: u64,
+    pub address: String,
+    pub batch: pb::GhostBatch,
+}
+
+/// Ghosts not refreshed for this many ticks are dropped (their zone stopped sending).
+pub const GHOST_TTL_TICKS: u32 = 10;
 
 /// Numbers the heartbeat and the cluster report.
 #[derive(Default)]
@@ -144,6 +156,9 @@ pub struct DriverConfig {
     pub npcs: usize,
     pub tick_origin_unix_ms: u64,
     pub capacity: u32,
+    /// How far across a border a neighbour's characters are shown (the view radius plus its
+    /// hysteresis: as far as any observer here can see).
+    pub border_margin: f32,
 }
 
 pub struct Channels {
@@ -156,6 +171,8 @@ pub struct Channels {
     pub saves: mpsc::Sender<SaveJob>,
     pub to_coordinator: mpsc::Sender<ToCoordinator>,
     pub persistence: PersistenceClient<Channel>,
+    /// Border characters for neighbour zones (see [`crate::peers`]).
+    pub ghosts: mpsc::Sender<GhostsOut>,
 }
 
 pub fn spawn(
@@ -201,6 +218,10 @@ pub fn spawn(
                 positions: Vec::new(),
                 first_snapshot_due: HashMap::new(),
                 capacity: config.capacity,
+                border_margin: config.border_margin,
+                near: Vec::new(),
+                ghost_scratch: Vec::new(),
+                ghosted: Vec::new(),
             };
             driver.run(&config, &shutdown);
         })
@@ -232,6 +253,12 @@ struct Driver {
     /// Handed-in characters whose first snapshot has not gone out yet: freeze time (unix µs).
     first_snapshot_due: HashMap<u64, u64>,
     capacity: u32,
+    border_margin: f32,
+    /// Per cell (row-major): the other zones owning a cell within `border_margin` of it.
+    near: Vec<Vec<(u64, String)>>,
+    ghost_scratch: Vec<crate::sim::GhostState>,
+    /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
+    ghosted: Vec<(u64, String)>,
 }
 
 fn unix_us() -> u64 {
@@ -275,6 +302,7 @@ impl Driver {
             self.sim.step_at(tick);
             self.ship_frames();
             self.check_borders();
+            self.send_ghosts(tick);
             for m in self.participant.on_tick(started) {
                 self.to_coordinator(m);
             }
@@ -300,6 +328,7 @@ impl Driver {
             }
             if tick - last_housekeeping >= config.sim.tick_rate_hz {
                 last_housekeeping = tick;
+                self.sim.expire_ghosts(tick.saturating_sub(GHOST_TTL_TICKS));
                 self.housekeeping(tick.saturating_sub(grace_ticks));
             }
             self.flush_backlog();
@@ -378,6 +407,59 @@ impl Driver {
             match self.ch.commands.try_recv() {
                 Ok(cmd) => self.apply(cmd),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Streams the characters near each neighbour's cells to that neighbour (border
+    /// visibility): one batch per neighbour per tick, an empty one when there is nothing
+    /// left to show it.
+    fn send_ghosts(&mut self, tick: u32) {
+        let Some(map) = self.map.clone() else { return };
+        let Some(g) = map.world.as_ref() else { return };
+        if self.near.is_empty() || map.cells_x == 0 || map.cells_y == 0 {
+            return;
+        }
+        self.sim.visible_characters(&mut self.ghost_scratch);
+        let mut batches: HashMap<u64, (String, Vec<pb::Ghost>)> = HashMap::new();
+        for &(id, x, y, heading, speed) in &self.ghost_scratch {
+            let cx = (((x - g.min_x) / g.cell_size).floor().max(0.0) as u32).min(map.cells_x - 1);
+            let cy = (((y - g.min_y) / g.cell_size).floor().max(0.0) as u32).min(map.cells_y - 1);
+            let Some(zones) = self.near.get((cy * map.cells_x + cx) as usize) else {
+                continue;
+            };
+            for (zone, address) in zones {
+                batches
+                    .entry(*zone)
+                    .or_insert_with(|| (address.clone(), Vec::new()))
+                    .1
+                    .push(pb::Ghost {
+                        id,
+                        x,
+                        y,
+                        heading,
+                        speed,
+                    });
+            }
+        }
+        for (zone, address) in std::mem::take(&mut self.ghosted) {
+            batches.entry(zone).or_insert_with(|| (address, Vec::new()));
+        }
+        for (zone_id, (address, ghosts)) in batches {
+            if !ghosts.is_empty() {
+                self.ghosted.push((zone_id, address.clone()));
+            }
+            let out = GhostsOut {
+                zone_id,
+                address,
+                batch: pb::GhostBatch {
+                    from_zone: self.zone_id,
+                    tick,
+                    ghosts,
+                },
+            };
+            if self.ch.ghosts.try_send(out).is_err() {
+                metrics::counter!("worldmesh_zone_ghost_batches_dropped_total").increment(1);
             }
         }
     }
@@ -497,7 +579,19 @@ impl Driver {
             Command::SessionUp => {
                 self.resync_at = Some(Instant::now());
             }
-            Command::Map(map) => self.map = Some(map),
+            Command::Map(map) => {
+                self.near = near_zones(&map, self.zone_id, self.border_margin);
+                self.map = Some(map);
+            }
+            Command::Ghosts(batch) => {
+                let ghosts: Vec<crate::sim::GhostState> = batch
+                    .ghosts
+                    .iter()
+                    .map(|g| (g.id, g.x, g.y, g.heading, g.speed))
+                    .collect();
+                let tick = self.sim.tick();
+                self.sim.set_ghosts(batch.from_zone, tick, &ghosts);
+            }
             Command::Loaded {
                 entity,
                 epoch,
@@ -553,6 +647,9 @@ impl Driver {
                 self.participant.clear();
                 self.pending_acquire.clear();
                 self.zone_id = zone_id;
+                if let Some(map) = &self.map {
+                    self.near = near_zones(map, zone_id, self.border_margin);
+                }
             }
         }
     }
@@ -688,7 +785,7 @@ impl Driver {
                     });
                 }
                 Event::HandedOff { entity, to } => {
-                    self.sim.remove_character(entity);
+                    self.sim.ghostify(entity, to);
                     self.stats.handoffs_out.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "out")
                         .increment(1);
@@ -853,4 +950,51 @@ impl Driver {
             }
         }
     }
+}
+
+/// For every cell, the other zones owning a cell within `margin` of it, with their addresses.
+fn near_zones(map: &coord_pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, String)>> {
+    let Some(g) = map.world.as_ref() else {
+        return Vec::new();
+    };
+    let (w, h) = (map.cells_x as i64, map.cells_y as i64);
+    if map.cell_owners.len() != (w * h) as usize {
+        return Vec::new();
+    }
+    let reach = (margin / g.cell_size).ceil() as i64;
+    let address = |z: u64| {
+        map.zones
+            .iter()
+            .find(|i| i.zone_id == z)
+            .map(|i| i.address.clone())
+    };
+    let mut out = vec![Vec::new(); (w * h) as usize];
+    for cy in 0..h {
+        for cx in 0..w {
+            let mut zones: Vec<(u64, String)> = Vec::new();
+            for dy in -reach..=reach {
+                for dx in -reach..=reach {
+                    let (nx, ny) = (cx + dx, cy + dy);
+                    if nx < 0 || ny < 0 || nx >= w || ny >= h {
+                        continue;
+                    }
+                    // Distance between the two cells' rectangles.
+                    let gap = |d: i64| (d.abs() - 1).max(0) as f32 * g.cell_size;
+                    if gap(dx).hypot(gap(dy)) > margin {
+                        continue;
+                    }
+                    let owner = map.cell_owners[(ny * w + nx) as usize];
+                    if owner != 0
+                        && owner != me
+                        && !zones.iter().any(|(z, _)| *z == owner)
+                        && let Some(a) = address(owner)
+                    {
+                        zones.push((owner, a));
+                    }
+                }
+            }
+            out[(cy * w + cx) as usize] = zones;
+        }
+    }
+    out
 }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod driver;
 pub mod link;
+pub mod peers;
 pub mod saver;
 pub mod sim;
 
@@ -219,6 +220,12 @@ pub async fn run(
     let (save_tx, save_rx) = tokio::sync::mpsc::channel(saver::SAVE_QUEUE);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(driver::TO_COORDINATOR_QUEUE);
     let (urgent_tx, urgent_rx) = std::sync::mpsc::sync_channel(driver::TO_COORDINATOR_QUEUE);
+    let (ghost_tx, ghost_rx) = tokio::sync::mpsc::channel(256);
+    let peers = tokio::spawn(peers::run(
+        ghost_rx,
+        config.cluster_secret.clone(),
+        stop.clone(),
+    ));
     let saver = tokio::spawn(saver::run(
         persistence.clone(),
         save_rx,
@@ -233,6 +240,7 @@ pub async fn run(
             npcs: config.npcs,
             tick_origin_unix_ms: w.tick_origin_unix_ms,
             capacity: config.capacity,
+            border_margin: config.view_radius * (1.0 + sim::snapshot::HYSTERESIS),
         },
         driver::Channels {
             commands: cmd_rx,
@@ -241,6 +249,7 @@ pub async fn run(
             saves: save_tx,
             to_coordinator: coord_tx,
             persistence: persistence.clone(),
+            ghosts: ghost_tx,
         },
         links.clone(),
         stats.clone(),
@@ -316,6 +325,7 @@ pub async fn run(
     }
     session.abort();
     map_watch.abort();
+    peers.abort();
     served?;
     tracing::info!(zone = zone_id.load(Ordering::Relaxed), "zone stopped");
     Ok(())

@@ -108,6 +108,25 @@ impl ZoneLink for LinkService {
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn ghosts(
+        &self,
+        req: Request<Streaming<pb::GhostBatch>>,
+    ) -> Result<Response<pb::GhostsClosed>, Status> {
+        let mut inbound = req.into_inner();
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                m = inbound.message() => m,
+            };
+            let Ok(Some(batch)) = next else { break };
+            // Superseded next tick: drop rather than wait when the tick thread is busy.
+            if self.commands.try_send(Command::Ghosts(batch)).is_err() {
+                metrics::counter!("worldmesh_zone_ghost_batches_dropped_total").increment(1);
+            }
+        }
+        Ok(Response::new(pb::GhostsClosed {}))
+    }
 }
 
 async fn serve_link(

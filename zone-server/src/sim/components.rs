@@ -77,3 +77,12 @@ pub struct Detached {
     /// Tick it became detached.
     pub since: u32,
 }
+
+/// A read-only copy of a character another zone simulates near our border: shown to
+/// observers, never simulated or saved here.
+#[derive(Component, Debug, Clone, Copy)]
+pub struct Ghost {
+    pub from_zone: u64,
+    /// Tick of the batch that last refreshed it.
+    pub tick: u32,
+}

@@ -42,6 +42,13 @@ pub struct PlayerIndex(pub HashMap<u64, Entity>);
 #[derive(Resource, Default)]
 pub struct CharIndex(pub HashMap<u64, Entity>);
 
+/// Ghost id → ECS entity (border visibility).
+#[derive(Resource, Default)]
+pub struct GhostIndex(pub HashMap<u64, Entity>);
+
+/// One ghost as received: (id, x, y, heading, speed).
+pub type GhostState = (u64, f32, f32, f32, f32);
+
 /// Everything that leaves with a handed-off character besides its persistent state.
 #[derive(Debug, Clone, Default)]
 pub struct Carried {
@@ -123,6 +130,7 @@ impl Sim {
         world.insert_resource(Tick(0));
         world.insert_resource(PlayerIndex::default());
         world.insert_resource(CharIndex::default());
+        world.insert_resource(GhostIndex::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
@@ -184,7 +192,7 @@ impl Sim {
         out.clear();
         let mut q = self
             .world
-            .query_filtered::<(&CharacterRecord, &Position), Without<Frozen>>();
+            .query_filtered::<(&CharacterRecord, &Position), (Without<Frozen>, Without<Ghost>)>();
         out.extend(
             q.iter(&self.world)
                 .filter(|(r, _)| r.id < NPC_ID_BASE)
@@ -247,6 +255,7 @@ impl Sim {
     /// Spawns a character that arrives by handoff or restore, with a player if one is
     /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise.
     pub fn spawn_arrival(&mut self, c: &Character, carried: &Carried) -> Spawned {
+        self.remove_ghost(c.id);
         if let Some(old) = self.entity_of(c.id) {
             self.remove_character(c.id);
             let _ = old;
@@ -423,6 +432,7 @@ impl Sim {
     /// reconnected before the old session was cleaned up), the live entity is taken over:
     /// its in-memory state is newer than anything persisted.
     pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
+        self.remove_ghost(c.id);
         if let Some(entity) = self.entity_of(c.id) {
             self.world.entity_mut(entity).remove::<Detached>();
             if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
@@ -577,7 +587,9 @@ impl Sim {
 
     /// Character ids split into (simulated, frozen for a handoff).
     pub fn character_ids_split(&mut self) -> (Vec<u64>, Vec<u64>) {
-        let mut q = self.world.query::<(&CharacterRecord, Has<Frozen>)>();
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, Has<Frozen>), Without<Ghost>>();
         let (mut active, mut frozen) = (Vec::new(), Vec::new());
         for (r, is_frozen) in q.iter(&self.world) {
             if r.id >= NPC_ID_BASE {
@@ -590,6 +602,127 @@ impl Sim {
             }
         }
         (active, frozen)
+    }
+
+    /// Characters simulated here (frozen ones too), for border visibility: (id, x, y,
+    /// heading, speed).
+    pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
+        out.clear();
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, &Position, &Motion), Without<Ghost>>();
+        out.extend(
+            q.iter(&self.world)
+                .filter(|(r, _, _)| r.id < NPC_ID_BASE)
+                .map(|(r, p, m)| (r.id, p.x, p.y, m.heading, m.speed)),
+        );
+    }
+
+    /// Replaces the ghosts shown from zone `from` with `ghosts` (border visibility). A ghost
+    /// of a character simulated here is skipped: the real one wins.
+    pub fn set_ghosts(&mut self, from: u64, tick: u32, ghosts: &[GhostState]) {
+        let fresh: std::collections::HashSet<u64> = ghosts.iter().map(|g| g.0).collect();
+        let stale: Vec<u64> = {
+            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            q.iter(&self.world)
+                .filter(|(r, g)| g.from_zone == from && !fresh.contains(&r.id))
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        for id in stale {
+            self.remove_ghost(id);
+        }
+        for &(id, x, y, heading, speed) in ghosts {
+            if self.entity_of(id).is_some() {
+                continue;
+            }
+            let existing = self.world.resource::<GhostIndex>().0.get(&id).copied();
+            match existing {
+                Some(e) => {
+                    let mut e = self.world.entity_mut(e);
+                    e.insert((
+                        Position { x, y },
+                        Motion { heading, speed },
+                        Ghost {
+                            from_zone: from,
+                            tick,
+                        },
+                    ));
+                }
+                None => {
+                    let e = self
+                        .world
+                        .spawn((
+                            CharacterRecord {
+                                id,
+                                name: String::new(),
+                                epoch: 0,
+                                version: 0,
+                            },
+                            Position { x, y },
+                            Motion { heading, speed },
+                            Ghost {
+                                from_zone: from,
+                                tick,
+                            },
+                        ))
+                        .id();
+                    self.world.resource_mut::<GhostIndex>().0.insert(id, e);
+                }
+            }
+        }
+    }
+
+    /// A character handed to zone `to` stays here as a ghost of it (refreshed by `to`'s
+    /// border batches from the next tick), so observers here never see it blink out.
+    pub fn ghostify(&mut self, id: u64, to: u64) {
+        let Some(entity) = self.world.resource_mut::<CharIndex>().0.remove(&id) else {
+            return;
+        };
+        if let Some(pid) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+        }
+        let tick = self.tick();
+        self.world
+            .entity_mut(entity)
+            .remove::<(
+                Player,
+                snapshot::Observer,
+                input::InputQueue,
+                Intent,
+                Dirty,
+                Frozen,
+                Detached,
+            )>()
+            .insert(Ghost {
+                from_zone: to,
+                tick,
+            });
+        self.world.resource_mut::<GhostIndex>().0.insert(id, entity);
+    }
+
+    fn remove_ghost(&mut self, id: u64) {
+        if let Some(e) = self.world.resource_mut::<GhostIndex>().0.remove(&id) {
+            self.world.despawn(e);
+        }
+    }
+
+    /// Drops ghosts not refreshed since `before_tick` (their zone stopped sending).
+    pub fn expire_ghosts(&mut self, before_tick: u32) {
+        let old: Vec<u64> = {
+            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            q.iter(&self.world)
+                .filter(|(_, g)| g.tick < before_tick)
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        for id in old {
+            self.remove_ghost(id);
+        }
+    }
+
+    pub fn ghost_count(&self) -> usize {
+        self.world.resource::<GhostIndex>().0.len()
     }
 
     pub fn character_count(&self) -> usize {
