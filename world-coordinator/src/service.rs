@@ -154,6 +154,7 @@ impl Coordinator for CoordinatorService {
                 generation: req.lease_generation,
                 entities: req.entities,
                 players: req.players,
+                tick_p99_ms: req.tick_p99_ms,
                 reply,
             })
             .await?;

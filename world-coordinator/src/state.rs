@@ -48,6 +48,7 @@ pub enum Request {
         generation: u64,
         entities: u32,
         players: u32,
+        tick_p99_ms: f32,
         reply: oneshot::Sender<bool>,
     },
     Drain {
@@ -232,11 +233,22 @@ impl State {
                 generation,
                 entities,
                 players,
+                tick_p99_ms,
                 reply,
             } => {
                 let ok = self
                     .map
                     .heartbeat(zone, generation, entities, players, Instant::now());
+                if ok {
+                    // The load a zone reports: what a rebalancer (and ops) would act on.
+                    let z = zone.to_string();
+                    metrics::gauge!("worldmesh_coordinator_zone_players", "zone" => z.clone())
+                        .set(players as f64);
+                    metrics::gauge!("worldmesh_coordinator_zone_entities", "zone" => z.clone())
+                        .set(entities as f64);
+                    metrics::gauge!("worldmesh_coordinator_zone_tick_p99_ms", "zone" => z)
+                        .set(tick_p99_ms as f64);
+                }
                 let _ = reply.send(ok);
             }
             Request::Drain {

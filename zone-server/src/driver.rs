@@ -126,6 +126,8 @@ pub struct Stats {
     pub players: AtomicU32,
     /// Characters (with or without a player) simulated here.
     pub characters: AtomicU32,
+    /// p99 tick duration over the last second, microseconds (reported in heartbeats).
+    pub tick_p99_us: AtomicU32,
     pub handoffs_in: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoffs_aborted: AtomicU64,
@@ -222,6 +224,7 @@ pub fn spawn(
                 near: Vec::new(),
                 ghost_scratch: Vec::new(),
                 ghosted: Vec::new(),
+                tick_us: Vec::with_capacity(64),
             };
             driver.run(&config, &shutdown);
         })
@@ -259,6 +262,8 @@ struct Driver {
     ghost_scratch: Vec<crate::sim::GhostState>,
     /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
     ghosted: Vec<(u64, String)>,
+    /// Tick durations since the last housekeeping, microseconds.
+    tick_us: Vec<u32>,
 }
 
 fn unix_us() -> u64 {
@@ -341,8 +346,10 @@ impl Driver {
             self.stats
                 .characters
                 .store(self.sim.character_ids().len() as u32, Ordering::Relaxed);
-            metrics::histogram!("worldmesh_zone_tick_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            metrics::histogram!("worldmesh_zone_tick_duration_seconds").record(took.as_secs_f64());
+            self.tick_us
+                .push(took.as_micros().min(u32::MAX as u128) as u32);
         }
         self.drain_commands();
         self.stop();
@@ -366,8 +373,16 @@ impl Driver {
         }
     }
 
-    /// Once a second: release characters whose player never came back; publish ids.
+    /// Once a second: release characters whose player never came back; publish the tick p99.
     fn housekeeping(&mut self, detached_before: u32) {
+        if !self.tick_us.is_empty() {
+            self.tick_us.sort_unstable();
+            let i = (self.tick_us.len() * 99 / 100).min(self.tick_us.len() - 1);
+            self.stats
+                .tick_p99_us
+                .store(self.tick_us[i], Ordering::Relaxed);
+            self.tick_us.clear();
+        }
         let expired = self.sim.expire_detached(detached_before);
         if !expired.is_empty() {
             tracing::info!(

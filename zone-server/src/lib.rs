@@ -399,7 +399,7 @@ async fn heartbeat_loop(
             lease_generation: reg.lease_generation,
             entities: stats.entities.load(Ordering::Relaxed),
             players: stats.players.load(Ordering::Relaxed),
-            tick_p99_ms: 0.0,
+            tick_p99_ms: stats.tick_p99_us.load(Ordering::Relaxed) as f32 / 1000.0,
         };
         match coordinator.heartbeat(req).await {
             Ok(r) if r.get_ref().lease_valid => {}
