@@ -18,6 +18,7 @@
 //! - [`session`]: one task per client connection: login, relay, logout.
 //! - [`run`]: the accept loop with its connection limit.
 
+pub mod checks;
 pub mod cli;
 pub mod session;
 pub mod tls;

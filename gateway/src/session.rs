@@ -17,10 +17,7 @@ use worldmesh_protocol::codec::{self, DecodeError, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::grpc::coordinator::LocateZoneRequest;
 use worldmesh_protocol::grpc::persistence::LoadOrCreateCharacterRequest;
 use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
-use worldmesh_protocol::{
-    ClientMessage, ErrorCode, Kick, MAX_CHAT_LEN, PROTOCOL_VERSION, ServerMessage, Welcome,
-    WorldBounds, validate_name,
-};
+use worldmesh_protocol::{ClientMessage, ErrorCode, Kick, ServerMessage, Welcome, WorldBounds};
 
 use crate::Gateway;
 use crate::zones::{JoinOutcome, ZoneLink};
@@ -96,6 +93,12 @@ impl Refusal {
     }
 }
 
+impl From<crate::checks::Rejection> for Refusal {
+    fn from((code, why): crate::checks::Rejection) -> Self {
+        Self(code, why)
+    }
+}
+
 impl From<DecodeError> for Refusal {
     fn from(e: DecodeError) -> Self {
         Self(e.code(), e.to_string())
@@ -111,8 +114,10 @@ pub async fn handle(
     let connection = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "handshake failed");
-            metrics::counter!("worldmesh_gateway_handshake_failures_total").increment(1);
+            let reason = handshake_failure(&e);
+            tracing::debug!(%peer, error = %e, reason, "handshake failed");
+            metrics::counter!("worldmesh_gateway_handshake_failures_total", "reason" => reason)
+                .increment(1);
             return;
         }
     };
@@ -169,6 +174,21 @@ pub async fn handle(
     drop(permit);
 }
 
+/// Why a handshake failed, as a metric label. A client of another protocol version fails here:
+/// TLS alert 120 (`no_application_protocol`), because ALPN carries the version.
+fn handshake_failure(e: &quinn::ConnectionError) -> &'static str {
+    match e {
+        quinn::ConnectionError::TransportError(t)
+            if t.code == quinn::TransportErrorCode::crypto(120) =>
+        {
+            "alpn"
+        }
+        quinn::ConnectionError::TransportError(_) => "transport",
+        quinn::ConnectionError::TimedOut => "timeout",
+        _ => "other",
+    }
+}
+
 /// Sends a Kick on the control stream (when there is one), lets it drain briefly, and closes
 /// the connection with the error code as the QUIC application close code.
 async fn close(
@@ -204,28 +224,9 @@ async fn session(
     let hello = match tokio::time::timeout(gateway.config.login_timeout, inbound.recv()).await {
         Err(_) => return Err(Refusal::new(ErrorCode::Timeout, "no Hello in time")),
         Ok(None) => return Ok(()),
-        Ok(Some(Err(e))) => return Err(e.into()),
-        Ok(Some(Ok(ClientMessage::Hello(h)))) => h,
-        Ok(Some(Ok(_))) => {
-            return Err(Refusal::new(ErrorCode::UnexpectedMessage, "expected Hello"));
-        }
+        Ok(Some(m)) => m,
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(Refusal::new(
-            ErrorCode::UnsupportedVersion,
-            format!(
-                "protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}",
-                hello.protocol_version
-            ),
-        ));
-    }
-    if !validate_name(&hello.name) {
-        return Err(Refusal::new(
-            ErrorCode::InvalidName,
-            "names are 1-32 ASCII letters, digits, '_' or '-'",
-        ));
-    }
-    let name = hello.name;
+    let name = crate::checks::check_hello(hello)?;
     let player_id = gateway.next_player.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", player = player_id, %name, %peer);
     play(gateway, connection, inbound, control, name, player_id)
@@ -441,31 +442,23 @@ async fn relay(
             d = connection.read_datagram() => {
                 let Ok(bytes) = d else { return Ok(()) };
                 metrics::counter!("worldmesh_gateway_datagrams_in_total").increment(1);
-                match codec::decode_frame::<ClientMessage>(&bytes)? {
-                    ClientMessage::Input(i) => {
-                        i.validate().map_err(|why| Refusal::new(ErrorCode::InvalidInput, why))?;
-                        if !limiter.admit(&gateway.config)? {
-                            continue;
-                        }
-                        let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
-                        if !link.try_send_input(input) {
-                            metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "zone_queue_full").increment(1);
-                        }
-                    }
-                    _ => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "only Input may be sent as a datagram")),
+                let i = crate::checks::check_datagram(&bytes)?;
+                if !limiter.admit(&gateway.config)? {
+                    continue;
+                }
+                let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
+                if !link.try_send_input(input) {
+                    metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "zone_queue_full").increment(1);
                 }
             }
             m = inbound.recv() => match m {
                 None => return Ok(()),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(ClientMessage::Bye)) => return Ok(()),
-                Some(Ok(ClientMessage::Chat(c))) => {
-                    if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
-                        return Err(Refusal::new(ErrorCode::Malformed, "chat lines are 1-256 bytes"));
+                Some(m) => match crate::checks::check_in_play(m)? {
+                    crate::checks::InPlay::Bye => return Ok(()),
+                    crate::checks::InPlay::Chat(text) => {
+                        link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text })).await;
                     }
-                    link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text: c.text })).await;
-                }
-                Some(Ok(_)) => return Err(Refusal::new(ErrorCode::UnexpectedMessage, "Hello and Input are not valid here")),
+                },
             },
         }
     }

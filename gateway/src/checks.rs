@@ -1,0 +1,160 @@
+//! What a client may send, and when: the gateway's per-message checks as pure functions (no
+//! I/O, no state). The session task applies them; the fuzz targets in `fuzz/` and the corpus
+//! replay test drive them directly, so what is fuzzed is what runs.
+
+use worldmesh_protocol::codec::{self, DecodeError};
+use worldmesh_protocol::{
+    ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, PROTOCOL_VERSION, validate_name,
+};
+
+/// Why a client is cut off: the code it is kicked with and a message for it and the log.
+pub type Rejection = (ErrorCode, String);
+
+fn reject(code: ErrorCode, why: impl Into<String>) -> Rejection {
+    (code, why.into())
+}
+
+/// The first control message: must be a Hello of our protocol version with a valid name.
+/// Returns the character name.
+pub fn check_hello(msg: Result<ClientMessage, DecodeError>) -> Result<String, Rejection> {
+    let hello = match msg {
+        Err(e) => return Err((e.code(), e.to_string())),
+        Ok(ClientMessage::Hello(h)) => h,
+        Ok(_) => return Err(reject(ErrorCode::UnexpectedMessage, "expected Hello")),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(reject(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        ));
+    }
+    if !validate_name(&hello.name) {
+        return Err(reject(
+            ErrorCode::InvalidName,
+            "names are 1-32 ASCII letters, digits, '_' or '-'",
+        ));
+    }
+    Ok(hello.name)
+}
+
+/// A datagram in play: only a valid Input.
+pub fn check_datagram(bytes: &[u8]) -> Result<Input, Rejection> {
+    match codec::decode_frame::<ClientMessage>(bytes) {
+        Err(e) => Err((e.code(), e.to_string())),
+        Ok(ClientMessage::Input(i)) => {
+            i.validate()
+                .map_err(|why| reject(ErrorCode::InvalidInput, why))?;
+            Ok(i)
+        }
+        Ok(_) => Err(reject(
+            ErrorCode::UnexpectedMessage,
+            "only Input may be sent as a datagram",
+        )),
+    }
+}
+
+/// What a control-stream message in play asks for.
+#[derive(Debug, PartialEq)]
+pub enum InPlay {
+    Chat(String),
+    Bye,
+}
+
+/// A control-stream message in play: Chat (1-256 bytes) or Bye.
+pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, Rejection> {
+    match msg {
+        Err(e) => Err((e.code(), e.to_string())),
+        Ok(ClientMessage::Bye) => Ok(InPlay::Bye),
+        Ok(ClientMessage::Chat(c)) => {
+            if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
+                Err(reject(ErrorCode::Malformed, "chat lines are 1-256 bytes"))
+            } else {
+                Ok(InPlay::Chat(c.text))
+            }
+        }
+        Ok(_) => Err(reject(
+            ErrorCode::UnexpectedMessage,
+            "Hello and Input are not valid here",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worldmesh_protocol::{ChatSay, Hello};
+
+    fn frame(m: &ClientMessage) -> Vec<u8> {
+        codec::encode_to_vec(m).unwrap()
+    }
+
+    #[test]
+    fn hello_rules() {
+        let ok = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            name: "ann".into(),
+        };
+        assert_eq!(
+            check_hello(Ok(ClientMessage::Hello(ok.clone()))).unwrap(),
+            "ann"
+        );
+        let old = Hello {
+            protocol_version: PROTOCOL_VERSION + 1,
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_hello(Ok(ClientMessage::Hello(old))).unwrap_err().0,
+            ErrorCode::UnsupportedVersion
+        );
+        let bad = Hello {
+            name: "a b".into(),
+            ..ok
+        };
+        assert_eq!(
+            check_hello(Ok(ClientMessage::Hello(bad))).unwrap_err().0,
+            ErrorCode::InvalidName
+        );
+        assert_eq!(
+            check_hello(Ok(ClientMessage::Bye)).unwrap_err().0,
+            ErrorCode::UnexpectedMessage
+        );
+    }
+
+    #[test]
+    fn datagram_and_control_rules() {
+        let input = Input {
+            seq: 1,
+            ack_tick: 0,
+            heading: 0.5,
+            speed: 3.0,
+            actions: 0,
+        };
+        assert_eq!(
+            check_datagram(&frame(&ClientMessage::Input(input))).unwrap(),
+            input
+        );
+        assert_eq!(
+            check_datagram(&frame(&ClientMessage::Bye)).unwrap_err().0,
+            ErrorCode::UnexpectedMessage
+        );
+        assert!(check_datagram(&[1, 255, 255, 255, 255]).is_err());
+        let nan = Input {
+            speed: f32::NAN,
+            ..input
+        };
+        assert_eq!(
+            check_datagram(&frame(&ClientMessage::Input(nan)))
+                .unwrap_err()
+                .0,
+            ErrorCode::InvalidInput
+        );
+        let long = ClientMessage::Chat(ChatSay {
+            text: "x".repeat(MAX_CHAT_LEN + 1),
+        });
+        assert_eq!(check_in_play(Ok(long)).unwrap_err().0, ErrorCode::Malformed);
+        assert_eq!(check_in_play(Ok(ClientMessage::Bye)).unwrap(), InPlay::Bye);
+    }
+}
