@@ -188,6 +188,14 @@ async fn read_link(
                     relocate(gateway.clone(), l.player_id, zone_id);
                 }
             }
+            Some(Msg::Evicted(e)) => {
+                if let Some(s) = gateway.sessions.get(&e.player_id) {
+                    s.kick(
+                        worldmesh_protocol::ErrorCode::LoggedInElsewhere,
+                        "logged in from another connection",
+                    );
+                }
+            }
             Some(Msg::Attached(a)) => match gateway.sessions.get(&a.player_id) {
                 Some(s) => {
                     s.route.send_replace(a.zone_id);

@@ -250,6 +250,33 @@ impl Coordinator {
         out
     }
 
+    /// A zone stopped cleanly, every entity saved: its sagas abort and its entities become
+    /// nobody's (the next login loads them from persistence), instead of failing over.
+    pub fn zone_stopped(&mut self, zone: ZoneId) -> Vec<Action> {
+        self.live.remove(&zone);
+        let mut out = Vec::new();
+        let touched: Vec<EntityId> = self
+            .sagas
+            .iter()
+            .filter(|(_, s)| s.from == zone || s.to == zone)
+            .map(|(e, _)| *e)
+            .collect();
+        for entity in touched {
+            self.abort(entity, &mut out);
+        }
+        self.restoring.retain(|_, (z, _, _)| *z != zone);
+        for (&entity, row) in self.rows.iter_mut() {
+            if row.zone == zone {
+                row.zone = 0;
+                out.push(Action::Write {
+                    entity,
+                    row: row.clone(),
+                });
+            }
+        }
+        out
+    }
+
     /// Moves entities owned by zones that are not live to survivors: after `zone_down`, and
     /// after a restart (the coordinator may have died halfway through a failover).
     pub fn reassign_orphans(

@@ -296,6 +296,20 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
+    async fn deregister(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let req = req.into_inner();
+        self.ask(|reply| state::Request::Deregister {
+            zone: req.zone_id,
+            generation: req.lease_generation,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+
     async fn drain(
         &self,
         req: Request<pb::DrainRequest>,

@@ -56,6 +56,11 @@ pub enum Request {
         generation: u64,
         reply: oneshot::Sender<bool>,
     },
+    Deregister {
+        zone: ZoneId,
+        generation: u64,
+        reply: oneshot::Sender<bool>,
+    },
     OpenSession {
         zone: ZoneId,
         generation: u64,
@@ -266,6 +271,27 @@ impl State {
                     }
                 }
                 let _ = reply.send(ok);
+            }
+            Request::Deregister {
+                zone,
+                generation,
+                reply,
+            } => {
+                let known = self
+                    .map
+                    .zone(zone)
+                    .is_some_and(|z| z.lease_generation == generation);
+                if known && let Some(z) = self.map.expire_now(zone) {
+                    tracing::info!(zone, name = %z.name, "zone stopped and left the map");
+                    self.sessions.remove(&zone);
+                    if let Some(s) = &self.store
+                        && let Err(e) = s.delete_zone(zone).await
+                    {
+                        tracing::error!(zone, error = %e, "cannot delete zone row");
+                    }
+                    actions.extend(self.core.zone_stopped(zone));
+                }
+                let _ = reply.send(known);
             }
             Request::OpenSession {
                 zone,

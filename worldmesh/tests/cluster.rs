@@ -134,3 +134,41 @@ async fn zones_refuse_links_without_the_cluster_secret() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+/// One character, two gateways: the newer login wins and the older session is told why,
+/// instead of silently losing its character.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_through_another_gateway_takes_the_character_over() {
+    let (backend, persistence) = Backend::embedded();
+    let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
+    config.zones = 1;
+    config.gateways = 2;
+    let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
+    let endpoint = endpoint();
+    let mut first =
+        worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addrs[0], "twice")
+            .await
+            .unwrap();
+    let second = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addrs[1], "twice")
+        .await
+        .expect("the newer login gets the character");
+    assert_eq!(second.welcome.entity_id, first.welcome.entity_id);
+    let kicked = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match first.next_control().await {
+                Some(worldmesh_protocol::ServerMessage::Kick(k)) => return Some(k.code),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the older session hears about it");
+    assert_eq!(
+        kicked,
+        Some(worldmesh_protocol::ErrorCode::LoggedInElsewhere)
+    );
+    second.bye().await.unwrap();
+    cluster.stop().await;
+    backend.cleanup().await;
+}

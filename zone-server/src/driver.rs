@@ -719,7 +719,21 @@ impl Driver {
     }
 
     fn attach(&mut self, id: u64, link: u32, player_id: u64) {
-        if let Some(s) = self.sim.attach(id, link, player_id) {
+        if let Some((s, previous)) = self.sim.attach(id, link, player_id) {
+            if let Some((old_link, old_player)) = previous {
+                tracing::info!(
+                    entity = id,
+                    old_player,
+                    player_id,
+                    "character taken over by a newer login"
+                );
+                self.send_control(
+                    old_link,
+                    Msg::Evicted(pb::Evicted {
+                        player_id: old_player,
+                    }),
+                );
+            }
             self.joined(link, player_id, s);
         }
     }

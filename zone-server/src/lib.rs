@@ -278,6 +278,8 @@ pub async fn run(
         zone_id.clone(),
         stop.clone(),
     ));
+    let mut deregister = coordinator.clone();
+    let final_reg = reg_tx.subscribe();
     let drain = tokio::spawn(drain_then_stop(
         coordinator,
         config.drain_on_shutdown,
@@ -326,6 +328,16 @@ pub async fn run(
     session.abort();
     map_watch.abort();
     peers.abort();
+    // Everything is saved and released: leave the map now rather than when the lease lapses.
+    let r = final_reg.borrow().clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        deregister.deregister(coord_pb::DrainRequest {
+            zone_id: r.zone_id,
+            lease_generation: r.lease_generation,
+        }),
+    )
+    .await;
     served?;
     tracing::info!(zone = zone_id.load(Ordering::Relaxed), "zone stopped");
     Ok(())

@@ -337,10 +337,21 @@ impl Sim {
             .collect()
     }
 
-    /// Attaches a player to a character simulated here (detached, or taken over).
-    pub fn attach(&mut self, id: u64, link: u32, player_id: u64) -> Option<Spawned> {
+    /// Attaches a player to a character simulated here (detached, or taken over). Returns
+    /// where it stands and the (link, player) it was taken from, if another player had it.
+    pub fn attach(
+        &mut self,
+        id: u64,
+        link: u32,
+        player_id: u64,
+    ) -> Option<(Spawned, Option<(u32, u64)>)> {
         let entity = self.entity_of(id)?;
-        if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+        let previous = self
+            .world
+            .get::<Player>(entity)
+            .map(|p| (p.link, p.player_id))
+            .filter(|&(_, p)| p != player_id);
+        if let Some((_, old)) = previous {
             self.world.resource_mut::<PlayerIndex>().0.remove(&old);
         }
         let tick = self.tick();
@@ -355,12 +366,15 @@ impl Sim {
             .insert(player_id, entity);
         let pos = *self.world.get::<Position>(entity)?;
         let heading = self.world.get::<Motion>(entity)?.heading;
-        Some(Spawned {
-            entity_id: id,
-            x: pos.x,
-            y: pos.y,
-            heading,
-        })
+        Some((
+            Spawned {
+                entity_id: id,
+                x: pos.x,
+                y: pos.y,
+                heading,
+            },
+            previous,
+        ))
     }
 
     /// Detaches every player of a gateway link that went away, keeping their characters in
