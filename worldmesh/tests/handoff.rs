@@ -237,3 +237,34 @@ async fn players_see_across_a_zone_border() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+/// Two gateways in front of the zones: players on either are handed between zones, and keep
+/// their one connection to their own gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_work_for_players_on_either_gateway() {
+    let (backend, persistence) = Backend::embedded();
+    let mut config = small_world(persistence);
+    config.gateways = 2;
+    let cluster = worldmesh::cluster::Cluster::start(config)
+        .await
+        .expect("cluster starts");
+    let endpoint = endpoint();
+    for (i, gateway) in cluster.gateway_addrs.iter().enumerate() {
+        let mut s = worldmesh_load_test::Session::login(&endpoint, *gateway, &format!("via{i}"))
+            .await
+            .expect("login");
+        let me = s.welcome.entity_id;
+        let mut seq = 0;
+        walk_until(&mut s, &mut seq, std::f32::consts::PI, |x| x < 185.0).await;
+        let (west, e0) = owner(&cluster.coordinator_url, me).await;
+        walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
+        let (east, e1) = owner(&cluster.coordinator_url, me).await;
+        assert_ne!(west, east, "player on gateway {i} was handed over");
+        assert!(e1 > e0);
+        // Still steerable through its own gateway after the handoff.
+        walk_until(&mut s, &mut seq, 0.0, |x| x > 235.0).await;
+        s.bye().await.unwrap();
+    }
+    cluster.stop().await;
+    backend.cleanup().await;
+}
