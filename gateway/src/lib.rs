@@ -11,10 +11,17 @@
 //! A client that misbehaves (malformed, oversized or unexpected frames, wrong version) gets a
 //! typed [`Kick`](worldmesh_protocol::Kick) and loses its connection; nobody else notices.
 //!
+//! Players follow their characters: a zone that receives one by handoff says so on its link
+//! (`Attached`) and the session re-routes its inputs there; a zone that is lost (or drops a
+//! character it no longer owns) makes the gateway relocate the player through the
+//! coordinator, without the client reconnecting.
+//!
 //! # Layout
 //!
+//! - [`checks`]: what a client may send and when, as pure functions (fuzzed in `fuzz/`).
 //! - [`tls`]: certificates (PEM files or a generated development certificate).
-//! - [`zones`]: the zone links, one per zone, and routing of zone frames to sessions.
+//! - [`zones`]: the zone links (one per zone, opened for every zone in the map), routing of
+//!   zone frames to sessions, re-routing and relocation.
 //! - [`session`]: one task per client connection: login, relay, logout.
 //! - [`run`]: the accept loop with its connection limit.
 

@@ -20,7 +20,7 @@ use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
 use worldmesh_protocol::{ClientMessage, ErrorCode, Kick, ServerMessage, Welcome, WorldBounds};
 
 use crate::Gateway;
-use crate::zones::{JoinOutcome, ZoneLink};
+use crate::zones::ZoneLink;
 
 /// Reliable frames queued towards one client. Chat is the only steady source; a client that
 /// lets 64 frames pile up is not reading and is kicked.
@@ -515,32 +515,11 @@ async fn join(
     character_id: u64,
     name: &str,
 ) -> Result<pb::Joined, Refusal> {
-    let reply = gateway.zones.expect_join(player_id);
-    if !link
-        .send(gateway_to_zone::Msg::Join(pb::Join {
-            player_id,
-            character_id,
-            name: name.to_owned(),
-        }))
+    gateway
+        .zones
+        .join(link, player_id, character_id, name, ZONE_REPLY_TIMEOUT)
         .await
-    {
-        gateway.zones.forget_join(player_id);
-        return Err(Refusal::new(ErrorCode::Unavailable, "zone link closed"));
-    }
-    match tokio::time::timeout(ZONE_REPLY_TIMEOUT, reply).await {
-        Ok(Ok(JoinOutcome::Joined(j))) => Ok(j),
-        Ok(Ok(JoinOutcome::Failed(why))) => Err(Refusal::new(
-            ErrorCode::Unavailable,
-            format!("zone refused: {why}"),
-        )),
-        Ok(Err(_)) | Err(_) => {
-            gateway.zones.forget_join(player_id);
-            Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "zone did not answer the join",
-            ))
-        }
-    }
+        .map_err(|why| Refusal::new(ErrorCode::Unavailable, why))
 }
 
 /// Tells the zone the player left and waits (bounded) until the character is saved.

@@ -133,6 +133,37 @@ impl ZoneLinks {
         self.links.clear();
     }
 
+    /// Asks a zone to spawn (or attach) a player's character and waits for the answer.
+    pub async fn join(
+        &self,
+        link: &ZoneLink,
+        player_id: u64,
+        character_id: u64,
+        name: &str,
+        within: Duration,
+    ) -> Result<pb::Joined, String> {
+        let reply = self.expect_join(player_id);
+        if !link
+            .send(gateway_to_zone::Msg::Join(pb::Join {
+                player_id,
+                character_id,
+                name: name.to_owned(),
+            }))
+            .await
+        {
+            self.forget_join(player_id);
+            return Err("zone link closed".into());
+        }
+        match tokio::time::timeout(within, reply).await {
+            Ok(Ok(JoinOutcome::Joined(j))) => Ok(j),
+            Ok(Ok(JoinOutcome::Failed(why))) => Err(format!("zone refused: {why}")),
+            Ok(Err(_)) | Err(_) => {
+                self.forget_join(player_id);
+                Err("zone did not answer the join".into())
+            }
+        }
+    }
+
     pub fn expect_join(&self, player_id: u64) -> oneshot::Receiver<JoinOutcome> {
         let (tx, rx) = oneshot::channel();
         self.pending_joins.insert(player_id, tx);
@@ -341,25 +372,12 @@ async fn try_relocate(
         .get_or_connect(gateway, zone.zone_id, &zone.address)
         .await
         .ok()?;
-    let reply = gateway.zones.expect_join(player_id);
-    if !link
-        .send(gateway_to_zone::Msg::Join(pb::Join {
-            player_id,
-            character_id,
-            name: name.to_owned(),
-        }))
+    gateway
+        .zones
+        .join(&link, player_id, character_id, name, Duration::from_secs(5))
         .await
-    {
-        gateway.zones.forget_join(player_id);
-        return None;
-    }
-    match tokio::time::timeout(Duration::from_secs(5), reply).await {
-        Ok(Ok(JoinOutcome::Joined(_))) => Some(zone.zone_id),
-        _ => {
-            gateway.zones.forget_join(player_id);
-            None
-        }
-    }
+        .ok()
+        .map(|_| zone.zone_id)
 }
 
 /// Keeps a link open to every zone in the map, so a zone that receives one of our players by

@@ -236,6 +236,13 @@ impl Coordinator {
     ) -> Vec<Action> {
         self.live.remove(&zone);
         let mut out = Vec::new();
+        self.forget_zone(zone, &mut out);
+        out.extend(self.reassign_orphans(now, survivor));
+        out
+    }
+
+    /// Aborts every saga a zone takes part in and forgets its pending restores.
+    fn forget_zone(&mut self, zone: ZoneId, out: &mut Vec<Action>) {
         let touched: Vec<EntityId> = self
             .sagas
             .iter()
@@ -243,11 +250,9 @@ impl Coordinator {
             .map(|(e, _)| *e)
             .collect();
         for entity in touched {
-            self.abort(entity, &mut out);
+            self.abort(entity, out);
         }
         self.restoring.retain(|_, (z, _, _)| *z != zone);
-        out.extend(self.reassign_orphans(now, survivor));
-        out
     }
 
     /// A zone stopped cleanly, every entity saved: its sagas abort and its entities become
@@ -255,16 +260,7 @@ impl Coordinator {
     pub fn zone_stopped(&mut self, zone: ZoneId) -> Vec<Action> {
         self.live.remove(&zone);
         let mut out = Vec::new();
-        let touched: Vec<EntityId> = self
-            .sagas
-            .iter()
-            .filter(|(_, s)| s.from == zone || s.to == zone)
-            .map(|(e, _)| *e)
-            .collect();
-        for entity in touched {
-            self.abort(entity, &mut out);
-        }
-        self.restoring.retain(|_, (z, _, _)| *z != zone);
+        self.forget_zone(zone, &mut out);
         for (&entity, row) in self.rows.iter_mut() {
             if row.zone == zone {
                 row.zone = 0;

@@ -33,6 +33,33 @@ pub struct Store {
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
+/// An authority row from `coordinator_authority`.
+fn authority(r: &sqlx::any::AnyRow) -> Result<Authority> {
+    let last = match (
+        r.try_get::<Option<i64>, _>("last_epoch")?,
+        r.try_get::<Option<i64>, _>("last_attempt")?,
+        r.try_get::<Option<i64>, _>("last_outcome")?,
+    ) {
+        (Some(e), Some(a), Some(o)) => Some((
+            HandoffId {
+                epoch: e as u64,
+                attempt: a as u32,
+            },
+            if o == 1 {
+                Outcome::Committed
+            } else {
+                Outcome::Aborted
+            },
+        )),
+        _ => None,
+    };
+    Ok(Authority {
+        zone: r.try_get::<i64, _>("zone_id")? as u64,
+        epoch: r.try_get::<i64, _>("epoch")? as u64,
+        last,
+    })
+}
+
 impl Store {
     pub fn new(sql: Sql) -> Self {
         Self { sql }
@@ -78,34 +105,7 @@ impl Store {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| {
-            let last = match (
-                r.try_get::<Option<i64>, _>("last_epoch")?,
-                r.try_get::<Option<i64>, _>("last_attempt")?,
-                r.try_get::<Option<i64>, _>("last_outcome")?,
-            ) {
-                (Some(e), Some(a), Some(o)) => Some((
-                    HandoffId {
-                        epoch: e as u64,
-                        attempt: a as u32,
-                    },
-                    if o == 1 {
-                        Outcome::Committed
-                    } else {
-                        Outcome::Aborted
-                    },
-                )),
-                _ => None,
-            };
-            Ok((
-                r.try_get::<i64, _>("entity_id")? as u64,
-                Authority {
-                    zone: r.try_get::<i64, _>("zone_id")? as u64,
-                    epoch: r.try_get::<i64, _>("epoch")? as u64,
-                    last,
-                },
-            ))
-        })
+        .map(|r| Ok((r.try_get::<i64, _>("entity_id")? as u64, authority(r)?)))
         .collect::<Result<Vec<_>>>()?;
         Ok(Loaded {
             zones,
@@ -162,30 +162,7 @@ impl Store {
         .bind(entity as i64)
         .fetch_optional(self.sql.pool())
         .await?;
-        let Some(r) = loaded else { return Ok(None) };
-        let last = match (
-            r.try_get::<Option<i64>, _>("last_epoch")?,
-            r.try_get::<Option<i64>, _>("last_attempt")?,
-            r.try_get::<Option<i64>, _>("last_outcome")?,
-        ) {
-            (Some(e), Some(a), Some(o)) => Some((
-                HandoffId {
-                    epoch: e as u64,
-                    attempt: a as u32,
-                },
-                if o == 1 {
-                    Outcome::Committed
-                } else {
-                    Outcome::Aborted
-                },
-            )),
-            _ => None,
-        };
-        Ok(Some(Authority {
-            zone: r.try_get::<i64, _>("zone_id")? as u64,
-            epoch: r.try_get::<i64, _>("epoch")? as u64,
-            last,
-        }))
+        loaded.as_ref().map(authority).transpose()
     }
 
     pub async fn put_zone(&self, z: &ZoneRow) -> Result<()> {

@@ -20,6 +20,16 @@ use worldmesh_protocol::grpc::coordinator::{
 const BOTS: usize = 200;
 const RUN: Duration = Duration::from_secs(60);
 
+/// Where the processes' logs go: one directory per run, kept for post-mortems.
+fn log_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("wm-mp-{}", testing::unique_suffix()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
 struct Proc {
     name: String,
     child: Child,
@@ -27,8 +37,7 @@ struct Proc {
 
 impl Proc {
     fn start(name: &str, args: &[String], secret: &str) -> Self {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("wm-mp-{name}.log")))
-            .expect("log file");
+        let log = std::fs::File::create(log_dir().join(format!("{name}.log"))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
             .args(args)
             .env("WORLDMESH_CLUSTER_SECRET", secret)
@@ -230,10 +239,15 @@ async fn zones_die_drain_and_join_under_200_travelling_bots() {
         status.1.ok()
     };
 
-    assert_eq!(entities.len(), BOTS, "every bot logged in and stayed");
+    let context = format!("{report:?}; logs in {}", log_dir().display());
+    assert_eq!(
+        entities.len(),
+        BOTS,
+        "every bot logged in and stayed: {context}"
+    );
     assert!(
         homeless.is_empty(),
-        "characters in no live zone: {homeless:?}"
+        "characters in no live zone: {homeless:?}; {context}"
     );
     assert_eq!(report.bots_connected, BOTS as u64, "{report:?}");
     assert_eq!(report.disconnects, 0, "{report:?}");

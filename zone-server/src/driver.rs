@@ -573,9 +573,19 @@ impl Driver {
             Command::Input { player_id, input } => self.sim.push_input(player_id, input),
             Command::Chat { player_id, text } => self.sim.chat(player_id, text),
             Command::LinkOpened { link, gateway } => {
-                // Characters handed in for this gateway's players before its link existed.
+                // Characters handed in for this gateway's players before its link existed: the
+                // gateway still routes them elsewhere, so tell it (Attached, as on handoff).
                 for (id, player_id) in self.sim.detached_for(&gateway) {
-                    self.attach(id, link, player_id);
+                    if self.sim.attach(id, link, player_id).is_some() {
+                        self.send_control(
+                            link,
+                            Msg::Attached(pb::Attached {
+                                player_id,
+                                entity_id: id,
+                                zone_id: self.zone_id,
+                            }),
+                        );
+                    }
                 }
                 self.link_gateway.insert(link, gateway);
             }

@@ -264,17 +264,7 @@ impl Sim {
         let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
         let tick = self.tick();
         let mut e = self.world.spawn((
-            CharacterRecord {
-                id: c.id,
-                name: c.name.clone(),
-                epoch: c.epoch,
-                version: c.version,
-            },
-            Position { x, y },
-            Motion {
-                heading: c.heading,
-                speed: carried.speed,
-            },
+            character_components(c, x, y, carried.speed),
             Intent {
                 heading: carried.intent_heading,
                 speed: carried.intent_speed,
@@ -483,17 +473,7 @@ impl Sim {
             .world
             .spawn((
                 Player { player_id, link },
-                CharacterRecord {
-                    id: c.id,
-                    name: c.name.clone(),
-                    epoch: c.epoch,
-                    version: c.version,
-                },
-                Position { x, y },
-                Motion {
-                    heading: c.heading,
-                    speed: 0.0,
-                },
+                character_components(c, x, y, 0.0),
                 Intent {
                     heading: c.heading,
                     ..Intent::default()
@@ -826,6 +806,28 @@ impl Sim {
             version: rec.version,
         })
     }
+}
+
+/// The components every character has, from its persistent state.
+fn character_components(
+    c: &Character,
+    x: f32,
+    y: f32,
+    speed: f32,
+) -> (CharacterRecord, Position, Motion) {
+    (
+        CharacterRecord {
+            id: c.id,
+            name: c.name.clone(),
+            epoch: c.epoch,
+            version: c.version,
+        },
+        Position { x, y },
+        Motion {
+            heading: c.heading,
+            speed,
+        },
+    )
 }
 
 #[cfg(test)]
