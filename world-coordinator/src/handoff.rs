@@ -335,6 +335,22 @@ impl Coordinator {
             }
             ToCoordinator::Query { id, entity } => self.answer(now, from, id, entity, &mut out),
             ToCoordinator::Acquire { entity, min_epoch } => {
+                // A repeat from the zone that already owns it (its Granted was lost): grant the
+                // same epoch again, so resending is harmless.
+                if let Some(row) = self.rows.get(&entity)
+                    && row.zone == from
+                    && row.epoch > min_epoch
+                    && !self.sagas.contains_key(&entity)
+                {
+                    out.push(Action::Send(
+                        from,
+                        ToZone::Granted {
+                            entity,
+                            epoch: row.epoch,
+                        },
+                    ));
+                    return out;
+                }
                 let mut old_owner = None;
                 if self.sagas.contains_key(&entity) {
                     self.abort(entity, &mut out);
@@ -877,9 +893,18 @@ impl Participant {
                 _ => {}
             },
             ToZone::Granted { entity, epoch } => {
-                self.gone.remove(&entity);
-                self.adopt(entity, epoch);
-                events.push(Event::Granted { entity, epoch });
+                // Only a grant newer than what is held counts; a repeated one must not undo a
+                // handoff in progress (Frozen) or a newer epoch.
+                let newer = match self.held.get(&entity) {
+                    None => true,
+                    Some(Held::Active { epoch: e, .. }) => *e < epoch,
+                    Some(_) => false,
+                };
+                if newer {
+                    self.gone.remove(&entity);
+                    self.adopt(entity, epoch);
+                    events.push(Event::Granted { entity, epoch });
+                }
             }
             ToZone::Restore {
                 entity,

@@ -234,6 +234,9 @@ struct PendingJoin {
     link: u32,
     player_id: u64,
     character: Character,
+    /// When the Acquire was (last) sent: repeated every [`RESYNC_EVERY`] until granted,
+    /// since a message sent while the coordinator session is down is lost.
+    sent: Instant,
 }
 
 struct Driver {
@@ -309,6 +312,19 @@ impl Driver {
             self.check_borders();
             self.send_ghosts(tick);
             for m in self.participant.on_tick(started) {
+                self.to_coordinator(m);
+            }
+            let mut repeat = Vec::new();
+            for (&entity, p) in self.pending_acquire.iter_mut() {
+                if started.duration_since(p.sent) >= RESYNC_EVERY {
+                    p.sent = started;
+                    repeat.push(ToCoordinator::Acquire {
+                        entity,
+                        min_epoch: p.character.epoch,
+                    });
+                }
+            }
+            for m in repeat {
                 self.to_coordinator(m);
             }
             if let Some(at) = self.resync_at
@@ -712,6 +728,7 @@ impl Driver {
                 link,
                 player_id,
                 character,
+                sent: Instant::now(),
             },
         ) {
             self.send_control(
