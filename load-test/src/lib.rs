@@ -11,6 +11,7 @@
 
 pub mod bot;
 pub mod client;
+pub mod echo;
 pub mod stats;
 
 use std::net::SocketAddr;

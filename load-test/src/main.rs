@@ -15,6 +15,24 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The transport's ceiling: a bare quinn datagram echo server and N client connections in
+    /// this process (no worldmesh code in the path). Prints one JSON line.
+    Echo {
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        /// Datagrams per connection per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Bytes per datagram.
+        #[arg(long, default_value_t = 160)]
+        payload: usize,
+        /// Seconds measured (after the ramp and one second of settling).
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Connections opened per second.
+        #[arg(long, default_value_t = 200.0)]
+        ramp: f64,
+    },
     /// Run N bots against a gateway and write a JSON report.
     Run {
         /// Gateway address(es), comma-separated; bots are spread across them.
@@ -49,6 +67,26 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("warn");
+    let command = Args::parse().command;
+    if let Command::Echo {
+        connections,
+        rate,
+        payload,
+        duration,
+        ramp,
+    } = command
+    {
+        let report = worldmesh_load_test::echo::run(worldmesh_load_test::echo::EchoConfig {
+            connections,
+            rate_hz: rate,
+            payload,
+            duration: Duration::from_secs(duration),
+            ramp_per_s: ramp,
+        })
+        .await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let Command::Run {
         gateway,
         bots,
@@ -58,7 +96,10 @@ async fn main() -> anyhow::Result<()> {
         input_rate,
         behaviour,
         report,
-    } = Args::parse().command;
+    } = command
+    else {
+        unreachable!("echo handled above")
+    };
     let config = worldmesh_load_test::Config {
         gateways: gateway,
         bots,
