@@ -44,7 +44,7 @@ use worldmesh_protocol::grpc::coordinator::coordinator_server::CoordinatorServer
 
 pub use convert::{to_coordinator_pb, to_zone_core};
 pub use map::{Geometry, WorldMap};
-pub use service::locate_in;
+pub use service::{locate_in, owner_in};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]

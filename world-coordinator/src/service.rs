@@ -89,8 +89,9 @@ pub fn world_map_pb(map: &WorldMap, tick_origin_unix_ms: u64) -> pb::WorldMap {
     }
 }
 
-/// The owner of the cell at a position in a published map.
-pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u32, u32))> {
+/// The id of the zone owning the cell at a position in a published map, with that cell.
+/// Allocation-free: zones call it for every character every tick.
+pub fn owner_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(u64, (u32, u32))> {
     let g = map.world.as_ref()?;
     let cell = |v: f32, min: f32, n: u32| {
         let c = ((v - min) / g.cell_size).floor();
@@ -105,10 +106,16 @@ pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u
         .cell_owners
         .get((cy * map.cells_x + cx) as usize)
         .filter(|&&o| o != 0)?;
+    Some((owner, (cx, cy)))
+}
+
+/// The owner of the cell at a position in a published map.
+pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u32, u32))> {
+    let (owner, cell) = owner_in(map, x, y)?;
     map.zones
         .iter()
         .find(|z| z.zone_id == owner)
-        .map(|z| (z.clone(), (cx, cy)))
+        .map(|z| (z.clone(), cell))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorEvent, Status>> + Send>>;

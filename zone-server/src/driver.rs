@@ -497,7 +497,7 @@ impl Driver {
 
     /// The zone owning the cell at a position, per the latest map.
     fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<u64> {
-        worldmesh_coordinator::locate_in(map, x, y).map(|(z, _)| z.zone_id)
+        worldmesh_coordinator::owner_in(map, x, y).map(|(z, _)| z)
     }
 
     /// Starts a handoff for every character standing [`HANDOFF_HYSTERESIS`] inside a cell
