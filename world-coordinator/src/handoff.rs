@@ -465,14 +465,7 @@ impl Coordinator {
             };
             return decide(out, from, id, entity, outcome);
         }
-        if let Some((last, outcome)) = row.last
-            && last >= id
-        {
-            let outcome = if last == id {
-                outcome
-            } else {
-                Outcome::Aborted
-            };
+        if let Some(outcome) = already_decided(row, id) {
             return decide(out, from, id, entity, outcome);
         }
         if let Some(s) = self.sagas.get_mut(&entity) {
@@ -531,14 +524,7 @@ impl Coordinator {
         let Some(row) = self.rows.get_mut(&entity) else {
             return decide(out, from, id, entity, Outcome::Aborted);
         };
-        if let Some((last, outcome)) = row.last
-            && last >= id
-        {
-            let outcome = if last == id {
-                outcome
-            } else {
-                Outcome::Aborted
-            };
+        if let Some(outcome) = already_decided(row, id) {
             return decide(out, from, id, entity, outcome);
         }
         if row.epoch == id.epoch {
@@ -620,6 +606,20 @@ impl Coordinator {
         }
         out
     }
+}
+
+/// The outcome of handoff `id` if it, or a later one, is already decided: ids are ordered, and
+/// a new attempt only starts after the previous one is decided, so anything earlier than the
+/// latest decided handoff was aborted.
+fn already_decided(row: &Authority, id: HandoffId) -> Option<Outcome> {
+    let (last, outcome) = row.last?;
+    (last >= id).then(|| {
+        if last == id {
+            outcome
+        } else {
+            Outcome::Aborted
+        }
+    })
 }
 
 fn restore(row: &Authority, entity: EntityId) -> ToZone {
