@@ -12,4 +12,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = checks::check_hello(decoded());
     let _ = checks::check_datagram(data);
     let _ = checks::check_in_play(decoded());
+    let _ = worldmesh_gateway::token::TokenKey::from_secret(b"fuzz").verify(data, 0);
 });

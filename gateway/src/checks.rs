@@ -4,7 +4,8 @@
 
 use worldmesh_protocol::codec::{self, DecodeError};
 use worldmesh_protocol::{
-    ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, PROTOCOL_VERSION, validate_name,
+    Auth, ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, MAX_PASSWORD_LEN, MAX_TOKEN_LEN,
+    MIN_PASSWORD_LEN, PROTOCOL_VERSION, validate_name,
 };
 
 /// Why a client is cut off: the code it is kicked with and a message for it and the log.
@@ -14,30 +15,58 @@ fn reject(code: ErrorCode, why: impl Into<String>) -> Rejection {
     (code, why.into())
 }
 
-/// The first control message: must be a Hello of our protocol version with a valid name.
-/// Returns the character name.
-pub fn check_hello(msg: Result<ClientMessage, DecodeError>) -> Result<String, Rejection> {
-    let hello = match msg {
+/// Who a new connection says it is.
+#[derive(Debug, PartialEq)]
+pub struct Greeting {
+    /// Character name (and account name, for an account login).
+    pub name: String,
+    /// `None`: a guest ([`worldmesh_protocol::Hello`]).
+    pub auth: Option<Auth>,
+}
+
+/// The first control message: a Hello (guest) or a Login of our protocol version with a valid
+/// name and a proof within its limits. Tokens are only checked for size here; their
+/// signature needs the cluster key ([`crate::token`]).
+pub fn check_hello(msg: Result<ClientMessage, DecodeError>) -> Result<Greeting, Rejection> {
+    let (version, name, auth) = match msg {
         Err(e) => return Err((e.code(), e.to_string())),
-        Ok(ClientMessage::Hello(h)) => h,
-        Ok(_) => return Err(reject(ErrorCode::UnexpectedMessage, "expected Hello")),
+        Ok(ClientMessage::Hello(h)) => (h.protocol_version, h.name, None),
+        Ok(ClientMessage::Login(l)) => (l.protocol_version, l.name, Some(l.auth)),
+        Ok(_) => {
+            return Err(reject(
+                ErrorCode::UnexpectedMessage,
+                "expected Hello or Login",
+            ));
+        }
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if version != PROTOCOL_VERSION {
         return Err(reject(
             ErrorCode::UnsupportedVersion,
-            format!(
-                "protocol {} not supported; this gateway speaks {PROTOCOL_VERSION}",
-                hello.protocol_version
-            ),
+            format!("protocol {version} not supported; this gateway speaks {PROTOCOL_VERSION}"),
         ));
     }
-    if !validate_name(&hello.name) {
+    if !validate_name(&name) {
         return Err(reject(
             ErrorCode::InvalidName,
             "names are 1-32 ASCII letters, digits, '_' or '-'",
         ));
     }
-    Ok(hello.name)
+    match &auth {
+        Some(Auth::Register(p)) if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&p.len()) => {
+            return Err(reject(
+                ErrorCode::InvalidPassword,
+                format!("passwords are {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} bytes"),
+            ));
+        }
+        Some(Auth::Password(p)) if p.len() > MAX_PASSWORD_LEN => {
+            return Err(reject(ErrorCode::WrongPassword, "wrong password"));
+        }
+        Some(Auth::Token(t)) if t.len() > MAX_TOKEN_LEN => {
+            return Err(reject(ErrorCode::InvalidToken, "token too long"));
+        }
+        _ => {}
+    }
+    Ok(Greeting { name, auth })
 }
 
 /// A datagram in play: only a valid Input.
@@ -99,7 +128,37 @@ mod tests {
         };
         assert_eq!(
             check_hello(Ok(ClientMessage::Hello(ok.clone()))).unwrap(),
-            "ann"
+            Greeting {
+                name: "ann".into(),
+                auth: None
+            }
+        );
+        let login = |auth| {
+            check_hello(Ok(ClientMessage::Login(worldmesh_protocol::Login {
+                protocol_version: PROTOCOL_VERSION,
+                name: "ann".into(),
+                auth,
+            })))
+        };
+        assert_eq!(
+            login(Auth::Password("secret!!".into())).unwrap().auth,
+            Some(Auth::Password("secret!!".into()))
+        );
+        assert_eq!(
+            login(Auth::Register("short".into())).unwrap_err().0,
+            ErrorCode::InvalidPassword
+        );
+        assert_eq!(
+            login(Auth::Register("x".repeat(MAX_PASSWORD_LEN + 1)))
+                .unwrap_err()
+                .0,
+            ErrorCode::InvalidPassword
+        );
+        assert_eq!(
+            login(Auth::Token(vec![0; MAX_TOKEN_LEN + 1]))
+                .unwrap_err()
+                .0,
+            ErrorCode::InvalidToken
         );
         let old = Hello {
             protocol_version: PROTOCOL_VERSION + 1,

@@ -38,6 +38,17 @@ pub struct Args {
     /// Idle timeout in seconds.
     #[arg(long, env = "WORLDMESH_IDLE_TIMEOUT_S", default_value_t = 10)]
     idle_timeout_s: u64,
+    /// Accept guest logins (a name without a password). For development only.
+    #[arg(long, env = "WORLDMESH_ALLOW_GUESTS")]
+    allow_guests: bool,
+    /// Lifetime of session tokens, seconds.
+    #[arg(long, env = "WORLDMESH_TOKEN_TTL_S", default_value_t = 24 * 3600)]
+    token_ttl_s: u64,
+    /// On SIGTERM, seconds clients get to leave before the gateway exits anyway.
+    #[arg(long, env = "WORLDMESH_DRAIN_TIMEOUT_S", default_value_t = 15)]
+    drain_timeout_s: u64,
+    #[command(flatten)]
+    admin: worldmesh_runtime::admin::AdminArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -52,6 +63,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         cluster_secret: args.cluster_secret,
+        allow_guests: args.allow_guests,
+        token_ttl: Duration::from_secs(args.token_ttl_s),
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
         ..Default::default()
     };
     let addr = tokio::net::lookup_host(&args.listen)
@@ -59,6 +73,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;
     let socket = crate::bind_udp(addr, config.socket_buffer_bytes)?;
-    crate::run(socket, config, worldmesh_runtime::shutdown_token()).await?;
+    let shutdown = worldmesh_runtime::shutdown_token();
+    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
+    crate::run(socket, config, shutdown).await?;
     Ok(())
 }

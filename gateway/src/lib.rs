@@ -1,9 +1,11 @@
 //! The gateway: the QUIC edge between game clients and the zone servers.
 //!
 //! A client opens a QUIC connection (TLS 1.3, ALPN `worldmesh/1`), then a bidirectional
-//! *control stream* carrying reliable frames (Hello, Welcome, Chat, Kick, Bye); inputs and
-//! snapshots travel as datagrams. On Hello the gateway loads (or creates) the character through
-//! persistence, asks the coordinator which zone owns its position, and joins it to that zone
+//! *control stream* carrying reliable frames (Hello/Login, Welcome, Session, Chat, Kick, Bye);
+//! inputs and snapshots travel as datagrams. On Login the gateway checks the password (through
+//! persistence, which keeps argon2id hashes) or the session token (locally, see [`token`]) and
+//! loads the character; a guest Hello (development only) loads or creates it by name. Then it
+//! asks the coordinator which zone owns its position, and joins it to that zone
 //! over the gateway's one long-lived link to that zone. From then on it relays: inputs are
 //! decoded (to validate them) and forwarded; snapshot frames from the zone are forwarded to the
 //! client as they are, without decoding.
@@ -19,6 +21,7 @@
 //! # Layout
 //!
 //! - [`checks`]: what a client may send and when, as pure functions (fuzzed in `fuzz/`).
+//! - [`token`]: session tokens (HMAC-SHA256 with the cluster secret), verified locally.
 //! - [`tls`]: certificates (PEM files or a generated development certificate).
 //! - [`zones`]: the zone links (one per zone, opened for every zone in the map), routing of
 //!   zone frames to sessions, re-routing and relocation.
@@ -29,6 +32,7 @@ pub mod checks;
 pub mod cli;
 pub mod session;
 pub mod tls;
+pub mod token;
 pub mod zones;
 
 use std::sync::Arc;
@@ -74,8 +78,18 @@ pub struct Config {
     /// Inputs dropped by the rate limit within one second beyond which the client is kicked
     /// with `RateLimited`.
     pub flood_kick_after: u32,
-    /// Secret presented to zones on every link (must match theirs).
+    /// Secret presented to zones on every link (must match theirs); also the key of session
+    /// tokens, so every gateway of a cluster accepts every other's tokens. Without one,
+    /// tokens are signed with a random key and valid on this gateway only.
     pub cluster_secret: Option<String>,
+    /// Accept guest logins (`Hello`: a name, no password). Development clusters and tests;
+    /// off in production, where every player has an account.
+    pub allow_guests: bool,
+    /// How long a session token stays valid.
+    pub token_ttl: Duration,
+    /// On shutdown, how long clients get to leave (their characters saved) before the gateway
+    /// exits anyway.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +110,9 @@ impl Default for Config {
             input_burst: 30.0,
             flood_kick_after: 120,
             cluster_secret: None,
+            allow_guests: false,
+            token_ttl: Duration::from_secs(24 * 3600),
+            drain_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -126,6 +143,8 @@ pub struct Gateway {
     /// Character name → the session holding it, so one character is never played twice.
     pub names: DashMap<String, session::NameClaim>,
     pub next_player: AtomicU64,
+    /// Signs and verifies session tokens.
+    pub tokens: token::TokenKey,
     /// World geometry, fetched from the coordinator at start.
     pub world: tokio::sync::OnceCell<WorldGeometry>,
     pub shutdown: CancellationToken,
@@ -236,11 +255,35 @@ pub async fn run(
         sessions: DashMap::new(),
         names: DashMap::new(),
         next_player: AtomicU64::new(player_id_base(&config.name)),
+        tokens: match &config.cluster_secret {
+            Some(s) => token::TokenKey::from_secret(s.as_bytes()),
+            None => {
+                tracing::warn!("no cluster secret: session tokens are valid on this gateway only");
+                token::TokenKey::random()
+            }
+        },
         world: tokio::sync::OnceCell::new(),
         shutdown: shutdown.clone(),
         config,
     });
     tokio::spawn(zones::link_all_zones(gateway.clone()));
+    // Ready once the coordinator has answered: before that no login can succeed.
+    let ready = worldmesh_runtime::admin::Readiness::new(format!(
+        "gateway {} knows the world",
+        gateway.config.name
+    ));
+    tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            while gateway.world().await.is_err() {
+                tokio::select! {
+                    _ = gateway.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            ready.set(true);
+        }
+    });
     let limit = Arc::new(Semaphore::new(gateway.config.max_connections));
     let tasks = tokio_util::task::TaskTracker::new();
     tracing::info!(%addr, name = %gateway.config.name, "gateway listening (QUIC)");
@@ -263,13 +306,23 @@ pub async fn run(
         let permit = limit.clone().try_acquire_owned().ok();
         tasks.spawn(session::handle(gateway.clone(), incoming, permit));
     }
+    // Drain: refuse new connections at the QUIC level (the load balancer sends clients
+    // elsewhere); sessions see the cancelled token, kick their clients with `ShuttingDown`
+    // (clients reconnect with their session token, to another gateway) and save their
+    // characters.
+    endpoint.set_server_config(None);
     tasks.close();
-    // Sessions see the cancelled token, kick their clients and save their characters.
-    if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
+    let draining = tasks.len();
+    tracing::info!(sessions = draining, "gateway draining");
+    if tokio::time::timeout(gateway.config.drain_timeout, tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("sessions did not finish within 15 s of shutdown");
+        tracing::warn!(
+            left = tasks.len(),
+            timeout_s = gateway.config.drain_timeout.as_secs(),
+            "sessions did not finish draining in time"
+        );
     }
     gateway.zones.close_all();
     endpoint.close(0u32.into(), b"gateway shutting down");

@@ -15,9 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tracing::Instrument;
 use worldmesh_protocol::codec::{self, DecodeError, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::grpc::coordinator::LocateZoneRequest;
-use worldmesh_protocol::grpc::persistence::LoadOrCreateCharacterRequest;
+use worldmesh_protocol::grpc::persistence as pb_persistence;
 use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
-use worldmesh_protocol::{ClientMessage, ErrorCode, Kick, ServerMessage, Welcome, WorldBounds};
+use worldmesh_protocol::{
+    Auth, ClientMessage, ErrorCode, Kick, ServerMessage, SessionToken, Welcome, WorldBounds,
+};
 
 use crate::Gateway;
 use crate::zones::ZoneLink;
@@ -226,12 +228,65 @@ async fn session(
         Ok(None) => return Ok(()),
         Ok(Some(m)) => m,
     };
-    let name = crate::checks::check_hello(hello)?;
+    let greeting = crate::checks::check_hello(hello)?;
     let player_id = gateway.next_player.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", player = player_id, %name, %peer);
-    play(gateway, connection, inbound, control, name, player_id)
+    let span = tracing::info_span!("session", player = player_id, name = %greeting.name, %peer);
+    play(gateway, connection, inbound, control, greeting, player_id)
         .instrument(span)
         .await
+}
+
+/// Turns a greeting into the persistence login it asks for: guests only where allowed,
+/// tokens verified here (signature, expiry, name), with no database call.
+fn proof(
+    gateway: &Gateway,
+    greeting: &crate::checks::Greeting,
+) -> Result<pb_persistence::login_request::Auth, Refusal> {
+    use pb_persistence::login_request::Auth as P;
+    Ok(match &greeting.auth {
+        None if gateway.config.allow_guests => P::Guest(true),
+        None => {
+            return Err(Refusal::new(
+                ErrorCode::AccountRequired,
+                "this gateway accepts account logins only",
+            ));
+        }
+        Some(Auth::Password(p)) => P::Password(p.clone()),
+        Some(Auth::Register(p)) => P::RegisterPassword(p.clone()),
+        Some(Auth::Token(t)) => {
+            let claims = gateway
+                .tokens
+                .verify(t, crate::token::now_unix_s())
+                .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+            if claims.name != greeting.name {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidToken,
+                    "token belongs to another account",
+                ));
+            }
+            P::Token(pb_persistence::TokenClaim {
+                account_id: claims.account_id,
+                generation: claims.generation,
+            })
+        }
+    })
+}
+
+fn login_refusal(outcome: pb_persistence::LoginOutcome) -> Refusal {
+    use pb_persistence::LoginOutcome as O;
+    let (code, why) = match outcome {
+        O::LoginOk => (ErrorCode::Unavailable, "login outcome mix-up"),
+        O::LoginUnknownAccount => (ErrorCode::UnknownAccount, "no account with this name"),
+        O::LoginWrongPassword => (ErrorCode::WrongPassword, "wrong password"),
+        O::LoginNameTaken => (ErrorCode::NameTaken, "name already taken"),
+        O::LoginTokenRevoked => (ErrorCode::TokenRevoked, "token revoked; log in again"),
+        O::LoginAccountRequired => (
+            ErrorCode::AccountRequired,
+            "this character belongs to an account",
+        ),
+        O::LoginInvalidPassword => (ErrorCode::InvalidPassword, "password length out of range"),
+    };
+    Refusal::new(code, why)
 }
 
 async fn play(
@@ -239,14 +294,13 @@ async fn play(
     connection: &quinn::Connection,
     inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
     control: mpsc::Sender<Bytes>,
-    name: String,
+    greeting: crate::checks::Greeting,
     player_id: u64,
 ) -> Result<(), Refusal> {
-    // 2. Claim the character name, taking it over from an older session if needed.
-    let (kick_tx, mut kick_rx) = mpsc::channel(1);
-    let _guard = claim_name(gateway, &name, player_id, kick_tx.clone()).await?;
-
-    // 3. Load the character, find its zone, join it there.
+    // 2. Prove who it is and load the character. Before the name is claimed: a wrong password
+    //    must never kick the character's rightful player.
+    let proof = proof(gateway, &greeting)?;
+    let name = greeting.name;
     let world = gateway
         .world()
         .await
@@ -258,11 +312,12 @@ async fn play(
         })?
         .clone();
     let spawn = spawn_point(&world.spawn_points, &name);
-    let character = gateway
+    let login = gateway
         .persistence
         .clone()
-        .load_or_create_character(LoadOrCreateCharacterRequest {
+        .login(pb_persistence::LoginRequest {
             name: name.clone(),
+            auth: Some(proof),
             spawn_x: spawn.0,
             spawn_y: spawn.1,
         })
@@ -273,9 +328,30 @@ async fn play(
                 format!("persistence: {}", e.message()),
             )
         })?
-        .into_inner()
+        .into_inner();
+    if login.outcome() != pb_persistence::LoginOutcome::LoginOk {
+        return Err(login_refusal(login.outcome()));
+    }
+    let mut character = login
         .character
         .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "persistence returned no character"))?;
+
+    // 3. Claim the character name, taking it over from an older session if needed; after a
+    //    takeover, reload: the older session saved the character where it left it.
+    let (kick_tx, mut kick_rx) = mpsc::channel(1);
+    let (_guard, took_over) = claim_name(gateway, &name, player_id, kick_tx.clone()).await?;
+    if took_over
+        && let Ok(reply) = gateway
+            .persistence
+            .clone()
+            .load_character(pb_persistence::LoadCharacterRequest { id: character.id })
+            .await
+        && let Some(c) = reply.into_inner().character
+    {
+        character = c;
+    }
+
+    // 4. Find the character's zone and join it there.
     let zone = gateway
         .coordinator
         .clone()
@@ -338,14 +414,30 @@ async fn play(
     let frame = codec::encode_to_vec(&welcome)
         .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
     let _ = control.send(Bytes::from(frame)).await;
+    if login.account_id != 0 {
+        let expires_unix_s = crate::token::now_unix_s() + gateway.config.token_ttl.as_secs();
+        let token = gateway.tokens.sign(&crate::token::Claims {
+            account_id: login.account_id,
+            generation: login.token_generation,
+            expires_unix_s,
+            name: name.clone(),
+        });
+        if let Ok(frame) = codec::encode_to_vec(&ServerMessage::Session(SessionToken {
+            token,
+            expires_unix_s,
+        })) {
+            let _ = control.send(Bytes::from(frame)).await;
+        }
+    }
     tracing::info!(
+        account = login.account_id,
         zone = zone.zone_id,
         entity = joined.entity_id,
         "player logged in"
     );
     metrics::counter!("worldmesh_gateway_logins_total").increment(1);
 
-    // 4. Relay until the client leaves, misbehaves, or we shut down.
+    // 5. Relay until the client leaves, misbehaves, or we shut down.
     route_rx.mark_unchanged();
     let mut link = link;
     let result = relay(
@@ -359,7 +451,7 @@ async fn play(
     )
     .await;
 
-    // 5. Logout: stop routing, save the character, then release the name.
+    // 6. Logout: stop routing, save the character, then release the name.
     gateway.sessions.remove(&player_id);
     leave(gateway, &link, player_id).await;
     tracing::info!("player logged out");
@@ -469,8 +561,9 @@ async fn claim_name(
     name: &str,
     player_id: u64,
     kick: mpsc::Sender<(ErrorCode, String)>,
-) -> Result<NameGuard, Refusal> {
+) -> Result<(NameGuard, bool), Refusal> {
     let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
+    let mut took_over = false;
     loop {
         let mut released = match gateway.names.entry(name.to_owned()) {
             dashmap::Entry::Vacant(v) => {
@@ -480,14 +573,18 @@ async fn claim_name(
                     kick: kick.clone(),
                     released: rx,
                 });
-                return Ok(NameGuard {
-                    gateway: gateway.clone(),
-                    name: name.to_owned(),
-                    player_id,
-                    _release: tx,
-                });
+                return Ok((
+                    NameGuard {
+                        gateway: gateway.clone(),
+                        name: name.to_owned(),
+                        player_id,
+                        _release: tx,
+                    },
+                    took_over,
+                ));
             }
             dashmap::Entry::Occupied(o) => {
+                took_over = true;
                 let _ = o.get().kick.try_send((
                     ErrorCode::LoggedInElsewhere,
                     "logged in from another connection".into(),

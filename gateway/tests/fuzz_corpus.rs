@@ -24,6 +24,7 @@ fn the_fuzz_corpus_replays_cleanly() {
             let _ = checks::check_hello(codec::decode_frame(&data));
             let _ = checks::check_datagram(&data);
             let _ = checks::check_in_play(codec::decode_frame(&data));
+            let _ = worldmesh_gateway::token::TokenKey::from_secret(b"fuzz").verify(&data, 0);
             inputs += 1;
         }
     }

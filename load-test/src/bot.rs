@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use worldmesh_protocol::{Input, ServerMessage};
+use worldmesh_protocol::{Auth, ErrorCode, Input, ServerMessage};
 
 use crate::client::{ClientEndpoint, ClientError, Session};
 use crate::stats::Stats;
@@ -45,6 +45,65 @@ pub struct BotConfig {
     /// Mean seconds between chat lines; 0 = never.
     pub chat_every_s: f64,
     pub seed: u64,
+    /// Log in to an account (register it on first use) rather than as a guest.
+    pub accounts: bool,
+}
+
+/// A bot's password: derived from its name, so a later run logs the same bots in again.
+pub fn bot_password(name: &str) -> String {
+    format!("{name}-password")
+}
+
+/// Attempts per login before a bot gives up: like a game client, a bot retries a connection
+/// that failed below the protocol (a handshake lost to packet loss), never a refusal.
+const LOGIN_ATTEMPTS: usize = 3;
+
+async fn login_retrying(
+    endpoint: &ClientEndpoint,
+    config: &BotConfig,
+    stats: &Stats,
+) -> Result<Session, ClientError> {
+    let mut attempt = 1;
+    loop {
+        match login(endpoint, config.gateway, &config.name, config.accounts).await {
+            Err(
+                e @ (ClientError::Connection(_) | ClientError::Connect(_) | ClientError::Timeout),
+            ) if attempt < LOGIN_ATTEMPTS => {
+                tracing::info!(bot = %config.name, error = %e, attempt, "login failed below the protocol; retrying");
+                stats.record_error(format!("login_retry_{}", e.reason()));
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Logs a bot in: as a guest, or to its account, registering it when it does not exist yet.
+pub async fn login(
+    endpoint: &ClientEndpoint,
+    gateway: SocketAddr,
+    name: &str,
+    accounts: bool,
+) -> Result<Session, ClientError> {
+    if !accounts {
+        return Session::login(endpoint, gateway, name).await;
+    }
+    let password = bot_password(name);
+    match Session::login_with(
+        endpoint,
+        gateway,
+        name,
+        Some(Auth::Register(password.clone())),
+    )
+    .await
+    {
+        Err(ClientError::Kicked {
+            code: ErrorCode::NameTaken,
+            ..
+        }) => Session::login_with(endpoint, gateway, name, Some(Auth::Password(password))).await,
+        other => other,
+    }
 }
 
 /// Runs one bot until `stop` fires, then logs out cleanly.
@@ -54,7 +113,7 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let mut session = match Session::login(&endpoint, config.gateway, &config.name).await {
+    let mut session = match login_retrying(&endpoint, &config, &stats).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(bot = %config.name, error = %e, "login failed");

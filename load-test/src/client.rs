@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
 use worldmesh_protocol::{
-    ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, PROTOCOL_VERSION, ServerMessage,
-    Welcome,
+    Auth, ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, Login, PROTOCOL_VERSION,
+    ServerMessage, SessionToken, Welcome,
 };
 
 /// Why a client operation failed.
@@ -141,6 +141,8 @@ impl ClientEndpoint {
 pub struct Session {
     pub connection: quinn::Connection,
     pub welcome: Welcome,
+    /// The session token of an account login (resumes the character on any gateway).
+    pub token: Option<SessionToken>,
     send: quinn::SendStream,
     control: mpsc::Receiver<ServerMessage>,
     decoder: SnapshotDecoder,
@@ -161,19 +163,40 @@ pub struct View {
 }
 
 impl Session {
-    /// Connects, opens the control stream, sends Hello and waits for Welcome (or a Kick).
+    /// A guest login: connects, opens the control stream, sends Hello and waits for Welcome
+    /// (or a Kick).
     pub async fn login(
         endpoint: &ClientEndpoint,
         gateway: SocketAddr,
         name: &str,
     ) -> Result<Self, ClientError> {
+        Self::login_with(endpoint, gateway, name, None).await
+    }
+
+    /// An account login (`auth`: password, registration or token), or a guest one (`None`).
+    /// An account login waits for the session token too ([`Session::token`]).
+    pub async fn login_with(
+        endpoint: &ClientEndpoint,
+        gateway: SocketAddr,
+        name: &str,
+        auth: Option<Auth>,
+    ) -> Result<Self, ClientError> {
         let connection = endpoint.connect(gateway).await?;
         let (mut send, recv) = connection.open_bi().await?;
-        let hello = codec::encode_to_vec(&ClientMessage::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            name: name.to_owned(),
-        }))
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let account = auth.is_some();
+        let first = match auth {
+            None => ClientMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                name: name.to_owned(),
+            }),
+            Some(auth) => ClientMessage::Login(Login {
+                protocol_version: PROTOCOL_VERSION,
+                name: name.to_owned(),
+                auth,
+            }),
+        };
+        let hello =
+            codec::encode_to_vec(&first).map_err(|e| ClientError::Protocol(e.to_string()))?;
         send.write_all(&hello).await?;
         let (tx, mut control) = mpsc::channel(64);
         tokio::spawn(read_server_frames(recv, tx));
@@ -183,9 +206,28 @@ impl Session {
         match first {
             Some(ServerMessage::Welcome(welcome)) => {
                 let quantizer = Quantizer::new(welcome.world);
+                let mut token = None;
+                if account {
+                    match tokio::time::timeout(Duration::from_secs(15), control.recv()).await {
+                        Ok(Some(ServerMessage::Session(t))) => token = Some(t),
+                        Ok(Some(ServerMessage::Kick(k))) => {
+                            return Err(ClientError::Kicked {
+                                code: k.code,
+                                message: k.message,
+                            });
+                        }
+                        Ok(other) => {
+                            return Err(ClientError::Protocol(format!(
+                                "expected Session after Welcome, got {other:?}"
+                            )));
+                        }
+                        Err(_) => return Err(ClientError::Timeout),
+                    }
+                }
                 Ok(Self {
                     connection,
                     welcome,
+                    token,
                     send,
                     control,
                     decoder: SnapshotDecoder::default(),

@@ -6,12 +6,15 @@
 //! - [`client`]: a worldmesh client library (connect, Hello/Welcome, inputs, snapshots, chat,
 //!   Bye) — the reference for what a game client does.
 //! - [`bot`]: one bot's behaviour and measurements.
+//! - [`hostile`]: hostile clients (garbage, floods, half-open connections, wrong versions)
+//!   that record how the gateway cut them off.
 //! - [`stats`]: shared counters, the RTT histogram and the JSON [`Report`].
 //! - [`run`]: ramps up a fleet of bots against a gateway and reports.
 
 pub mod bot;
 pub mod client;
 pub mod echo;
+pub mod hostile;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -40,6 +43,9 @@ pub struct Config {
     /// Print a status line this often (`None`: silent).
     pub status_every: Option<Duration>,
     pub behaviour: bot::Behaviour,
+    /// Bots log in to accounts (registering on first use, password `{name}-password`);
+    /// `false`: guest logins, for gateways that allow them.
+    pub accounts: bool,
 }
 
 impl Default for Config {
@@ -54,6 +60,7 @@ impl Default for Config {
             chat_every_s: 30.0,
             status_every: Some(Duration::from_secs(5)),
             behaviour: bot::Behaviour::Wander,
+            accounts: true,
         }
     }
 }
@@ -104,6 +111,7 @@ pub async fn run_with(
             speed: 3.0,
             chat_every_s: config.chat_every_s,
             seed: i as u64,
+            accounts: config.accounts,
         };
         bots.spawn(bot::run(endpoint.clone(), bot, stats.clone(), stop.clone()));
         tokio::time::sleep(gap).await;

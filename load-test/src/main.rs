@@ -61,6 +61,9 @@ enum Command {
         behaviour: worldmesh_load_test::bot::Behaviour,
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Log in as guests instead of to accounts (gateways started with --allow-guests).
+        #[arg(long)]
+        guests: bool,
     },
 }
 
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         input_rate,
         behaviour,
         report,
+        guests,
     } = command
     else {
         unreachable!("echo handled above")
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         name_prefix,
         input_rate_hz: input_rate,
         behaviour,
+        accounts: !guests,
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;

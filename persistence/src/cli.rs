@@ -27,6 +27,14 @@ pub struct Args {
     /// Checkpoint batches Redis may queue for SQL before refusing new ones.
     #[arg(long, env = "WORLDMESH_MAX_BACKLOG", default_value_t = crate::DEFAULT_MAX_BACKLOG)]
     max_backlog: usize,
+    /// argon2id memory cost of new password hashes, KiB (OWASP: 19456).
+    #[arg(long, env = "WORLDMESH_ARGON2_MEMORY_KIB", default_value_t = crate::accounts::DEFAULT_MEMORY_KIB)]
+    argon2_memory_kib: u32,
+    /// argon2id passes of new password hashes (OWASP: 2).
+    #[arg(long, env = "WORLDMESH_ARGON2_ITERATIONS", default_value_t = crate::accounts::DEFAULT_ITERATIONS)]
+    argon2_iterations: u32,
+    #[command(flatten)]
+    admin: worldmesh_runtime::admin::AdminArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -36,9 +44,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         redis_prefix: args.redis_prefix,
         max_backlog: args.max_backlog,
         run_flusher: true,
+        argon2_memory_kib: args.argon2_memory_kib,
+        argon2_iterations: args.argon2_iterations,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();
+    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -22,12 +22,14 @@
 //!
 //! # Layout
 //!
+//! - [`accounts`]: accounts and logins: argon2id hashes, registration, token revocation.
 //! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
 //! - [`flusher`]: the consumer-group reader moving checkpoints from the Redis stream into SQL.
 //! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
 //! - [`testing`]: helpers that give each test its own PostgreSQL database and Redis prefix.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod accounts;
 pub mod cli;
 pub mod flusher;
 pub mod hot;
@@ -60,6 +62,10 @@ pub struct Config {
     pub max_backlog: usize,
     /// Run the flusher in this process (tests turn it off to hold checkpoints in Redis).
     pub run_flusher: bool,
+    /// argon2id cost of new password hashes: memory in KiB and passes. Existing hashes keep
+    /// the parameters they were made with.
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
 }
 
 impl Config {
@@ -71,6 +77,8 @@ impl Config {
             redis_prefix: "wm:".into(),
             max_backlog: DEFAULT_MAX_BACKLOG,
             run_flusher: true,
+            argon2_memory_kib: accounts::DEFAULT_MEMORY_KIB,
+            argon2_iterations: accounts::DEFAULT_ITERATIONS,
         }
     }
 }
@@ -94,6 +102,10 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("password hashing: {0}")]
+    PasswordHash(String),
+    #[error("inconsistent data: {0}")]
+    Inconsistent(String),
 }
 
 /// Connects the tiers, runs migrations, and serves the persistence API on `listener` until
@@ -114,6 +126,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr()?;
+    // Connected to both tiers (`Store::connect` ran the migrations): ready.
+    worldmesh_runtime::admin::Readiness::new("persistence connected").set(true);
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
     tonic::transport::Server::builder()
         .add_service(PersistenceServer::new(service::PersistenceService::new(

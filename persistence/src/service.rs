@@ -115,6 +115,89 @@ impl Persistence for PersistenceService {
         Ok(Response::new(pb::SaveCharactersReply { rejected }))
     }
 
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginReply>, Status> {
+        use crate::accounts::{Proof, Refusal};
+        use pb::login_request::Auth;
+        let req = req.into_inner();
+        if !validate_name(&req.name) {
+            return Err(Status::invalid_argument("invalid account name"));
+        }
+        if !req.spawn_x.is_finite() || !req.spawn_y.is_finite() {
+            return Err(Status::invalid_argument("spawn position must be finite"));
+        }
+        let proof = match req.auth {
+            None => return Err(Status::invalid_argument("no proof of identity")),
+            Some(Auth::Password(p)) => Proof::Password(p),
+            Some(Auth::RegisterPassword(p)) => Proof::Register(p),
+            Some(Auth::Token(t)) => Proof::Token {
+                account_id: t.account_id,
+                generation: t.generation,
+            },
+            Some(Auth::Guest(_)) => Proof::Guest,
+        };
+        let kind = match &proof {
+            Proof::Password(_) => "password",
+            Proof::Register(_) => "register",
+            Proof::Token { .. } => "token",
+            Proof::Guest => "guest",
+        };
+        let outcome = self
+            .store
+            .login(&req.name, proof, (req.spawn_x, req.spawn_y))
+            .await
+            .map_err(status)?;
+        let reply = match outcome {
+            Ok(l) => {
+                metrics::counter!("worldmesh_persistence_logins_total", "proof" => kind, "outcome" => "ok").increment(1);
+                if l.created {
+                    tracing::info!(character = l.character.id, name = %req.name, account = l.account_id, "character created");
+                }
+                pb::LoginReply {
+                    outcome: pb::LoginOutcome::LoginOk as i32,
+                    character: Some(to_pb(l.character)),
+                    account_id: l.account_id,
+                    token_generation: l.token_generation,
+                    created: l.created,
+                }
+            }
+            Err(refusal) => {
+                let outcome = match refusal {
+                    Refusal::UnknownAccount => pb::LoginOutcome::LoginUnknownAccount,
+                    Refusal::WrongPassword => pb::LoginOutcome::LoginWrongPassword,
+                    Refusal::NameTaken => pb::LoginOutcome::LoginNameTaken,
+                    Refusal::TokenRevoked => pb::LoginOutcome::LoginTokenRevoked,
+                    Refusal::AccountRequired => pb::LoginOutcome::LoginAccountRequired,
+                    Refusal::InvalidPassword => pb::LoginOutcome::LoginInvalidPassword,
+                };
+                metrics::counter!("worldmesh_persistence_logins_total", "proof" => kind, "outcome" => outcome.as_str_name()).increment(1);
+                tracing::info!(name = %req.name, proof = kind, %refusal, "login refused");
+                pb::LoginReply {
+                    outcome: outcome as i32,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        req: Request<pb::RevokeTokensRequest>,
+    ) -> Result<Response<pb::RevokeTokensReply>, Status> {
+        let name = req.into_inner().name;
+        if !validate_name(&name) {
+            return Err(Status::invalid_argument("invalid account name"));
+        }
+        let generation = self.store.revoke_tokens(&name).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeTokensReply {
+            found: generation.is_some(),
+            token_generation: generation.unwrap_or(0),
+        }))
+    }
+
     type CheckpointStream =
         Pin<Box<dyn Stream<Item = Result<pb::CheckpointAck, Status>> + Send + 'static>>;
 

@@ -51,6 +51,25 @@ fn row_to_character(row: &AnyRow) -> Result<Character, sqlx::Error> {
     })
 }
 
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    pub id: u64,
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub token_generation: u64,
+}
+
+fn row_to_account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
+    Ok(AccountRow {
+        id: row.try_get::<i64, _>("id")? as u64,
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        token_generation: row.try_get::<i64, _>("token_generation")? as u64,
+    })
+}
+
 impl Sql {
     pub async fn connect(url: &str) -> Result<Self, Error> {
         sqlx::any::install_default_drivers();
@@ -109,6 +128,114 @@ impl Sql {
             .fetch_one(&self.pool)
             .await?;
         Ok((row_to_character(&row)?, inserted == 1))
+    }
+
+    /// Like [`Sql::load_or_create`] for a guest: `None` when the name belongs to an account
+    /// (a guest may not play an account's character).
+    pub async fn load_or_create_guest(
+        &self,
+        name: &str,
+        x: f32,
+        y: f32,
+    ) -> Result<Option<(Character, bool)>, Error> {
+        let (character, created) = self.load_or_create(name, x, y).await?;
+        let owner: Option<i64> = sqlx::query_scalar("SELECT owner FROM characters WHERE id = $1")
+            .bind(character.id as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(owner.is_none().then_some((character, created)))
+    }
+
+    /// The account row by name: `(id, password hash, token generation)`.
+    pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, password_hash, token_generation FROM accounts WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(row_to_account).transpose()?)
+    }
+
+    pub async fn account_by_id(&self, id: u64) -> Result<Option<AccountRow>, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, password_hash, token_generation FROM accounts WHERE id = $1",
+        )
+        .bind(id as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(row_to_account).transpose()?)
+    }
+
+    /// Creates an account and its character (same name) in one transaction. `None` when the
+    /// name is taken by an account or by a guest character.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+        x: f32,
+        y: f32,
+    ) -> Result<Option<(AccountRow, Character)>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let account: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO accounts (name, password_hash) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(account) = account else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "INSERT INTO characters (name, x, y, owner) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING \
+             RETURNING id, name, x, y, heading, epoch, version",
+        )
+        .bind(name)
+        .bind(x as f64)
+        .bind(y as f64)
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // A guest character holds the name; dropping `tx` rolls the account back.
+            return Ok(None);
+        };
+        let character = row_to_character(&row)?;
+        tx.commit().await?;
+        Ok(Some((
+            AccountRow {
+                id: account as u64,
+                name: name.to_owned(),
+                password_hash: password_hash.to_owned(),
+                token_generation: 0,
+            },
+            character,
+        )))
+    }
+
+    /// The character an account plays (one per account for now).
+    pub async fn character_of(&self, account_id: u64) -> Result<Option<Character>, Error> {
+        let row = sqlx::query(select_characters!("WHERE owner = $1 ORDER BY id LIMIT 1"))
+            .bind(account_id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(row_to_character).transpose()?)
+    }
+
+    /// Bumps the account's token generation, so every token issued before is refused.
+    /// Returns the new generation, or `None` for an unknown account.
+    pub async fn revoke_tokens(&self, name: &str) -> Result<Option<u64>, Error> {
+        let generation: Option<i64> = sqlx::query_scalar(
+            "UPDATE accounts SET token_generation = token_generation + 1 WHERE name = $1 \
+             RETURNING token_generation",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(generation.map(|g| g as u64))
     }
 
     pub async fn load(&self, id: u64) -> Result<Option<Character>, Error> {

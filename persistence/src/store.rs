@@ -38,6 +38,7 @@ type FlusherTask = (CancellationToken, JoinHandle<()>);
 pub struct Store {
     hot: HotTier,
     sql: Sql,
+    hasher: crate::accounts::Hasher,
     flusher: Arc<Mutex<Option<FlusherTask>>>,
 }
 
@@ -72,6 +73,10 @@ impl Store {
         Ok(Self {
             hot,
             sql,
+            hasher: crate::accounts::Hasher::new(
+                config.argon2_memory_kib,
+                config.argon2_iterations,
+            )?,
             flusher: Arc::new(Mutex::new(flusher)),
         })
     }
@@ -100,6 +105,16 @@ impl Store {
             newest(hot, Some(durable)).expect("durable is Some"),
             created,
         ))
+    }
+
+    pub(crate) fn hasher(&self) -> &crate::accounts::Hasher {
+        &self.hasher
+    }
+
+    /// The newer of a durable row and the hot tier's copy of the same character.
+    pub(crate) async fn fresher(&self, durable: Character) -> Result<Character, Error> {
+        let hot = self.hot.load(durable.id).await?;
+        Ok(newest(hot, Some(durable)).expect("durable is Some"))
     }
 
     /// Hot tier first, SQL second; the newer stamp wins (SQL wins when Redis lost data).

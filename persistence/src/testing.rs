@@ -75,5 +75,8 @@ pub fn tiered_config(database_url: &str, tag: &str) -> crate::Config {
         redis_prefix: format!("{tag}:{}:", unique_suffix()),
         max_backlog: crate::DEFAULT_MAX_BACKLOG,
         run_flusher: true,
+        // Tests check the plumbing of accounts, not the cost of hashing.
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
     }
 }

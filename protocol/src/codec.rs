@@ -240,6 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn known_login_bytes_for_protocol_md() {
+        // Login { protocol_version: 1, name: "ann", auth: Password("hunter22") }.
+        let frame = encode_to_vec(&ClientMessage::Login(crate::Login {
+            protocol_version: 1,
+            name: "ann".into(),
+            auth: crate::Auth::Password("hunter22".into()),
+        }))
+        .unwrap();
+        assert_eq!(
+            frame,
+            [
+                1, 16, 0, 0, 0, 4, 1, 3, b'a', b'n', b'n', 0, 8, b'h', b'u', b'n', b't', b'e',
+                b'r', b'2', b'2'
+            ]
+        );
+        // Session { token: [0xaa, 0xbb], expires_unix_s: 300 }.
+        let frame = encode_to_vec(&ServerMessage::Session(crate::SessionToken {
+            token: vec![0xaa, 0xbb],
+            expires_unix_s: 300,
+        }))
+        .unwrap();
+        assert_eq!(frame, [1, 7, 0, 0, 0, 4, 2, 0xaa, 0xbb, 251, 0x2c, 0x01]);
+    }
+
+    #[test]
     fn trailing_and_truncated_are_errors() {
         let mut frame = encode_to_vec(&ClientMessage::Bye).unwrap();
         assert_eq!(

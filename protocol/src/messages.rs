@@ -25,6 +25,9 @@ pub enum ClientMessage {
     Chat(ChatSay),
     /// Clean logout: the character is saved where it stands.
     Bye,
+    /// First message on the control stream when logging in to an account (instead of
+    /// [`Hello`], which is a guest login without a password).
+    Login(Login),
 }
 
 /// Everything the server may send.
@@ -38,6 +41,9 @@ pub enum ServerMessage {
     Chat(ChatHeard),
     /// A typed error. The server closes the connection right after sending it.
     Kick(Kick),
+    /// Sent right after [`Welcome`] to an account login: a session token that resumes the
+    /// character on any gateway of the cluster until it expires or is revoked.
+    Session(SessionToken),
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -46,6 +52,63 @@ pub struct Hello {
     pub protocol_version: u8,
     /// The character's name: 1..=[`MAX_NAME_LEN`] bytes of ASCII letters, digits, `_` or `-`.
     pub name: String,
+}
+
+/// Longest password, in bytes of UTF-8 (argon2 hashes any length; the cap bounds the work a
+/// client can ask for).
+pub const MAX_PASSWORD_LEN: usize = 128;
+/// Shortest password a new account may have.
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest session token, in bytes.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Login {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u8,
+    /// Account name, which is also the character's name; the rules of [`Hello::name`].
+    pub name: String,
+    pub auth: Auth,
+}
+
+/// How a [`Login`] proves who it is.
+#[derive(Clone, PartialEq, Encode, Decode)]
+pub enum Auth {
+    /// An existing account's password.
+    Password(String),
+    /// Creates the account (and its character) with this password:
+    /// [`MIN_PASSWORD_LEN`]..=[`MAX_PASSWORD_LEN`] bytes.
+    Register(String),
+    /// A token from an earlier [`ServerMessage::Session`] (opaque bytes).
+    Token(Vec<u8>),
+}
+
+impl std::fmt::Debug for Auth {
+    /// Never prints secrets: logs and panics show only which kind of proof it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Password(_) => f.write_str("Password(..)"),
+            Auth::Register(_) => f.write_str("Register(..)"),
+            Auth::Token(t) => write!(f, "Token({} bytes)", t.len()),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Encode, Decode)]
+pub struct SessionToken {
+    /// Opaque; present it in [`Auth::Token`] to resume.
+    pub token: Vec<u8>,
+    /// When it stops being accepted, in seconds since the Unix epoch.
+    pub expires_unix_s: u64,
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionToken")
+            .field("token", &format_args!("{} bytes", self.token.len()))
+            .field("expires_unix_s", &self.expires_unix_s)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
@@ -179,12 +242,60 @@ pub enum ErrorCode {
     Timeout,
     /// 12: an input with values no honest client sends (non-finite, negative speed).
     InvalidInput,
+    /// 13: no account with this name.
+    UnknownAccount,
+    /// 14: the password does not match the account's.
+    WrongPassword,
+    /// 15: registering a name that is already an account or a character.
+    NameTaken,
+    /// 16: a token that is not one of ours (bad signature, wrong format).
+    InvalidToken,
+    /// 17: a token past its expiry; log in with the password.
+    TokenExpired,
+    /// 18: a token revoked since it was issued (e.g. all sessions were logged out).
+    TokenRevoked,
+    /// 19: this character belongs to an account (log in with [`Login`]), or this gateway
+    /// does not accept guest logins.
+    AccountRequired,
+    /// 20: a password outside the length limits.
+    InvalidPassword,
 }
 
 impl ErrorCode {
     /// The code's number on the wire and as a QUIC close code.
     pub fn as_u32(self) -> u32 {
         self as u32
+    }
+
+    /// The code with this number, if it is one (clients map QUIC close codes back).
+    pub fn from_u32(n: u32) -> Option<Self> {
+        use ErrorCode::*;
+        const ALL: [ErrorCode; 21] = [
+            Malformed,
+            FrameTooLarge,
+            UnsupportedVersion,
+            UnexpectedMessage,
+            InvalidName,
+            ServerFull,
+            NoZoneAvailable,
+            Unavailable,
+            LoggedInElsewhere,
+            ShuttingDown,
+            RateLimited,
+            Timeout,
+            InvalidInput,
+            UnknownAccount,
+            WrongPassword,
+            NameTaken,
+            InvalidToken,
+            TokenExpired,
+            TokenRevoked,
+            AccountRequired,
+            InvalidPassword,
+        ];
+        let code = ALL.get(n as usize).copied()?;
+        debug_assert_eq!(code.as_u32(), n, "ALL lists the codes in order");
+        Some(code)
     }
 }
 

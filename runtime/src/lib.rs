@@ -1,9 +1,12 @@
 //! What every worldmesh process shares at runtime, kept out of the service crates so each
-//! binary stays a few lines: logging set-up and the shutdown signal.
+//! binary stays a few lines: logging set-up, the shutdown signal, and the [`admin`] port
+//! (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Every service exposes `run(listener, config, shutdown)` taking a [`CancellationToken`]; a
 //! binary wires that token to SIGINT/SIGTERM with [`cancel_on_signal`], and `worldmesh local`
 //! wires one token to all services so that Ctrl-C stops the whole cluster in order.
+
+pub mod admin;
 
 use tokio_util::sync::CancellationToken;
 

@@ -38,6 +38,8 @@ pub struct Args {
     /// at 31 % and 69 % of the width, half way up.
     #[arg(long = "spawn", value_parser = parse_point)]
     spawn_points: Vec<(f32, f32)>,
+    #[command(flatten)]
+    admin: worldmesh_runtime::admin::AdminArgs,
 }
 
 fn parse_point(s: &str) -> Result<(f32, f32), String> {
@@ -69,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();
+    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -108,6 +108,8 @@ pub async fn run(
     let task = tokio::spawn(state.run(req_rx, shutdown.clone()));
     let svc = service::CoordinatorService::new(req_tx, published_rx, config);
     tracing::info!(%addr, "world coordinator listening");
+    // State loaded from SQL (or fresh): ready to serve.
+    worldmesh_runtime::admin::Readiness::new("coordinator serving").set(true);
     tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(svc))
         .serve_with_incoming_shutdown(

@@ -48,6 +48,8 @@ impl ClusterConfig {
             },
             gateway: worldmesh_gateway::Config {
                 cluster_secret: secret,
+                // A development cluster: clients may play without an account.
+                allow_guests: true,
                 ..Default::default()
             },
             gateways: 1,

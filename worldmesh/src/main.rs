@@ -72,6 +72,9 @@ struct Local {
     /// across them, so handoffs happen all the time.
     #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
     behaviour: Behaviour,
+    /// Admin HTTP address of the whole local cluster (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WORLDMESH_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
+    admin_listen: String,
 }
 
 #[tokio::main]
@@ -121,6 +124,13 @@ async fn local(args: Local) -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
+    let admin = worldmesh_runtime::admin::start(
+        &worldmesh_runtime::admin::AdminArgs {
+            admin_listen: args.admin_listen.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let cluster = Cluster::start(config).await?;
     println!(
         "worldmesh local cluster is up in {:.1} s",
@@ -136,6 +146,11 @@ async fn local(args: Local) -> anyhow::Result<()> {
     println!("  persistence (gRPC):      {}", cluster.persistence_url);
     for (i, z) in cluster.zone_urls.iter().enumerate() {
         println!("  zone-{i} (gRPC):           {z}");
+    }
+    if let Some(a) = admin {
+        println!(
+            "  admin (HTTP):            http://{a}/metrics  http://{a}/healthz  http://{a}/readyz"
+        );
     }
     println!("  data file (SQLite):      {}", args.data.display());
     println!(

@@ -108,6 +108,7 @@ async fn zones_refuse_links_without_the_cluster_secret() {
         coordinator_url: cluster.coordinator_url.clone(),
         persistence_url: cluster.persistence_url.clone(),
         cluster_secret: Some("wrong".into()),
+        allow_guests: true,
         ..Default::default()
     };
     let socket = worldmesh_gateway::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();

@@ -7,109 +7,18 @@
 
 mod common;
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::procs::{Proc, free_tcp_port, free_udp_port, live_zones, log_dir, zone};
 use common::*;
 use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::coordinator::{
-    GetWorldRequest, LocateEntityRequest, coordinator_client::CoordinatorClient,
+    LocateEntityRequest, coordinator_client::CoordinatorClient,
 };
 
 const BOTS: usize = 200;
 const RUN: Duration = Duration::from_secs(60);
-
-/// Where the processes' logs go: one directory per run, kept for post-mortems.
-fn log_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("wm-mp-{}", testing::unique_suffix()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn start(name: &str, args: &[String], secret: &str) -> Self {
-        let log = std::fs::File::create(log_dir().join(format!("{name}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
-            .args(args)
-            .env("WORLDMESH_CLUSTER_SECRET", secret)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn worldmesh");
-        Self {
-            name: name.to_owned(),
-            child,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.name;
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
-    let port = free_tcp_port();
-    Proc::start(
-        &format!("zone-{i}"),
-        &[
-            "zone".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--name".into(),
-            format!("zone-{i}"),
-            "--coordinator".into(),
-            coordinator.into(),
-            "--persistence".into(),
-            persistence.into(),
-        ],
-        secret,
-    )
-}
-
-async fn live_zones(coordinator: &str) -> usize {
-    let Ok(mut c) = CoordinatorClient::connect(coordinator.to_owned()).await else {
-        return 0;
-    };
-    c.get_world(GetWorldRequest {})
-        .await
-        .map_or(0, |w| w.into_inner().zones.len())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_die_drain_and_join_under_200_travelling_bots() {

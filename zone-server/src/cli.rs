@@ -39,6 +39,8 @@ pub struct Args {
     /// Wandering NPCs this zone simulates.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
     npcs: usize,
+    #[command(flatten)]
+    admin: worldmesh_runtime::admin::AdminArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -54,6 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    crate::run(listener, config, worldmesh_runtime::shutdown_token()).await?;
+    let shutdown = worldmesh_runtime::shutdown_token();
+    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
+    crate::run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -190,11 +190,14 @@ pub async fn run(
     });
     let mut coordinator = CoordinatorClient::new(channel(&config.coordinator_url)?);
     let persistence = PersistenceClient::new(channel(&config.persistence_url)?);
+    let ready =
+        worldmesh_runtime::admin::Readiness::new(format!("zone {} registered", config.name));
     let Some(reg) = register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await?
     else {
         return Ok(());
     };
     tracing::info!(zone = reg.zone_id, name = %config.name, %advertise, "zone registered");
+    ready.set(true);
     // Everything inside stops on `stop`, which fires after the drain.
     let stop = CancellationToken::new();
     let w = &reg.world;
@@ -413,6 +416,12 @@ async fn heartbeat_loop(
             players: stats.players.load(Ordering::Relaxed),
             tick_p99_ms: stats.tick_p99_us.load(Ordering::Relaxed) as f32 / 1000.0,
         };
+        // Per zone name, so one process running several zones (`worldmesh local`) exports
+        // each; the HPA scales zones on the players gauge.
+        metrics::gauge!("worldmesh_zone_players", "zone" => config.name.clone())
+            .set(req.players as f64);
+        metrics::gauge!("worldmesh_zone_entities", "zone" => config.name.clone())
+            .set(req.entities as f64);
         match coordinator.heartbeat(req).await {
             Ok(r) if r.get_ref().lease_valid => {}
             Ok(_) => {

@@ -1,0 +1,170 @@
+//! The real binaries as processes (`worldmesh <service>`), for tests that kill, signal or
+//! measure one service on its own. Logs go to one directory per test run, kept for
+//! post-mortems.
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use worldmesh_persistence::testing;
+use worldmesh_protocol::grpc::coordinator::{
+    GetWorldRequest, coordinator_client::CoordinatorClient,
+};
+
+/// Where the processes' logs go: one directory per run.
+pub fn log_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("wm-mp-{}", testing::unique_suffix()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    /// The admin port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: std::net::SocketAddr,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[String], secret: &str) -> Self {
+        let log = std::fs::File::create(log_dir().join(format!("{name}.log"))).expect("log file");
+        let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
+            .args(args)
+            .env("WORLDMESH_CLUSTER_SECRET", secret)
+            .env("WORLDMESH_ADMIN_LISTEN", admin.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn worldmesh");
+        Self {
+            name: name.to_owned(),
+            child,
+            admin,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// CPU time used so far (user + system), seconds.
+    pub fn cpu_s(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat: 11 and 12 after the state field.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// `GET path` on the admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin, path).await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the admin port speaks plain HTTP/1.1).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Some((status, body))
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as rendered), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
+    let port = free_tcp_port();
+    Proc::start(
+        &format!("zone-{i}"),
+        &[
+            "zone".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--name".into(),
+            format!("zone-{i}"),
+            "--coordinator".into(),
+            coordinator.into(),
+            "--persistence".into(),
+            persistence.into(),
+        ],
+        secret,
+    )
+}
+
+pub async fn live_zones(coordinator: &str) -> usize {
+    let Ok(mut c) = CoordinatorClient::connect(coordinator.to_owned()).await else {
+        return 0;
+    };
+    c.get_world(GetWorldRequest {})
+        .await
+        .map_or(0, |w| w.into_inner().zones.len())
+}
