@@ -1,5 +1,5 @@
-//! The real binaries on loopback, on real Redis and PostgreSQL: a coordinator, persistence, a
-//! gateway and four zone servers, each its own process (`worldmesh <service>`), with 200 bots
+//! The real binaries on loopback, on real Redis and PostgreSQL: a coordinator, persistence,
+//! two gateways and four zone servers, each its own process (`worldmesh <service>`), with 200 bots
 //! travelling across zone borders for 60 s. During the run one zone is SIGKILLed (failover),
 //! another gets SIGTERM (it drains by live handoff) and a fresh zone joins (it receives cells).
 //! At the end every bot is connected and its character in play at a live zone, and the
@@ -25,7 +25,8 @@ async fn zones_die_drain_and_join_under_200_travelling_bots() {
     let (backend, persistence) = Backend::tiered().await;
     let db = persistence.database_url.clone();
     let secret = worldmesh_runtime::random_secret();
-    let (cport, pport, gport) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    let (cport, pport) = (free_tcp_port(), free_tcp_port());
+    let gports = [free_udp_port(), free_udp_port()];
     let coordinator_url = format!("http://127.0.0.1:{cport}");
     let persistence_url = format!("http://127.0.0.1:{pport}");
 
@@ -73,26 +74,40 @@ async fn zones_die_drain_and_join_under_200_travelling_bots() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _gateway = Proc::start(
-        "gateway",
-        &[
-            "gateway".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{gport}"),
-            "--coordinator".into(),
-            coordinator_url.clone(),
-            "--persistence".into(),
-            persistence_url.clone(),
-        ],
-        &secret,
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Two gateways in front of the zones; the bots spread across them.
+    let gateways: Vec<Proc> = gports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Proc::start(
+                &format!("gateway-{i}"),
+                &[
+                    "gateway".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--name".into(),
+                    format!("gateway-{i}"),
+                    "--coordinator".into(),
+                    coordinator_url.clone(),
+                    "--persistence".into(),
+                    persistence_url.clone(),
+                ],
+                &secret,
+            )
+        })
+        .collect();
+    for g in &gateways {
+        while g.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
+            assert!(tokio::time::Instant::now() < deadline, "gateways not ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     let prefix = format!("mp{}-", testing::unique_suffix());
     let stats = Arc::new(worldmesh_load_test::Stats::default());
     let bots = tokio::spawn(worldmesh_load_test::run_with(
         worldmesh_load_test::Config {
-            gateways: vec![([127, 0, 0, 1], gport).into()],
+            gateways: gports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect(),
             bots: BOTS,
             ramp_per_s: 100.0,
             duration: Some(RUN),
