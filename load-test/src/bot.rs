@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::{Auth, ErrorCode, Input, ServerMessage};
 
 use crate::client::{ClientEndpoint, ClientError, Session};
+use crate::predict::{Motion, Predictor};
 use crate::stats::Stats;
 
 /// Travel speed, m/s: a run, under the server's 10 m/s limit.
@@ -31,6 +32,26 @@ pub enum Behaviour {
     Travel,
     /// Stands still (inputs keep flowing).
     Idle,
+    /// Mills around within 15 m of where it started, at a walk: spawn points become dense
+    /// crowds, the worst case for snapshot size and interest management.
+    Crowd,
+    /// Per bot, by its seed: 40 % travel, 40 % wander, 10 % crowd, 10 % idle.
+    Mixed,
+}
+
+impl Behaviour {
+    /// What a bot with this seed does (resolves `Mixed`).
+    pub fn for_seed(self, seed: u64) -> Behaviour {
+        match self {
+            Behaviour::Mixed => match seed % 10 {
+                0..=3 => Behaviour::Travel,
+                4..=7 => Behaviour::Wander,
+                8 => Behaviour::Crowd,
+                _ => Behaviour::Idle,
+            },
+            b => b,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +68,8 @@ pub struct BotConfig {
     pub seed: u64,
     /// Log in to an account (register it on first use) rather than as a guest.
     pub accounts: bool,
+    /// Loss, latency and jitter on the bot's datagrams.
+    pub link: crate::conditioner::LinkConditions,
 }
 
 /// A bot's password: derived from its name, so a later run logs the same bots in again.
@@ -121,6 +144,7 @@ pub async fn run(
             return;
         }
     };
+    session.set_link(config.link);
     stats.logins.fetch_add(1, Ordering::Relaxed);
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stats.entity_seen(&config.name, session.welcome.entity_id);
@@ -150,6 +174,13 @@ async fn play(
     stop: &CancellationToken,
 ) -> Result<(), ClientError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let behaviour = config.behaviour.for_seed(config.seed);
+    let mut predictor = Predictor::new(session.welcome.tick_rate_hz, session.welcome.world);
+    let tick = Duration::from_secs_f64(1.0 / f64::from(session.welcome.tick_rate_hz.max(1)));
+    let mut last_snapshot_at: Option<Instant> = None;
+    let mut full_updates = 0u64;
+    let start_y = session.welcome.y;
+    let mut y_now = start_y;
     let mut sent_at = [None::<(u32, Instant)>; SENT_RING];
     let mut seq: u32 = 0;
     let mut acked: u32 = 0;
@@ -174,7 +205,7 @@ async fn play(
             _ = stop.cancelled() => return Ok(()),
             _ = ticker.tick() => {
                 seq = seq.wrapping_add(1);
-                let speed = match config.behaviour {
+                let speed = match behaviour {
                     Behaviour::Wander => {
                         heading += rng.random_range(-0.3..0.3);
                         config.speed
@@ -188,10 +219,20 @@ async fn play(
                         heading = if eastward { slant } else { std::f32::consts::PI + slant };
                         TRAVEL_SPEED
                     }
-                    Behaviour::Idle => 0.0,
+                    Behaviour::Idle | Behaviour::Mixed => 0.0,
+                    Behaviour::Crowd => {
+                        let (dx, dy) = (start_x - x_now, start_y - y_now);
+                        if dx * dx + dy * dy > 15.0 * 15.0 {
+                            heading = dy.atan2(dx);
+                        } else {
+                            heading += rng.random_range(-0.5..0.5);
+                        }
+                        1.5
+                    }
                 };
                 let input = Input { seq, ack_tick: session.ack_tick(), heading, speed, actions: 0 };
                 session.send_input(input)?;
+                predictor.on_input(seq, heading, speed);
                 stats.bytes_up.fetch_add(24, Ordering::Relaxed);
                 sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
                 if next_chat.is_some_and(|at| Instant::now() >= at) {
@@ -220,8 +261,27 @@ async fn play(
                 };
                 stats.bytes_down.fetch_add(view.bytes as u64, Ordering::Relaxed);
                 stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                if view.newest && let Some(e) = view.entities.iter().find(|e| e.id == me) {
-                    x_now = e.x;
+                if view.full {
+                    full_updates += 1;
+                    if full_updates > 1 {
+                        stats.handoffs_seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if view.newest {
+                    let now = Instant::now();
+                    if let Some(last) = last_snapshot_at.replace(now) {
+                        let gap = now - last;
+                        let off = gap.abs_diff(tick);
+                        stats.record_jitter_us(off.as_micros() as u64);
+                    }
+                    if let Some(e) = view.entities.iter().find(|e| e.id == me) {
+                        x_now = e.x;
+                        y_now = e.y;
+                        let server = Motion { x: e.x, y: e.y, speed: e.speed };
+                        if let Some(err) = predictor.on_snapshot(view.last_input_seq, server) {
+                            stats.record_correction_m(err);
+                        }
+                    }
                 }
                 // The first snapshot acknowledging a newer input closes that input's round trip.
                 if view.newest && view.last_input_seq != acked {

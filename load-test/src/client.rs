@@ -5,11 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::mpsc;
+
+use crate::conditioner::{DelayQueue, LinkConditions};
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
 use worldmesh_protocol::{
@@ -147,6 +150,9 @@ pub struct Session {
     control: mpsc::Receiver<ServerMessage>,
     decoder: SnapshotDecoder,
     quantizer: Quantizer,
+    link: LinkConditions,
+    inbound: DelayQueue,
+    rng: rand::rngs::SmallRng,
 }
 
 /// One received snapshot, decoded.
@@ -160,6 +166,8 @@ pub struct View {
     pub entities: Vec<EntityState>,
     /// Bytes of the datagram.
     pub bytes: usize,
+    /// A full update (no baseline): the first snapshot, or the first from a new zone.
+    pub full: bool,
 }
 
 impl Session {
@@ -232,6 +240,9 @@ impl Session {
                     control,
                     decoder: SnapshotDecoder::default(),
                     quantizer,
+                    link: LinkConditions::default(),
+                    inbound: DelayQueue::default(),
+                    rng: rand::SeedableRng::from_os_rng(),
                 })
             }
             Some(ServerMessage::Kick(k)) => Err(ClientError::Kicked {
@@ -248,10 +259,30 @@ impl Session {
         }
     }
 
-    pub fn send_input(&self, input: Input) -> Result<(), ClientError> {
+    /// Puts this client's datagrams through a link conditioner from now on.
+    pub fn set_link(&mut self, link: LinkConditions) {
+        self.link = link;
+    }
+
+    pub fn send_input(&mut self, input: Input) -> Result<(), ClientError> {
         let frame = codec::encode_to_vec(&ClientMessage::Input(input))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(self.connection.send_datagram(frame.into())?)
+        if self.link.is_perfect() {
+            return Ok(self.connection.send_datagram(frame.into())?);
+        }
+        match self.link.fate(&mut self.rng) {
+            None => Ok(()),
+            Some(delay) if delay.is_zero() => Ok(self.connection.send_datagram(frame.into())?),
+            Some(delay) => {
+                // A connection that dies meanwhile shows up on the receiving side.
+                let connection = self.connection.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = connection.send_datagram(frame.into());
+                });
+                Ok(())
+            }
+        }
     }
 
     /// The newest snapshot tick decoded: what to acknowledge in `Input::ack_tick`.
@@ -261,7 +292,7 @@ impl Session {
 
     /// The next snapshot datagram, decoded against the views already held.
     pub async fn recv_snapshot(&mut self) -> Result<View, ClientError> {
-        let bytes = self.connection.read_datagram().await?;
+        let bytes = self.next_datagram().await?;
         let snapshot = match codec::decode_frame::<ServerMessage>(&bytes) {
             Ok(ServerMessage::Snapshot(s)) => s,
             Ok(other) => {
@@ -287,7 +318,30 @@ impl Session {
             newest,
             entities,
             bytes: bytes.len(),
+            full: snapshot.baseline == 0,
         })
+    }
+
+    /// The next datagram from the gateway, through the link conditioner.
+    async fn next_datagram(&mut self) -> Result<Bytes, ClientError> {
+        if self.link.is_perfect() && self.inbound.next_due().is_none() {
+            return Ok(self.connection.read_datagram().await?);
+        }
+        loop {
+            if let Some(b) = self.inbound.pop_due(tokio::time::Instant::now()) {
+                return Ok(b);
+            }
+            let wake = self.inbound.next_due();
+            tokio::select! {
+                d = self.connection.read_datagram() => {
+                    let d = d?;
+                    if let Some(delay) = self.link.fate(&mut self.rng) {
+                        self.inbound.push(tokio::time::Instant::now() + delay, d);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(wake.expect("checked")).await }, if wake.is_some() => {}
+            }
+        }
     }
 
     pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {

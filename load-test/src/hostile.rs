@@ -240,7 +240,7 @@ async fn flood(endpoint: &ClientEndpoint, gateway: SocketAddr, name: &str) -> St
         .unwrap_or_else(|_| "not_cut_off".into())
 }
 
-async fn flood_session(session: crate::Session) -> String {
+async fn flood_session(mut session: crate::Session) -> String {
     let mut seq = 0u32;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     loop {

@@ -5,16 +5,24 @@
 //!
 //! - [`client`]: a worldmesh client library (connect, Hello/Welcome, inputs, snapshots, chat,
 //!   Bye) — the reference for what a game client does.
+//! - [`cluster_bench`]: the whole cluster as processes, bots at rising counts, against the
+//!   bare quinn echo measured in the same run; [`plot`] draws it.
+//! - [`conditioner`]: loss, latency and jitter on a client's datagrams.
 //! - [`bot`]: one bot's behaviour and measurements.
 //! - [`hostile`]: hostile clients (garbage, floods, half-open connections, wrong versions)
 //!   that record how the gateway cut them off.
+//! - [`predict`]: client-side prediction and reconciliation (the correction error).
 //! - [`stats`]: shared counters, the RTT histogram and the JSON [`Report`].
 //! - [`run`]: ramps up a fleet of bots against a gateway and reports.
 
 pub mod bot;
 pub mod client;
+pub mod cluster_bench;
+pub mod conditioner;
 pub mod echo;
 pub mod hostile;
+pub mod plot;
+pub mod predict;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -46,6 +54,8 @@ pub struct Config {
     /// Bots log in to accounts (registering on first use, password `{name}-password`);
     /// `false`: guest logins, for gateways that allow them.
     pub accounts: bool,
+    /// Loss, latency and jitter on every bot's datagrams.
+    pub link: conditioner::LinkConditions,
 }
 
 impl Default for Config {
@@ -61,6 +71,7 @@ impl Default for Config {
             status_every: Some(Duration::from_secs(5)),
             behaviour: bot::Behaviour::Wander,
             accounts: true,
+            link: conditioner::LinkConditions::default(),
         }
     }
 }
@@ -90,10 +101,25 @@ pub async fn run_with(
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             let mut last = 0;
+            // On a terminal: one live line (indicatif, on stderr). Otherwise (logs, CI): a
+            // plain line per interval on stdout.
+            let live = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                .then(indicatif::ProgressBar::new_spinner);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => println!("{}", stats.status_line(started.elapsed().as_secs_f64(), target, &mut last, every.as_secs_f64())),
+                    _ = stop.cancelled() => {
+                        if let Some(bar) = &live {
+                            bar.finish_and_clear();
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        let line = stats.status_line(started.elapsed().as_secs_f64(), target, &mut last, every.as_secs_f64());
+                        match &live {
+                            Some(bar) => bar.set_message(line),
+                            None => println!("{line}"),
+                        }
+                    }
                 }
             }
         })
@@ -112,6 +138,7 @@ pub async fn run_with(
             chat_every_s: config.chat_every_s,
             seed: i as u64,
             accounts: config.accounts,
+            link: config.link,
         };
         bots.spawn(bot::run(endpoint.clone(), bot, stats.clone(), stop.clone()));
         tokio::time::sleep(gap).await;

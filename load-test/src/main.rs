@@ -1,10 +1,12 @@
-//! `load-test`: drives bots against running gateways.
+//! `load-test`: drives bots against running gateways (`run`), measures the transport's
+//! ceiling (`echo`), or runs the whole cluster benchmark (`cluster-bench`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use worldmesh_load_test::bot::Behaviour;
+use worldmesh_load_test::conditioner::LinkConditions;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "worldmesh load-test bots")]
@@ -33,92 +35,184 @@ enum Command {
         #[arg(long, default_value_t = 200.0)]
         ramp: f64,
     },
-    /// Run N bots against a gateway and write a JSON report.
-    Run {
-        /// Gateway address(es), comma-separated; bots are spread across them.
-        #[arg(
-            long,
-            env = "WORLDMESH_GATEWAY",
-            default_value = "127.0.0.1:7000",
-            value_delimiter = ','
-        )]
-        gateway: Vec<SocketAddr>,
-        #[arg(long, default_value_t = 50)]
-        bots: usize,
-        /// Bots started per second.
-        #[arg(long, default_value_t = 50.0)]
-        ramp: f64,
-        /// Seconds to play after ramping up.
-        #[arg(long, default_value_t = 30)]
-        duration: u64,
-        #[arg(long, default_value = "bot")]
-        name_prefix: String,
-        /// Inputs each bot sends per second.
-        #[arg(long, default_value_t = 20)]
-        input_rate: u32,
-        /// How bots move.
-        #[arg(long, value_enum, default_value_t = worldmesh_load_test::bot::Behaviour::Wander)]
-        behaviour: worldmesh_load_test::bot::Behaviour,
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Log in as guests instead of to accounts (gateways started with --allow-guests).
-        #[arg(long)]
-        guests: bool,
-    },
+    /// Run N bots against running gateway(s) and print (and optionally write) a JSON report.
+    Run(RunArgs),
+    /// Start the cluster as processes on loopback (Redis + PostgreSQL), run each bot count,
+    /// measure the bare quinn echo at the same counts in the same run; JSON lines and a plot.
+    ClusterBench(BenchArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Gateway address(es), `host:port`, comma-separated; bots are spread across them.
+    #[arg(
+        long,
+        env = "WORLDMESH_GATEWAY",
+        default_value = "127.0.0.1:7000",
+        value_delimiter = ','
+    )]
+    gateway: Vec<String>,
+    #[arg(long, default_value_t = 50)]
+    bots: usize,
+    /// Bots started per second.
+    #[arg(long, default_value_t = 50.0)]
+    ramp: f64,
+    /// Seconds to play after ramping up.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    #[arg(long, default_value = "bot")]
+    name_prefix: String,
+    /// Inputs each bot sends per second.
+    #[arg(long, default_value_t = 20)]
+    input_rate: u32,
+    /// How bots move.
+    #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
+    behaviour: Behaviour,
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Log in as guests instead of to accounts (gateways started with --allow-guests).
+    #[arg(long)]
+    guests: bool,
+    /// Datagram loss on the bots' links, percent, each way.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// One-way latency added to the bots' datagrams, ms.
+    #[arg(long, default_value_t = 0)]
+    latency: u64,
+    /// Up to this much more one-way latency, ms, random per datagram.
+    #[arg(long, default_value_t = 0)]
+    jitter: u64,
+    /// Tokio worker threads for the bots (1: a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Bot counts, comma-separated, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,1500")]
+    bots: Vec<usize>,
+    /// Seconds measured per step (after the ramp).
+    #[arg(long, default_value_t = 30)]
+    step: u64,
+    /// Bots started per second.
+    #[arg(long, default_value_t = 100.0)]
+    ramp: f64,
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
+    #[arg(long, default_value_t = 4)]
+    zones: usize,
+    /// PostgreSQL server; a fresh database is created for the run and dropped after.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+    /// Where the plot goes.
+    #[arg(long, default_value = "cluster-bench.png")]
+    plot: PathBuf,
+    /// Where the cluster processes' logs go.
+    #[arg(long, default_value = "target/cluster-bench-logs")]
+    logs: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
     worldmesh_runtime::init_logging("warn");
     let command = Args::parse().command;
-    if let Command::Echo {
-        connections,
-        rate,
-        payload,
-        duration,
-        ramp,
-    } = command
-    {
-        let report = worldmesh_load_test::echo::run(worldmesh_load_test::echo::EchoConfig {
-            connections,
-            rate_hz: rate,
-            payload,
-            duration: Duration::from_secs(duration),
-            ramp_per_s: ramp,
-        })
-        .await?;
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    let Command::Run {
-        gateway,
-        bots,
-        ramp,
-        duration,
-        name_prefix,
-        input_rate,
-        behaviour,
-        report,
-        guests,
-    } = command
-    else {
-        unreachable!("echo handled above")
+    // The bots' runtime is chosen by measurement (BENCHMARKS.md): one current-thread runtime
+    // carries thousands of bots more cheaply than a multi-thread one.
+    // The echo baseline and the cluster bench keep tokio's multi-thread default (both cores),
+    // as the echo figures in BENCHMARKS.md were measured.
+    let threads = match &command {
+        Command::Run(r) => r.threads,
+        _ => 2,
     };
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async_main(command))
+}
+
+async fn async_main(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Echo {
+            connections,
+            rate,
+            payload,
+            duration,
+            ramp,
+        } => {
+            let report = worldmesh_load_test::echo::run(worldmesh_load_test::echo::EchoConfig {
+                connections,
+                rate_hz: rate,
+                payload,
+                duration: Duration::from_secs(duration),
+                ramp_per_s: ramp,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Run(args) => run(args).await?,
+        Command::ClusterBench(args) => {
+            worldmesh_load_test::cluster_bench::run(
+                worldmesh_load_test::cluster_bench::BenchConfig {
+                    bots: args.bots,
+                    step: Duration::from_secs(args.step),
+                    ramp_per_s: args.ramp,
+                    gateways: args.gateways,
+                    zones: args.zones,
+                    database_url: args.database_url,
+                    redis_url: args.redis_url,
+                    plot: Some(args.plot),
+                    log_dir: args.logs,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut gateways = Vec::new();
+    for g in &args.gateway {
+        let addr = tokio::net::lookup_host(g)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve gateway {g}"))?;
+        gateways.push(addr);
+    }
     let config = worldmesh_load_test::Config {
-        gateways: gateway,
-        bots,
-        ramp_per_s: ramp,
-        duration: Some(Duration::from_secs(duration)),
-        name_prefix,
-        input_rate_hz: input_rate,
-        behaviour,
-        accounts: !guests,
+        gateways,
+        bots: args.bots,
+        ramp_per_s: args.ramp,
+        duration: Some(Duration::from_secs(args.duration)),
+        name_prefix: args.name_prefix,
+        input_rate_hz: args.input_rate,
+        behaviour: args.behaviour,
+        accounts: !args.guests,
+        link: LinkConditions {
+            loss: args.loss / 100.0,
+            latency: Duration::from_millis(args.latency),
+            jitter: Duration::from_millis(args.jitter),
+        },
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;
+    eprintln!("{}", result.table());
     let json = serde_json::to_string_pretty(&result)?;
     println!("{json}");
-    if let Some(path) = report {
+    if let Some(path) = args.report {
         std::fs::write(path, json)?;
     }
     Ok(())

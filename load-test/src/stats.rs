@@ -19,8 +19,16 @@ pub struct Stats {
     pub bytes_down: AtomicU64,
     pub bytes_up: AtomicU64,
     pub chats_heard: AtomicU64,
+    /// Full snapshot updates after the first of a session. Every zone change (handoff,
+    /// failover) causes one; on a lossy link so do the server's resyncs after lost acks.
+    pub handoffs_seen: AtomicU64,
     /// Input → first snapshot acknowledging it, microseconds.
     rtt_us: Mutex<Histogram<u64>>,
+    /// Distance between the client's predicted position and the reconciled one when a
+    /// snapshot arrives, millimetres.
+    correction_mm: Mutex<Histogram<u64>>,
+    /// |gap between consecutive newest snapshots − the tick interval|, microseconds.
+    jitter_us: Mutex<Histogram<u64>>,
     errors_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Bot name → its character's entity id, while logged in.
     entities: Mutex<BTreeMap<String, u64>>,
@@ -38,8 +46,16 @@ impl Default for Stats {
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             chats_heard: AtomicU64::new(0),
+            handoffs_seen: AtomicU64::new(0),
             // 1 µs to 60 s at 3 significant digits.
             rtt_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ),
+            // 1 mm to 10 km.
+            correction_mm: Mutex::new(
+                Histogram::new_with_bounds(1, 10_000_000, 3).expect("valid histogram bounds"),
+            ),
+            jitter_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             ),
             errors_by_reason: Mutex::new(BTreeMap::new()),
@@ -81,6 +97,39 @@ impl Stats {
             .record(us.clamp(1, 60_000_000));
     }
 
+    pub fn record_correction_m(&self, metres: f32) {
+        let mm = (metres.max(0.0) * 1000.0) as u64;
+        let _ = self
+            .correction_mm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(mm.clamp(1, 10_000_000));
+    }
+
+    pub fn record_jitter_us(&self, us: u64) {
+        let _ = self
+            .jitter_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(us.clamp(1, 60_000_000));
+    }
+
+    /// Starts a fresh measurement window for the latency histograms (RTT, correction,
+    /// jitter): benchmarks call it once the ramp is over.
+    pub fn reset_histograms(&self) {
+        for h in [&self.rtt_us, &self.correction_mm, &self.jitter_us] {
+            h.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+    }
+
+    pub fn correction_m(&self) -> Percentiles {
+        percentiles(&self.correction_mm, 1000.0)
+    }
+
+    pub fn jitter_ms(&self) -> Percentiles {
+        percentiles(&self.jitter_us, 1000.0)
+    }
+
     pub fn record_error(&self, reason: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         *self
@@ -92,16 +141,7 @@ impl Stats {
     }
 
     pub fn rtt_ms(&self) -> Percentiles {
-        let h = self.rtt_us.lock().unwrap_or_else(|e| e.into_inner());
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let ms = |us: u64| us as f64 / 1000.0;
-        Percentiles {
-            p50: ms(h.value_at_quantile(0.5)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-        }
+        percentiles(&self.rtt_us, 1000.0)
     }
 
     /// Snapshots per logged-in bot per second, over the time bots were logged in.
@@ -133,12 +173,14 @@ impl Stats {
         };
         *last_snapshots = snapshots;
         format!(
-            "t={elapsed_s:>5.0}s bots {}/{} snapshots/bot/s {:.1} rtt p50 {:.1} ms p99 {:.1} ms disconnects {} errors {}",
+            "t={elapsed_s:>5.0}s bots {}/{} snapshots/bot/s {:.1} rtt p50 {:.1} ms p99 {:.1} ms correction p99 {:.2} m handoffs {} disconnects {} errors {}",
             connected,
             target,
             rate,
             rtt.p50,
             rtt.p99,
+            self.correction_m().p99,
+            self.handoffs_seen.load(Ordering::Relaxed),
             self.disconnects.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
         )
@@ -167,7 +209,67 @@ impl Stats {
             bytes_up_per_bot_per_s: per_bot_s(self.bytes_up.load(Ordering::Relaxed)),
             chats_heard: self.chats_heard.load(Ordering::Relaxed),
             duration_s,
+            handoffs_seen: self.handoffs_seen.load(Ordering::Relaxed),
+            correction_error_m: self.correction_m(),
+            snapshot_jitter_ms: self.jitter_ms(),
         }
+    }
+}
+
+impl Report {
+    /// The final table for humans (the JSON is for machines).
+    pub fn table(&self) -> String {
+        let p = |p: &Percentiles, unit: &str| {
+            format!(
+                "p50 {:.1} / p99 {:.1} / max {:.1} {unit}",
+                p.p50, p.p99, p.max
+            )
+        };
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<28} {v}\n"));
+        row(
+            "bots connected / target",
+            format!("{} / {}", self.bots_connected, self.bots_target),
+        );
+        row("disconnects", self.disconnects.to_string());
+        row(
+            "errors",
+            format!("{} {:?}", self.errors, self.errors_by_reason),
+        );
+        row("input→ack RTT", p(&self.rtt_ms, "ms"));
+        row(
+            "snapshots / bot / s",
+            format!("{:.2}", self.snapshots_per_bot_per_s),
+        );
+        row(
+            "snapshot interval jitter",
+            p(&self.snapshot_jitter_ms, "ms"),
+        );
+        row("prediction correction", p(&self.correction_error_m, "m"));
+        row(
+            "bytes down / up per bot / s",
+            format!(
+                "{:.0} / {:.0}",
+                self.bytes_down_per_bot_per_s, self.bytes_up_per_bot_per_s
+            ),
+        );
+        row("handoffs seen by bots", self.handoffs_seen.to_string());
+        row("chat lines heard", self.chats_heard.to_string());
+        row("duration", format!("{:.1} s", self.duration_s));
+        t
+    }
+}
+
+/// Percentiles of a histogram, divided by `scale` (its unit per reported unit).
+fn percentiles(h: &Mutex<Histogram<u64>>, scale: f64) -> Percentiles {
+    let h = h.lock().unwrap_or_else(|e| e.into_inner());
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    Percentiles {
+        p50: h.value_at_quantile(0.5) as f64 / scale,
+        p99: h.value_at_quantile(0.99) as f64 / scale,
+        max: h.max() as f64 / scale,
     }
 }
 
@@ -209,4 +311,14 @@ pub struct Report {
     pub bytes_up_per_bot_per_s: f64,
     pub chats_heard: u64,
     pub duration_s: f64,
+    /// Zone changes the bots saw: full snapshot updates in mid-session (on a lossy link,
+    /// resyncs after lost acks count too).
+    #[serde(default)]
+    pub handoffs_seen: u64,
+    /// Client-side prediction error corrected on reconciliation, metres.
+    #[serde(default)]
+    pub correction_error_m: Percentiles,
+    /// Deviation of the gap between consecutive snapshots from the tick interval.
+    #[serde(default)]
+    pub snapshot_jitter_ms: Percentiles,
 }
