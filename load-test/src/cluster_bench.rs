@@ -57,6 +57,8 @@ pub struct Step {
     pub echo_delivered: f64,
     /// Extra: the echo's CPU per connection per second (server and clients together).
     pub echo_cpu_s_per_conn_per_s: f64,
+    /// Extra: the bots' own CPU (this process) per bot per second: they share the machine.
+    pub bots_cpu_s_per_bot_per_s: f64,
     pub correction_error_m_p99: f64,
     pub snapshot_jitter_ms_p99: f64,
     pub sustained: bool,
@@ -285,12 +287,16 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
         stats.reset_histograms();
         let cpu = |procs: &[Proc]| procs.iter().map(Proc::cpu_s).sum::<f64>();
         let (cpu0, t0) = (cpu(&procs), Instant::now());
+        let bots_cpu0 = crate::echo::process_cpu();
         let snaps0 = stats.snapshots.load(Ordering::Relaxed);
         let down0 = stats.bytes_down.load(Ordering::Relaxed);
         let up0 = stats.bytes_up.load(Ordering::Relaxed);
         tokio::time::sleep(config.step).await;
         let secs = t0.elapsed().as_secs_f64();
         let cpu_s = cpu(&procs) - cpu0;
+        let bots_cpu_s = crate::echo::process_cpu()
+            .saturating_sub(bots_cpu0)
+            .as_secs_f64();
         let connected = stats.connected.load(Ordering::Relaxed);
         let bot_s = (connected.max(1) as f64) * secs;
         let snapshots = (stats.snapshots.load(Ordering::Relaxed) - snaps0) as f64 / bot_s;
@@ -322,6 +328,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 echo.cpu_us_per_datagram * echo.echoed_per_s / 1e6 / n.max(1) as f64,
                 6,
             ),
+            bots_cpu_s_per_bot_per_s: round(bots_cpu_s / bot_s, 6),
             correction_error_m_p99: correction.p99,
             snapshot_jitter_ms_p99: jitter.p99,
             sustained: connected as f64 >= 0.99 * n as f64

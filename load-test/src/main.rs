@@ -117,6 +117,9 @@ struct BenchArgs {
     /// Where the cluster processes' logs go.
     #[arg(long, default_value = "target/cluster-bench-logs")]
     logs: PathBuf,
+    /// Tokio worker threads for the bots and the echo (1: a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,11 +127,11 @@ fn main() -> anyhow::Result<()> {
     let command = Args::parse().command;
     // The bots' runtime is chosen by measurement (BENCHMARKS.md): one current-thread runtime
     // carries thousands of bots more cheaply than a multi-thread one.
-    // The echo baseline and the cluster bench keep tokio's multi-thread default (both cores),
-    // as the echo figures in BENCHMARKS.md were measured.
+    // `echo` keeps the two-worker runtime its BENCHMARKS.md figures were measured with.
     let threads = match &command {
         Command::Run(r) => r.threads,
-        _ => 2,
+        Command::ClusterBench(b) => b.threads,
+        Command::Echo { .. } => 2,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

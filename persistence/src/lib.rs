@@ -129,7 +129,10 @@ pub async fn serve(
     // Connected to both tiers (`Store::connect` ran the migrations): ready.
     worldmesh_runtime::admin::Readiness::new("persistence connected").set(true);
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
+    // The standard gRPC health service, SERVING while this server runs.
+    let (_health, health_service) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(PersistenceServer::new(service::PersistenceService::new(
             store.clone(),
         )))

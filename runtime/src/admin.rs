@@ -73,11 +73,17 @@ impl Readiness {
     }
 }
 
+/// The parts that are not ready; a process that has declared no part yet is not ready
+/// either (its services have not started).
 fn not_ready() -> Vec<String> {
-    PARTS
+    let parts = PARTS
         .get_or_init(Default::default)
         .lock()
-        .expect("readiness registry")
+        .expect("readiness registry");
+    if parts.is_empty() {
+        return vec!["nothing started yet".into()];
+    }
+    parts
         .iter()
         .filter(|(_, f)| !f.load(Ordering::Relaxed))
         .map(|(n, _)| n.clone())

@@ -10,12 +10,43 @@ pub mod admin;
 
 use tokio_util::sync::CancellationToken;
 
-/// Installs the global tracing subscriber: `RUST_LOG` filter (default `info`), human format.
-/// Safe to call more than once (later calls do nothing), which tests rely on.
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one coloured line per event.
+    #[default]
+    Text,
+    /// For log shippers: one JSON object per line, span fields included.
+    Json,
+}
+
+/// Installs the global tracing subscriber: `RUST_LOG` filter (default `default_filter`),
+/// format from `WORLDMESH_LOG_FORMAT` (`text` or `json`, default text). Safe to call more
+/// than once (later calls do nothing), which tests rely on.
 pub fn init_logging(default_filter: &str) {
+    let format = match std::env::var("WORLDMESH_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    init_logging_with(default_filter, format);
+}
+
+/// [`init_logging`] with an explicit format (the `--log-format` flag).
+pub fn init_logging_with(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    // Logs go to stderr: stdout belongs to a program's output (JSON reports, status lines).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.

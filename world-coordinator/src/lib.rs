@@ -110,7 +110,10 @@ pub async fn run(
     tracing::info!(%addr, "world coordinator listening");
     // State loaded from SQL (or fresh): ready to serve.
     worldmesh_runtime::admin::Readiness::new("coordinator serving").set(true);
+    // The standard gRPC health service, SERVING while this server runs.
+    let (_health, health_service) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(CoordinatorServer::new(svc))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

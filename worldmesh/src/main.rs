@@ -19,6 +19,9 @@ use worldmesh_load_test::stats::Percentiles;
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Log format: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "WORLDMESH_LOG_FORMAT", value_enum, default_value_t = worldmesh_runtime::LogFormat::Text)]
+    log_format: worldmesh_runtime::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,25 +82,27 @@ struct Local {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
+    let args = Args::parse();
+    let log = |filter: &str| worldmesh_runtime::init_logging_with(filter, args.log_format);
+    match args.command {
         Command::Local(args) => {
-            worldmesh_runtime::init_logging("warn");
+            log("warn");
             local(args).await
         }
         Command::Coordinator(args) => {
-            worldmesh_runtime::init_logging("info");
+            log("info");
             worldmesh_coordinator::cli::run(args).await
         }
         Command::Zone(args) => {
-            worldmesh_runtime::init_logging("info");
+            log("info");
             worldmesh_zone::cli::run(args).await
         }
         Command::Gateway(args) => {
-            worldmesh_runtime::init_logging("info");
+            log("info");
             worldmesh_gateway::cli::run(args).await
         }
         Command::Persistence(args) => {
-            worldmesh_runtime::init_logging("info");
+            log("info");
             worldmesh_persistence::cli::run(args).await
         }
     }

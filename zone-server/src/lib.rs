@@ -299,7 +299,11 @@ pub async fn run(
     }
     let service = link::LinkService::new(cmd_tx, links.clone(), persistence, stop.clone());
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
+    // The standard gRPC health service (`grpc.health.v1.Health`, overall status SERVING
+    // while the link server runs), for Kubernetes gRPC probes and load balancers.
+    let (_health, health_service) = tonic_health::server::health_reporter();
     let served = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(ZoneLinkServer::with_interceptor(
             service,
             worldmesh_runtime::CheckSecret::new(config.cluster_secret.as_deref()),
