@@ -129,7 +129,17 @@ impl ClientEndpoint {
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(2)));
         config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        // One socket carries every bot of the process: thousands of snapshots arrive in the
+        // same millisecond after each server tick, so it gets the gateway's large buffers
+        // (with the kernel default, a busy bot process drops snapshots on its own socket).
+        let socket = worldmesh_gateway::bind_udp(
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            worldmesh_gateway::Config::default().socket_buffer_bytes,
+        )?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ClientError::Tls("no async runtime for quinn".into()))?;
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
         endpoint.set_default_client_config(config);
         Ok(Self { endpoint })
     }

@@ -3,7 +3,8 @@
 //!
 //! Starts the cluster as separate processes on loopback (`worldmesh coordinator`,
 //! `persistence` on real Redis and PostgreSQL, four `zone`s, the gateway(s)), then for each
-//! bot count: ramps the bots up (a travel/wander/crowd/idle mix), measures a fixed window
+//! bot count: ramps the bots up (a travel/wander/crowd/idle mix, spawned on a 4 × 4 grid of
+//! spawn points so they spread like a live game's players), measures a fixed window
 //! (RTT, snapshots, bytes, the cluster's CPU from `/proc`), logs them out, and runs the bare
 //! quinn datagram echo ([`crate::echo`]) with the same connection count, 20 Hz each way and
 //! the bots' mean datagram size. One JSON line per step, then a summary line, then a PNG plot.
@@ -306,14 +307,24 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
         let report = fleet.await??;
         // The ceiling at the same connection count, rate and mean datagram size.
         let payload = ((down + up) / (2.0 * TICK_RATE_HZ)).round().max(16.0) as usize;
-        let echo = crate::echo::run(crate::echo::EchoConfig {
+        // The echo gets its best layout whatever the bots run on: its own two-worker
+        // runtime (server and clients in one process, as its BENCHMARKS.md figures).
+        let echo_config = crate::echo::EchoConfig {
             connections: n,
             rate_hz: TICK_RATE_HZ as u32,
             payload,
             duration: config.step,
             ramp_per_s: 500.0,
+        };
+        let echo = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(crate::ClientError::from)?
+                .block_on(crate::echo::run(echo_config))
         })
-        .await?;
+        .await??;
         let step = Step {
             bots: n,
             connected,
@@ -339,6 +350,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
         println!("{}", serde_json::to_string(&step)?);
         steps.push(step);
     }
+    // Stop in reverse start order: gateways, zones (they save), persistence, coordinator.
+    procs.reverse();
     drop(procs);
     worldmesh_persistence::testing::drop_postgres_database(&config.database_url, &db).await;
 
