@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{Proc, free_tcp_port, free_udp_port, live_zones, metric, zone};
+use common::procs::{Core, free_udp_port, metric};
 use common::*;
 use worldmesh_persistence::testing;
 
@@ -24,64 +24,10 @@ async fn gateway_relay_and_handshake_figures() {
         .map(|n| n.parse().unwrap())
         .collect();
     let (backend, persistence) = Backend::tiered().await;
-    let db = persistence.database_url.clone();
-    let secret = worldmesh_runtime::random_secret();
-    let (cport, pport, gport) = (free_tcp_port(), free_tcp_port(), free_udp_port());
-    let coordinator_url = format!("http://127.0.0.1:{cport}");
-    let persistence_url = format!("http://127.0.0.1:{pport}");
-    let _c = Proc::start(
-        "coordinator",
-        &[
-            "coordinator".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{cport}"),
-            "--database-url".into(),
-            db.clone(),
-        ],
-        &secret,
-    );
-    let _p = Proc::start(
-        "persistence",
-        &[
-            "persistence".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{pport}"),
-            "--database-url".into(),
-            db.clone(),
-            "--redis-url".into(),
-            testing::redis_url(),
-            "--redis-prefix".into(),
-            persistence.redis_prefix.clone(),
-            "--argon2-memory-kib".into(),
-            "1024".into(),
-            "--argon2-iterations".into(),
-            "1".into(),
-        ],
-        &secret,
-    );
-    let _zones: Vec<Proc> = (0..2)
-        .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
-        .collect();
-    while live_zones(&coordinator_url).await < 2 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let gateway = Proc::start(
-        "gateway",
-        &[
-            "gateway".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{gport}"),
-            "--coordinator".into(),
-            coordinator_url.clone(),
-            "--persistence".into(),
-            persistence_url.clone(),
-        ],
-        &secret,
-    );
+    let core = Core::start(&persistence, 2, &[]).await;
+    let gport = free_udp_port();
+    let gateway = core.gateway("gateway", gport, &[]).await;
     let gw: std::net::SocketAddr = ([127, 0, 0, 1], gport).into();
-    while gateway.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let datagrams = |m: &str| {
         metric(m, "worldmesh_gateway_datagrams_in_total")
             + metric(m, "worldmesh_gateway_datagrams_out_total")

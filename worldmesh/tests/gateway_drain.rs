@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{Proc, free_tcp_port, free_udp_port, live_zones, zone};
+use common::procs::{Core, free_udp_port};
 use common::*;
 use worldmesh_load_test::{ClientError, Session};
 use worldmesh_persistence::testing;
@@ -15,92 +15,18 @@ use worldmesh_protocol::{Auth, ErrorCode, ServerMessage};
 
 const PLAYERS: usize = 20;
 
-fn gateway(name: &str, port: u16, coordinator: &str, persistence: &str, secret: &str) -> Proc {
-    Proc::start(
-        name,
-        &[
-            "gateway".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--name".into(),
-            name.into(),
-            "--coordinator".into(),
-            coordinator.into(),
-            "--persistence".into(),
-            persistence.into(),
-            "--drain-timeout-s".into(),
-            "10".into(),
-        ],
-        secret,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_sends_its_players_elsewhere_with_their_tokens() {
     let (backend, persistence) = Backend::tiered().await;
-    let db = persistence.database_url.clone();
-    let secret = worldmesh_runtime::random_secret();
-    let (cport, pport) = (free_tcp_port(), free_tcp_port());
+    let core = Core::start(&persistence, 1, &[]).await;
     let (g1port, g2port) = (free_udp_port(), free_udp_port());
-    let coordinator_url = format!("http://127.0.0.1:{cport}");
-    let persistence_url = format!("http://127.0.0.1:{pport}");
-    let _c = Proc::start(
-        "coordinator",
-        &[
-            "coordinator".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{cport}"),
-            "--database-url".into(),
-            db.clone(),
-        ],
-        &secret,
-    );
-    let _p = Proc::start(
-        "persistence",
-        &[
-            "persistence".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{pport}"),
-            "--database-url".into(),
-            db.clone(),
-            "--redis-url".into(),
-            testing::redis_url(),
-            "--redis-prefix".into(),
-            persistence.redis_prefix.clone(),
-            "--argon2-memory-kib".into(),
-            "1024".into(),
-            "--argon2-iterations".into(),
-            "1".into(),
-        ],
-        &secret,
-    );
-    let _z = zone(0, &coordinator_url, &persistence_url, &secret);
-    while live_zones(&coordinator_url).await < 1 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut g1 = gateway(
-        "gateway-1",
-        g1port,
-        &coordinator_url,
-        &persistence_url,
-        &secret,
-    );
-    let _g2 = gateway(
-        "gateway-2",
-        g2port,
-        &coordinator_url,
-        &persistence_url,
-        &secret,
-    );
+    let drain = ["--drain-timeout-s", "10"];
+    let mut g1 = core.gateway("gateway-1", g1port, &drain).await;
+    let _g2 = core.gateway("gateway-2", g2port, &drain).await;
     let (gw1, gw2): (std::net::SocketAddr, std::net::SocketAddr) = (
         ([127, 0, 0, 1], g1port).into(),
         ([127, 0, 0, 1], g2port).into(),
     );
-    for g in [&g1, &_g2] {
-        while g.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 
     // Players log in on gateway 1 and walk a little.
     let ep = endpoint();

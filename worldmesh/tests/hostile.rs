@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::procs::{Proc, free_tcp_port, free_udp_port, live_zones, metric, zone};
+use common::procs::{Core, free_udp_port, metric};
 use common::*;
 use worldmesh_load_test::hostile::{self, Attack};
 use worldmesh_persistence::testing;
@@ -34,73 +34,10 @@ fn fleet(gateway: std::net::SocketAddr, prefix: String) -> worldmesh_load_test::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_bots_play_through_a_hostile_crowd() {
     let (backend, persistence) = Backend::tiered().await;
-    let db = persistence.database_url.clone();
-    let secret = worldmesh_runtime::random_secret();
-    let (cport, pport, gport) = (free_tcp_port(), free_tcp_port(), free_udp_port());
-    let coordinator_url = format!("http://127.0.0.1:{cport}");
-    let persistence_url = format!("http://127.0.0.1:{pport}");
-    let _coordinator = Proc::start(
-        "coordinator",
-        &[
-            "coordinator".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{cport}"),
-            "--database-url".into(),
-            db.clone(),
-        ],
-        &secret,
-    );
-    let _persistence = Proc::start(
-        "persistence",
-        &[
-            "persistence".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{pport}"),
-            "--database-url".into(),
-            db.clone(),
-            "--redis-url".into(),
-            testing::redis_url(),
-            "--redis-prefix".into(),
-            persistence.redis_prefix.clone(),
-            // Hostile floods register an account per attempt; the hash cost is not the subject.
-            "--argon2-memory-kib".into(),
-            "1024".into(),
-            "--argon2-iterations".into(),
-            "1".into(),
-        ],
-        &secret,
-    );
-    let _zones: Vec<Proc> = (0..2)
-        .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while live_zones(&coordinator_url).await < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "zones did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Production settings: accounts only, address validation on.
-    let gateway = Proc::start(
-        "gateway",
-        &[
-            "gateway".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{gport}"),
-            "--coordinator".into(),
-            coordinator_url.clone(),
-            "--persistence".into(),
-            persistence_url.clone(),
-        ],
-        &secret,
-    );
+    let core = Core::start(&persistence, 2, &[]).await;
+    let gport = free_udp_port();
+    let gateway = core.gateway("gateway", gport, &[]).await;
     let gw: std::net::SocketAddr = ([127, 0, 0, 1], gport).into();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gateway.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
-        assert!(tokio::time::Instant::now() < deadline, "gateway not ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let suffix = testing::unique_suffix();
 
     // Phase A: the good bots alone (the baseline of the same run).

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::procs::{Proc, free_tcp_port, free_udp_port, live_zones, log_dir, zone};
+use common::procs::{Core, Proc, free_udp_port, live_zones, log_dir, zone};
 use common::*;
 use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::coordinator::{
@@ -24,44 +24,24 @@ const RUN: Duration = Duration::from_secs(60);
 async fn zones_die_drain_and_join_under_200_travelling_bots() {
     let (backend, persistence) = Backend::tiered().await;
     let db = persistence.database_url.clone();
-    let secret = worldmesh_runtime::random_secret();
-    let (cport, pport) = (free_tcp_port(), free_tcp_port());
-    let gports = [free_udp_port(), free_udp_port()];
-    let coordinator_url = format!("http://127.0.0.1:{cport}");
-    let persistence_url = format!("http://127.0.0.1:{pport}");
-
-    let _coordinator = Proc::start(
-        "coordinator",
+    // Spawn points on the borders of four zones' stripes, so travellers cross them.
+    let core = Core::start(
+        &persistence,
+        0,
         &[
-            "coordinator".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{cport}"),
-            "--database-url".into(),
-            db.clone(),
-            // On the borders of four zones' stripes, so travellers cross them.
-            "--spawn".into(),
-            "500,1000".into(),
-            "--spawn".into(),
-            "1000,1000".into(),
-            "--spawn".into(),
-            "1500,1000".into(),
+            "--spawn",
+            "500,1000",
+            "--spawn",
+            "1000,1000",
+            "--spawn",
+            "1500,1000",
         ],
-        &secret,
-    );
-    let _persistence = Proc::start(
-        "persistence",
-        &[
-            "persistence".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{pport}"),
-            "--database-url".into(),
-            db.clone(),
-            "--redis-url".into(),
-            testing::redis_url(),
-            "--redis-prefix".into(),
-            persistence.redis_prefix.clone(),
-        ],
-        &secret,
+    )
+    .await;
+    let (coordinator_url, persistence_url, secret) = (
+        core.coordinator_url.clone(),
+        core.persistence_url.clone(),
+        core.secret.clone(),
     );
     let mut zones: Vec<Option<Proc>> = (0..4)
         .map(|i| Some(zone(i, &coordinator_url, &persistence_url, &secret)))
@@ -75,33 +55,11 @@ async fn zones_die_drain_and_join_under_200_travelling_bots() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Two gateways in front of the zones; the bots spread across them.
-    let gateways: Vec<Proc> = gports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            Proc::start(
-                &format!("gateway-{i}"),
-                &[
-                    "gateway".into(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--name".into(),
-                    format!("gateway-{i}"),
-                    "--coordinator".into(),
-                    coordinator_url.clone(),
-                    "--persistence".into(),
-                    persistence_url.clone(),
-                ],
-                &secret,
-            )
-        })
-        .collect();
-    for g in &gateways {
-        while g.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
-            assert!(tokio::time::Instant::now() < deadline, "gateways not ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let gports = [free_udp_port(), free_udp_port()];
+    let _gateways = [
+        core.gateway("gateway-0", gports[0], &[]).await,
+        core.gateway("gateway-1", gports[1], &[]).await,
+    ];
 
     let prefix = format!("mp{}-", testing::unique_suffix());
     let stats = Arc::new(worldmesh_load_test::Stats::default());

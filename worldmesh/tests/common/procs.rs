@@ -168,3 +168,101 @@ pub async fn live_zones(coordinator: &str) -> usize {
         .await
         .map_or(0, |w| w.into_inner().zones.len())
 }
+
+/// A cluster's core as processes: coordinator and persistence on real PostgreSQL and Redis
+/// (from the test's persistence config), plus zones, registered before this returns.
+pub struct Core {
+    pub secret: String,
+    pub coordinator_url: String,
+    pub persistence_url: String,
+    pub coordinator: Proc,
+    pub persistence: Proc,
+    pub zones: Vec<Proc>,
+}
+
+impl Core {
+    /// `coordinator_args` are appended to the coordinator's (e.g. `--spawn x,y`).
+    pub async fn start(
+        persistence: &worldmesh_persistence::Config,
+        zones: usize,
+        coordinator_args: &[&str],
+    ) -> Self {
+        let secret = worldmesh_runtime::random_secret();
+        let db = persistence.database_url.clone();
+        let (cport, pport) = (free_tcp_port(), free_tcp_port());
+        let coordinator_url = format!("http://127.0.0.1:{cport}");
+        let persistence_url = format!("http://127.0.0.1:{pport}");
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{cport}"),
+            "--database-url".into(),
+            db.clone(),
+        ];
+        args.extend(coordinator_args.iter().map(|a| a.to_string()));
+        let coordinator = Proc::start("coordinator", &args, &secret);
+        let persistence = Proc::start(
+            "persistence",
+            &[
+                "persistence".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{pport}"),
+                "--database-url".into(),
+                db,
+                "--redis-url".into(),
+                testing::redis_url(),
+                "--redis-prefix".into(),
+                persistence.redis_prefix.clone(),
+                // Tests register many accounts; the cost of hashing is measured apart.
+                "--argon2-memory-kib".into(),
+                "1024".into(),
+                "--argon2-iterations".into(),
+                "1".into(),
+            ],
+            &secret,
+        );
+        let zones: Vec<Proc> = (0..zones)
+            .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while live_zones(&coordinator_url).await < zones.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "zones did not register"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self {
+            secret,
+            coordinator_url,
+            persistence_url,
+            coordinator,
+            persistence,
+            zones,
+        }
+    }
+
+    /// A gateway process on `port` (production settings: accounts only), `extra` flags
+    /// appended; returns once its `/readyz` says ready.
+    pub async fn gateway(&self, name: &str, port: u16, extra: &[&str]) -> Proc {
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--name".into(),
+            name.into(),
+            "--coordinator".into(),
+            self.coordinator_url.clone(),
+            "--persistence".into(),
+            self.persistence_url.clone(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let g = Proc::start(name, &args, &self.secret);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while g.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
+            assert!(tokio::time::Instant::now() < deadline, "{name} not ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        g
+    }
+}
