@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::procs::{Core, free_udp_port, metric};
+use common::procs::{Core, free_udp_port, metric, rss_kib_of};
 use common::*;
 use worldmesh_load_test::hostile::{self, Attack};
 use worldmesh_persistence::testing;
@@ -61,14 +61,7 @@ async fn good_bots_play_through_a_hostile_crowd() {
         tokio::spawn(async move {
             let mut max = 0u64;
             while !stop.is_cancelled() {
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    })
-                    .unwrap_or(0);
+                let rss = rss_kib_of(pid);
                 max = max.max(rss);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
