@@ -74,7 +74,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", args.listen))?;
     let socket = crate::bind_udp(addr, config.socket_buffer_bytes)?;
     let shutdown = worldmesh_runtime::shutdown_token();
-    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
+    // The admin port lives until the process exits, not until the shutdown signal: while
+    // draining, /readyz answers 503 and /healthz 200.
+    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
+        .await?;
     crate::run(socket, config, shutdown).await?;
     Ok(())
 }

@@ -42,11 +42,11 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use worldmesh_protocol::grpc::coordinator::{
     GetWorldRequest, WorldGeometry, coordinator_client::CoordinatorClient,
 };
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
+use worldmesh_runtime::Channel;
 
 pub use tls::TlsFiles;
 
@@ -284,6 +284,10 @@ pub async fn run(
             ready.set(true);
         }
     });
+    let _not_draining = worldmesh_runtime::admin::Readiness::until_shutdown(
+        format!("gateway {} not draining", gateway.config.name),
+        shutdown.clone(),
+    );
     let limit = Arc::new(Semaphore::new(gateway.config.max_connections));
     let tasks = tokio_util::task::TaskTracker::new();
     tracing::info!(%addr, name = %gateway.config.name, "gateway listening (QUIC)");

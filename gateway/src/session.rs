@@ -301,8 +301,15 @@ async fn play(
     //    must never kick the character's rightful player.
     let proof = proof(gateway, &greeting)?;
     let name = greeting.name;
+    // One login is one trace: persistence, the coordinator and the zone continue this span
+    // (gRPC headers; the zone's Join carries it). Its own root, not the session's, which
+    // lasts as long as the player stays.
+    let login_span =
+        tracing::info_span!(parent: None, "gateway.login", player = player_id, name = %name);
+    login_span.follows_from(tracing::Span::current());
     let world = gateway
         .world()
+        .instrument(login_span.clone())
         .await
         .map_err(|e| {
             Refusal::new(
@@ -321,6 +328,7 @@ async fn play(
             spawn_x: spawn.0,
             spawn_y: spawn.1,
         })
+        .instrument(login_span.clone())
         .await
         .map_err(|e| {
             Refusal::new(
@@ -339,12 +347,15 @@ async fn play(
     // 3. Claim the character name, taking it over from an older session if needed; after a
     //    takeover, reload: the older session saved the character where it left it.
     let (kick_tx, mut kick_rx) = mpsc::channel(1);
-    let (_guard, took_over) = claim_name(gateway, &name, player_id, kick_tx.clone()).await?;
+    let (_guard, took_over) = claim_name(gateway, &name, player_id, kick_tx.clone())
+        .instrument(login_span.clone())
+        .await?;
     if took_over
         && let Ok(reply) = gateway
             .persistence
             .clone()
             .load_character(pb_persistence::LoadCharacterRequest { id: character.id })
+            .instrument(login_span.clone())
             .await
         && let Some(c) = reply.into_inner().character
     {
@@ -359,6 +370,7 @@ async fn play(
             x: character.x,
             y: character.y,
         })
+        .instrument(login_span.clone())
         .await
         .map_err(|e| Refusal::new(ErrorCode::NoZoneAvailable, e.message().to_owned()))?
         .into_inner()
@@ -367,6 +379,7 @@ async fn play(
     let link = gateway
         .zones
         .get_or_connect(gateway, zone.zone_id, &zone.address)
+        .instrument(login_span.clone())
         .await
         .map_err(|e| {
             Refusal::new(
@@ -388,7 +401,10 @@ async fn play(
             kick: kick_tx,
         },
     );
-    let joined = join(gateway, &link, player_id, character.id, &name).await;
+    let joined = join(gateway, &link, player_id, character.id, &name)
+        .instrument(login_span.clone())
+        .await;
+    drop(login_span);
     let joined = match joined {
         Ok(j) => j,
         Err(r) => {

@@ -99,11 +99,12 @@ impl ZoneLinks {
         {
             return Ok(link.clone());
         }
-        let channel =
-            crate::channel(address).map_err(|e| tonic::Status::internal(e.to_string()))?;
-        let secret = worldmesh_runtime::AddSecret::new(gateway.config.cluster_secret.as_deref())
-            .map_err(tonic::Status::internal)?;
-        let mut client = ZoneLinkClient::with_interceptor(channel, secret);
+        let channel = worldmesh_runtime::grpc_channel_with_secret(
+            address,
+            gateway.config.cluster_secret.as_deref(),
+        )
+        .map_err(tonic::Status::internal)?;
+        let mut client = ZoneLinkClient::new(channel);
         let (tx, rx) = mpsc::channel(TO_ZONE_QUEUE);
         tx.send(pb::GatewayToZone {
             msg: Some(gateway_to_zone::Msg::Hello(pb::LinkHello {
@@ -148,6 +149,8 @@ impl ZoneLinks {
                 player_id,
                 character_id,
                 name: name.to_owned(),
+                // The zone's join continues the login's trace.
+                trace_parent: worldmesh_runtime::telemetry::traceparent(&tracing::Span::current()),
             }))
             .await
         {

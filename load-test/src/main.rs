@@ -123,7 +123,7 @@ struct BenchArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("warn");
+    worldmesh_runtime::init_logging("load-test", "warn");
     let command = Args::parse().command;
     // The bots' runtime is chosen by measurement (BENCHMARKS.md): one current-thread runtime
     // carries thousands of bots more cheaply than a multi-thread one.

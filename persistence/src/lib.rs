@@ -132,6 +132,8 @@ pub async fn serve(
     // The standard gRPC health service, SERVING while this server runs.
     let (_health, health_service) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        // Each request's span continues the caller's trace (the `traceparent` header).
+        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(PersistenceServer::new(service::PersistenceService::new(
             store.clone(),

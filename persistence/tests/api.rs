@@ -12,7 +12,7 @@ use worldmesh_protocol::grpc::persistence::{
 };
 
 struct Harness {
-    client: PersistenceClient<tonic::transport::Channel>,
+    client: PersistenceClient<worldmesh_runtime::Channel>,
     store: Store,
     shutdown: CancellationToken,
     base: String,

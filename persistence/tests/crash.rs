@@ -50,7 +50,7 @@ impl Service {
     }
 }
 
-async fn client(port: u16) -> PersistenceClient<tonic::transport::Channel> {
+async fn client(port: u16) -> PersistenceClient<worldmesh_runtime::Channel> {
     PersistenceClient::new(
         worldmesh_runtime::grpc_channel(&format!("http://127.0.0.1:{port}")).unwrap(),
     )

@@ -71,6 +71,20 @@ impl Readiness {
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
+
+    /// A part that is ready until `shutdown` fires: a draining service (a zone handing its
+    /// characters away, a gateway kicking its players to others) must get no new work, so
+    /// `/readyz` turns 503 while `/healthz` stays 200 until the process exits.
+    pub fn until_shutdown(name: impl Into<String>, shutdown: CancellationToken) -> Self {
+        let part = Self::new(name);
+        part.set(true);
+        let flag = part.0.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            flag.store(false, Ordering::Relaxed);
+        });
+        part
+    }
 }
 
 /// The parts that are not ready; a process that has declared no part yet is not ready

@@ -1,12 +1,14 @@
 //! What every worldmesh process shares at runtime, kept out of the service crates so each
-//! binary stays a few lines: logging set-up, the shutdown signal, and the [`admin`] port
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! binary stays a few lines: logs and traces ([`telemetry`]), the shutdown signal, internal
+//! gRPC channels and their authentication, and the [`admin`] port (`/metrics`, `/healthz`,
+//! `/readyz`).
 //!
 //! Every service exposes `run(listener, config, shutdown)` taking a [`CancellationToken`]; a
 //! binary wires that token to SIGINT/SIGTERM with [`cancel_on_signal`], and `worldmesh local`
 //! wires one token to all services so that Ctrl-C stops the whole cluster in order.
 
 pub mod admin;
+pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,33 +22,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber: `RUST_LOG` filter (default `default_filter`),
-/// format from `WORLDMESH_LOG_FORMAT` (`text` or `json`, default text). Safe to call more
-/// than once (later calls do nothing), which tests rely on.
-pub fn init_logging(default_filter: &str) {
+/// Installs the global tracing subscriber for one service: `RUST_LOG` filter (default
+/// `default_filter`), format from `WORLDMESH_LOG_FORMAT` (`text` or `json`, default text), and
+/// OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see [`telemetry`]). Safe to
+/// call more than once (later calls do nothing), which tests rely on.
+pub fn init_logging(service: &str, default_filter: &str) {
     let format = match std::env::var("WORLDMESH_LOG_FORMAT").as_deref() {
         Ok("json") => LogFormat::Json,
         _ => LogFormat::Text,
     };
-    init_logging_with(default_filter, format);
+    init_logging_with(service, default_filter, format);
 }
 
 /// [`init_logging`] with an explicit format (the `--log-format` flag).
-pub fn init_logging_with(default_filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    // Logs go to stderr: stdout belongs to a program's output (JSON reports, status lines).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+pub fn init_logging_with(service: &str, default_filter: &str, format: LogFormat) {
+    telemetry::init(service, default_filter, format);
 }
 
 /// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.
@@ -75,41 +65,56 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// The channel every internal gRPC client uses: tonic's, with [`Outgoing`] on every request.
+pub type Channel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Outgoing>;
+
 /// A lazily connecting gRPC channel with the settings every internal link uses: a 2 s connect
-/// timeout and TCP_NODELAY (per-tick messages must not wait for Nagle and delayed ACKs).
-/// Returns the URL back when it is not a valid URI.
-pub fn grpc_channel(url: &str) -> Result<tonic::transport::Channel, String> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
+/// timeout, TCP_NODELAY (per-tick messages must not wait for Nagle and delayed ACKs), and the
+/// caller's trace context on every request. Returns the URL back when it is not a valid URI.
+pub fn grpc_channel(url: &str) -> Result<Channel, String> {
+    grpc_channel_with_secret(url, None)
+}
+
+/// [`grpc_channel`] that also sends the cluster secret (links whose servers check it). Fails
+/// on an invalid URL or a secret that is not a valid header value (visible ASCII).
+pub fn grpc_channel_with_secret(url: &str, secret: Option<&str>) -> Result<Channel, String> {
+    let outgoing = Outgoing::new(secret)?;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|_| url.to_owned())?
         .connect_timeout(std::time::Duration::from_secs(2))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(Channel::new(channel, outgoing))
 }
 
 /// gRPC metadata key carrying the cluster secret on internal links.
 pub const CLUSTER_SECRET_HEADER: &str = "x-worldmesh-cluster-secret";
 
-/// Client side of internal-link authentication: adds the cluster secret to every request.
-#[derive(Clone)]
-pub struct AddSecret(Option<tonic::metadata::AsciiMetadataValue>);
+/// Client side of every internal request: the caller's trace context (`traceparent`) and,
+/// where the link requires it, the cluster secret.
+#[derive(Clone, Default)]
+pub struct Outgoing {
+    secret: Option<tonic::metadata::AsciiMetadataValue>,
+}
 
-impl AddSecret {
-    /// `None` sends no secret (development clusters). Fails on a secret that is not a valid
-    /// header value (visible ASCII).
+impl Outgoing {
+    /// `None` sends no secret (development clusters, or servers that do not check it).
     pub fn new(secret: Option<&str>) -> Result<Self, String> {
-        secret
+        let secret = secret
             .map(|s| {
                 s.parse::<tonic::metadata::AsciiMetadataValue>()
                     .map_err(|_| "the cluster secret must be visible ASCII".to_owned())
             })
-            .transpose()
-            .map(Self)
+            .transpose()?;
+        Ok(Self { secret })
     }
 }
 
-impl tonic::service::Interceptor for AddSecret {
+impl tonic::service::Interceptor for Outgoing {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        telemetry::inject_current(req.metadata_mut());
+        if let Some(v) = &self.secret {
             req.metadata_mut().insert(CLUSTER_SECRET_HEADER, v.clone());
         }
         Ok(req)

@@ -71,7 +71,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();
-    worldmesh_runtime::admin::start(&args.admin, shutdown.clone()).await?;
+    // The admin port lives until the process exits, not until the shutdown signal: while
+    // draining, /readyz answers 503 and /healthz 200.
+    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
+        .await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

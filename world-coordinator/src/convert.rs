@@ -18,6 +18,11 @@ fn id_core(id: Option<pb::HandoffId>) -> Option<HandoffId> {
     })
 }
 
+/// A traceparent is 55 characters; anything much longer is not one and is not carried.
+fn trace_core(t: String) -> String {
+    if t.len() <= 128 { t } else { String::new() }
+}
+
 fn outcome_pb(o: Outcome) -> pb::Outcome {
     match o {
         Outcome::Committed => pb::Outcome::Committed,
@@ -35,21 +40,25 @@ pub fn to_zone_pb(m: ToZone) -> coordinator_event::Msg {
             epoch,
             from,
             state,
+            trace,
         } => Msg::Prepare(pb::Prepare {
             id: id_pb(id),
             entity_id: entity,
             epoch,
             from_zone: from,
             state,
+            trace_parent: trace,
         }),
         ToZone::Decided {
             id,
             entity,
             outcome,
+            trace,
         } => Msg::Decided(pb::Decided {
             id: id_pb(id),
             entity_id: entity,
             outcome: outcome_pb(outcome) as i32,
+            trace_parent: trace,
         }),
         ToZone::Granted { entity, epoch } => Msg::Granted(pb::Granted {
             entity_id: entity,
@@ -82,6 +91,7 @@ pub fn to_zone_core(m: coordinator_event::Msg) -> Option<ToZone> {
             epoch: p.epoch,
             from: p.from_zone,
             state: p.state,
+            trace: trace_core(p.trace_parent),
         },
         Msg::Decided(d) => ToZone::Decided {
             id: id_core(d.id)?,
@@ -92,6 +102,7 @@ pub fn to_zone_core(m: coordinator_event::Msg) -> Option<ToZone> {
                 pb::Outcome::Fenced => Outcome::Fenced,
                 pb::Outcome::Unspecified => return None,
             },
+            trace: trace_core(d.trace_parent),
         },
         Msg::Granted(g) => ToZone::Granted {
             entity: g.entity_id,
@@ -118,16 +129,24 @@ pub fn to_coordinator_pb(m: ToCoordinator) -> zone_event::Msg {
             entity,
             to,
             state,
+            trace,
         } => Msg::Begin(pb::Begin {
             id: id_pb(id),
             entity_id: entity,
             to_zone: to,
             state,
+            trace_parent: trace,
         }),
-        ToCoordinator::Prepared { id, entity, ok } => Msg::Prepared(pb::Prepared {
+        ToCoordinator::Prepared {
+            id,
+            entity,
+            ok,
+            trace,
+        } => Msg::Prepared(pb::Prepared {
             id: id_pb(id),
             entity_id: entity,
             ok,
+            trace_parent: trace,
         }),
         ToCoordinator::Query { id, entity } => Msg::Query(pb::Query {
             id: id_pb(id),
@@ -163,11 +182,13 @@ pub fn to_coordinator_core(m: zone_event::Msg) -> Option<ToCoordinator> {
             entity: b.entity_id,
             to: b.to_zone,
             state: b.state,
+            trace: trace_core(b.trace_parent),
         },
         Msg::Prepared(p) => ToCoordinator::Prepared {
             id: id_core(p.id)?,
             entity: p.entity_id,
             ok: p.ok,
+            trace: trace_core(p.trace_parent),
         },
         Msg::Query(q) => ToCoordinator::Query {
             id: id_core(q.id)?,

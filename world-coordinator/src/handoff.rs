@@ -84,11 +84,15 @@ pub enum ToCoordinator {
         entity: EntityId,
         to: ZoneId,
         state: Bytes,
+        /// W3C traceparent of the handoff's trace, carried opaquely ("" when not traced).
+        trace: String,
     },
     Prepared {
         id: HandoffId,
         entity: EntityId,
         ok: bool,
+        /// W3C traceparent of the handoff's trace, carried opaquely ("" when not traced).
+        trace: String,
     },
     Query {
         id: HandoffId,
@@ -123,11 +127,15 @@ pub enum ToZone {
         epoch: u64,
         from: ZoneId,
         state: Bytes,
+        /// W3C traceparent of the handoff's trace, carried opaquely ("" when not traced).
+        trace: String,
     },
     Decided {
         id: HandoffId,
         entity: EntityId,
         outcome: Outcome,
+        /// W3C traceparent of the handoff's trace, carried opaquely ("" when not traced).
+        trace: String,
     },
     Granted {
         entity: EntityId,
@@ -164,6 +172,7 @@ struct Saga {
     from: ZoneId,
     to: ZoneId,
     state: Bytes,
+    trace: String,
     started: Instant,
     resend_at: Instant,
 }
@@ -319,21 +328,27 @@ impl Coordinator {
                 entity,
                 to,
                 state,
-            } => self.begin(now, from, id, entity, to, state, &mut out),
-            ToCoordinator::Prepared { id, entity, ok } => {
+                trace,
+            } => self.begin(now, from, id, entity, to, state, trace, &mut out),
+            ToCoordinator::Prepared {
+                id,
+                entity,
+                ok,
+                trace,
+            } => {
                 let ours = self
                     .sagas
                     .get(&entity)
                     .is_some_and(|s| s.id == id && s.to == from);
                 if !ours {
-                    self.answer(now, from, id, entity, &mut out);
+                    self.answer(now, from, id, entity, &trace, &mut out);
                 } else if ok {
                     self.commit(entity, &mut out);
                 } else {
                     self.abort(entity, &mut out);
                 }
             }
-            ToCoordinator::Query { id, entity } => self.answer(now, from, id, entity, &mut out),
+            ToCoordinator::Query { id, entity } => self.answer(now, from, id, entity, "", &mut out),
             ToCoordinator::Acquire { entity, min_epoch } => {
                 // A repeat from the zone that already owns it (its Granted was lost): grant the
                 // same epoch again, so resending is harmless.
@@ -452,10 +467,11 @@ impl Coordinator {
         entity: EntityId,
         to: ZoneId,
         state: Bytes,
+        trace: String,
         out: &mut Vec<Action>,
     ) {
         let Some(row) = self.rows.get(&entity) else {
-            return decide(out, from, id, entity, Outcome::Fenced);
+            return decide(out, from, id, entity, Outcome::Fenced, &trace);
         };
         if row.zone != from || row.epoch != id.epoch {
             let outcome = if row.last == Some((id, Outcome::Committed)) {
@@ -463,10 +479,10 @@ impl Coordinator {
             } else {
                 Outcome::Fenced
             };
-            return decide(out, from, id, entity, outcome);
+            return decide(out, from, id, entity, outcome, &trace);
         }
         if let Some(outcome) = already_decided(row, id) {
-            return decide(out, from, id, entity, outcome);
+            return decide(out, from, id, entity, outcome, &trace);
         }
         if let Some(s) = self.sagas.get_mut(&entity) {
             if s.id == id {
@@ -484,6 +500,7 @@ impl Coordinator {
                     from,
                     to,
                     state,
+                    trace,
                     started: now,
                     resend_at: now,
                 },
@@ -495,6 +512,7 @@ impl Coordinator {
             from,
             to,
             state,
+            trace,
             started: now,
             resend_at: now + RESEND_AFTER,
         };
@@ -509,6 +527,7 @@ impl Coordinator {
         from: ZoneId,
         id: HandoffId,
         entity: EntityId,
+        trace: &str,
         out: &mut Vec<Action>,
     ) {
         if let Some(s) = self.sagas.get_mut(&entity) {
@@ -517,15 +536,15 @@ impl Coordinator {
                 s.resend_at = now + RESEND_AFTER;
                 out.push(Action::Send(s.to, prepare(s, entity)));
             } else if s.id > id {
-                decide(out, from, id, entity, Outcome::Aborted);
+                decide(out, from, id, entity, Outcome::Aborted, trace);
             }
             return;
         }
         let Some(row) = self.rows.get_mut(&entity) else {
-            return decide(out, from, id, entity, Outcome::Aborted);
+            return decide(out, from, id, entity, Outcome::Aborted, trace);
         };
         if let Some(outcome) = already_decided(row, id) {
-            return decide(out, from, id, entity, outcome);
+            return decide(out, from, id, entity, outcome, trace);
         }
         if row.epoch == id.epoch {
             // Nobody decided X and no saga runs (the coordinator restarted): decide now,
@@ -538,7 +557,7 @@ impl Coordinator {
         }
         // Either just aborted, or the entity moved on through another path (failover,
         // login): X never committed, since its commit would be recorded as `last`.
-        decide(out, from, id, entity, Outcome::Aborted);
+        decide(out, from, id, entity, Outcome::Aborted, trace);
     }
 
     fn commit(&mut self, entity: EntityId, out: &mut Vec<Action>) {
@@ -552,8 +571,8 @@ impl Coordinator {
             entity,
             row: row.clone(),
         });
-        decide(out, s.to, s.id, entity, Outcome::Committed);
-        decide(out, s.from, s.id, entity, Outcome::Committed);
+        decide(out, s.to, s.id, entity, Outcome::Committed, &s.trace);
+        decide(out, s.from, s.id, entity, Outcome::Committed, &s.trace);
     }
 
     fn abort(&mut self, entity: EntityId, out: &mut Vec<Action>) {
@@ -568,7 +587,7 @@ impl Coordinator {
         });
         for z in [s.to, s.from] {
             if self.live.contains(&z) {
-                decide(out, z, s.id, entity, Outcome::Aborted);
+                decide(out, z, s.id, entity, Outcome::Aborted, &s.trace);
             }
         }
     }
@@ -641,16 +660,25 @@ fn prepare(s: &Saga, entity: EntityId) -> ToZone {
         epoch: s.id.epoch + 1,
         from: s.from,
         state: s.state.clone(),
+        trace: s.trace.clone(),
     }
 }
 
-fn decide(out: &mut Vec<Action>, to: ZoneId, id: HandoffId, entity: EntityId, outcome: Outcome) {
+fn decide(
+    out: &mut Vec<Action>,
+    to: ZoneId,
+    id: HandoffId,
+    entity: EntityId,
+    outcome: Outcome,
+    trace: &str,
+) {
     out.push(Action::Send(
         to,
         ToZone::Decided {
             id,
             entity,
             outcome,
+            trace: trace.to_owned(),
         },
     ));
 }
@@ -668,6 +696,7 @@ pub enum Held {
         id: HandoffId,
         to: ZoneId,
         state: Bytes,
+        trace: String,
         resend_at: Instant,
     },
     /// An inactive copy, prepared for handoff `id`, waiting for the decision.
@@ -770,12 +799,14 @@ impl Participant {
     }
 
     /// Freezes an active entity and starts handing it to `to`. `None` if it is not active.
+    /// `trace` (a W3C traceparent, or "") travels with every message of this handoff.
     pub fn begin(
         &mut self,
         now: Instant,
         entity: EntityId,
         to: ZoneId,
         state: Bytes,
+        trace: String,
     ) -> Option<ToCoordinator> {
         let Some(Held::Active { epoch, attempts }) = self.held.get(&entity).cloned() else {
             return None;
@@ -790,6 +821,7 @@ impl Participant {
                 id,
                 to,
                 state: state.clone(),
+                trace: trace.clone(),
                 resend_at: now + RESEND_AFTER,
             },
         );
@@ -798,6 +830,7 @@ impl Participant {
             entity,
             to,
             state,
+            trace,
         })
     }
 
@@ -816,6 +849,7 @@ impl Participant {
                 entity,
                 epoch,
                 state,
+                trace,
                 ..
             } => {
                 let ok = match self.held.get(&entity) {
@@ -843,12 +877,18 @@ impl Participant {
                         ok
                     }
                 };
-                replies.push(ToCoordinator::Prepared { id, entity, ok });
+                replies.push(ToCoordinator::Prepared {
+                    id,
+                    entity,
+                    ok,
+                    trace,
+                });
             }
             ToZone::Decided {
                 id,
                 entity,
                 outcome,
+                ..
             } => match self.held.get(&entity).cloned() {
                 Some(Held::Frozen { id: f, to, .. }) if f == id => match outcome {
                     Outcome::Committed => {
@@ -975,6 +1015,7 @@ impl Participant {
                     id,
                     to,
                     state,
+                    trace,
                     resend_at,
                 } if now >= *resend_at => {
                     *resend_at = now + RESEND_AFTER;
@@ -983,6 +1024,7 @@ impl Participant {
                         entity,
                         to: *to,
                         state: state.clone(),
+                        trace: trace.clone(),
                     });
                 }
                 Held::Prepared { id, resend_at, .. } if now >= *resend_at => {

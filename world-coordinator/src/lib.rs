@@ -113,6 +113,8 @@ pub async fn run(
     // The standard gRPC health service, SERVING while this server runs.
     let (_health, health_service) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        // Each request's span continues the caller's trace (the `traceparent` header).
+        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(CoordinatorServer::new(svc))
         .serve_with_incoming_shutdown(

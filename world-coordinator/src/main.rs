@@ -4,6 +4,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("info");
-    worldmesh_coordinator::cli::run(worldmesh_coordinator::cli::Args::parse()).await
+    worldmesh_runtime::init_logging("world-coordinator", "info");
+    let result = worldmesh_coordinator::cli::run(worldmesh_coordinator::cli::Args::parse()).await;
+    // Spans still buffered for the OTLP collector.
+    worldmesh_runtime::telemetry::flush().await;
+    result
 }

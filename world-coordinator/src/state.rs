@@ -95,6 +95,9 @@ pub struct State {
     published: watch::Sender<Arc<Published>>,
     tick_origin_unix_ms: u64,
     published_version: u64,
+    /// Spans of the traced handoff messages in the current batch: they end once the batch's
+    /// rows are durable and its messages sent, so they cover the commit point.
+    spans: Vec<tracing::Span>,
 }
 
 impl State {
@@ -129,6 +132,7 @@ impl State {
             published,
             tick_origin_unix_ms: origin,
             published_version: 0,
+            spans: Vec::new(),
         };
         // A coordinator that died halfway through a failover finishes it now.
         let actions = state
@@ -179,6 +183,7 @@ impl State {
                 _ = housekeeping.tick() => self.housekeeping(&mut actions).await,
             }
             self.perform(actions).await;
+            self.spans.clear();
             self.publish();
         }
     }
@@ -329,6 +334,9 @@ impl State {
                 {
                     return;
                 }
+                if let Some(span) = handoff_span(zone, &msg) {
+                    self.spans.push(span);
+                }
                 actions.extend(self.core.on_message(Instant::now(), zone, msg));
             }
             Request::LocateEntity { entity, reply } => {
@@ -424,6 +432,29 @@ impl State {
         let map = crate::service::world_map_pb(&self.map, self.tick_origin_unix_ms);
         self.published.send_replace(Arc::new(Published { map }));
     }
+}
+
+/// The coordinator's span for a handoff message, in the handoff's trace (the zones put its
+/// traceparent on `Begin` and echo it on `Prepared`).
+fn handoff_span(zone: ZoneId, msg: &ToCoordinator) -> Option<tracing::Span> {
+    let (name, id, entity, trace) = match msg {
+        ToCoordinator::Begin {
+            id, entity, trace, ..
+        } => ("begin", id, entity, trace),
+        ToCoordinator::Prepared {
+            id, entity, trace, ..
+        } => ("prepared", id, entity, trace),
+        _ => return None,
+    };
+    let span = tracing::info_span!(
+        "coordinator.handoff",
+        otel.name = %format_args!("coordinator.handoff.{name}"),
+        handoff = %format_args!("{}.{}", id.epoch, id.attempt),
+        entity,
+        zone,
+    );
+    worldmesh_runtime::telemetry::follow(&span, trace);
+    Some(span)
 }
 
 fn zone_row(z: &Zone) -> ZoneRow {

@@ -421,7 +421,9 @@ impl Sim {
                     && past == Some(to)
                 {
                     let state = encode(ent);
-                    if let Some(m) = z.p.begin(now, entity, to, state) {
+                    // A distinct trace per entity: every message of its handoffs must carry it.
+                    let trace = format!("trace-of-{entity}");
+                    if let Some(m) = z.p.begin(now, entity, to, state, trace) {
                         out.push(m);
                     }
                 }
@@ -484,6 +486,14 @@ impl Sim {
 
     fn zone_receives(&mut self, id: ZoneId, m: ToZone) -> Check {
         self.log(|| format!("zone {id} <- {m:?}"));
+        // Trace context is carried, never mixed up: a Prepare or Decided carries its handoff's
+        // trace, or none (a Decided answering a bare Query).
+        if let ToZone::Prepare { entity, trace, .. } | ToZone::Decided { entity, trace, .. } = &m
+            && !trace.is_empty()
+            && *trace != format!("trace-of-{entity}")
+        {
+            return Err(format!("zone {id} got {m:?}: another handoff's trace"));
+        }
         let live = self.live();
         let now = self.now;
         let z = self.zones.get_mut(&id).unwrap();

@@ -83,29 +83,34 @@ struct Local {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let log = |filter: &str| worldmesh_runtime::init_logging_with(filter, args.log_format);
-    match args.command {
+    let log = |service: &str, filter: &str| {
+        worldmesh_runtime::init_logging_with(service, filter, args.log_format)
+    };
+    let result = match args.command {
         Command::Local(args) => {
-            log("warn");
+            log("worldmesh-local", "warn");
             local(args).await
         }
         Command::Coordinator(args) => {
-            log("info");
+            log("world-coordinator", "info");
             worldmesh_coordinator::cli::run(args).await
         }
         Command::Zone(args) => {
-            log("info");
+            log("zone-server", "info");
             worldmesh_zone::cli::run(args).await
         }
         Command::Gateway(args) => {
-            log("info");
+            log("gateway", "info");
             worldmesh_gateway::cli::run(args).await
         }
         Command::Persistence(args) => {
-            log("info");
+            log("persistence", "info");
             worldmesh_persistence::cli::run(args).await
         }
-    }
+    };
+    // Spans still buffered for the OTLP collector.
+    worldmesh_runtime::telemetry::flush().await;
+    result
 }
 
 async fn local(args: Local) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ async fn refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_and_tokens_across_two_gateways() {
-    worldmesh_runtime::init_logging("warn");
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
     let (backend, persistence) = Backend::tiered().await;
     let mut config = worldmesh::cluster::ClusterConfig::new(worldmesh_persistence::Config {
         // The cost of hashing is measured in BENCHMARKS.md, not paid in every test.

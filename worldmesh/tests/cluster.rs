@@ -59,7 +59,7 @@ async fn two_gateways_in_front_of_the_same_zones() {
     let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
     config.zones = 2;
     config.gateways = 2;
-    worldmesh_runtime::init_logging("warn");
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
     let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
     assert_eq!(cluster.gateway_addrs.len(), 2);
     let endpoint = endpoint();

@@ -49,6 +49,18 @@ async fn a_draining_gateway_sends_its_players_elsewhere_with_their_tokens() {
     // SIGTERM: every player is told to go elsewhere, after its character is saved.
     let term = Instant::now();
     g1.signal("-TERM");
+    // Draining: not ready (load balancers and Kubernetes stop sending players), still alive.
+    let mut seen = None;
+    while term.elapsed() < Duration::from_secs(2) {
+        if let Some((503, body)) = g1.admin_get("/readyz").await {
+            seen = Some((body, g1.admin_get("/healthz").await.map(|r| r.0)));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (body, alive) = seen.expect("/readyz turned 503 while draining");
+    assert!(body.contains("not draining"), "{body}");
+    assert_eq!(alive, Some(200), "/healthz stays 200 while draining");
     let mut resumed = 0;
     for (name, mut s, stood) in players {
         let kick = tokio::time::timeout(Duration::from_secs(15), async {

@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use worldmesh_coordinator::handoff::ToCoordinator;
 use worldmesh_protocol::grpc::coordinator::{
     self as pb, GetWorldRequest, coordinator_client::CoordinatorClient,
 };
+use worldmesh_runtime::Channel;
 
 use crate::Registration;
 use crate::driver::Command;

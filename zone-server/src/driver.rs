@@ -24,7 +24,6 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use worldmesh_coordinator::handoff::{Event, Participant, ToCoordinator, ToZone};
 use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
@@ -32,6 +31,7 @@ use worldmesh_protocol::grpc::persistence::{
     Character, LoadCharacterRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
+use worldmesh_runtime::Channel;
 
 use crate::link::Links;
 use crate::saver::SaveJob;
@@ -548,9 +548,25 @@ impl Driver {
                 last_input_seq: carried.last_input_seq,
             };
             let bytes = Bytes::from(state.encode_to_vec());
-            match self.participant.begin(Instant::now(), id, to, bytes) {
+            // The root of the handoff's trace: the coordinator and the target zone continue
+            // it from the traceparent every message of this handoff carries.
+            let span = tracing::info_span!(
+                "zone.handoff",
+                otel.name = "zone.handoff.begin",
+                zone = self.zone_id,
+                entity = id,
+                to,
+                player = player_id,
+                handoff = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            let trace = worldmesh_runtime::telemetry::traceparent(&span);
+            match self.participant.begin(Instant::now(), id, to, bytes, trace) {
                 Some(m) => {
-                    tracing::debug!(entity = id, to, "handoff started");
+                    if let ToCoordinator::Begin { id: h, .. } = &m {
+                        span.record("handoff", tracing::field::display(handoff_id(h)));
+                    }
+                    tracing::debug!("handoff started");
                     self.to_coordinator(m);
                 }
                 None => self.sim.unfreeze(id),
@@ -792,6 +808,46 @@ impl Driver {
     }
 
     fn on_coordinator(&mut self, msg: ToZone) {
+        // Handoff messages continue the handoff's trace (started by the source zone).
+        let span = match &msg {
+            ToZone::Prepare {
+                id,
+                entity,
+                from,
+                trace,
+                ..
+            } => {
+                let span = tracing::info_span!(
+                    "zone.handoff",
+                    otel.name = "zone.handoff.prepare",
+                    zone = self.zone_id,
+                    entity,
+                    from,
+                    handoff = %handoff_id(id),
+                );
+                worldmesh_runtime::telemetry::follow(&span, trace);
+                span
+            }
+            ToZone::Decided {
+                id,
+                entity,
+                outcome,
+                trace,
+            } => {
+                let span = tracing::info_span!(
+                    "zone.handoff",
+                    otel.name = "zone.handoff.decided",
+                    zone = self.zone_id,
+                    entity,
+                    outcome = ?outcome,
+                    handoff = %handoff_id(id),
+                );
+                worldmesh_runtime::telemetry::follow(&span, trace);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let _entered = span.enter();
         let map = self.map.clone();
         let me = self.zone_id;
         let room = self.sim.character_count() < self.capacity as usize;
@@ -1053,4 +1109,9 @@ fn near_zones(map: &coord_pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, S
         }
     }
     out
+}
+
+/// A handoff id as logs and spans show it: `epoch.attempt`.
+fn handoff_id(id: &worldmesh_coordinator::handoff::HandoffId) -> String {
+    format!("{}.{}", id.epoch, id.attempt)
 }

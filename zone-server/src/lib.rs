@@ -31,13 +31,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use worldmesh_protocol::WorldBounds;
 use worldmesh_protocol::grpc::coordinator::{
     self as coord_pb, coordinator_client::CoordinatorClient,
 };
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::zone::zone_link_server::ZoneLinkServer;
+use worldmesh_runtime::Channel;
 
 /// How long a stopping zone waits for its last checkpoints to be acknowledged: well inside
 /// the termination grace period a Kubernetes pod gets.
@@ -198,6 +198,10 @@ pub async fn run(
     };
     tracing::info!(zone = reg.zone_id, name = %config.name, %advertise, "zone registered");
     ready.set(true);
+    let _not_draining = worldmesh_runtime::admin::Readiness::until_shutdown(
+        format!("zone {} not draining", config.name),
+        shutdown.clone(),
+    );
     // Everything inside stops on `stop`, which fires after the drain.
     let stop = CancellationToken::new();
     let w = &reg.world;
@@ -303,6 +307,8 @@ pub async fn run(
     // while the link server runs), for Kubernetes gRPC probes and load balancers.
     let (_health, health_service) = tonic_health::server::health_reporter();
     let served = tonic::transport::Server::builder()
+        // Each request's span continues the caller's trace (the `traceparent` header).
+        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(ZoneLinkServer::with_interceptor(
             service,

@@ -13,8 +13,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use worldmesh_protocol::grpc::persistence::{
     LoadCharacterRequest, persistence_client::PersistenceClient,
 };
@@ -22,6 +22,7 @@ use worldmesh_protocol::grpc::zone::{
     self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg,
 };
 use worldmesh_protocol::{Input, MAX_CHAT_LEN};
+use worldmesh_runtime::Channel;
 
 use crate::driver::Command;
 
@@ -163,6 +164,7 @@ async fn serve_link(
             }
             gateway_to_zone::Msg::Join(j) => match persistence
                 .load_character(LoadCharacterRequest { id: j.character_id })
+                .instrument(join_span(&j))
                 .await
             {
                 Ok(reply) => match reply.into_inner().character {
@@ -240,4 +242,11 @@ async fn join_failed(tx: &LinkSender, player_id: u64, reason: &str) {
             })),
         }))
         .await;
+}
+
+/// The zone's part of a login's trace (the gateway's span, carried on `Join`).
+fn join_span(j: &pb::Join) -> tracing::Span {
+    let span = tracing::info_span!("zone.join", player = j.player_id, entity = j.character_id,);
+    worldmesh_runtime::telemetry::follow(&span, &j.trace_parent);
+    span
 }

@@ -4,6 +4,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("info");
-    worldmesh_zone::cli::run(worldmesh_zone::cli::Args::parse()).await
+    worldmesh_runtime::init_logging("zone-server", "info");
+    let result = worldmesh_zone::cli::run(worldmesh_zone::cli::Args::parse()).await;
+    // Spans still buffered for the OTLP collector.
+    worldmesh_runtime::telemetry::flush().await;
+    result
 }

@@ -73,9 +73,8 @@ pub async fn run(
 }
 
 fn open(address: &str, secret: Option<&str>) -> Result<mpsc::Sender<pb::GhostBatch>, String> {
-    let channel = crate::channel(address).map_err(|e| e.to_string())?;
-    let secret = worldmesh_runtime::AddSecret::new(secret)?;
-    let mut client = ZoneLinkClient::with_interceptor(channel, secret);
+    let channel = worldmesh_runtime::grpc_channel_with_secret(address, secret)?;
+    let mut client = ZoneLinkClient::new(channel);
     let (tx, rx) = mpsc::channel(PEER_QUEUE);
     let address = address.to_owned();
     tokio::spawn(async move {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use worldmesh_protocol::grpc::persistence::{
     Character, SaveCharactersRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
+use worldmesh_runtime::Channel;
 
 use crate::link::Links;
 

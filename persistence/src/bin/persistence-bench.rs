@@ -82,7 +82,7 @@ fn character(id: u64, version: u64) -> Character {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("warn");
+    worldmesh_runtime::init_logging("persistence-bench", "warn");
     let args = Args::parse();
     let db = testing::fresh_postgres_database(&args.database_url).await?;
     let prefix = format!("wmbench:{}:", testing::unique_suffix());

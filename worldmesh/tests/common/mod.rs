@@ -52,7 +52,7 @@ impl Backend {
 }
 
 pub async fn start_cluster(persistence: worldmesh_persistence::Config, zones: usize) -> Cluster {
-    worldmesh_runtime::init_logging("warn");
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
     let mut config = ClusterConfig::new(persistence);
     config.zones = zones;
     Cluster::start(config).await.expect("cluster starts")
@@ -230,4 +230,88 @@ pub async fn futures_join<F: std::future::Future>(
     futs: impl IntoIterator<Item = F>,
 ) -> Vec<F::Output> {
     futures::future::join_all(futs).await
+}
+
+/// A 400 m world of 50 m cells: with two zones the border runs at x = 200, and everyone
+/// spawns 10 m west of it.
+pub fn small_world(
+    persistence: worldmesh_persistence::Config,
+) -> worldmesh::cluster::ClusterConfig {
+    let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
+    config.zones = 2;
+    config.coordinator.geometry = worldmesh_coordinator::Geometry {
+        max_x: 400.0,
+        max_y: 400.0,
+        cell_size: 50.0,
+        spawn_points: vec![(190.0, 200.0)],
+        ..Default::default()
+    };
+    config
+}
+
+pub async fn owner(coordinator: &str, entity: u64) -> (u64, u64) {
+    let mut c =
+        worldmesh_protocol::grpc::coordinator::coordinator_client::CoordinatorClient::connect(
+            coordinator.to_owned(),
+        )
+        .await
+        .unwrap();
+    let r = c
+        .locate_entity(worldmesh_protocol::grpc::coordinator::LocateEntityRequest {
+            entity_id: entity,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.zone.map_or(0, |z| z.zone_id), r.epoch)
+}
+
+/// Walks along a heading until `until` says stop; returns what was seen. Checks on the way
+/// that snapshots keep coming, their ticks keep growing, and the character never jumps.
+pub async fn walk_until(
+    s: &mut worldmesh_load_test::Session,
+    seq: &mut u32,
+    heading: f32,
+    until: impl Fn(f32) -> bool,
+) -> f32 {
+    let me = s.welcome.entity_id;
+    let mut last_tick = 0u32;
+    let mut last_x: Option<f32> = None;
+    let mut last_snapshot = Instant::now();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "walk did not finish"
+        );
+        tokio::select! {
+            _ = ticker.tick() => {
+                *seq += 1;
+                s.send_input(Input { seq: *seq, ack_tick: s.ack_tick(), heading, speed: 6.0, actions: 0 }).unwrap();
+                assert!(
+                    last_snapshot.elapsed() < Duration::from_millis(500),
+                    "no snapshot for {:?}: the stream broke",
+                    last_snapshot.elapsed()
+                );
+            }
+            v = s.recv_snapshot() => {
+                let v = v.expect("snapshot");
+                last_snapshot = Instant::now();
+                if !v.newest {
+                    continue;
+                }
+                assert!(v.tick > last_tick, "tick went from {last_tick} to {}", v.tick);
+                last_tick = v.tick;
+                let Some(e) = v.entities.iter().find(|e| e.id == me) else { continue };
+                if let Some(x) = last_x {
+                    assert!((e.x - x).abs() < 3.0, "jumped from x={x} to x={}", e.x);
+                }
+                last_x = Some(e.x);
+                if until(e.x) {
+                    return e.x;
+                }
+            }
+        }
+    }
 }
