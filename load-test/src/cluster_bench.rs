@@ -36,16 +36,18 @@ pub struct BenchConfig {
     pub plot: Option<PathBuf>,
     /// Where the processes' logs go.
     pub log_dir: PathBuf,
+    /// Tokio worker threads of every cluster process (`WORLDMESH_THREADS`; 1 = current-thread).
+    pub service_threads: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RttSummary {
     pub p50: f64,
     pub p99: f64,
 }
 
 /// One step, as printed (field names are the contract).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Step {
     pub bots: usize,
     pub connected: u64,
@@ -66,7 +68,7 @@ pub struct Step {
     pub echo_sustained: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub max_bots_sustained: usize,
     pub echo_max_sustained: usize,
@@ -149,6 +151,7 @@ fn start(
     name: &str,
     args: &[String],
     secret: &str,
+    threads: usize,
 ) -> anyhow::Result<Proc> {
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
     let child = Command::new(bin)
@@ -156,6 +159,7 @@ fn start(
         .env("WORLDMESH_CLUSTER_SECRET", secret)
         .env("WORLDMESH_ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
+        .env("WORLDMESH_THREADS", threads.to_string())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
@@ -167,6 +171,22 @@ fn percentile_or_zero(p: Percentiles) -> RttSummary {
         p50: p.p50,
         p99: p.p99,
     }
+}
+
+/// Side of the benchmark's square world, metres: 8 × 8 cells of 250 m, two columns per zone.
+const WORLD_SIZE: f32 = 2000.0;
+
+/// 4 × 4 spawn points, 500 m apart (five view radii): each zone's stripe holds one column of
+/// four, and new players spread over sixteen places as in a live world, instead of crowding
+/// into the two default spawn points where everyone would see everyone.
+fn spawn_grid() -> impl Iterator<Item = (f32, f32)> {
+    let step = WORLD_SIZE / 4.0;
+    (0..16).map(move |i| {
+        (
+            step * (i % 4) as f32 + step / 2.0,
+            step * (i / 4) as f32 + step / 2.0,
+        )
+    })
 }
 
 /// Runs the benchmark; prints the JSON lines to stdout as it goes.
@@ -193,8 +213,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
             format!("127.0.0.1:{cport}"),
             "--database-url".into(),
             db.clone(),
-        ],
+            "--world-size".into(),
+            WORLD_SIZE.to_string(),
+        ]
+        .into_iter()
+        .chain(spawn_grid().flat_map(|(x, y)| ["--spawn".into(), format!("{x},{y}")]))
+        .collect::<Vec<String>>(),
         &secret,
+        config.service_threads,
     )?];
     procs.push(start(
         &bin,
@@ -218,6 +244,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
             "1".into(),
         ],
         &secret,
+        config.service_threads,
     )?);
     for i in 0..config.zones {
         let port = free_port()?;
@@ -237,6 +264,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 persistence.clone(),
             ],
             &secret,
+            config.service_threads,
         )?);
     }
     let mut gateways = Vec::new();
@@ -259,6 +287,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 persistence.clone(),
             ],
             &secret,
+            config.service_threads,
         )?);
     }
     // Let the zones register and the gateways learn the world.

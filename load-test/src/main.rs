@@ -40,6 +40,13 @@ enum Command {
     /// Start the cluster as processes on loopback (Redis + PostgreSQL), run each bot count,
     /// measure the bare quinn echo at the same counts in the same run; JSON lines and a plot.
     ClusterBench(BenchArgs),
+    /// Redraw a cluster-bench plot from its JSON lines (stdout of an earlier run).
+    Plot {
+        /// The JSON lines (step lines are used; the summary line is skipped).
+        input: PathBuf,
+        #[arg(long, default_value = "cluster-bench.png")]
+        plot: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +127,10 @@ struct BenchArgs {
     /// Tokio worker threads for the bots and the echo (1: a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Tokio worker threads of each cluster process (1: current-thread, cheapest per bot
+    /// here, see BENCHMARKS.md; 0: one per core).
+    #[arg(long, default_value_t = 1)]
+    service_threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(r) => r.threads,
         Command::ClusterBench(b) => b.threads,
         Command::Echo { .. } => 2,
+        Command::Plot { .. } => 1,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -148,6 +160,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Plot { input, plot } => {
+            let steps: Vec<worldmesh_load_test::cluster_bench::Step> =
+                std::fs::read_to_string(&input)?
+                    .lines()
+                    .filter(|l| l.starts_with("{\"bots\""))
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()?;
+            worldmesh_load_test::plot::cluster_bench(&plot, &steps).map_err(anyhow::Error::msg)?;
+            println!("plot written to {}", plot.display());
+        }
         Command::Echo {
             connections,
             rate,
@@ -178,6 +200,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                     redis_url: args.redis_url,
                     plot: Some(args.plot),
                     log_dir: args.logs,
+                    service_threads: args.service_threads,
                 },
             )
             .await?;

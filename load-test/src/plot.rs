@@ -46,17 +46,19 @@ fn draw(path: &Path, steps: &[Step]) -> Result<(), Box<dyn std::error::Error>> {
         .fold(100.0f64, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&left)
-        .caption("p99 RTT (ms) vs bots", ("sans-serif", 22))
+        .caption("p99 RTT (ms, log scale) vs bots", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max_bots, 0.0..max_rtt)?;
+        // Logarithmic: the echo's ~1 ms, the cluster's tens of ms and a collapse's seconds all
+        // stay readable on one axis.
+        .build_cartesian_2d(0.0..max_bots, (0.1..max_rtt).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("bots / connections")
         .y_desc("ms")
         .draw()?;
-    let line = |f: fn(&Step) -> f64| steps.iter().map(move |s| (s.bots as f64, f(s)));
+    let line = |f: fn(&Step) -> f64| steps.iter().map(move |s| (s.bots as f64, f(s).max(0.1)));
     chart
         .draw_series(LineSeries::new(
             line(|s| s.rtt_ms.p99),

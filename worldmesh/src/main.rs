@@ -22,6 +22,9 @@ struct Args {
     /// Log format: `text` for people, `json` (one object per line) for log shippers.
     #[arg(long, global = true, env = "WORLDMESH_LOG_FORMAT", value_enum, default_value_t = worldmesh_runtime::LogFormat::Text)]
     log_format: worldmesh_runtime::LogFormat,
+    /// Tokio worker threads: 0 = one per core; 1 = a single current-thread runtime.
+    #[arg(long, global = true, env = "WORLDMESH_THREADS", default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,9 +83,26 @@ struct Local {
     admin_listen: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // 1: one current-thread runtime (cheapest per packet for a relay: no cross-thread wake-ups);
+    // otherwise a multi-thread runtime with that many workers (0: one per core).
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let log = |service: &str, filter: &str| {
         worldmesh_runtime::init_logging_with(service, filter, args.log_format)
     };
