@@ -9,6 +9,7 @@
 //! quinn datagram echo ([`crate::echo`]) with the same connection count, 20 Hz each way and
 //! the bots' mean datagram size. One JSON line per step, then a summary line, then a PNG plot.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -154,7 +155,19 @@ fn start(
     threads: usize,
 ) -> anyhow::Result<Proc> {
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
+    let mut command = Command::new(bin);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // The cluster goes when the bench goes, even on Ctrl-C or SIGKILL (Drop would not
+            // run): each process gets SIGTERM and drains as in production.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
         .args(args)
         .env("WORLDMESH_CLUSTER_SECRET", secret)
         .env("WORLDMESH_ADMIN_LISTEN", "127.0.0.1:0")

@@ -124,8 +124,11 @@ struct BenchArgs {
     /// Where the cluster processes' logs go.
     #[arg(long, default_value = "target/cluster-bench-logs")]
     logs: PathBuf,
-    /// Tokio worker threads for the bots and the echo (1: a current-thread runtime).
-    #[arg(long, default_value_t = 1)]
+    /// Tokio worker threads for the bots and the echo (1: a current-thread runtime). Two, as
+    /// the echo's own runtime: every bot receives its snapshot in the same instant each tick,
+    /// and one thread decoding 1,250 of them in turn put 107 ms on RTT p99 where two put 73
+    /// (BENCHMARKS.md), at the same CPU per bot.
+    #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Tokio worker threads of each cluster process (1: current-thread, cheapest per bot
     /// here, see BENCHMARKS.md; 0: one per core).

@@ -748,6 +748,9 @@ impl SnapshotDecoder {
         let n_updates = r.golomb()?;
         let mut updates: Vec<(u16, QEntity)> = Vec::with_capacity(n_updates.min(1024) as usize);
         let mut prev: i64 = -1;
+        // Updates come in increasing slot order, as do the baseline and the removals: a delta
+        // finds its base by walking forward, not by searching (this was the bots' hottest loop).
+        let (mut bc, mut rc) = (0, 0);
         for _ in 0..n_updates {
             let slot = prev + 1 + r.golomb()? as i64;
             if slot > u16::MAX as i64 {
@@ -783,11 +786,15 @@ impl SnapshotDecoder {
                     speed,
                 }
             } else {
-                let b = base
-                    .binary_search_by_key(&slot, |(s, _)| *s)
-                    .ok()
-                    .filter(|_| removed.binary_search(&slot).is_err())
-                    .map(|i| base[i].1)
+                while bc < base.len() && base[bc].0 < slot {
+                    bc += 1;
+                }
+                while rc < removed.len() && removed[rc] < slot {
+                    rc += 1;
+                }
+                let b = (bc < base.len() && base[bc].0 == slot)
+                    .then(|| base[bc].1)
+                    .filter(|_| removed.get(rc) != Some(&slot))
                     .ok_or(SnapshotError::DeltaWithoutBase(slot))?;
                 let mut e = b;
                 if r.bit()? {
@@ -813,7 +820,7 @@ impl SnapshotDecoder {
         }
         // Merge: baseline minus removals, with updates applied (all sorted by slot).
         let mut view = Vec::with_capacity(base.len() + updates.len());
-        let (mut bi, mut ui) = (0, 0);
+        let (mut bi, mut ui, mut ri) = (0, 0, 0);
         while bi < base.len() || ui < updates.len() {
             let bs = base.get(bi).map(|b| b.0);
             let us = updates.get(ui).map(|u| u.0);
@@ -826,7 +833,10 @@ impl SnapshotDecoder {
                     }
                 }
                 (Some(b), _) => {
-                    if removed.binary_search(&b).is_err() {
+                    while ri < removed.len() && removed[ri] < b {
+                        ri += 1;
+                    }
+                    if removed.get(ri) != Some(&b) {
                         view.push(base[bi]);
                     }
                     bi += 1;

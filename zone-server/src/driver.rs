@@ -1025,6 +1025,9 @@ impl Driver {
     }
 
     fn flush_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
         while let Some(job) = self.backlog.pop_front() {
             match self.ch.saves.try_send(job) {
                 Ok(()) => {}
@@ -1039,6 +1042,8 @@ impl Driver {
                 }
             }
         }
+        // Drained: the gauge (and its alert) must come back down.
+        metrics::gauge!("worldmesh_zone_save_backlog").set(0.0);
     }
 
     /// Shutdown: despawn and save everyone, waiting for room in the saver's queue.
