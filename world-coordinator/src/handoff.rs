@@ -58,6 +58,13 @@ pub struct HandoffId {
     pub attempt: u32,
 }
 
+/// As logs and spans show it: `epoch.attempt`.
+impl std::fmt::Display for HandoffId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.attempt)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Committed,

@@ -449,7 +449,7 @@ fn handoff_span(zone: ZoneId, msg: &ToCoordinator) -> Option<tracing::Span> {
     let span = tracing::info_span!(
         "coordinator.handoff",
         otel.name = %format_args!("coordinator.handoff.{name}"),
-        handoff = %format_args!("{}.{}", id.epoch, id.attempt),
+        handoff = %id,
         entity,
         zone,
     );

@@ -564,7 +564,7 @@ impl Driver {
             match self.participant.begin(Instant::now(), id, to, bytes, trace) {
                 Some(m) => {
                     if let ToCoordinator::Begin { id: h, .. } = &m {
-                        span.record("handoff", tracing::field::display(handoff_id(h)));
+                        span.record("handoff", tracing::field::display(h));
                     }
                     tracing::debug!("handoff started");
                     self.to_coordinator(m);
@@ -823,7 +823,7 @@ impl Driver {
                     zone = self.zone_id,
                     entity,
                     from,
-                    handoff = %handoff_id(id),
+                    handoff = %id,
                 );
                 worldmesh_runtime::telemetry::follow(&span, trace);
                 span
@@ -840,7 +840,7 @@ impl Driver {
                     zone = self.zone_id,
                     entity,
                     outcome = ?outcome,
-                    handoff = %handoff_id(id),
+                    handoff = %id,
                 );
                 worldmesh_runtime::telemetry::follow(&span, trace);
                 span
@@ -1114,9 +1114,4 @@ fn near_zones(map: &coord_pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, S
         }
     }
     out
-}
-
-/// A handoff id as logs and spans show it: `epoch.attempt`.
-fn handoff_id(id: &worldmesh_coordinator::handoff::HandoffId) -> String {
-    format!("{}.{}", id.epoch, id.attempt)
 }
