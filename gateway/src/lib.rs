@@ -14,9 +14,12 @@
 //! typed [`Kick`](worldmesh_protocol::Kick) and loses its connection; nobody else notices.
 //!
 //! Players follow their characters: a zone that receives one by handoff says so on its link
-//! (`Attached`) and the session re-routes its inputs there; a zone that is lost (or drops a
-//! character it no longer owns) makes the gateway relocate the player through the
-//! coordinator, without the client reconnecting.
+//! (`Attached`) and the session re-routes its inputs there; a zone that is lost (its link
+//! breaks, it leaves the coordinator's map, or it drops a character it no longer owns) makes
+//! the gateway relocate the player through the coordinator, without the client reconnecting.
+//! Only the routed zone's snapshots reach a client, and any player left without snapshots for
+//! [`zones::STARVED_AFTER`] is relocated too, whatever the cause: a route can be wrong for
+//! reasons no message announces (a hung zone, a failover that restored a character elsewhere).
 //!
 //! # Layout
 //!
@@ -148,9 +151,16 @@ pub struct Gateway {
     /// World geometry, fetched from the coordinator at start.
     pub world: tokio::sync::OnceCell<WorldGeometry>,
     pub shutdown: CancellationToken,
+    /// Origin of [`Gateway::clock_ms`].
+    pub started: std::time::Instant,
 }
 
 impl Gateway {
+    /// Milliseconds since the gateway started: a cheap clock sessions stamp snapshots with.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// The world geometry, asked of the coordinator once and kept.
     pub async fn world(&self) -> Result<&WorldGeometry, tonic::Status> {
         self.world
@@ -264,9 +274,11 @@ pub async fn run(
         },
         world: tokio::sync::OnceCell::new(),
         shutdown: shutdown.clone(),
+        started: std::time::Instant::now(),
         config,
     });
     tokio::spawn(zones::link_all_zones(gateway.clone()));
+    tokio::spawn(zones::watch_starved(gateway.clone()));
     // Ready once the coordinator has answered: before that no login can succeed.
     let ready = worldmesh_runtime::admin::Readiness::new(format!(
         "gateway {} knows the world",

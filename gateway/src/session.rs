@@ -32,23 +32,90 @@ const ZONE_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new login waits for an older session of the same character to finish saving.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a player's inputs go and which snapshots reach it. Kept in one place (the watch
+/// channel's lock) so that a change of zone and the frames forwarded around it are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The zone simulating the player's character: its snapshots pass, others' are dropped
+    /// (a handoff's source still sending for a frozen character, a zombie zone).
+    pub zone: u64,
+    /// The newest snapshot tick forwarded to the client.
+    pub last_tick: u32,
+    /// The client's acks up to this tick name views an earlier zone (or an earlier spawn at
+    /// this one) sent: they never reach the zone now simulating it, whose views of the same
+    /// ticks differ.
+    pub ack_floor: u32,
+}
+
+impl Route {
+    pub fn new(zone: u64) -> Self {
+        Self {
+            zone,
+            last_tick: 0,
+            ack_floor: 0,
+        }
+    }
+
+    /// The ack to pass on to the routed zone (0: none).
+    pub fn ack(&self, ack_tick: u32) -> u32 {
+        if ack_tick <= self.ack_floor {
+            0
+        } else {
+            ack_tick
+        }
+    }
+}
+
 /// What the router needs to reach a session.
 pub struct SessionHandle {
     pub connection: quinn::Connection,
-    /// The zone simulating the player's character; changed by handoff (`Attached`) and
-    /// failover (relocation), read by the session's relay loop.
-    pub route: watch::Sender<u64>,
+    /// The route; changed by handoff (`Attached`), joins and relocation. Receivers (the
+    /// session's relay loop) are woken only when the zone changes.
+    pub route: watch::Sender<Route>,
     pub character_id: u64,
     pub name: String,
     /// Set while a relocation runs, so one loss starts one.
     pub relocating: std::sync::atomic::AtomicBool,
+    /// When a snapshot last reached the client (ms since the gateway's clock origin; 0: not
+    /// in play yet): a player left without snapshots has lost its route (see
+    /// [`crate::zones::watch_starved`]).
+    pub last_snapshot_ms: std::sync::atomic::AtomicU64,
     control: mpsc::Sender<Bytes>,
     kick: mpsc::Sender<(ErrorCode, String)>,
 }
 
 impl SessionHandle {
     pub fn zone_id(&self) -> u64 {
-        *self.route.borrow()
+        self.route.borrow().zone
+    }
+
+    /// Routes the player to `zone`, whose views are new to the client (a handoff arrived
+    /// there, or a join spawned or attached the character there).
+    pub fn reroute(&self, zone: u64) {
+        self.route.send_if_modified(|r| {
+            let changed = r.zone != zone;
+            r.zone = zone;
+            r.ack_floor = r.last_tick;
+            changed
+        });
+    }
+
+    /// Forwards one snapshot datagram of `tick` from `zone` if the player is routed there.
+    pub fn forward_snapshot(&self, zone: u64, tick: u32, frame: Bytes, now_ms: u64) -> bool {
+        let mut sent = false;
+        self.route.send_if_modified(|r| {
+            if r.zone == zone {
+                r.last_tick = r.last_tick.max(tick);
+                sent = true;
+            }
+            false
+        });
+        if sent {
+            crate::zones::send_datagram(&self.connection, frame);
+            self.last_snapshot_ms
+                .store(now_ms.max(1), std::sync::atomic::Ordering::Relaxed);
+        }
+        sent
     }
 
     pub fn send_reliable(&self, frame: Bytes) {
@@ -388,7 +455,7 @@ async fn play(
             )
         })?;
 
-    let (route_tx, mut route_rx) = watch::channel(zone.zone_id);
+    let (route_tx, mut route_rx) = watch::channel(Route::new(zone.zone_id));
     gateway.sessions.insert(
         player_id,
         SessionHandle {
@@ -397,6 +464,7 @@ async fn play(
             character_id: character.id,
             name: name.clone(),
             relocating: false.into(),
+            last_snapshot_ms: 0.into(),
             control: control.clone(),
             kick: kick_tx,
         },
@@ -453,8 +521,15 @@ async fn play(
     );
     metrics::counter!("worldmesh_gateway_logins_total").increment(1);
 
-    // 5. Relay until the client leaves, misbehaves, or we shut down.
+    // 5. Relay until the client leaves, misbehaves, or we shut down. From here on a player
+    // without snapshots is looked after by the starvation watch.
     route_rx.mark_unchanged();
+    if let Some(s) = gateway.sessions.get(&player_id) {
+        s.last_snapshot_ms.store(
+            gateway.clock_ms().max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let mut link = link;
     let result = relay(
         gateway,
@@ -525,7 +600,7 @@ async fn relay(
     connection: &quinn::Connection,
     inbound: &mut mpsc::Receiver<Result<ClientMessage, DecodeError>>,
     kick_rx: &mut mpsc::Receiver<(ErrorCode, String)>,
-    route: &mut watch::Receiver<u64>,
+    route: &mut watch::Receiver<Route>,
     link: &mut ZoneLink,
     player_id: u64,
 ) -> Result<(), Refusal> {
@@ -536,7 +611,7 @@ async fn relay(
                 if r.is_err() {
                     continue;
                 }
-                let zone = *route.borrow_and_update();
+                let zone = route.borrow_and_update().zone;
                 match gateway.zones.get(zone) {
                     Some(l) => {
                         tracing::debug!(zone, "player re-routed");
@@ -554,7 +629,8 @@ async fn relay(
                 if !limiter.admit(&gateway.config)? {
                     continue;
                 }
-                let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick: i.ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
+                let ack_tick = route.borrow().ack(i.ack_tick);
+                let input = pb::PlayerInput { player_id, seq: i.seq, ack_tick, heading: i.heading, speed: i.speed, actions: i.actions };
                 if !link.try_send_input(input) {
                     metrics::counter!("worldmesh_gateway_inputs_dropped_total", "reason" => "zone_queue_full").increment(1);
                 }

@@ -203,8 +203,12 @@ async fn read_link(
             }
         };
         match msg.msg {
-            Some(Msg::Frames(frames)) => route_frames(&gateway, frames.frames),
+            Some(Msg::Frames(frames)) => route_frames(&gateway, zone_id, frames),
             Some(Msg::Joined(j)) => {
+                // Route before the zone's first snapshot (next on this stream) is forwarded.
+                if let Some(s) = gateway.sessions.get(&j.player_id) {
+                    s.reroute(zone_id);
+                }
                 if let Some((_, tx)) = zones.pending_joins.remove(&j.player_id) {
                     let _ = tx.send(JoinOutcome::Joined(j));
                 }
@@ -219,7 +223,7 @@ async fn read_link(
                     let _ = tx.send(l.saved);
                 } else if !l.saved {
                     // The zone dropped a character it no longer owns: find where it went.
-                    relocate(gateway.clone(), l.player_id, zone_id);
+                    relocate(gateway.clone(), l.player_id, Some(zone_id));
                 }
             }
             Some(Msg::Evicted(e)) => {
@@ -231,9 +235,7 @@ async fn read_link(
                 }
             }
             Some(Msg::Attached(a)) => match gateway.sessions.get(&a.player_id) {
-                Some(s) => {
-                    s.route.send_replace(a.zone_id);
-                }
+                Some(s) => s.reroute(a.zone_id),
                 None => {
                     // The player left while its character moved: let the new zone save it.
                     let _ = link.tx.try_send(pb::GatewayToZone {
@@ -265,15 +267,86 @@ async fn read_link(
         "zone link closed; re-routing its players"
     );
     for player_id in lost {
-        relocate(gateway.clone(), player_id, zone_id);
+        relocate(gateway.clone(), player_id, Some(zone_id));
     }
 }
 
-/// Finds the zone that now has authority over a player's character (after its zone died or
-/// dropped it) and joins it there, without the client noticing more than a pause. Asks the
-/// coordinator until failover has given the character to a live zone, up to
-/// [`RELOCATE_TIMEOUT`]; then gives up and disconnects the player.
-pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: u64) {
+/// Relocates every player routed to `zone_id` (a zone that left the map: its lease lapsed and
+/// failover is giving its characters to others, or it deregistered).
+fn relocate_all(gateway: &Arc<Gateway>, zone_id: u64) {
+    let lost: Vec<u64> = gateway
+        .sessions
+        .iter()
+        .filter(|s| s.zone_id() == zone_id)
+        .map(|s| *s.key())
+        .collect();
+    if !lost.is_empty() {
+        tracing::warn!(
+            zone = zone_id,
+            players = lost.len(),
+            "zone left the map; re-routing its players"
+        );
+    }
+    for player_id in lost {
+        relocate(gateway.clone(), player_id, Some(zone_id));
+    }
+}
+
+/// How long a player in play may go without a snapshot before the gateway looks for its
+/// character's zone again. Zones send every player a snapshot every tick (20 Hz), so a second
+/// of silence is a lost route, not a slow tick; short enough that a player is back within
+/// [`RELOCATE_BUDGET`] of its zone failing over.
+pub const STARVED_AFTER: Duration = Duration::from_millis(1000);
+/// How often the starvation watch looks.
+const STARVED_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long a relocation's join may wait for a zone before asking the coordinator again (a
+/// hung zone never answers; its characters will be restored elsewhere).
+const RELOCATE_JOIN_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The time this design aims to bring a player back within after its zone fails over.
+pub const RELOCATE_BUDGET: Duration = Duration::from_secs(1);
+
+/// Relocates every player in play that has had no snapshot for [`STARVED_AFTER`]: the one
+/// check that catches every way a route can go wrong without a message saying so.
+pub async fn watch_starved(gateway: Arc<Gateway>) {
+    let mut every = tokio::time::interval(STARVED_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = gateway.clock_ms();
+        let starved: Vec<u64> = gateway
+            .sessions
+            .iter()
+            .filter(|s| {
+                let last = s
+                    .last_snapshot_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                last != 0
+                    && now.saturating_sub(last) >= STARVED_AFTER.as_millis() as u64
+                    && !s.relocating.load(std::sync::atomic::Ordering::Acquire)
+            })
+            .map(|s| *s.key())
+            .collect();
+        for player_id in starved {
+            metrics::counter!("worldmesh_gateway_starved_players_total").increment(1);
+            tracing::info!(
+                player = player_id,
+                "no snapshot for a second; looking for the character's zone"
+            );
+            relocate(gateway.clone(), player_id, None);
+        }
+    }
+}
+
+/// Finds the zone that now has authority over a player's character (after its zone died,
+/// dropped it, or stopped sending) and joins it there, without the client noticing more than
+/// a pause. Asks the coordinator until failover has given the character to a zone other than
+/// `lost_zone`, up to [`RELOCATE_TIMEOUT`]; then gives up and disconnects the player. Without
+/// a `lost_zone` (a starved player), whichever zone owns the character is joined, even the
+/// routed one: a join attaches a character its zone holds without a player.
+pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: Option<u64>) {
     let (character_id, name) = match gateway.sessions.get(&player_id) {
         Some(s) => {
             if s.relocating.swap(true, std::sync::atomic::Ordering::AcqRel) {
@@ -303,6 +376,11 @@ pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: u64) {
         let Some(s) = gateway.sessions.get(&player_id) else {
             return;
         };
+        // The zone's snapshots may take a tick: the starvation watch starts counting anew.
+        s.last_snapshot_ms.store(
+            gateway.clock_ms().max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         s.relocating
             .store(false, std::sync::atomic::Ordering::Release);
         match outcome {
@@ -312,7 +390,7 @@ pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: u64) {
                     zone,
                     "player re-routed after its zone was lost"
                 );
-                s.route.send_replace(zone);
+                s.reroute(zone);
             }
             None => s.kick(
                 worldmesh_protocol::ErrorCode::Unavailable,
@@ -327,7 +405,7 @@ async fn try_relocate(
     player_id: u64,
     character_id: u64,
     name: &str,
-    lost_zone: u64,
+    lost_zone: Option<u64>,
 ) -> Option<u64> {
     let located = gateway
         .coordinator
@@ -339,7 +417,7 @@ async fn try_relocate(
         .ok()?
         .into_inner();
     let zone = match located.zone {
-        Some(z) if z.zone_id != lost_zone => z,
+        Some(z) if Some(z.zone_id) != lost_zone => z,
         Some(_) => return None,
         None => {
             // Nobody holds it (its zone saved and released it on the way down): it goes
@@ -367,7 +445,7 @@ async fn try_relocate(
                 .ok()?
                 .into_inner()
                 .zone
-                .filter(|z| z.zone_id != lost_zone)?
+                .filter(|z| Some(z.zone_id) != lost_zone)?
         }
     };
     let link = gateway
@@ -377,7 +455,7 @@ async fn try_relocate(
         .ok()?;
     gateway
         .zones
-        .join(&link, player_id, character_id, name, Duration::from_secs(5))
+        .join(&link, player_id, character_id, name, RELOCATE_JOIN_TIMEOUT)
         .await
         .ok()
         .map(|_| zone.zone_id)
@@ -394,12 +472,23 @@ pub async fn link_all_zones(gateway: Arc<Gateway>) {
         };
         if let Ok(resp) = opened {
             let mut maps = resp.into_inner();
+            // Zones in the last map; a zone missing from the next one has been failed over
+            // (or left), even if its links are still open (a hung process keeps its sockets).
+            let mut known: std::collections::HashSet<u64> = std::collections::HashSet::new();
             loop {
                 let next = tokio::select! {
                     _ = gateway.shutdown.cancelled() => return,
                     m = maps.message() => m,
                 };
                 let Ok(Some(map)) = next else { break };
+                let now: std::collections::HashSet<u64> =
+                    map.zones.iter().map(|z| z.zone_id).collect();
+                for gone in known.difference(&now) {
+                    // Its link is useless now: inputs sent there would be lost.
+                    gateway.zones.links.remove(gone);
+                    relocate_all(&gateway, *gone);
+                }
+                known = now;
                 for z in map.zones {
                     if gateway.zones.get(z.zone_id).is_none()
                         && let Err(e) = gateway
@@ -419,20 +508,24 @@ pub async fn link_all_zones(gateway: Arc<Gateway>) {
     }
 }
 
-fn route_frames(gateway: &Gateway, frames: Vec<pb::PlayerFrame>) {
-    for f in frames {
+/// Forwards one zone's frames of one tick: reliable ones to the session's control stream,
+/// snapshot datagrams only if the player is routed to that zone.
+fn route_frames(gateway: &Gateway, zone_id: u64, frames: pb::Frames) {
+    let now_ms = gateway.clock_ms();
+    for f in frames.frames {
         let Some(session) = gateway.sessions.get(&f.player_id) else {
             continue;
         };
         if f.reliable {
             session.send_reliable(f.frame);
-        } else {
-            send_datagram(&session.connection, f.frame);
+        } else if !session.forward_snapshot(zone_id, frames.tick, f.frame, now_ms) {
+            metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "not_routed")
+                .increment(1);
         }
     }
 }
 
-fn send_datagram(conn: &quinn::Connection, frame: Bytes) {
+pub(crate) fn send_datagram(conn: &quinn::Connection, frame: Bytes) {
     match conn.send_datagram(frame) {
         Ok(()) => metrics::counter!("worldmesh_gateway_datagrams_out_total").increment(1),
         Err(quinn::SendDatagramError::TooLarge) => {

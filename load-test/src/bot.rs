@@ -202,7 +202,12 @@ async fn play(
     let mut next_chat = next_chat_at(&mut rng, config.chat_every_s);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => {
+                if let Some(last) = last_snapshot_at {
+                    stats.record_snapshot_gap(last.elapsed());
+                }
+                return Ok(());
+            }
             _ = ticker.tick() => {
                 seq = seq.wrapping_add(1);
                 let speed = match behaviour {
@@ -271,6 +276,7 @@ async fn play(
                     let now = Instant::now();
                     if let Some(last) = last_snapshot_at.replace(now) {
                         let gap = now - last;
+                        stats.record_snapshot_gap(gap);
                         let off = gap.abs_diff(tick);
                         stats.record_jitter_us(off.as_micros() as u64);
                     }

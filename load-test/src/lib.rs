@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`audit`]: lost and duplicated characters, judged from the zones' audits against the
+//!   bots' characters (in process for `worldmesh local`, over gRPC for a deployed cluster).
 //! - [`client`]: a worldmesh client library (connect, Hello/Welcome, inputs, snapshots, chat,
 //!   Bye) — the reference for what a game client does.
 //! - [`cluster_bench`]: the whole cluster as processes, bots at rising counts, against the
@@ -15,6 +17,7 @@
 //! - [`stats`]: shared counters, the RTT histogram and the JSON [`Report`].
 //! - [`run`]: ramps up a fleet of bots against a gateway and reports.
 
+pub mod audit;
 pub mod bot;
 pub mod client;
 pub mod cluster_bench;
@@ -56,6 +59,10 @@ pub struct Config {
     pub accounts: bool,
     /// Loss, latency and jitter on every bot's datagrams.
     pub link: conditioner::LinkConditions,
+    /// (coordinator URL, cluster secret): audit the zones in the coordinator's map while the
+    /// bots play, for the report's lost and duplicated characters (see [`audit`]). `None`: no
+    /// audit (the bots alone cannot see the zones).
+    pub audit: Option<(String, Option<String>)>,
 }
 
 impl Default for Config {
@@ -72,6 +79,7 @@ impl Default for Config {
             behaviour: bot::Behaviour::Wander,
             accounts: true,
             link: conditioner::LinkConditions::default(),
+            audit: None,
         }
     }
 }
@@ -91,9 +99,19 @@ pub async fn run_with(
     if config.gateways.is_empty() {
         return Err(ClientError::Protocol("no gateway to connect to".into()));
     }
+    // Before any bot starts: an invalid URL or secret fails the run at once, not after it.
+    let auditor = match &config.audit {
+        Some((coordinator_url, cluster_secret)) => Some(
+            audit::RemoteAuditor::new(coordinator_url, cluster_secret.clone())
+                .map_err(|e| ClientError::Protocol(format!("audit: {e}")))?,
+        ),
+        None => None,
+    };
     let endpoint = ClientEndpoint::new(worldmesh_protocol::ALPN)?;
     let stop = shutdown.child_token();
     let started = Instant::now();
+    // Stops with the bots' play (a child of `stop`), before their logouts.
+    let auditing = auditor.map(|a| tokio::spawn(a.run(stats.clone(), stop.child_token())));
     let mut bots = tokio::task::JoinSet::new();
     let status = config.status_every.map(|every| {
         let (stats, stop, target) = (stats.clone(), stop.clone(), config.bots);
@@ -159,5 +177,17 @@ pub async fn run_with(
     if let Some(s) = status {
         s.abort();
     }
-    Ok(stats.report(config.bots, connected, duration_s))
+    let mut report = stats.report(config.bots, connected, duration_s);
+    if let Some(auditing) = auditing {
+        match auditing.await {
+            Ok(Some((lost, duplicated))) => {
+                report.lost_entities = Some(lost);
+                report.duplicated_entities = Some(duplicated);
+            }
+            // Nothing could be audited (logged by the auditor): the fields stay absent.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "the audit task failed; no audit in the report"),
+        }
+    }
+    Ok(report)
 }

@@ -92,6 +92,14 @@ struct RunArgs {
     /// Tokio worker threads for the bots (1: a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// World coordinator, `http://host:port`. With it, every zone is audited against the
+    /// bots while they play and the report counts lost and duplicated characters; this host
+    /// must reach the coordinator and every zone at its advertised address.
+    #[arg(long, env = "WORLDMESH_COORDINATOR_URL")]
+    coordinator: Option<String>,
+    /// Secret the zones require (their --cluster-secret), for the audit.
+    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,6 +229,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("cannot resolve gateway {g}"))?;
         gateways.push(addr);
     }
+    let cluster_secret = args.cluster_secret;
+    let audit = args.coordinator.map(|url| (url, cluster_secret));
     let config = worldmesh_load_test::Config {
         gateways,
         bots: args.bots,
@@ -235,6 +245,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             latency: Duration::from_millis(args.latency),
             jitter: Duration::from_millis(args.jitter),
         },
+        audit,
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;

@@ -22,6 +22,9 @@ pub struct Stats {
     /// Full snapshot updates after the first of a session. Every zone change (handoff,
     /// failover) causes one; on a lossy link so do the server's resyncs after lost acks.
     pub handoffs_seen: AtomicU64,
+    /// The longest any bot went without a new snapshot while logged in, microseconds: what a
+    /// player sees of a fault (a hung zone, a lost route, a stalled handoff).
+    pub longest_snapshot_gap_us: AtomicU64,
     /// Input → first snapshot acknowledging it, microseconds.
     rtt_us: Mutex<Histogram<u64>>,
     /// Distance between the client's predicted position and the reconciled one when a
@@ -47,6 +50,7 @@ impl Default for Stats {
             bytes_up: AtomicU64::new(0),
             chats_heard: AtomicU64::new(0),
             handoffs_seen: AtomicU64::new(0),
+            longest_snapshot_gap_us: AtomicU64::new(0),
             // 1 µs to 60 s at 3 significant digits.
             rtt_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -87,6 +91,11 @@ impl Stats {
             .values()
             .copied()
             .collect()
+    }
+
+    pub fn record_snapshot_gap(&self, gap: std::time::Duration) {
+        self.longest_snapshot_gap_us
+            .fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn record_rtt(&self, us: u64) {
@@ -212,6 +221,8 @@ impl Stats {
             handoffs_seen: self.handoffs_seen.load(Ordering::Relaxed),
             correction_error_m: self.correction_m(),
             snapshot_jitter_ms: self.jitter_ms(),
+            longest_snapshot_gap_ms: self.longest_snapshot_gap_us.load(Ordering::Relaxed) as f64
+                / 1000.0,
         }
     }
 }
@@ -245,6 +256,10 @@ impl Report {
             "snapshot interval jitter",
             p(&self.snapshot_jitter_ms, "ms"),
         );
+        row(
+            "longest without a snapshot",
+            format!("{:.0} ms", self.longest_snapshot_gap_ms),
+        );
         row("prediction correction", p(&self.correction_error_m, "m"));
         row(
             "bytes down / up per bot / s",
@@ -254,6 +269,12 @@ impl Report {
             ),
         );
         row("handoffs seen by bots", self.handoffs_seen.to_string());
+        if let (Some(lost), Some(duplicated)) = (self.lost_entities, self.duplicated_entities) {
+            row(
+                "characters lost / duplicated",
+                format!("{lost} / {duplicated}"),
+            );
+        }
         row("chat lines heard", self.chats_heard.to_string());
         row("duration", format!("{:.1} s", self.duration_s));
         t
@@ -301,10 +322,12 @@ pub struct Report {
     /// snapshot. Filled in by `worldmesh local`, which can see inside the zones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff_ms: Option<Percentiles>,
-    /// Bots' characters found in no zone (two audits in a row, one second apart).
+    /// Bots' characters found in no zone (two audits in a row, one second apart). Filled in
+    /// when the bots can see the zones: `worldmesh local`, or `load-test run --coordinator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_entities: Option<u64>,
-    /// Characters simulated by two zones at once (two audits in a row).
+    /// Characters simulated by two zones at once (two audits in a row). Filled in when the
+    /// bots can see the zones: `worldmesh local`, or `load-test run --coordinator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicated_entities: Option<u64>,
     pub bytes_down_per_bot_per_s: f64,
@@ -321,4 +344,8 @@ pub struct Report {
     /// Deviation of the gap between consecutive snapshots from the tick interval.
     #[serde(default)]
     pub snapshot_jitter_ms: Percentiles,
+    /// The longest any bot went without a new snapshot while logged in (a gap still open when
+    /// the run ended counts up to then).
+    #[serde(default)]
+    pub longest_snapshot_gap_ms: f64,
 }

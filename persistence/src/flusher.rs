@@ -8,14 +8,20 @@
 //! from the stream. A crash anywhere replays the pending entries; the upsert's stamp condition
 //! makes replays harmless.
 //!
-//! While SQL is down the flusher backs off (doubling to [`MAX_BACKOFF`]) and the stream grows;
-//! the checkpoint script refuses new batches once it holds `max_backlog` entries.
+//! While SQL or Redis is down the flusher backs off (doubling to [`MAX_BACKOFF`]) and the
+//! stream grows; the checkpoint script refuses new batches once it holds `max_backlog` entries.
+//! Its Redis connection is a [`ConnectionManager`], which reconnects after Redis restarts (a
+//! plain multiplexed connection stays broken for good), and a consumer group lost with Redis's
+//! data is created again.
+//!
+//! The backlog gauges are measured from the stream on every pass, whether or not the flush
+//! succeeds: a flusher that cannot write must show a growing backlog, not the last good value.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -33,7 +39,13 @@ pub const READ_COUNT: usize = 64;
 pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
 /// How long one read waits for new entries.
 const BLOCK: Duration = Duration::from_millis(100);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause between retries. Short: a restarted Redis or SQL is back within seconds, and
+/// every second here is a second of checkpoints that are not yet durable.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the backlog gauges are read from the stream.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// Failed tries of the final pass at shutdown before giving up (the stream keeps the rest).
+const FINAL_PASS_RETRIES: u32 = 10;
 
 /// `WORLDMESH_TEST_FLUSH_ACK_DELAY_MS`: a pause between SQL commit and stream ack, for crash
 /// tests only.
@@ -45,7 +57,7 @@ static ACK_DELAY: std::sync::LazyLock<Option<Duration>> = std::sync::LazyLock::n
 });
 
 pub struct Flusher {
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
     stream: String,
     consumer: String,
     sql: Sql,
@@ -60,43 +72,102 @@ impl Flusher {
         sql: Sql,
     ) -> Result<Self, Error> {
         // Its own connection: blocking reads must not stall the checkpoint path's commands.
-        let mut conn = redis::Client::open(redis_url)?
-            .get_multiplexed_async_connection()
+        let conn = redis::Client::open(redis_url)?
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    // Above the longest blocking read, so a quiet stream is not an error.
+                    .set_response_timeout(Some(BLOCK + Duration::from_secs(2)))
+                    .set_max_delay(Duration::from_secs(1)),
+            )
             .await?;
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = created
-            && !e.to_string().contains("BUSYGROUP")
-        {
-            return Err(e.into());
-        }
-        Ok(Self {
+        let mut flusher = Self {
             conn,
             stream,
             consumer,
             sql,
-        })
+        };
+        flusher.create_group().await?;
+        Ok(flusher)
     }
 
-    /// Runs until `shutdown`, then makes one last pass over what is already in the stream.
+    /// Creates the stream and the consumer group unless they exist.
+    async fn create_group(&mut self) -> Result<(), Error> {
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        match created {
+            Err(e) if !e.to_string().contains("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the backlog gauges from the stream itself: its length (batches acknowledged to
+    /// zones but not yet in SQL) and the age of its oldest entry.
+    async fn measure_backlog(&mut self) -> Result<u64, Error> {
+        let (len, oldest): (u64, StreamRangeReply) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await?;
+        metrics::gauge!("worldmesh_persistence_backlog_batches").set(len as f64);
+        let age_s = oldest
+            .ids
+            .first()
+            .map(|e| unix_ms().saturating_sub(entry_ms(&e.id)) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics::gauge!("worldmesh_persistence_backlog_oldest_seconds").set(age_s);
+        Ok(len)
+    }
+
+    /// Runs until `shutdown`, then makes one last pass over what is already in the stream
+    /// (retried for up to [`FINAL_PASS_RETRIES`] failures, so a Redis that is just restarting
+    /// does not leave the last batches for the next start).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        let mut final_failures = 0;
+        let mut measured_at: Option<std::time::Instant> = None;
         loop {
             let stopping = shutdown.is_cancelled();
+            if measured_at.is_none_or(|t| t.elapsed() >= MEASURE_EVERY) {
+                measured_at = Some(std::time::Instant::now());
+                if let Err(e) = self.measure_backlog().await {
+                    tracing::debug!(error = %e, "cannot measure the checkpoint backlog");
+                }
+            }
             match self.pass(!stopping).await {
                 Ok(0) if stopping => return,
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "flush failed; backing off");
                     metrics::counter!("worldmesh_persistence_flush_errors_total").increment(1);
+                    if e.to_string().contains("NOGROUP") {
+                        // Redis came back without its data (no AOF): the group is gone.
+                        if let Err(e) = self.create_group().await {
+                            tracing::warn!(error = %e, "cannot create the flushers' group again");
+                        }
+                    }
                     if stopping {
-                        return;
+                        final_failures += 1;
+                        if final_failures >= FINAL_PASS_RETRIES {
+                            tracing::error!(
+                                "giving up the final flush; the stream keeps the rest for the next start"
+                            );
+                            return;
+                        }
+                        tokio::time::sleep(backoff.min(Duration::from_millis(500))).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -169,10 +240,7 @@ impl Flusher {
             .await?;
         // Acked but not yet durable, in batches: the gap between the two watermarks.
         metrics::gauge!("worldmesh_persistence_backlog_batches").set(backlog as f64);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_ms();
         metrics::histogram!("worldmesh_persistence_flush_lag_seconds")
             .record(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
         metrics::counter!("worldmesh_persistence_checkpoints_durable_total")
@@ -222,6 +290,13 @@ impl Flusher {
         }
         Ok(reply.claimed)
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The millisecond timestamp of a stream entry id (`<ms>-<seq>`).

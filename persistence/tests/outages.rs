@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use worldmesh_persistence::{Character, Config, Error, Store, testing};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> Duration {
     let started = Instant::now();
     loop {
@@ -67,76 +59,14 @@ fn at(c: &Character, version: u64) -> Character {
     }
 }
 
-struct RedisServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl RedisServer {
-    async fn start(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(c) = redis::Client::open(self.url())
-                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().unwrap();
-            let _ = c.wait().await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_checkpoints_survive_a_redis_restart_with_aof() {
     let base = testing::postgres_base_url();
     let db = testing::fresh_postgres_database(&base)
         .await
         .expect("PostgreSQL must be running");
-    let dir = std::env::temp_dir().join(format!("wm-aof-{}", testing::unique_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut redis = RedisServer {
-        port: free_port(),
-        dir: dir.clone(),
-        child: None,
-    };
-    redis.start().await;
+    let mut redis = testing::RedisServer::start_new().await;
+    let dir = redis.dir.clone();
     let config = Config {
         database_url: db.clone(),
         redis_url: Some(redis.url()),

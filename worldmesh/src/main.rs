@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use worldmesh::cluster::{Cluster, ClusterConfig};
+use worldmesh_load_test::audit::{AuditCounter, ZoneAudit};
 use worldmesh_load_test::bot::Behaviour;
 use worldmesh_load_test::stats::Percentiles;
 
@@ -273,58 +273,26 @@ fn rand_suffix() -> u32 {
         .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
 }
 
-/// Audits the zones against the bots while they play: every second (at the same tick in every
-/// zone) a bot's character must be in exactly one zone. A character simulated by two zones is
-/// duplicated; one in none (not even frozen mid-handoff) is lost. Either must hold for two
-/// audits in a row to count, so a handoff completing between two zones' snapshots of the same
-/// tick is not mistaken for either. Returns (lost, duplicated) distinct characters.
+/// Audits the in-process zones against the bots while they play (the rules are
+/// [`AuditCounter`]'s). Every 100 ms, so that each once-a-second publication is seen soon
+/// after it. Returns (lost, duplicated) distinct characters.
 async fn audit(
     zones: Vec<Arc<worldmesh_zone::driver::Stats>>,
     bots: Arc<worldmesh_load_test::Stats>,
     stop: CancellationToken,
 ) -> (u64, u64) {
-    let mut last_tick = 0;
-    let (mut prev_lost, mut prev_dup) = (BTreeSet::new(), BTreeSet::new());
-    let (mut lost, mut duplicated) = (BTreeSet::new(), BTreeSet::new());
+    let mut counter = AuditCounter::default();
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = every.tick() => {}
         }
-        let snaps: Vec<(u32, Vec<u64>, Vec<u64>)> = zones
+        let snaps: Vec<ZoneAudit> = zones
             .iter()
             .filter_map(|z| z.audit.lock().ok().map(|a| a.clone()))
             .collect();
-        let Some(tick) = snaps.first().map(|s| s.0) else {
-            continue;
-        };
-        if tick == last_tick || snaps.iter().any(|s| s.0 != tick) {
-            continue;
-        }
-        last_tick = tick;
-        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut present = BTreeSet::new();
-        for (_, active, frozen) in &snaps {
-            for id in active {
-                *count.entry(*id).or_default() += 1;
-                present.insert(*id);
-            }
-            present.extend(frozen.iter().copied());
-        }
-        let dup_now: BTreeSet<u64> = count
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(id, _)| id)
-            .collect();
-        let lost_now: BTreeSet<u64> = bots
-            .entities()
-            .into_iter()
-            .filter(|id| !present.contains(id))
-            .collect();
-        duplicated.extend(dup_now.intersection(&prev_dup).copied());
-        lost.extend(lost_now.intersection(&prev_lost).copied());
-        (prev_dup, prev_lost) = (dup_now, lost_now);
+        counter.observe(&snaps, &bots.entities());
     }
-    (lost.len() as u64, duplicated.len() as u64)
+    (counter.lost(), counter.duplicated())
 }

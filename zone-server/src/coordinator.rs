@@ -90,6 +90,7 @@ pub async fn run_session(
             }
             Err(e) => tracing::debug!(error = %e, "cannot open the coordinator session"),
         }
+        let _ = commands.send(Command::SessionDown).await;
         // While disconnected, what the tick thread sends is dropped (it is all repeated).
         let deadline = tokio::time::sleep(RECONNECT);
         tokio::pin!(deadline);

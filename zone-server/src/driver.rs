@@ -89,6 +89,8 @@ pub enum Command {
     Coordinator(ToZone),
     /// The session stream (re)connected: report what this zone holds.
     SessionUp,
+    /// The session stream broke: start no handoff until it is back.
+    SessionDown,
     Map(Arc<coord_pb::WorldMap>),
     /// A restored character loaded from persistence (`None`: it could not be loaded).
     Loaded {
@@ -217,6 +219,7 @@ pub fn spawn(
                 link_gateway: HashMap::new(),
                 pending_acquire: HashMap::new(),
                 resync_at: None,
+                coordinator_up: false,
                 positions: Vec::new(),
                 first_snapshot_due: HashMap::new(),
                 capacity: config.capacity,
@@ -255,6 +258,10 @@ struct Driver {
     pending_acquire: HashMap<u64, PendingJoin>,
     /// While re-syncing: when to repeat the `Holding` report.
     resync_at: Option<Instant>,
+    /// Whether the coordinator session is open. While it is not, characters that cross a
+    /// border stay here, simulated and seen as usual: freezing them for a handoff nobody can
+    /// decide would stop them for the whole outage.
+    coordinator_up: bool,
     positions: Vec<(u64, f32, f32)>,
     /// Handed-in characters whose first snapshot has not gone out yet: freeze time (unix µs).
     first_snapshot_due: HashMap<u64, u64>,
@@ -503,6 +510,9 @@ impl Driver {
     /// Starts a handoff for every character standing [`HANDOFF_HYSTERESIS`] inside a cell
     /// another zone owns.
     fn check_borders(&mut self) {
+        if !self.coordinator_up {
+            return;
+        }
         let Some(map) = self.map.clone() else { return };
         self.sim.character_positions(&mut self.positions);
         let h = HANDOFF_HYSTERESIS;
@@ -634,7 +644,11 @@ impl Driver {
             }
             Command::Coordinator(msg) => self.on_coordinator(msg),
             Command::SessionUp => {
+                self.coordinator_up = true;
                 self.resync_at = Some(Instant::now());
+            }
+            Command::SessionDown => {
+                self.coordinator_up = false;
             }
             Command::Map(map) => {
                 self.near = near_zones(&map, self.zone_id, self.border_margin);
@@ -654,9 +668,18 @@ impl Driver {
                 epoch,
                 character,
             } => {
-                if self.participant.active_epoch(entity) != Some(epoch)
-                    || self.sim.has_character(entity)
-                {
+                if self.participant.active_epoch(entity) != Some(epoch) {
+                    return;
+                }
+                if self.sim.has_character(entity) {
+                    // We still hold a copy (a handoff out of here that the failed zone
+                    // committed but never took up, or a join that raced the load): it is at
+                    // least as new as the checkpoint, so it becomes the live one, with its
+                    // player if it has one.
+                    self.sim.set_epoch(entity, epoch);
+                    self.sim.unfreeze(entity);
+                    tracing::info!(entity, epoch, "character restored from the copy held here");
+                    metrics::counter!("worldmesh_zone_restores_total").increment(1);
                     return;
                 }
                 match character {
@@ -704,6 +727,7 @@ impl Driver {
                 self.participant.clear();
                 self.pending_acquire.clear();
                 self.zone_id = zone_id;
+                self.links.close_all();
                 if let Some(map) = &self.map {
                     self.near = near_zones(map, zone_id, self.border_margin);
                 }

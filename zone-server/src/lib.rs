@@ -11,7 +11,8 @@
 //! - [`sim`]: the sans-IO core: the bevy_ecs world and its systems, stepped by the caller.
 //! - [`driver`]: the tick thread that owns the [`sim::Sim`]: feeds it commands, steps it at the
 //!   tick rate, ships frames to gateway links and checkpoints to persistence.
-//! - [`link`]: the tonic `ZoneLink` service, one task per gateway link.
+//! - [`link`]: the tonic `ZoneLink` service, one task per gateway link, and the audits load
+//!   tests read.
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
 
@@ -301,7 +302,13 @@ pub async fn run(
             "no cluster secret: any process that can reach this zone may open a gateway link"
         );
     }
-    let service = link::LinkService::new(cmd_tx, links.clone(), persistence, stop.clone());
+    let service = link::LinkService::new(
+        cmd_tx,
+        links.clone(),
+        persistence,
+        stats.clone(),
+        stop.clone(),
+    );
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
     // The standard gRPC health service (`grpc.health.v1.Health`, overall status SERVING
     // while the link server runs), for Kubernetes gRPC probes and load balancers.

@@ -3,6 +3,9 @@
 //! Inbound messages become [`Command`]s for the tick thread. Joins first load the character
 //! from persistence (in the link's task, so a join and a later leave of the same player stay
 //! in order). Outbound, each link has a bounded queue ([`LINK_QUEUE`]) fed by the tick thread.
+//!
+//! `Audit` answers with the tick thread's latest published audit ([`crate::driver::Stats`]),
+//! so load tests against a deployed cluster can count lost and duplicated characters.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use worldmesh_protocol::grpc::zone::{
 use worldmesh_protocol::{Input, MAX_CHAT_LEN};
 use worldmesh_runtime::Channel;
 
-use crate::driver::Command;
+use crate::driver::{Command, Stats};
 
 /// Messages queued towards one gateway. One per tick carries all its frames, so 64 is three
 /// seconds of ticks: a gateway that far behind is better served by dropping.
@@ -36,11 +39,29 @@ pub type LinkSender = mpsc::Sender<Result<pb::ZoneToGateway, Status>>;
 #[derive(Default)]
 pub struct Links {
     map: DashMap<u32, LinkSender>,
+    /// Cancelled by [`Links::close_all`]; every link open at that moment ends.
+    closing: std::sync::Mutex<CancellationToken>,
 }
 
 impl Links {
     pub fn get(&self, id: u32) -> Option<LinkSender> {
         self.map.get(&id).map(|s| s.clone())
+    }
+
+    /// Ends every open gateway link. A zone that lost its lease registers as a new zone;
+    /// gateways must reach it under its new id (they open new links from the map), or they
+    /// would take its frames for the old zone's.
+    pub fn close_all(&self) {
+        let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+        closing.cancel();
+        *closing = CancellationToken::new();
+    }
+
+    fn closing(&self) -> CancellationToken {
+        self.closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -62,6 +83,7 @@ pub struct LinkService {
     links: Arc<Links>,
     next_link: AtomicU32,
     persistence: PersistenceClient<Channel>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
 }
 
@@ -70,6 +92,7 @@ impl LinkService {
         commands: mpsc::Sender<Command>,
         links: Arc<Links>,
         persistence: PersistenceClient<Channel>,
+        stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -77,6 +100,7 @@ impl LinkService {
             links,
             next_link: AtomicU32::new(1),
             persistence,
+            stats,
             shutdown,
         }
     }
@@ -128,6 +152,24 @@ impl ZoneLink for LinkService {
         }
         Ok(Response::new(pb::GhostsClosed {}))
     }
+
+    async fn audit(
+        &self,
+        _req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        // Cloned under the lock, which the tick thread takes once per audit period.
+        let (tick, simulated, frozen) = match self.stats.audit.lock() {
+            Ok(a) => a.clone(),
+            // Poisoned only by a tick thread that panicked while publishing: what it left
+            // half-written is no audit.
+            Err(_) => return Err(Status::unavailable("this zone's audit is not published")),
+        };
+        Ok(Response::new(pb::AuditReply {
+            tick,
+            simulated,
+            frozen,
+        }))
+    }
 }
 
 async fn serve_link(
@@ -139,10 +181,12 @@ async fn serve_link(
     mut persistence: PersistenceClient<Channel>,
     shutdown: CancellationToken,
 ) {
+    let closing = links.closing();
     loop {
         let next = tokio::select! {
             // Ending the stream at shutdown lets the server's graceful stop complete.
             _ = shutdown.cancelled() => break,
+            _ = closing.cancelled() => break,
             m = inbound.message() => m,
         };
         let msg = match next {

@@ -25,14 +25,26 @@ pub struct Proc {
     pub child: Child,
     /// The admin port (`/metrics`, `/healthz`, `/readyz`).
     pub admin: std::net::SocketAddr,
+    /// Its gRPC address (`host:port`), for services that have one.
+    pub listen: Option<String>,
 }
 
 impl Proc {
     pub fn start(name: &str, args: &[String], secret: &str) -> Self {
+        Self::start_env(name, args, secret, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables.
+    pub fn start_env(name: &str, args: &[String], secret: &str, env: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}.log"))).expect("log file");
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let listen = args
+            .iter()
+            .position(|a| a == "--listen")
+            .and_then(|i| args.get(i + 1).cloned());
         let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
             .args(args)
+            .envs(env.iter().copied())
             .env("WORLDMESH_CLUSTER_SECRET", secret)
             .env("WORLDMESH_ADMIN_LISTEN", admin.to_string())
             .env("RUST_LOG", "info")
@@ -44,6 +56,7 @@ impl Proc {
             name: name.to_owned(),
             child,
             admin,
+            listen,
         }
     }
 
@@ -176,6 +189,9 @@ pub struct Core {
     pub coordinator: Proc,
     pub persistence: Proc,
     pub zones: Vec<Proc>,
+    coordinator_args: Vec<String>,
+    persistence_args: Vec<String>,
+    restarts: usize,
 }
 
 impl Core {
@@ -199,26 +215,26 @@ impl Core {
         ];
         args.extend(coordinator_args.iter().map(|a| a.to_string()));
         let coordinator = Proc::start("coordinator", &args, &secret);
-        let persistence = Proc::start(
-            "persistence",
-            &[
-                "persistence".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{pport}"),
-                "--database-url".into(),
-                db,
-                "--redis-url".into(),
-                testing::redis_url(),
-                "--redis-prefix".into(),
-                persistence.redis_prefix.clone(),
-                // Tests register many accounts; the cost of hashing is measured apart.
-                "--argon2-memory-kib".into(),
-                "1024".into(),
-                "--argon2-iterations".into(),
-                "1".into(),
-            ],
-            &secret,
-        );
+        let persistence_args: Vec<String> = vec![
+            "persistence".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{pport}"),
+            "--database-url".into(),
+            db,
+            "--redis-url".into(),
+            persistence
+                .redis_url
+                .clone()
+                .unwrap_or_else(testing::redis_url),
+            "--redis-prefix".into(),
+            persistence.redis_prefix.clone(),
+            // Tests register many accounts; the cost of hashing is measured apart.
+            "--argon2-memory-kib".into(),
+            "1024".into(),
+            "--argon2-iterations".into(),
+            "1".into(),
+        ];
+        let persistence = Proc::start("persistence", &persistence_args, &secret);
         let zones: Vec<Proc> = (0..zones)
             .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
             .collect();
@@ -237,7 +253,24 @@ impl Core {
             coordinator,
             persistence,
             zones,
+            coordinator_args: args,
+            persistence_args,
+            restarts: 0,
         }
+    }
+
+    /// Starts the coordinator again on its address (after the test killed it).
+    pub fn restart_coordinator(&mut self) {
+        self.restarts += 1;
+        let name = format!("coordinator-{}", self.restarts);
+        self.coordinator = Proc::start(&name, &self.coordinator_args, &self.secret);
+    }
+
+    /// Starts persistence again on its address (after the test killed it), with `env`.
+    pub fn restart_persistence(&mut self, env: &[(&str, &str)]) {
+        self.restarts += 1;
+        let name = format!("persistence-{}", self.restarts);
+        self.persistence = Proc::start_env(&name, &self.persistence_args, &self.secret, env);
     }
 
     /// A gateway process on `port` (production settings: accounts only), `extra` flags

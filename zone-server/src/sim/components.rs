@@ -62,8 +62,8 @@ pub struct SimSettings {
     pub snapshot_budget_bytes: usize,
 }
 
-/// Being handed to another zone: not simulated, inputs ignored, no snapshots, until the
-/// handoff is decided (see `world_coordinator::handoff`).
+/// Being handed to another zone: not simulated and its inputs' intents ignored until the
+/// handoff is decided (see `world_coordinator::handoff`); its player still gets snapshots.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct Frozen;
 

@@ -84,11 +84,16 @@ pub fn seq_newer(a: u32, b: u32) -> bool {
 #[allow(clippy::type_complexity)]
 pub fn apply_inputs(
     mut players: Query<
-        (&mut InputQueue, &mut Intent, &mut Observer),
-        (With<Player>, Without<super::components::Frozen>),
+        (
+            &mut InputQueue,
+            &mut Intent,
+            &mut Observer,
+            Has<super::components::Frozen>,
+        ),
+        With<Player>,
     >,
 ) {
-    for (mut queue, mut intent, mut observer) in &mut players {
+    for (mut queue, mut intent, mut observer, frozen) in &mut players {
         if queue.queue.is_empty() {
             continue;
         }
@@ -99,6 +104,12 @@ pub fn apply_inputs(
             if newest.is_none_or(|n| seq_newer(input.seq, n.seq)) {
                 newest = Some(input);
             }
+        }
+        // A character frozen for a handoff keeps its view (its acks count) but not its
+        // intent: what it would do is decided where it lands (PROTOCOL.md: inputs sent during
+        // a handoff are dropped).
+        if frozen {
+            continue;
         }
         let Some(input) = newest else { continue };
         if intent.any && !seq_newer(input.seq, intent.last_seq) {

@@ -68,10 +68,11 @@ pub fn build_snapshots(
     mut scratch: ResMut<SnapshotScratch>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<SnapshotStats>,
-    mut observers: Query<
-        (Entity, &Player, &Position, &Intent, &mut Observer),
-        Without<super::components::Frozen>,
-    >,
+    // Frozen characters (mid-handoff) observe too: a handoff normally lasts a tick, but one
+    // waiting for a coordinator that is down may last seconds, and its player must keep seeing
+    // the world. The gateway passes only the routed zone's snapshots, so the source's and the
+    // target's never interleave.
+    mut observers: Query<(Entity, &Player, &Position, &Intent, &mut Observer)>,
 ) {
     let enter = settings.view_radius;
     let leave = settings.view_radius * (1.0 + HYSTERESIS);
