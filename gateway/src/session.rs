@@ -64,6 +64,23 @@ impl Route {
             ack_tick
         }
     }
+
+    /// Routes to `zone`, whose views are new to the client; true if the zone changed.
+    pub fn reroute(&mut self, zone: u64) -> bool {
+        let changed = self.zone != zone;
+        self.zone = zone;
+        self.ack_floor = self.last_tick;
+        changed
+    }
+
+    /// Whether a snapshot of `tick` from `zone` may pass (and, if so, records it).
+    pub fn admit_snapshot(&mut self, zone: u64, tick: u32) -> bool {
+        if self.zone != zone {
+            return false;
+        }
+        self.last_tick = self.last_tick.max(tick);
+        true
+    }
 }
 
 /// What the router needs to reach a session.
@@ -92,22 +109,15 @@ impl SessionHandle {
     /// Routes the player to `zone`, whose views are new to the client (a handoff arrived
     /// there, or a join spawned or attached the character there).
     pub fn reroute(&self, zone: u64) {
-        self.route.send_if_modified(|r| {
-            let changed = r.zone != zone;
-            r.zone = zone;
-            r.ack_floor = r.last_tick;
-            changed
-        });
+        self.route.send_if_modified(|r| r.reroute(zone));
     }
 
     /// Forwards one snapshot datagram of `tick` from `zone` if the player is routed there.
     pub fn forward_snapshot(&self, zone: u64, tick: u32, frame: Bytes, now_ms: u64) -> bool {
         let mut sent = false;
         self.route.send_if_modified(|r| {
-            if r.zone == zone {
-                r.last_tick = r.last_tick.max(tick);
-                sent = true;
-            }
+            sent = r.admit_snapshot(zone, tick);
+            // Not a change the relay loop needs to hear of.
             false
         });
         if sent {
@@ -795,8 +805,30 @@ async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes
 
 #[cfg(test)]
 mod tests {
-    use super::spawn_point;
+    use super::{Route, spawn_point};
     use worldmesh_protocol::grpc::coordinator::SpawnPoint;
+
+    /// The rule that keeps two zones' views of one tick apart: after a zone change, acks of
+    /// ticks the client got before it never reach the new zone.
+    #[test]
+    fn acks_of_an_earlier_zones_views_are_not_passed_on() {
+        let mut r = Route::new(1);
+        assert!(r.admit_snapshot(1, 100));
+        // The source, frozen, sent tick 100; the target attaches.
+        assert!(r.reroute(2));
+        assert!(
+            !r.admit_snapshot(1, 101),
+            "the source's later snapshots are dropped"
+        );
+        assert!(r.admit_snapshot(2, 101));
+        assert_eq!(r.ack(100), 0, "tick 100 is the source's view");
+        assert_eq!(r.ack(99), 0);
+        assert_eq!(r.ack(101), 101, "the target's own views are acked as usual");
+        assert_eq!(Route::new(1).ack(5), 5, "a fresh route passes every ack");
+        // A join at the same zone (a fresh observer there) also starts a new history.
+        assert!(!r.reroute(2));
+        assert_eq!(r.ack(101), 0);
+    }
 
     #[test]
     fn spawn_points_are_stable_and_near_a_spawn() {
