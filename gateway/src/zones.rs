@@ -255,25 +255,12 @@ async fn read_link(
     if gateway.shutdown.is_cancelled() {
         return;
     }
-    let lost: Vec<u64> = gateway
-        .sessions
-        .iter()
-        .filter(|s| s.zone_id() == zone_id)
-        .map(|s| *s.key())
-        .collect();
-    tracing::warn!(
-        zone = zone_id,
-        players = lost.len(),
-        "zone link closed; re-routing its players"
-    );
-    for player_id in lost {
-        relocate(gateway.clone(), player_id, Some(zone_id));
-    }
+    relocate_all(&gateway, zone_id, "its link closed");
 }
 
-/// Relocates every player routed to `zone_id` (a zone that left the map: its lease lapsed and
-/// failover is giving its characters to others, or it deregistered).
-fn relocate_all(gateway: &Arc<Gateway>, zone_id: u64) {
+/// Relocates every player routed to `zone_id`, which is lost: its link closed, or it left the
+/// map (its lease lapsed and failover is giving its characters to others, or it deregistered).
+fn relocate_all(gateway: &Arc<Gateway>, zone_id: u64, why: &str) {
     let lost: Vec<u64> = gateway
         .sessions
         .iter()
@@ -284,7 +271,8 @@ fn relocate_all(gateway: &Arc<Gateway>, zone_id: u64) {
         tracing::warn!(
             zone = zone_id,
             players = lost.len(),
-            "zone left the map; re-routing its players"
+            why,
+            "zone lost; re-routing its players"
         );
     }
     for player_id in lost {
@@ -462,7 +450,8 @@ async fn try_relocate(
 }
 
 /// Keeps a link open to every zone in the map, so a zone that receives one of our players by
-/// handoff can reach the gateway at once.
+/// handoff can reach the gateway at once: on every new map, and every [`RELINK_EVERY`] for a
+/// link that closed meanwhile (a zone that re-registered closes its old links).
 pub async fn link_all_zones(gateway: Arc<Gateway>) {
     let mut coordinator = gateway.coordinator.clone();
     loop {
@@ -474,36 +463,63 @@ pub async fn link_all_zones(gateway: Arc<Gateway>) {
             let mut maps = resp.into_inner();
             // Zones in the last map; a zone missing from the next one has been failed over
             // (or left), even if its links are still open (a hung process keeps its sockets).
-            let mut known: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            let mut known: Vec<(u64, String)> = Vec::new();
+            let mut relink = tokio::time::interval(RELINK_EVERY);
+            relink.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Opening links can take seconds (an unreachable zone): never in this loop's way,
+            // which must see a zone leave the map at once.
+            let mut linking: Option<tokio::task::JoinHandle<()>> = None;
             loop {
                 let next = tokio::select! {
                     _ = gateway.shutdown.cancelled() => return,
-                    m = maps.message() => m,
+                    _ = relink.tick() => None,
+                    m = maps.message() => Some(m),
+                };
+                let Some(next) = next else {
+                    if linking.as_ref().is_none_or(|h| h.is_finished()) {
+                        linking = Some(tokio::spawn(link_missing(gateway.clone(), known.clone())));
+                    }
+                    continue;
                 };
                 let Ok(Some(map)) = next else { break };
-                let now: std::collections::HashSet<u64> =
-                    map.zones.iter().map(|z| z.zone_id).collect();
-                for gone in known.difference(&now) {
+                let now: Vec<(u64, String)> = map
+                    .zones
+                    .into_iter()
+                    .map(|z| (z.zone_id, z.address))
+                    .collect();
+                for (gone, _) in known
+                    .iter()
+                    .filter(|(k, _)| !now.iter().any(|(n, _)| n == k))
+                {
                     // Its link is useless now: inputs sent there would be lost.
                     gateway.zones.links.remove(gone);
-                    relocate_all(&gateway, *gone);
+                    relocate_all(&gateway, *gone, "it left the map");
                 }
                 known = now;
-                for z in map.zones {
-                    if gateway.zones.get(z.zone_id).is_none()
-                        && let Err(e) = gateway
-                            .zones
-                            .get_or_connect(&gateway, z.zone_id, &z.address)
-                            .await
-                    {
-                        tracing::debug!(zone = z.zone_id, error = %e, "cannot open zone link yet");
-                    }
+                if linking.as_ref().is_none_or(|h| h.is_finished()) {
+                    linking = Some(tokio::spawn(link_missing(gateway.clone(), known.clone())));
                 }
             }
         }
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// How often the gateway checks that it has a link to every zone of the map.
+const RELINK_EVERY: Duration = Duration::from_secs(1);
+
+async fn link_missing(gateway: Arc<Gateway>, zones: Vec<(u64, String)>) {
+    for (zone_id, address) in &zones {
+        if gateway.zones.get(*zone_id).is_none()
+            && let Err(e) = gateway
+                .zones
+                .get_or_connect(&gateway, *zone_id, address)
+                .await
+        {
+            tracing::debug!(zone = zone_id, error = %e, "cannot open zone link yet");
         }
     }
 }

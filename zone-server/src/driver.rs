@@ -727,7 +727,6 @@ impl Driver {
                 self.participant.clear();
                 self.pending_acquire.clear();
                 self.zone_id = zone_id;
-                self.links.close_all();
                 if let Some(map) = &self.map {
                     self.near = near_zones(map, zone_id, self.border_margin);
                 }

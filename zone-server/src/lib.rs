@@ -283,6 +283,7 @@ pub async fn run(
         reg_tx.clone(),
         stats.clone(),
         cmd_tx.clone(),
+        links.clone(),
         zone_id.clone(),
         stop.clone(),
     ));
@@ -416,6 +417,7 @@ async fn heartbeat_loop(
     reg_tx: watch::Sender<Registration>,
     stats: Arc<driver::Stats>,
     commands: tokio::sync::mpsc::Sender<driver::Command>,
+    links: Arc<link::Links>,
     zone_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
@@ -443,6 +445,9 @@ async fn heartbeat_loop(
             Ok(r) if r.get_ref().lease_valid => {}
             Ok(_) => {
                 tracing::warn!(zone = reg.zone_id, "lease lost; registering again");
+                // Before registering: a gateway that sees the new registration opens a new
+                // link, which must not be among those closed.
+                links.close_all();
                 if let Ok(Some(new)) =
                     register_with_retry(&mut coordinator, &config, &advertise, &shutdown).await
                 {

@@ -125,6 +125,7 @@ impl ZoneLink for LinkService {
         tokio::spawn(serve_link(
             id,
             inbound,
+            self.links.closing(),
             tx,
             self.commands.clone(),
             self.links.clone(),
@@ -175,13 +176,13 @@ impl ZoneLink for LinkService {
 async fn serve_link(
     link: u32,
     mut inbound: Streaming<pb::GatewayToZone>,
+    closing: CancellationToken,
     tx: LinkSender,
     commands: mpsc::Sender<Command>,
     links: Arc<Links>,
     mut persistence: PersistenceClient<Channel>,
     shutdown: CancellationToken,
 ) {
-    let closing = links.closing();
     loop {
         let next = tokio::select! {
             // Ending the stream at shutdown lets the server's graceful stop complete.

@@ -36,7 +36,15 @@ impl Proc {
 
     /// [`Proc::start`] with extra environment variables.
     pub fn start_env(name: &str, args: &[String], secret: &str, env: &[(&str, &str)]) -> Self {
-        let log = std::fs::File::create(log_dir().join(format!("{name}.log"))).expect("log file");
+        // Tests in one binary share the log directory: never overwrite an earlier process's.
+        let path = (0..)
+            .map(|i| match i {
+                0 => log_dir().join(format!("{name}.log")),
+                i => log_dir().join(format!("{name}.{i}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let log = std::fs::File::create(path).expect("log file");
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let listen = args
             .iter()
