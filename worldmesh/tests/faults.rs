@@ -79,7 +79,7 @@ async fn cluster(spawn: &str) -> (Backend, Core, Proc, u16) {
 }
 
 /// The process of the zone that owns `(x, y)`, and its zone id.
-async fn zone_at<'a>(core: &'a Core, x: f32, y: f32) -> (&'a Proc, u64) {
+async fn zone_at(core: &Core, x: f32, y: f32) -> (&Proc, u64) {
     let mut c = CoordinatorClient::connect(core.coordinator_url.clone())
         .await
         .unwrap();

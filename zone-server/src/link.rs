@@ -173,6 +173,7 @@ impl ZoneLink for LinkService {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_link(
     link: u32,
     mut inbound: Streaming<pb::GatewayToZone>,
