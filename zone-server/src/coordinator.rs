@@ -23,7 +23,7 @@ use worldmesh_protocol::grpc::coordinator::{
 use worldmesh_runtime::Channel;
 
 use crate::Registration;
-use crate::driver::Command;
+use crate::command::Command;
 
 /// Pause between reconnection attempts.
 const RECONNECT: Duration = Duration::from_millis(200);

@@ -25,7 +25,6 @@ use prost::Message;
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use worldmesh_coordinator::handoff::{Event, Participant, ToCoordinator, ToZone};
-use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::persistence::{
     Character, LoadCharacterRequest, persistence_client::PersistenceClient,
@@ -33,6 +32,7 @@ use worldmesh_protocol::grpc::persistence::{
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
 
+use crate::command::Command;
 use crate::link::Links;
 use crate::saver::SaveJob;
 use crate::sim::{Carried, Sim, SimConfig};
@@ -59,57 +59,6 @@ pub const DETACHED_GRACE: Duration = Duration::from_secs(30);
 
 /// How often an unanswered `Holding` report is repeated after (re)connecting.
 const RESYNC_EVERY: Duration = Duration::from_millis(500);
-
-pub enum Command {
-    Spawn {
-        link: u32,
-        player_id: u64,
-        character: Character,
-    },
-    Leave {
-        link: u32,
-        player_id: u64,
-    },
-    Input {
-        player_id: u64,
-        input: Input,
-    },
-    Chat {
-        player_id: u64,
-        text: String,
-    },
-    LinkOpened {
-        link: u32,
-        gateway: String,
-    },
-    LinkClosed {
-        link: u32,
-    },
-    /// A message from the coordinator's session stream.
-    Coordinator(ToZone),
-    /// The session stream (re)connected: report what this zone holds.
-    SessionUp,
-    /// The session stream broke: start no handoff until it is back.
-    SessionDown,
-    Map(Arc<coord_pb::WorldMap>),
-    /// A restored character loaded from persistence (`None`: it could not be loaded).
-    Loaded {
-        entity: u64,
-        epoch: u64,
-        character: Option<Character>,
-    },
-    /// Persistence refused these characters' states as stale: a newer authority exists.
-    Fenced {
-        ids: Vec<(u64, u64)>,
-    },
-    /// The lease was lost and the zone registered again under a new id: everything it held
-    /// belongs to others now.
-    LeaseLost {
-        zone_id: u64,
-    },
-    /// A neighbour's border characters, to show as read-only copies.
-    Ghosts(pb::GhostBatch),
-}
 
 /// A batch of border characters for one neighbour zone, with its address.
 pub struct GhostsOut {

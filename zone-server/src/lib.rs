@@ -9,14 +9,18 @@
 //! # Layout
 //!
 //! - [`sim`]: the sans-IO core: the bevy_ecs world and its systems, stepped by the caller.
+//! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
 //! - [`driver`]: the tick thread that owns the [`sim::Sim`]: feeds it commands, steps it at the
 //!   tick rate, ships frames to gateway links and checkpoints to persistence.
+//! - [`coordinator`]: the zone's session with the coordinator (handoff messages both ways)
+//!   and its map watch.
 //! - [`link`]: the tonic `ZoneLink` service, one task per gateway link, and the audits load
 //!   tests read.
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
 
 pub mod cli;
+pub mod command;
 pub mod coordinator;
 pub mod driver;
 pub mod link;
@@ -416,7 +420,7 @@ async fn heartbeat_loop(
     advertise: String,
     reg_tx: watch::Sender<Registration>,
     stats: Arc<driver::Stats>,
-    commands: tokio::sync::mpsc::Sender<driver::Command>,
+    commands: tokio::sync::mpsc::Sender<command::Command>,
     links: Arc<link::Links>,
     zone_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -453,7 +457,7 @@ async fn heartbeat_loop(
                 {
                     zone_id.store(new.zone_id, Ordering::Relaxed);
                     let _ = commands
-                        .send(driver::Command::LeaseLost {
+                        .send(command::Command::LeaseLost {
                             zone_id: new.zone_id,
                         })
                         .await;

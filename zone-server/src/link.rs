@@ -27,7 +27,8 @@ use worldmesh_protocol::grpc::zone::{
 use worldmesh_protocol::{Input, MAX_CHAT_LEN};
 use worldmesh_runtime::Channel;
 
-use crate::driver::{Command, Stats};
+use crate::command::Command;
+use crate::driver::Stats;
 
 /// Messages queued towards one gateway. One per tick carries all its frames, so 64 is three
 /// seconds of ticks: a gateway that far behind is better served by dropping.

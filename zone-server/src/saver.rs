@@ -37,7 +37,7 @@ pub async fn run(
     mut persistence: PersistenceClient<Channel>,
     mut jobs: mpsc::Receiver<SaveJob>,
     links: Arc<Links>,
-    commands: mpsc::Sender<crate::driver::Command>,
+    commands: mpsc::Sender<crate::command::Command>,
 ) {
     let runtime = tokio::runtime::Handle::current();
     while let Some(first) = jobs.recv().await {
@@ -67,7 +67,7 @@ pub async fn run(
                 .filter(|c| rejected.contains(&c.id))
                 .map(|c| (c.id, c.epoch))
                 .collect();
-            let _ = commands.send(crate::driver::Command::Fenced { ids }).await;
+            let _ = commands.send(crate::command::Command::Fenced { ids }).await;
         }
         for (link, player_id) in leaving {
             crate::link::send_control(

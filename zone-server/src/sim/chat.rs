@@ -1,0 +1,36 @@
+//! Local chat: a line reaches every player within chat range of the speaker.
+
+use super::*;
+
+impl Sim {
+    /// Delivers a chat line to every player within chat range of the speaker (speaker included).
+    pub fn chat(&mut self, player_id: u64, text: String) {
+        let Some(&speaker) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
+            return;
+        };
+        let (Some(&at), Some(from)) = (
+            self.world.get::<Position>(speaker),
+            self.world
+                .get::<CharacterRecord>(speaker)
+                .map(|r| r.name.clone()),
+        ) else {
+            return;
+        };
+        let frame = match codec::encode_to_vec(&ServerMessage::Chat(ChatHeard { from, text })) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let r2 = self.chat_radius * self.chat_radius;
+        let listeners: Vec<(u32, u64)> = {
+            let mut q = self.world.query::<(&Player, &Position)>();
+            q.iter(&self.world)
+                .filter(|(_, p)| (p.x - at.x).powi(2) + (p.y - at.y).powi(2) <= r2)
+                .map(|(pl, _)| (pl.link, pl.player_id))
+                .collect()
+        };
+        let mut outbox = self.world.resource_mut::<Outbox>();
+        for (link, pid) in listeners {
+            outbox.push(link, pid, frame.clone(), true);
+        }
+    }
+}

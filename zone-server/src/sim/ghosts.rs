@@ -1,0 +1,128 @@
+//! Border visibility: read-only ghosts of the characters a neighbouring zone simulates near
+//! our border, and the characters we show it in return. A character handed off stays here as
+//! a ghost of its new zone.
+
+use super::*;
+
+impl Sim {
+    /// Characters simulated here (frozen ones too), for border visibility: (id, x, y,
+    /// heading, speed).
+    pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
+        out.clear();
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, &Position, &Motion), Without<Ghost>>();
+        out.extend(
+            q.iter(&self.world)
+                .filter(|(r, _, _)| r.id < NPC_ID_BASE)
+                .map(|(r, p, m)| (r.id, p.x, p.y, m.heading, m.speed)),
+        );
+    }
+
+    /// Replaces the ghosts shown from zone `from` with `ghosts` (border visibility). A ghost
+    /// of a character simulated here is skipped: the real one wins.
+    pub fn set_ghosts(&mut self, from: u64, tick: u32, ghosts: &[GhostState]) {
+        let fresh: std::collections::HashSet<u64> = ghosts.iter().map(|g| g.0).collect();
+        let stale: Vec<u64> = {
+            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            q.iter(&self.world)
+                .filter(|(r, g)| g.from_zone == from && !fresh.contains(&r.id))
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        for id in stale {
+            self.remove_ghost(id);
+        }
+        for &(id, x, y, heading, speed) in ghosts {
+            if self.entity_of(id).is_some() {
+                continue;
+            }
+            let existing = self.world.resource::<GhostIndex>().0.get(&id).copied();
+            match existing {
+                Some(e) => {
+                    let mut e = self.world.entity_mut(e);
+                    e.insert((
+                        Position { x, y },
+                        Motion { heading, speed },
+                        Ghost {
+                            from_zone: from,
+                            tick,
+                        },
+                    ));
+                }
+                None => {
+                    let e = self
+                        .world
+                        .spawn((
+                            CharacterRecord {
+                                id,
+                                name: String::new(),
+                                epoch: 0,
+                                version: 0,
+                            },
+                            Position { x, y },
+                            Motion { heading, speed },
+                            Ghost {
+                                from_zone: from,
+                                tick,
+                            },
+                        ))
+                        .id();
+                    self.world.resource_mut::<GhostIndex>().0.insert(id, e);
+                }
+            }
+        }
+    }
+
+    /// A character handed to zone `to` stays here as a ghost of it (refreshed by `to`'s
+    /// border batches from the next tick), so observers here never see it blink out.
+    pub fn ghostify(&mut self, id: u64, to: u64) {
+        let Some(entity) = self.world.resource_mut::<CharIndex>().0.remove(&id) else {
+            return;
+        };
+        if let Some(pid) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+        }
+        let tick = self.tick();
+        self.world
+            .entity_mut(entity)
+            .remove::<(
+                Player,
+                snapshot::Observer,
+                input::InputQueue,
+                Intent,
+                Dirty,
+                Frozen,
+                Detached,
+            )>()
+            .insert(Ghost {
+                from_zone: to,
+                tick,
+            });
+        self.world.resource_mut::<GhostIndex>().0.insert(id, entity);
+    }
+
+    pub(super) fn remove_ghost(&mut self, id: u64) {
+        if let Some(e) = self.world.resource_mut::<GhostIndex>().0.remove(&id) {
+            self.world.despawn(e);
+        }
+    }
+
+    /// Drops ghosts not refreshed since `before_tick` (their zone stopped sending).
+    pub fn expire_ghosts(&mut self, before_tick: u32) {
+        let old: Vec<u64> = {
+            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            q.iter(&self.world)
+                .filter(|(_, g)| g.tick < before_tick)
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        for id in old {
+            self.remove_ghost(id);
+        }
+    }
+
+    pub fn ghost_count(&self) -> usize {
+        self.world.resource::<GhostIndex>().0.len()
+    }
+}

@@ -1,0 +1,138 @@
+//! The zone's side of a handoff in the world: characters frozen while the coordinator decides,
+//! unfrozen on abort, removed when they are gone, and arrivals (by handoff or restore) with
+//! what their source carried. The saga itself is `world_coordinator::handoff`.
+
+use super::*;
+
+impl Sim {
+    /// Characters (not NPCs) being simulated, not frozen: (id, x, y). For border checks.
+    pub fn character_positions(&mut self, out: &mut Vec<(u64, f32, f32)>) {
+        out.clear();
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, &Position), (Without<Frozen>, Without<Ghost>)>();
+        out.extend(
+            q.iter(&self.world)
+                .filter(|(r, _)| r.id < NPC_ID_BASE)
+                .map(|(r, p)| (r.id, p.x, p.y)),
+        );
+    }
+
+    /// Stops simulating a character for a handoff and returns its state (with a new
+    /// version) and what travels with it.
+    pub fn freeze(&mut self, id: u64) -> Option<(Character, Carried)> {
+        let entity = self.entity_of(id)?;
+        let character = self.bump_and_read(entity)?;
+        let tick = self.tick();
+        let mut e = self.world.entity_mut(entity);
+        e.insert(Frozen);
+        let intent = e.get::<Intent>().copied().unwrap_or_default();
+        let carried = Carried {
+            player: e.get::<Player>().map(|p| (p.link, p.player_id)),
+            detached: e
+                .get::<Detached>()
+                .map(|d| (d.player_id, d.gateway.clone())),
+            speed: e.get::<Motion>().map_or(0.0, |m| m.speed),
+            intent_heading: intent.heading,
+            intent_speed: intent.speed,
+            last_input_seq: intent.last_seq,
+            last_tick_sent: tick,
+        };
+        Some((character, carried))
+    }
+
+    pub fn unfreeze(&mut self, id: u64) {
+        if let Some(entity) = self.entity_of(id) {
+            self.world.entity_mut(entity).remove::<Frozen>();
+        }
+    }
+
+    /// Removes a character without saving (handed off, or fenced). Returns its player.
+    pub fn remove_character(&mut self, id: u64) -> Option<Option<(u32, u64)>> {
+        let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
+        let player = self
+            .world
+            .get::<Player>(entity)
+            .map(|p| (p.link, p.player_id));
+        if let Some((_, pid)) = player {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+        }
+        self.world.despawn(entity);
+        Some(player)
+    }
+
+    /// Sets the authority epoch a character's checkpoints carry.
+    pub fn set_epoch(&mut self, id: u64, epoch: u64) {
+        if let Some(entity) = self.entity_of(id)
+            && let Some(mut r) = self.world.get_mut::<CharacterRecord>(entity)
+        {
+            r.epoch = epoch;
+        }
+    }
+
+    /// Spawns a character that arrives by handoff or restore, with a player if one is
+    /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise.
+    pub fn spawn_arrival(&mut self, c: &Character, carried: &Carried) -> Spawned {
+        self.remove_ghost(c.id);
+        if let Some(old) = self.entity_of(c.id) {
+            self.remove_character(c.id);
+            let _ = old;
+        }
+        let b = self.world.resource::<SimSettings>().bounds;
+        let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
+        let tick = self.tick();
+        let mut e = self.world.spawn((
+            character_components(c, x, y, carried.speed),
+            Intent {
+                heading: carried.intent_heading,
+                speed: carried.intent_speed,
+                last_seq: carried.last_input_seq,
+                any: carried.last_input_seq != 0,
+            },
+            Dirty(false),
+        ));
+        match (&carried.player, &carried.detached) {
+            (Some((link, player_id)), _) => {
+                e.insert((
+                    Player {
+                        player_id: *player_id,
+                        link: *link,
+                    },
+                    snapshot::Observer::after_handoff(carried.last_tick_sent),
+                    input::InputQueue::default(),
+                ));
+            }
+            (None, Some((player_id, gateway))) => {
+                e.insert(Detached {
+                    player_id: *player_id,
+                    gateway: gateway.clone(),
+                    since: tick,
+                });
+            }
+            (None, None) => {
+                e.insert(Detached {
+                    player_id: 0,
+                    gateway: String::new(),
+                    since: tick,
+                });
+            }
+        }
+        let entity = e.id();
+        self.world
+            .resource_mut::<CharIndex>()
+            .0
+            .insert(c.id, entity);
+        if let Some((_, pid)) = carried.player {
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .insert(pid, entity);
+        }
+        Spawned {
+            entity_id: c.id,
+            x,
+            y,
+            heading: c.heading,
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Who is in the world: players joining (spawned or attached to a character already here),
+//! leaving and waiting detached for their gateway; NPCs; inputs; the ids and checkpoints of
+//! the characters simulated here.
+
+use super::*;
+
+impl Sim {
+    pub fn has_character(&self, id: u64) -> bool {
+        self.entity_of(id).is_some()
+    }
+
+    /// Detached characters waiting for the given gateway: (character id, player id).
+    pub fn detached_for(&mut self, gateway: &str) -> Vec<(u64, u64)> {
+        let mut q = self.world.query::<(&CharacterRecord, &Detached)>();
+        q.iter(&self.world)
+            .filter(|(_, d)| d.gateway == gateway && d.player_id != 0)
+            .map(|(r, d)| (r.id, d.player_id))
+            .collect()
+    }
+
+    /// Attaches a player to a character simulated here (detached, or taken over). Returns
+    /// where it stands and the (link, player) it was taken from, if another player had it.
+    pub fn attach(
+        &mut self,
+        id: u64,
+        link: u32,
+        player_id: u64,
+    ) -> Option<(Spawned, Option<(u32, u64)>)> {
+        let entity = self.entity_of(id)?;
+        let previous = self
+            .world
+            .get::<Player>(entity)
+            .map(|p| (p.link, p.player_id))
+            .filter(|&(_, p)| p != player_id);
+        if let Some((_, old)) = previous {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&old);
+        }
+        let tick = self.tick();
+        self.world.entity_mut(entity).remove::<Detached>().insert((
+            Player { player_id, link },
+            snapshot::Observer::after_handoff(tick),
+            input::InputQueue::default(),
+        ));
+        self.world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .insert(player_id, entity);
+        let pos = *self.world.get::<Position>(entity)?;
+        let heading = self.world.get::<Motion>(entity)?.heading;
+        Some((
+            Spawned {
+                entity_id: id,
+                x: pos.x,
+                y: pos.y,
+                heading,
+            },
+            previous,
+        ))
+    }
+
+    /// Detaches every player of a gateway link that went away, keeping their characters in
+    /// the world for a grace period (the gateway may come back, or re-route them).
+    pub fn detach_link(&mut self, link: u32, gateway: &str) -> usize {
+        let players: Vec<(Entity, u64)> = {
+            let mut q = self.world.query::<(Entity, &Player)>();
+            q.iter(&self.world)
+                .filter(|(_, p)| p.link == link)
+                .map(|(e, p)| (e, p.player_id))
+                .collect()
+        };
+        let tick = self.tick();
+        for &(entity, pid) in &players {
+            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+            self.world
+                .entity_mut(entity)
+                .remove::<(Player, snapshot::Observer, input::InputQueue)>()
+                .insert(Detached {
+                    player_id: pid,
+                    gateway: gateway.to_owned(),
+                    since: tick,
+                });
+        }
+        players.len()
+    }
+
+    /// Detached characters whose grace period is over (detached before `before_tick`):
+    /// despawned, their final states returned for saving.
+    pub fn expire_detached(&mut self, before_tick: u32) -> Vec<Character> {
+        let ids: Vec<u64> = {
+            let mut q = self
+                .world
+                .query_filtered::<(&CharacterRecord, &Detached), Without<Frozen>>();
+            q.iter(&self.world)
+                .filter(|(_, d)| d.since < before_tick)
+                .map(|(r, _)| r.id)
+                .collect()
+        };
+        ids.into_iter()
+            .filter_map(|id| {
+                let entity = self.entity_of(id)?;
+                let c = self.bump_and_read(entity)?;
+                self.remove_character(id);
+                Some(c)
+            })
+            .collect()
+    }
+
+    pub fn player_count(&self) -> usize {
+        self.world.resource::<PlayerIndex>().0.len()
+    }
+
+    pub fn entity_count(&self) -> usize {
+        self.world.entities().len() as usize
+    }
+
+    /// Spawns a player's character. If the character is already in this world (its player
+    /// reconnected before the old session was cleaned up), the live entity is taken over:
+    /// its in-memory state is newer than anything persisted.
+    pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
+        self.remove_ghost(c.id);
+        if let Some(entity) = self.entity_of(c.id) {
+            self.world.entity_mut(entity).remove::<Detached>();
+            if let Some(old) = self.world.get::<Player>(entity).map(|p| p.player_id) {
+                self.world.resource_mut::<PlayerIndex>().0.remove(&old);
+            }
+            // A new client holds nothing yet: a fresh encoder starts it from a full update.
+            self.world.entity_mut(entity).insert((
+                Player { player_id, link },
+                snapshot::Observer::default(),
+                input::InputQueue::default(),
+            ));
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .insert(player_id, entity);
+            let pos = *self
+                .world
+                .get::<Position>(entity)
+                .expect("character has a position");
+            let motion = *self
+                .world
+                .get::<Motion>(entity)
+                .expect("character has motion");
+            return Spawned {
+                entity_id: c.id,
+                x: pos.x,
+                y: pos.y,
+                heading: motion.heading,
+            };
+        }
+        let b = self.world.resource::<SimSettings>().bounds;
+        let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
+        let entity = self
+            .world
+            .spawn((
+                Player { player_id, link },
+                character_components(c, x, y, 0.0),
+                Intent {
+                    heading: c.heading,
+                    ..Intent::default()
+                },
+                Dirty(false),
+                snapshot::Observer::default(),
+                input::InputQueue::default(),
+            ))
+            .id();
+        self.world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .insert(player_id, entity);
+        self.world
+            .resource_mut::<CharIndex>()
+            .0
+            .insert(c.id, entity);
+        Spawned {
+            entity_id: c.id,
+            x,
+            y,
+            heading: c.heading,
+        }
+    }
+
+    /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
+    /// character ids: use [`NPC_ID_BASE`] and up).
+    pub fn spawn_npc(&mut self, id: u64, x: f32, y: f32) {
+        self.world.spawn((
+            npc::Npc::new(id),
+            CharacterRecord {
+                id,
+                name: String::new(),
+                epoch: 0,
+                version: 0,
+            },
+            Position { x, y },
+            Motion::default(),
+            Intent::default(),
+        ));
+    }
+
+    /// Removes a player's character and returns its final state, with a new version, to be
+    /// saved. `None` if the player is not here.
+    pub fn despawn_player(&mut self, player_id: u64) -> Option<Character> {
+        let entity = self
+            .world
+            .resource_mut::<PlayerIndex>()
+            .0
+            .remove(&player_id)?;
+        let state = self.bump_and_read(entity);
+        if let Some(r) = self.world.get::<CharacterRecord>(entity) {
+            let id = r.id;
+            self.world.resource_mut::<CharIndex>().0.remove(&id);
+        }
+        self.world.despawn(entity);
+        state
+    }
+
+    /// Removes every player of a gateway link that went away; returns their final states.
+    pub fn despawn_link(&mut self, link: u32) -> Vec<(u64, Character)> {
+        let players: Vec<u64> = {
+            let mut q = self.world.query::<&Player>();
+            q.iter(&self.world)
+                .filter(|p| p.link == link)
+                .map(|p| p.player_id)
+                .collect()
+        };
+        players
+            .into_iter()
+            .filter_map(|p| self.despawn_player(p).map(|c| (p, c)))
+            .collect()
+    }
+
+    /// Removes every player; returns their final states (shutdown).
+    pub fn despawn_all(&mut self) -> Vec<Character> {
+        let ids: Vec<u64> = self
+            .world
+            .resource::<CharIndex>()
+            .0
+            .keys()
+            .copied()
+            .filter(|&id| id < NPC_ID_BASE)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let entity = self.entity_of(id)?;
+                let c = self.bump_and_read(entity);
+                self.remove_character(id);
+                c
+            })
+            .collect()
+    }
+
+    /// Ids of the characters (not NPCs) in this world.
+    pub fn character_ids(&self) -> Vec<u64> {
+        self.world
+            .resource::<CharIndex>()
+            .0
+            .keys()
+            .copied()
+            .filter(|&id| id < NPC_ID_BASE)
+            .collect()
+    }
+
+    /// Character ids split into (simulated, frozen for a handoff).
+    pub fn character_ids_split(&mut self) -> (Vec<u64>, Vec<u64>) {
+        let mut q = self
+            .world
+            .query_filtered::<(&CharacterRecord, Has<Frozen>), Without<Ghost>>();
+        let (mut active, mut frozen) = (Vec::new(), Vec::new());
+        for (r, is_frozen) in q.iter(&self.world) {
+            if r.id >= NPC_ID_BASE {
+                continue;
+            }
+            if is_frozen {
+                frozen.push(r.id);
+            } else {
+                active.push(r.id);
+            }
+        }
+        (active, frozen)
+    }
+
+    pub fn character_count(&self) -> usize {
+        self.world.resource::<CharIndex>().0.len()
+    }
+
+    /// Queues a player's input for the next tick (bounded; see [`input`]).
+    pub fn push_input(&mut self, player_id: u64, input: Input) {
+        let Some(&entity) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
+            return;
+        };
+        if let Some(mut q) = self.world.get_mut::<input::InputQueue>(entity) {
+            q.push(input);
+        }
+    }
+
+    /// A player's input rejection counts: (flood, stale, speed_hack, teleport).
+    pub fn input_rejections(&self, player_id: u64) -> Option<(u64, u64, u64, u64)> {
+        let &entity = self.world.resource::<PlayerIndex>().0.get(&player_id)?;
+        self.world
+            .get::<input::InputQueue>(entity)
+            .map(|q| (q.flood, q.stale, q.speed_hack, q.teleport))
+    }
+
+    /// States of every character changed since the last checkpoint, each with a new version.
+    pub fn checkpoint(&mut self) -> Vec<Character> {
+        let dirty: Vec<Entity> = {
+            let mut q = self.world.query::<(Entity, &Dirty)>();
+            q.iter(&self.world)
+                .filter(|(_, d)| d.0)
+                .map(|(e, _)| e)
+                .collect()
+        };
+        dirty
+            .into_iter()
+            .filter_map(|e| self.bump_and_read(e))
+            .collect()
+    }
+
+    pub(super) fn bump_and_read(&mut self, entity: Entity) -> Option<Character> {
+        let mut e = self.world.get_entity_mut(entity).ok()?;
+        let pos = *e.get::<Position>()?;
+        let heading = e.get::<Motion>()?.heading;
+        if let Some(mut d) = e.get_mut::<Dirty>() {
+            d.0 = false;
+        }
+        let mut rec = e.get_mut::<CharacterRecord>()?;
+        rec.version += 1;
+        Some(Character {
+            id: rec.id,
+            name: rec.name.clone(),
+            x: pos.x,
+            y: pos.y,
+            heading,
+            epoch: rec.epoch,
+            version: rec.version,
+        })
+    }
+}
