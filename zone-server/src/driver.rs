@@ -167,6 +167,7 @@ pub fn spawn(
                 map: None,
                 link_gateway: HashMap::new(),
                 pending_acquire: HashMap::new(),
+                awaiting_restore: HashMap::new(),
                 resync_at: None,
                 coordinator_up: false,
                 positions: Vec::new(),
@@ -205,6 +206,10 @@ struct Driver {
     link_gateway: HashMap<u32, String>,
     /// Joins waiting for the coordinator to grant authority, by character.
     pending_acquire: HashMap<u64, PendingJoin>,
+    /// Joins for characters failover gave us whose checkpoint is still loading: (link,
+    /// player), attached as soon as it arrives. Asking the coordinator again instead would
+    /// cost a round trip while it is busiest (a failover).
+    awaiting_restore: HashMap<u64, (u32, u64)>,
     /// While re-syncing: when to repeat the `Holding` report.
     resync_at: Option<Instant>,
     /// Whether the coordinator session is open. While it is not, characters that cross a
@@ -618,6 +623,16 @@ impl Driver {
                 character,
             } => {
                 if self.participant.active_epoch(entity) != Some(epoch) {
+                    // No longer ours at that epoch: a player waiting for it looks elsewhere.
+                    if let Some((link, player_id)) = self.awaiting_restore.remove(&entity) {
+                        self.send_control(
+                            link,
+                            Msg::JoinFailed(pb::JoinFailed {
+                                player_id,
+                                reason: "character moved on; retry".into(),
+                            }),
+                        );
+                    }
                     return;
                 }
                 if self.sim.has_character(entity) {
@@ -629,17 +644,30 @@ impl Driver {
                     self.sim.unfreeze(entity);
                     tracing::info!(entity, epoch, "character restored from the copy held here");
                     metrics::counter!("worldmesh_zone_restores_total").increment(1);
-                    return;
-                }
-                match character {
-                    Some(mut c) => {
-                        c.epoch = epoch;
-                        self.sim.spawn_arrival(&c, &Carried::default());
-                        tracing::info!(entity, epoch, "character restored from its checkpoint");
-                        metrics::counter!("worldmesh_zone_restores_total").increment(1);
+                } else {
+                    match character {
+                        Some(mut c) => {
+                            c.epoch = epoch;
+                            self.sim.spawn_arrival(&c, &Carried::default());
+                            tracing::info!(entity, epoch, "character restored from its checkpoint");
+                            metrics::counter!("worldmesh_zone_restores_total").increment(1);
+                        }
+                        None => {
+                            tracing::error!(entity, "restored character could not be loaded");
+                        }
                     }
-                    None => {
-                        tracing::error!(entity, "restored character could not be loaded");
+                }
+                if let Some((link, player_id)) = self.awaiting_restore.remove(&entity) {
+                    if self.sim.has_character(entity) {
+                        self.attach(entity, link, player_id);
+                    } else {
+                        self.send_control(
+                            link,
+                            Msg::JoinFailed(pb::JoinFailed {
+                                player_id,
+                                reason: "character could not be restored; retry".into(),
+                            }),
+                        );
                     }
                 }
             }
@@ -675,6 +703,15 @@ impl Driver {
                 }
                 self.participant.clear();
                 self.pending_acquire.clear();
+                for (_, (link, player_id)) in std::mem::take(&mut self.awaiting_restore) {
+                    self.send_control(
+                        link,
+                        Msg::JoinFailed(pb::JoinFailed {
+                            player_id,
+                            reason: "zone lost its lease; retry".into(),
+                        }),
+                    );
+                }
                 self.zone_id = zone_id;
                 if let Some(map) = &self.map {
                     self.near = near_zones(map, zone_id, self.border_margin);
@@ -694,6 +731,22 @@ impl Driver {
                     Msg::JoinFailed(pb::JoinFailed {
                         player_id,
                         reason: "character is moving between zones; retry".into(),
+                    }),
+                );
+            }
+            return;
+        }
+        if self.participant.active_epoch(id).is_some() {
+            // Ours by failover, its checkpoint still loading (`Command::Loaded` attaches it).
+            if let Some((old_link, old_player)) =
+                self.awaiting_restore.insert(id, (link, player_id))
+                && old_player != player_id
+            {
+                self.send_control(
+                    old_link,
+                    Msg::JoinFailed(pb::JoinFailed {
+                        player_id: old_player,
+                        reason: "superseded by a newer login".into(),
                     }),
                 );
             }
