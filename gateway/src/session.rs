@@ -122,10 +122,16 @@ impl SessionHandle {
         });
         if sent {
             crate::zones::send_datagram(&self.connection, frame);
-            self.last_snapshot_ms
-                .store(now_ms.max(1), std::sync::atomic::Ordering::Relaxed);
+            self.fed_at(now_ms);
         }
         sent
+    }
+
+    /// Starts the starvation watch's count anew at `now_ms` (a snapshot went out, or the
+    /// player was just routed and its zone's first snapshot may take a tick).
+    pub fn fed_at(&self, now_ms: u64) {
+        self.last_snapshot_ms
+            .store(now_ms.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn send_reliable(&self, frame: Bytes) {
@@ -535,10 +541,7 @@ async fn play(
     // without snapshots is looked after by the starvation watch.
     route_rx.mark_unchanged();
     if let Some(s) = gateway.sessions.get(&player_id) {
-        s.last_snapshot_ms.store(
-            gateway.clock_ms().max(1),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        s.fed_at(gateway.clock_ms());
     }
     let mut link = link;
     let result = relay(

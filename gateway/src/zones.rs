@@ -364,11 +364,7 @@ pub fn relocate(gateway: Arc<Gateway>, player_id: u64, lost_zone: Option<u64>) {
         let Some(s) = gateway.sessions.get(&player_id) else {
             return;
         };
-        // The zone's snapshots may take a tick: the starvation watch starts counting anew.
-        s.last_snapshot_ms.store(
-            gateway.clock_ms().max(1),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        s.fed_at(gateway.clock_ms());
         s.relocating
             .store(false, std::sync::atomic::Ordering::Release);
         match outcome {
