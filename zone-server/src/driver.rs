@@ -625,13 +625,7 @@ impl Driver {
                 if self.participant.active_epoch(entity) != Some(epoch) {
                     // No longer ours at that epoch: a player waiting for it looks elsewhere.
                     if let Some((link, player_id)) = self.awaiting_restore.remove(&entity) {
-                        self.send_control(
-                            link,
-                            Msg::JoinFailed(pb::JoinFailed {
-                                player_id,
-                                reason: "character moved on; retry".into(),
-                            }),
-                        );
+                        self.join_failed(link, player_id, "character moved on; retry");
                     }
                     return;
                 }
@@ -661,13 +655,7 @@ impl Driver {
                     if self.sim.has_character(entity) {
                         self.attach(entity, link, player_id);
                     } else {
-                        self.send_control(
-                            link,
-                            Msg::JoinFailed(pb::JoinFailed {
-                                player_id,
-                                reason: "character could not be restored; retry".into(),
-                            }),
-                        );
+                        self.join_failed(link, player_id, "character could not be restored; retry");
                     }
                 }
             }
@@ -704,13 +692,7 @@ impl Driver {
                 self.participant.clear();
                 self.pending_acquire.clear();
                 for (_, (link, player_id)) in std::mem::take(&mut self.awaiting_restore) {
-                    self.send_control(
-                        link,
-                        Msg::JoinFailed(pb::JoinFailed {
-                            player_id,
-                            reason: "zone lost its lease; retry".into(),
-                        }),
-                    );
+                    self.join_failed(link, player_id, "zone lost its lease; retry");
                 }
                 self.zone_id = zone_id;
                 if let Some(map) = &self.map {
@@ -726,13 +708,7 @@ impl Driver {
             if self.participant.active_epoch(id).is_some() {
                 self.attach(id, link, player_id);
             } else {
-                self.send_control(
-                    link,
-                    Msg::JoinFailed(pb::JoinFailed {
-                        player_id,
-                        reason: "character is moving between zones; retry".into(),
-                    }),
-                );
+                self.join_failed(link, player_id, "character is moving between zones; retry");
             }
             return;
         }
@@ -742,24 +718,12 @@ impl Driver {
                 self.awaiting_restore.insert(id, (link, player_id))
                 && old_player != player_id
             {
-                self.send_control(
-                    old_link,
-                    Msg::JoinFailed(pb::JoinFailed {
-                        player_id: old_player,
-                        reason: "superseded by a newer login".into(),
-                    }),
-                );
+                self.join_failed(old_link, old_player, "superseded by a newer login");
             }
             return;
         }
         if self.sim.character_count() >= self.capacity as usize {
-            self.send_control(
-                link,
-                Msg::JoinFailed(pb::JoinFailed {
-                    player_id,
-                    reason: "zone full".into(),
-                }),
-            );
+            self.join_failed(link, player_id, "zone full");
             return;
         }
         let min_epoch = character.epoch;
@@ -772,13 +736,7 @@ impl Driver {
                 sent: Instant::now(),
             },
         ) {
-            self.send_control(
-                old.link,
-                Msg::JoinFailed(pb::JoinFailed {
-                    player_id: old.player_id,
-                    reason: "superseded by a newer login".into(),
-                }),
-            );
+            self.join_failed(old.link, old.player_id, "superseded by a newer login");
         }
         self.to_coordinator(ToCoordinator::Acquire {
             entity: id,
@@ -1042,6 +1000,16 @@ impl Driver {
     /// on the runtime instead of being dropped.
     fn send_control(&self, link: u32, msg: Msg) {
         crate::link::send_control(&self.links, &self.runtime, link, msg);
+    }
+
+    fn join_failed(&self, link: u32, player_id: u64, reason: &str) {
+        self.send_control(
+            link,
+            Msg::JoinFailed(pb::JoinFailed {
+                player_id,
+                reason: reason.into(),
+            }),
+        );
     }
 
     fn save(&mut self, job: SaveJob) {
