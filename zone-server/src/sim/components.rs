@@ -20,6 +20,19 @@ pub struct CharacterRecord {
     pub version: u64,
 }
 
+impl CharacterRecord {
+    /// The record of an entity that is never saved here (an NPC, or a ghost of another
+    /// zone's character): an id and nothing to stamp.
+    pub fn unsaved(id: u64) -> Self {
+        Self {
+            id,
+            name: String::new(),
+            epoch: 0,
+            version: 0,
+        }
+    }
+}
+
 #[derive(Component, Debug, Clone, Copy, PartialEq)]
 pub struct Position {
     pub x: f32,

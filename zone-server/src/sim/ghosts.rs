@@ -54,12 +54,7 @@ impl Sim {
                     let e = self
                         .world
                         .spawn((
-                            CharacterRecord {
-                                id,
-                                name: String::new(),
-                                epoch: 0,
-                                version: 0,
-                            },
+                            CharacterRecord::unsaved(id),
                             Position { x, y },
                             Motion { heading, speed },
                             Ghost {

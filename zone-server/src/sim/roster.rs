@@ -185,12 +185,7 @@ impl Sim {
     pub fn spawn_npc(&mut self, id: u64, x: f32, y: f32) {
         self.world.spawn((
             npc::Npc::new(id),
-            CharacterRecord {
-                id,
-                name: String::new(),
-                epoch: 0,
-                version: 0,
-            },
+            CharacterRecord::unsaved(id),
             Position { x, y },
             Motion::default(),
             Intent::default(),
