@@ -207,20 +207,18 @@ pub async fn handle(
         }
     };
     metrics::counter!("worldmesh_gateway_connections_total").increment(1);
-    let (send, recv) =
-        match tokio::time::timeout(gateway.config.login_timeout, connection.accept_bi()).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                close(
-                    &connection,
-                    None,
-                    Refusal::new(ErrorCode::Timeout, "no control stream"),
-                    peer,
-                )
-                .await;
-                return;
-            }
-        };
+    let Ok(Ok((send, recv))) =
+        tokio::time::timeout(gateway.config.login_timeout, connection.accept_bi()).await
+    else {
+        close(
+            &connection,
+            None,
+            Refusal::new(ErrorCode::Timeout, "no control stream"),
+            peer,
+        )
+        .await;
+        return;
+    };
     let (inbound_tx, mut inbound) = mpsc::channel(16);
     tokio::spawn(read_control(recv, inbound_tx));
     let (control_tx, control_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);

@@ -26,7 +26,7 @@ pub struct Identity {
 impl Identity {
     pub fn load(files: &TlsFiles) -> Result<Self, Error> {
         let chain = CertificateDer::pem_file_iter(&files.cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .and_then(std::iter::Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(|e| {
                 Error::Tls(format!("reading certificate {}: {e}", files.cert.display()))
             })?;

@@ -472,7 +472,10 @@ pub async fn link_all_zones(gateway: Arc<Gateway>) {
                     m = maps.message() => Some(m),
                 };
                 let Some(next) = next else {
-                    if linking.as_ref().is_none_or(|h| h.is_finished()) {
+                    if linking
+                        .as_ref()
+                        .is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
                         linking = Some(tokio::spawn(link_missing(gateway.clone(), known.clone())));
                     }
                     continue;
@@ -492,7 +495,10 @@ pub async fn link_all_zones(gateway: Arc<Gateway>) {
                     relocate_all(&gateway, *gone, "it left the map");
                 }
                 known = now;
-                if linking.as_ref().is_none_or(|h| h.is_finished()) {
+                if linking
+                    .as_ref()
+                    .is_none_or(tokio::task::JoinHandle::is_finished)
+                {
                     linking = Some(tokio::spawn(link_missing(gateway.clone(), known.clone())));
                 }
             }
@@ -543,11 +549,11 @@ pub(crate) fn send_datagram(conn: &quinn::Connection, frame: Bytes) {
         Ok(()) => metrics::counter!("worldmesh_gateway_datagrams_out_total").increment(1),
         Err(quinn::SendDatagramError::TooLarge) => {
             metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "too_large")
-                .increment(1)
+                .increment(1);
         }
         Err(_) => {
             metrics::counter!("worldmesh_gateway_datagrams_dropped_total", "reason" => "connection")
-                .increment(1)
+                .increment(1);
         }
     }
 }

@@ -157,6 +157,7 @@ fn start(
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
     let mut command = Command::new(bin);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(|| {
             // The cluster goes when the bench goes, even on Ctrl-C or SIGKILL (Drop would not

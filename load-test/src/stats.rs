@@ -72,14 +72,14 @@ impl Stats {
     pub fn entity_seen(&self, bot: &str, entity: u64) {
         self.entities
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(bot.to_owned(), entity);
     }
 
     pub fn entity_gone(&self, bot: &str) {
         self.entities
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(bot);
     }
 
@@ -87,7 +87,7 @@ impl Stats {
     pub fn entities(&self) -> Vec<u64> {
         self.entities
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .copied()
             .collect()
@@ -102,7 +102,7 @@ impl Stats {
         let _ = self
             .rtt_us
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(us.clamp(1, 60_000_000));
     }
 
@@ -111,7 +111,7 @@ impl Stats {
         let _ = self
             .correction_mm
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(mm.clamp(1, 10_000_000));
     }
 
@@ -119,7 +119,7 @@ impl Stats {
         let _ = self
             .jitter_us
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(us.clamp(1, 60_000_000));
     }
 
@@ -127,7 +127,9 @@ impl Stats {
     /// jitter): benchmarks call it once the ramp is over.
     pub fn reset_histograms(&self) {
         for h in [&self.rtt_us, &self.correction_mm, &self.jitter_us] {
-            h.lock().unwrap_or_else(|e| e.into_inner()).reset();
+            h.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reset();
         }
     }
 
@@ -144,7 +146,7 @@ impl Stats {
         *self
             .errors_by_reason
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(reason)
             .or_default() += 1;
     }
@@ -206,7 +208,7 @@ impl Stats {
             errors_by_reason: self
                 .errors_by_reason
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
             snapshots_per_bot_per_s: self.snapshots_per_bot_per_s(),
             rtt_ms: self.rtt_ms(),
@@ -283,7 +285,7 @@ impl Report {
 
 /// Percentiles of a histogram, divided by `scale` (its unit per reported unit).
 fn percentiles(h: &Mutex<Histogram<u64>>, scale: f64) -> Percentiles {
-    let h = h.lock().unwrap_or_else(|e| e.into_inner());
+    let h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if h.is_empty() {
         return Percentiles::default();
     }

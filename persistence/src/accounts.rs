@@ -90,7 +90,7 @@ impl Hasher {
     pub fn new(memory_kib: u32, iterations: u32) -> Result<Self, Error> {
         let params = Params::new(memory_kib, iterations, 1, None)
             .map_err(|e| Error::PasswordHash(e.to_string()))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cores)),

@@ -212,7 +212,7 @@ impl Flusher {
                 // Only this service writes the stream; a bad entry is a bug, logged and skipped
                 // rather than blocking every later checkpoint.
                 Err(why) => {
-                    tracing::error!(entry = %e.id, %why, "unreadable checkpoint entry skipped")
+                    tracing::error!(entry = %e.id, %why, "unreadable checkpoint entry skipped");
                 }
             }
         }

@@ -166,7 +166,7 @@ impl Store {
         let task = self
             .flusher
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some((token, handle)) = task {
             token.cancel();

@@ -78,3 +78,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }
+
+/// The process exit code for a service's result: 0, a coordinator error's own code (70: stopped
+/// to resume from SQL; restart it), or 1; the error is logged.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(
+                e.downcast_ref::<crate::Error>()
+                    .map_or(1, crate::Error::exit_code),
+            )
+        }
+    }
+}

@@ -863,11 +863,13 @@ impl Participant {
                     _ if self.is_gone(entity, id.epoch) => false,
                     Some(Held::Prepared { id: p, .. }) if *p == id => true,
                     Some(Held::Prepared { id: p, .. }) if *p > id => false,
-                    Some(Held::Active { epoch: e, .. })
-                    | Some(Held::Frozen {
-                        id: HandoffId { epoch: e, .. },
-                        ..
-                    }) if *e >= epoch => false,
+                    Some(
+                        Held::Active { epoch: e, .. }
+                        | Held::Frozen {
+                            id: HandoffId { epoch: e, .. },
+                            ..
+                        },
+                    ) if *e >= epoch => false,
                     _ => {
                         let ok = accept(entity, &state);
                         if ok {

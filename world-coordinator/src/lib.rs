@@ -81,6 +81,21 @@ pub enum Error {
     Sql(#[from] sqlx::Error),
     #[error("storage: {0}")]
     Storage(#[from] worldmesh_persistence::Error),
+    /// SQL refused an authority write and then could not be read back: memory may hold what
+    /// SQL does not, so the coordinator stops; a restart resumes from SQL, which is safe.
+    #[error("authority cannot be read back from SQL: {0}")]
+    AuthorityUnreadable(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// The process exit code for this error: 70 (`EX_SOFTWARE`, "restart me") when the
+    /// coordinator stopped to resume from SQL, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::AuthorityUnreadable(_) => 70,
+            _ => 1,
+        }
+    }
 }
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled.
@@ -105,24 +120,37 @@ pub async fn run(
     }));
     let state = state::State::load(map, store, published_tx).await?;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(state::REQUEST_QUEUE);
-    let task = tokio::spawn(state.run(req_rx, shutdown.clone()));
+    // Stops the server on shutdown, or when the state task gives up (its error is returned).
+    let stop = shutdown.child_token();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let result = state.run(req_rx, stop.clone()).await;
+            stop.cancel();
+            result
+        }
+    });
     let svc = service::CoordinatorService::new(req_tx, published_rx, config);
     tracing::info!(%addr, "world coordinator listening");
     // State loaded from SQL (or fresh): ready to serve.
     worldmesh_runtime::admin::Readiness::new("coordinator serving").set(true);
     // The standard gRPC health service, SERVING while this server runs.
     let (_health, health_service) = tonic_health::server::health_reporter();
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         // Each request's span continues the caller's trace (the `traceparent` header).
         .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(CoordinatorServer::new(svc))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
+            stop.clone().cancelled_owned(),
         )
-        .await?;
-    task.abort();
+        .await;
+    stop.cancel();
+    if let Ok(Err(e)) = task.await {
+        return Err(e);
+    }
+    served?;
     tracing::info!("world coordinator stopped");
     Ok(())
 }

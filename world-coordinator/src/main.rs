@@ -3,10 +3,10 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     worldmesh_runtime::init_logging("world-coordinator", "info");
     let result = worldmesh_coordinator::cli::run(worldmesh_coordinator::cli::Args::parse()).await;
     // Spans still buffered for the OTLP collector.
     worldmesh_runtime::telemetry::flush().await;
-    result
+    worldmesh_coordinator::cli::exit_code(result)
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use worldmesh_protocol::grpc::coordinator as pb;
 
+use crate::Error;
 use crate::handoff::{self, Action, Coordinator, EntityId, ToCoordinator, ToZone, ZoneId};
 use crate::map::{WorldMap, Zone};
 use crate::store::{Store, ZoneRow};
@@ -106,7 +107,7 @@ impl State {
         mut map: WorldMap,
         store: Option<Store>,
         published: watch::Sender<Arc<Published>>,
-    ) -> Result<Self, sqlx::Error> {
+    ) -> Result<Self, Error> {
         let now_ms = unix_ms();
         let (rows, origin) = match &store {
             Some(s) => {
@@ -138,7 +139,7 @@ impl State {
         let actions = state
             .core
             .reassign_orphans(Instant::now(), state.survivor_fn());
-        state.perform(actions).await;
+        state.perform(actions).await?;
         state.publish();
         Ok(state)
     }
@@ -162,15 +163,21 @@ impl State {
         move |e| (!heirs.is_empty()).then(|| heirs[e as usize % heirs.len()])
     }
 
-    pub async fn run(mut self, mut requests: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+    /// Serves requests until `shutdown`. Ends early only with [`Error::AuthorityUnreadable`]:
+    /// the caller stops the coordinator, and a restart resumes from SQL.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut actions = Vec::new();
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 r = requests.recv() => {
-                    let Some(r) = r else { return };
+                    let Some(r) = r else { return Ok(()) };
                     self.handle(r, &mut actions).await;
                     // Batch whatever else is already waiting into the same transaction.
                     for _ in 0..1024 {
@@ -182,7 +189,7 @@ impl State {
                 }
                 _ = housekeeping.tick() => self.housekeeping(&mut actions).await,
             }
-            self.perform(actions).await;
+            self.perform(actions).await?;
             self.spans.clear();
             self.publish();
         }
@@ -352,9 +359,9 @@ impl State {
     }
 
     /// Writes first, in one transaction; then sends. See the module doc.
-    async fn perform(&mut self, actions: Vec<Action>) {
+    async fn perform(&mut self, actions: Vec<Action>) -> Result<(), Error> {
         if actions.is_empty() {
-            return;
+            return Ok(());
         }
         let mut rows: BTreeMap<EntityId, handoff::Authority> = BTreeMap::new();
         let mut sends = Vec::new();
@@ -389,12 +396,12 @@ impl State {
                     match store.read_row(*entity).await {
                         Ok(row) => self.core.reload(*entity, row),
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot read authority back; exiting so a restart resumes from SQL");
-                            std::process::exit(70);
+                            tracing::error!(error = %e, "cannot read authority back; stopping so a restart resumes from SQL");
+                            return Err(Error::AuthorityUnreadable(e));
                         }
                     }
                 }
-                return;
+                return Ok(());
             }
             metrics::histogram!("worldmesh_coordinator_authority_write_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -421,6 +428,7 @@ impl State {
                 self.sessions.remove(&zone);
             }
         }
+        Ok(())
     }
 
     fn publish(&mut self) {

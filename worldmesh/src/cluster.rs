@@ -79,7 +79,7 @@ pub struct Cluster {
     pub persistence_url: String,
     pub zone_urls: Vec<String>,
     /// Each zone's published counters and audits.
-    pub zone_stats: Vec<std::sync::Arc<worldmesh_zone::driver::Stats>>,
+    pub zone_stats: Vec<std::sync::Arc<worldmesh_zone::zone::Stats>>,
     backend: CancellationToken,
     coordinator_token: CancellationToken,
     coordinator_config: worldmesh_coordinator::Config,

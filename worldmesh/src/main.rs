@@ -83,28 +83,33 @@ struct Local {
     admin_listen: String,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // 1: one current-thread runtime (cheapest per packet for a relay: no cross-thread wake-ups);
     // otherwise a multi-thread runtime with that many workers (0: one per core).
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?,
+            .build(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if n > 0 {
                 b.worker_threads(n);
             }
-            b.enable_all().build()?
+            b.enable_all().build()
         }
     };
-    runtime.block_on(run(args))
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => Err(e.into()),
+    };
+    // A coordinator that stopped to resume from SQL exits 70 (restart me), like its own binary.
+    worldmesh_coordinator::cli::exit_code(result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let log = |service: &str, filter: &str| {
-        worldmesh_runtime::init_logging_with(service, filter, args.log_format)
+        worldmesh_runtime::init_logging_with(service, filter, args.log_format);
     };
     let result = match args.command {
         Command::Local(args) => {
@@ -277,7 +282,7 @@ fn rand_suffix() -> u32 {
 /// [`AuditCounter`]'s). Every 100 ms, so that each once-a-second publication is seen soon
 /// after it. Returns (lost, duplicated) distinct characters.
 async fn audit(
-    zones: Vec<Arc<worldmesh_zone::driver::Stats>>,
+    zones: Vec<Arc<worldmesh_zone::zone::Stats>>,
     bots: Arc<worldmesh_load_test::Stats>,
     stop: CancellationToken,
 ) -> (u64, u64) {
@@ -290,7 +295,12 @@ async fn audit(
         }
         let snaps: Vec<ZoneAudit> = zones
             .iter()
-            .filter_map(|z| z.audit.lock().ok().map(|a| a.clone()))
+            .filter_map(|z| {
+                z.audit
+                    .lock()
+                    .ok()
+                    .map(|a| (a.tick, a.active.clone(), a.frozen.clone()))
+            })
             .collect();
         counter.observe(&snaps, &bots.entities());
     }

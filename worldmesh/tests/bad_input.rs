@@ -41,7 +41,7 @@ async fn assert_closed_with(conn: &quinn::Connection, code: ErrorCode) {
         .expect("closed within 10 s");
     match reason {
         quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(u64::from(c.error_code), code.as_u32() as u64, "close code")
+            assert_eq!(u64::from(c.error_code), code.as_u32() as u64, "close code");
         }
         other => panic!("expected an application close with {code}, got {other}"),
     }

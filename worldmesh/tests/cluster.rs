@@ -118,7 +118,7 @@ async fn zones_refuse_links_without_the_cluster_secret() {
     let endpoint = endpoint();
     match worldmesh_load_test::Session::login(&endpoint, rogue_addr, "intruder").await {
         Err(worldmesh_load_test::ClientError::Kicked { code, .. }) => {
-            assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable)
+            assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable);
         }
         Err(e) => panic!("expected a typed kick, got {e}"),
         Ok(_) => panic!("a gateway without the secret placed a player in a zone"),

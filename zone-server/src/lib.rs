@@ -8,10 +8,13 @@
 //!
 //! # Layout
 //!
-//! - [`sim`]: the sans-IO core: the bevy_ecs world and its systems, stepped by the caller.
+//! - [`zone`]: the sans-IO zone core, [`zone::Zone`]: the simulation, the zone's side of the
+//!   handoff saga, joins, the cell map and border rules. Takes commands and the time, returns
+//!   what must be sent, saved or loaded; no I/O, unit-tested without sockets.
+//! - [`sim`]: the bevy_ecs world and its systems, stepped by the zone core.
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
-//! - [`driver`]: the tick thread that owns the [`sim::Sim`]: feeds it commands, steps it at the
-//!   tick rate, ships frames to gateway links and checkpoints to persistence.
+//! - [`driver`]: the tick thread: keeps the tick schedule, feeds the zone core its commands
+//!   and carries out its outputs (gateway links, coordinator session, saver, loads, ghosts).
 //! - [`coordinator`]: the zone's session with the coordinator (handoff messages both ways)
 //!   and its map watch.
 //! - [`link`]: the tonic `ZoneLink` service, one task per gateway link, and the audits load
@@ -27,6 +30,7 @@ pub mod link;
 pub mod peers;
 pub mod saver;
 pub mod sim;
+pub mod zone;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,7 +83,7 @@ pub struct Config {
     /// saving and dropping them. Off when the whole cluster stops at once.
     pub drain_on_shutdown: bool,
     /// Counters and audits the tick thread publishes (shared with an in-process caller).
-    pub stats: Arc<driver::Stats>,
+    pub stats: Arc<zone::Stats>,
 }
 
 impl Default for Config {
@@ -374,7 +378,7 @@ async fn drain_then_stop(
     mut coordinator: CoordinatorClient<Channel>,
     drain: bool,
     reg: watch::Sender<Registration>,
-    stats: Arc<driver::Stats>,
+    stats: Arc<zone::Stats>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -419,7 +423,7 @@ async fn heartbeat_loop(
     config: Config,
     advertise: String,
     reg_tx: watch::Sender<Registration>,
-    stats: Arc<driver::Stats>,
+    stats: Arc<zone::Stats>,
     commands: tokio::sync::mpsc::Sender<command::Command>,
     links: Arc<link::Links>,
     zone_id: Arc<AtomicU64>,

@@ -4,7 +4,7 @@
 //! from persistence (in the link's task, so a join and a later leave of the same player stay
 //! in order). Outbound, each link has a bounded queue ([`LINK_QUEUE`]) fed by the tick thread.
 //!
-//! `Audit` answers with the tick thread's latest published audit ([`crate::driver::Stats`]),
+//! `Audit` answers with the tick thread's latest published audit ([`crate::zone::Stats`]),
 //! so load tests against a deployed cluster can count lost and duplicated characters.
 
 use std::pin::Pin;
@@ -28,7 +28,7 @@ use worldmesh_protocol::{Input, MAX_CHAT_LEN};
 use worldmesh_runtime::Channel;
 
 use crate::command::Command;
-use crate::driver::Stats;
+use crate::zone::Stats;
 
 /// Messages queued towards one gateway. One per tick carries all its frames, so 64 is three
 /// seconds of ticks: a gateway that far behind is better served by dropping.
@@ -53,7 +53,10 @@ impl Links {
     /// gateways must reach it under its new id (they open new links from the map), or they
     /// would take its frames for the old zone's.
     pub fn close_all(&self) {
-        let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closing = self
+            .closing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         closing.cancel();
         *closing = CancellationToken::new();
     }
@@ -61,7 +64,7 @@ impl Links {
     fn closing(&self) -> CancellationToken {
         self.closing
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
@@ -160,16 +163,16 @@ impl ZoneLink for LinkService {
         _req: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditReply>, Status> {
         // Cloned under the lock, which the tick thread takes once per audit period.
-        let (tick, simulated, frozen) = match self.stats.audit.lock() {
+        let a = match self.stats.audit.lock() {
             Ok(a) => a.clone(),
             // Poisoned only by a tick thread that panicked while publishing: what it left
             // half-written is no audit.
             Err(_) => return Err(Status::unavailable("this zone's audit is not published")),
         };
         Ok(Response::new(pb::AuditReply {
-            tick,
-            simulated,
-            frozen,
+            tick: a.tick,
+            simulated: a.active,
+            frozen: a.frozen,
         }))
     }
 }

@@ -1,6 +1,6 @@
 //! Border visibility between zones: one client stream (`ZoneLink.Ghosts`) to each neighbour,
 //! carrying per-tick batches of the characters this zone simulates near that neighbour's
-//! cells (see `driver::send_ghosts`). Streams open on first use, carry the cluster secret, and
+//! cells (see `zone::Zone::tick`). Streams open on first use, carry the cluster secret, and
 //! reopen after a failure (at most once per [`REOPEN_AFTER`]); batches for a neighbour that
 //! cannot be reached are dropped (the next tick's batch supersedes them anyway).
 
@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_link_client::ZoneLinkClient};
 
-use crate::driver::GhostsOut;
+use crate::zone::GhostsOut;
 
 /// Batches queued towards one neighbour: a few ticks.
 const PEER_QUEUE: usize = 8;

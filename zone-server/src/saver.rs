@@ -27,6 +27,7 @@ pub const SAVE_QUEUE: usize = 256;
 /// Longest pause between two attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+#[derive(Debug)]
 pub struct SaveJob {
     pub characters: Vec<Character>,
     /// (link, player) pairs to answer with `Left` once this job is saved.

@@ -42,7 +42,7 @@ impl Backend {
     pub async fn cleanup(self) {
         match self {
             Backend::Tiered { base_url, db_url } => {
-                testing::drop_postgres_database(&base_url, &db_url).await
+                testing::drop_postgres_database(&base_url, &db_url).await;
             }
             Backend::Embedded { dir } => {
                 let _ = std::fs::remove_dir_all(dir);

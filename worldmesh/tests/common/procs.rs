@@ -27,6 +27,8 @@ pub struct Proc {
     pub admin: std::net::SocketAddr,
     /// Its gRPC address (`host:port`), for services that have one.
     pub listen: Option<String>,
+    /// Its stdout and stderr.
+    pub log: std::path::PathBuf,
 }
 
 impl Proc {
@@ -44,7 +46,7 @@ impl Proc {
             })
             .find(|p| !p.exists())
             .expect("a free log name");
-        let log = std::fs::File::create(path).expect("log file");
+        let log = std::fs::File::create(&path).expect("log file");
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let listen = args
             .iter()
@@ -65,7 +67,21 @@ impl Proc {
             child,
             admin,
             listen,
+            log: path,
         }
+    }
+
+    /// The last `n` lines of its log, for a failing test's message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        format!("--- {} ({}) ---\n{tail}", self.name, self.log.display())
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -144,20 +160,35 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A port for a child process to listen on, free when chosen. Chosen below the kernel's
+/// ephemeral range (32768-60999), from one counter per test binary: a port the kernel hands
+/// out for `bind(0)` or for an outgoing connection (every gRPC, Redis and SQL client makes
+/// them) could be handed out again before the child binds it, and one such collision failed
+/// a CI run with "zones did not register".
+fn free_port(free: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Start where another test binary (run before or after this one) is unlikely to.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    (0..SPAN)
+        .map(|_| (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16)
+        .find(|&p| free(p))
+        .expect("a free port below the ephemeral range")
+}
+
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 pub fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
@@ -221,8 +252,12 @@ impl Core {
             "--database-url".into(),
             db.clone(),
         ];
-        args.extend(coordinator_args.iter().map(|a| a.to_string()));
-        let coordinator = Proc::start("coordinator", &args, &secret);
+        args.extend(
+            coordinator_args
+                .iter()
+                .map(std::string::ToString::to_string),
+        );
+        let mut coordinator = Proc::start("coordinator", &args, &secret);
         let persistence_args: Vec<String> = vec![
             "persistence".into(),
             "--listen".into(),
@@ -242,16 +277,32 @@ impl Core {
             "--argon2-iterations".into(),
             "1".into(),
         ];
-        let persistence = Proc::start("persistence", &persistence_args, &secret);
-        let zones: Vec<Proc> = (0..zones)
+        let mut persistence = Proc::start("persistence", &persistence_args, &secret);
+        let mut zones: Vec<Proc> = (0..zones)
             .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
             .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while live_zones(&coordinator_url).await < zones.len() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "zones did not register"
-            );
+            // A process that died (a port taken meanwhile, a bad flag) fails the test now,
+            // with its log, instead of after the deadline without one.
+            let mut all: Vec<&mut Proc> = vec![&mut coordinator, &mut persistence];
+            all.extend(zones.iter_mut());
+            let dead: Vec<String> = all
+                .iter_mut()
+                .filter_map(|p| p.exited().map(|s| format!("{} exited: {s}", p.name)))
+                .collect();
+            if !dead.is_empty() || tokio::time::Instant::now() >= deadline {
+                let tails: Vec<String> = all.iter().map(|p| p.log_tail(30)).collect();
+                panic!(
+                    "zones did not register ({}):\n{}",
+                    if dead.is_empty() {
+                        "deadline".to_owned()
+                    } else {
+                        dead.join(", ")
+                    },
+                    tails.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Self {
@@ -295,11 +346,16 @@ impl Core {
             "--persistence".into(),
             self.persistence_url.clone(),
         ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let g = Proc::start(name, &args, &self.secret);
+        args.extend(extra.iter().map(std::string::ToString::to_string));
+        let mut g = Proc::start(name, &args, &self.secret);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while g.admin_get("/readyz").await.map(|r| r.0) != Some(200) {
-            assert!(tokio::time::Instant::now() < deadline, "{name} not ready");
+            let exited = g.exited();
+            assert!(
+                exited.is_none() && tokio::time::Instant::now() < deadline,
+                "{name} not ready (exited: {exited:?}):\n{}",
+                g.log_tail(30)
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         g

@@ -16,9 +16,8 @@ impl Sim {
         ) else {
             return;
         };
-        let frame = match codec::encode_to_vec(&ServerMessage::Chat(ChatHeard { from, text })) {
-            Ok(f) => f,
-            Err(_) => return,
+        let Ok(frame) = codec::encode_to_vec(&ServerMessage::Chat(ChatHeard { from, text })) else {
+            return;
         };
         let r2 = self.chat_radius * self.chat_radius;
         let listeners: Vec<(u32, u64)> = {

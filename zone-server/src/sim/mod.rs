@@ -612,7 +612,7 @@ mod tests {
             .entities
             .iter()
             .find(|e| e.id == NPC_ID_BASE)
-            .cloned()
+            .copied()
             .expect("NPC in view");
         let d = ((npc.x - 500.0).powi(2) + (npc.y - 500.0).powi(2)).sqrt();
         assert!(d < 20.0, "the NPC came closer (now {d:.1} m)");

@@ -1,0 +1,1796 @@
+//! The zone core: everything a zone decides, as a state machine without I/O, the way
+//! quinn-proto is to quinn.
+//!
+//! A [`Zone`] owns the [`Sim`], the zone's side of the handoff saga ([`Participant`]), the
+//! joins waiting for the coordinator or for a checkpoint, the cell map and the neighbours near
+//! each cell. The driver ([`crate::driver`]) feeds it [`Command`]s with [`Zone::handle`] and
+//! steps it with [`Zone::tick`], both taking the time as an argument ([`Now`]); neither sends
+//! anything. What must happen — frames to gateway links, messages to the coordinator, saves,
+//! loads, ghost batches — is queued as [`Output`]s the driver takes with
+//! [`Zone::poll_output`] and carries out. So every rule here runs in a unit test or a seeded
+//! simulation with no socket, thread or clock.
+//!
+//! Ticks are numbered from the world's tick origin (the driver keeps the schedule), so every
+//! zone calls the same moment by the same number and a client's snapshot ticks keep growing
+//! when it is handed from zone to zone.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use worldmesh_coordinator::handoff::{Event, Participant, ToCoordinator, ToZone};
+use worldmesh_protocol::grpc::coordinator as coord_pb;
+use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
+
+use crate::command::Command;
+use crate::saver::SaveJob;
+use crate::sim::{Carried, Sim, SimConfig};
+
+/// A character must stand this far inside another zone's cell before it is handed over, so
+/// one walking along a border does not bounce between zones. 5 m is under a second of
+/// running: small enough to be invisible, large enough to absorb jitter.
+pub const HANDOFF_HYSTERESIS: f32 = 5.0;
+
+/// How long a character without a player stays in the world for its player to come back
+/// (gateway failover, reconnect) before it is saved and released.
+pub const DETACHED_GRACE: Duration = Duration::from_secs(30);
+
+/// How often an unanswered `Holding` report or `Acquire` is repeated: a message sent while
+/// the coordinator session is down is lost.
+pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// Ghosts not refreshed for this many ticks are dropped (their zone stopped sending).
+pub const GHOST_TTL_TICKS: u32 = 10;
+
+/// Audit publication period in ticks (one second at 20 Hz).
+pub const AUDIT_EVERY_TICKS: u32 = 20;
+
+/// A batch of border characters for one neighbour zone, with its address.
+#[derive(Debug)]
+pub struct GhostsOut {
+    pub zone_id: u64,
+    pub address: String,
+    pub batch: pb::GhostBatch,
+}
+
+/// The moment a call happens, on both clocks the zone needs: the monotonic one for its own
+/// timers, the wall clock for latencies measured across processes (freeze at the source →
+/// first snapshot here).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub unix_us: u64,
+}
+
+impl Now {
+    /// The current time on both clocks.
+    pub fn system() -> Self {
+        Self {
+            at: Instant::now(),
+            unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+        }
+    }
+
+    /// `d` later on both clocks.
+    pub fn after(self, d: Duration) -> Self {
+        Self {
+            at: self.at + d,
+            unix_us: self.unix_us + d.as_micros() as u64,
+        }
+    }
+}
+
+/// What the zone asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// One tick's frames for one gateway link. Lossy: a link whose queue is full loses them
+    /// (counted); snapshots are superseded next tick anyway.
+    Frames { link: u32, frames: pb::Frames },
+    /// A control message (joined, left, attached, …) that must arrive: when the link's queue
+    /// is full it waits rather than being dropped.
+    Control { link: u32, msg: Msg },
+    /// A message on the coordinator session. Handoff messages are resent until answered, so
+    /// the driver may drop one when its queue is full.
+    ToCoordinator(ToCoordinator),
+    /// Checkpoints (and players to answer `Left` once they are in). Never dropped.
+    Save(SaveJob),
+    /// Load this character's checkpoint (failover gave it to us) and answer with
+    /// [`Command::Loaded`].
+    Load { entity: u64, epoch: u64 },
+    /// Border characters for one neighbour. Lossy: superseded next tick.
+    Ghosts(GhostsOut),
+}
+
+/// Numbers the heartbeat and the cluster report.
+#[derive(Default)]
+pub struct Stats {
+    pub entities: AtomicU32,
+    pub players: AtomicU32,
+    /// Characters (with or without a player) simulated here.
+    pub characters: AtomicU32,
+    /// p99 tick duration over the last second, microseconds (reported in heartbeats).
+    pub tick_p99_us: AtomicU32,
+    pub handoffs_in: AtomicU64,
+    pub handoffs_out: AtomicU64,
+    pub handoffs_aborted: AtomicU64,
+    /// Handoff latencies (freeze at the source → first snapshot from here), microseconds.
+    pub handoff_latency_us: std::sync::Mutex<Vec<u64>>,
+    /// The characters here, published every [`AUDIT_EVERY_TICKS`] at ticks divisible by it
+    /// (the same ticks in every zone), for loss and duplicate audits.
+    pub audit: std::sync::Mutex<Audit>,
+}
+
+/// The characters a zone held at one tick.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    pub tick: u32,
+    /// Simulated and shown to players.
+    pub active: Vec<u64>,
+    /// Frozen for a handoff in flight.
+    pub frozen: Vec<u64>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("players", &self.players)
+            .field("characters", &self.characters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a zone is set up.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    pub sim: SimConfig,
+    pub zone_id: u64,
+    /// Ticks between two checkpoints.
+    pub checkpoint_every: u32,
+    /// Wandering NPCs, spread over the world.
+    pub npcs: usize,
+    /// Most characters simulated here: joins and handoffs beyond it are refused.
+    pub capacity: u32,
+    /// How far across a border a neighbour's characters are shown (the view radius plus its
+    /// hysteresis: as far as any observer here can see).
+    pub border_margin: f32,
+}
+
+/// A join waiting for the coordinator to grant authority.
+struct PendingJoin {
+    link: u32,
+    player_id: u64,
+    character: Character,
+    /// When the `Acquire` was (last) sent: repeated every [`RESYNC_EVERY`] until granted.
+    sent: Instant,
+}
+
+/// A player waiting for its character's checkpoint to load (see [`Zone::handle`]).
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    link: u32,
+    player_id: u64,
+}
+
+/// The zone core (see the module doc).
+pub struct Zone {
+    sim: Sim,
+    participant: Participant,
+    zone_id: u64,
+    capacity: u32,
+    border_margin: f32,
+    checkpoint_every: u32,
+    grace_ticks: u32,
+    tick_rate_hz: u32,
+    stats: Arc<Stats>,
+    out: VecDeque<Output>,
+    map: Option<Arc<coord_pb::WorldMap>>,
+    /// Per cell (row-major): the other zones owning a cell within `border_margin` of it.
+    near: Vec<Vec<(u64, String)>>,
+    link_gateway: HashMap<u32, String>,
+    /// Joins waiting for the coordinator to grant authority, by character.
+    pending_acquire: HashMap<u64, PendingJoin>,
+    /// Joins for characters failover gave us whose checkpoint is still loading, attached as
+    /// soon as it arrives. Asking the coordinator again instead would cost a round trip while
+    /// it is busiest (a failover).
+    awaiting_restore: HashMap<u64, Waiting>,
+    /// While re-syncing: when to repeat the `Holding` report.
+    resync_at: Option<Instant>,
+    /// Whether the coordinator session is open. While it is not, characters that cross a
+    /// border stay here, simulated and seen as usual: freezing them for a handoff nobody can
+    /// decide would stop them for the whole outage.
+    coordinator_up: bool,
+    /// Handed-in characters whose first snapshot has not gone out yet: freeze time (unix µs).
+    first_snapshot_due: HashMap<u64, u64>,
+    /// Ticks of the last checkpoint and the last once-a-second housekeeping.
+    last_checkpoint: Option<u32>,
+    last_housekeeping: Option<u32>,
+    positions: Vec<(u64, f32, f32)>,
+    ghost_scratch: Vec<crate::sim::GhostState>,
+    /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
+    ghosted: Vec<(u64, String)>,
+}
+
+impl Zone {
+    pub fn new(config: &ZoneConfig, stats: Arc<Stats>) -> Self {
+        let mut sim = Sim::new(&config.sim);
+        let b = config.sim.bounds;
+        for i in 0..config.npcs {
+            // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
+            let (fx, fy) = (
+                (i as f32 * 0.618_034).fract(),
+                (i as f32 * 0.754_877_7).fract(),
+            );
+            let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
+            sim.spawn_npc(
+                id,
+                b.min_x + fx * (b.max_x - b.min_x),
+                b.min_y + fy * (b.max_y - b.min_y),
+            );
+        }
+        let hz = config.sim.tick_rate_hz.max(1);
+        Self {
+            sim,
+            participant: Participant::default(),
+            zone_id: config.zone_id,
+            capacity: config.capacity,
+            border_margin: config.border_margin,
+            checkpoint_every: config.checkpoint_every.max(1),
+            grace_ticks: (DETACHED_GRACE.as_secs_f64() * hz as f64) as u32,
+            tick_rate_hz: hz,
+            stats,
+            out: VecDeque::new(),
+            map: None,
+            near: Vec::new(),
+            link_gateway: HashMap::new(),
+            pending_acquire: HashMap::new(),
+            awaiting_restore: HashMap::new(),
+            resync_at: None,
+            coordinator_up: false,
+            first_snapshot_due: HashMap::new(),
+            last_checkpoint: None,
+            last_housekeeping: None,
+            positions: Vec::new(),
+            ghost_scratch: Vec::new(),
+            ghosted: Vec::new(),
+        }
+    }
+
+    /// The next thing to do, in the order it was decided.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The simulation, to inspect.
+    pub fn sim(&self) -> &Sim {
+        &self.sim
+    }
+
+    /// The zone's side of the handoff saga, to inspect.
+    pub fn participant(&self) -> &Participant {
+        &self.participant
+    }
+
+    /// The id this zone is registered under (it changes when a lost lease is re-registered).
+    pub fn zone_id(&self) -> u64 {
+        self.zone_id
+    }
+
+    /// One tick at `tick` (numbered from the world's tick origin): step the simulation, ship
+    /// its frames, start handoffs for characters across a border, show border characters to
+    /// neighbours, repeat what the coordinator has not answered, and — on their schedules —
+    /// checkpoint, publish the audit and expire what timed out.
+    pub fn tick(&mut self, now: Now, tick: u32) {
+        // The schedules start at the first tick.
+        let last_checkpoint = *self.last_checkpoint.get_or_insert(tick.saturating_sub(1));
+        let last_housekeeping = *self.last_housekeeping.get_or_insert(tick.saturating_sub(1));
+        self.sim.step_at(tick);
+        self.ship_frames(now);
+        self.check_borders(now);
+        self.send_ghosts(tick);
+        for m in self.participant.on_tick(now.at) {
+            self.tell_coordinator(m);
+        }
+        let mut repeat = Vec::new();
+        for (&entity, p) in self.pending_acquire.iter_mut() {
+            if now.at.duration_since(p.sent) >= RESYNC_EVERY {
+                p.sent = now.at;
+                repeat.push(ToCoordinator::Acquire {
+                    entity,
+                    min_epoch: p.character.epoch,
+                });
+            }
+        }
+        for m in repeat {
+            self.tell_coordinator(m);
+        }
+        if let Some(at) = self.resync_at
+            && now.at >= at
+        {
+            self.resync_at = Some(now.at + RESYNC_EVERY);
+            let holding = self.participant.holding();
+            self.tell_coordinator(holding);
+        }
+        if tick.wrapping_sub(last_checkpoint) >= self.checkpoint_every {
+            self.last_checkpoint = Some(tick);
+            let batch = self.sim.checkpoint();
+            if !batch.is_empty() {
+                self.save(SaveJob {
+                    characters: batch,
+                    leaving: Vec::new(),
+                });
+            }
+        }
+        if tick.is_multiple_of(AUDIT_EVERY_TICKS) {
+            self.publish_audit(tick);
+        }
+        if tick.wrapping_sub(last_housekeeping) >= self.tick_rate_hz {
+            self.last_housekeeping = Some(tick);
+            self.sim.expire_ghosts(tick.saturating_sub(GHOST_TTL_TICKS));
+            self.expire_detached(tick.saturating_sub(self.grace_ticks));
+        }
+        let s = &self.stats;
+        s.players
+            .store(self.sim.player_count() as u32, Ordering::Relaxed);
+        s.entities
+            .store(self.sim.entity_count() as u32, Ordering::Relaxed);
+        s.characters
+            .store(self.sim.character_ids().len() as u32, Ordering::Relaxed);
+    }
+
+    /// Handles one command from the tasks around the zone (gateway links, the coordinator
+    /// session, the map watch, the saver, loads).
+    pub fn handle(&mut self, now: Now, cmd: Command) {
+        match cmd {
+            Command::Spawn {
+                link,
+                player_id,
+                character,
+            } => self.join(now, link, player_id, character),
+            Command::Leave { link, player_id } => match self.sim.despawn_player(player_id) {
+                Some(c) => {
+                    self.release(c.id);
+                    self.save(SaveJob {
+                        characters: vec![c],
+                        leaving: vec![(link, player_id)],
+                    });
+                }
+                None => self.control(
+                    link,
+                    Msg::Left(pb::Left {
+                        player_id,
+                        saved: true,
+                    }),
+                ),
+            },
+            Command::Input { player_id, input } => self.sim.push_input(player_id, input),
+            Command::Chat { player_id, text } => self.sim.chat(player_id, text),
+            Command::LinkOpened { link, gateway } => {
+                // Characters handed in for this gateway's players before its link existed: the
+                // gateway still routes them elsewhere, so tell it (Attached, as on handoff).
+                for (id, player_id) in self.sim.detached_for(&gateway) {
+                    if self.sim.attach(id, link, player_id).is_some() {
+                        self.attached(link, player_id, id);
+                    }
+                }
+                self.link_gateway.insert(link, gateway);
+            }
+            Command::LinkClosed { link } => {
+                let gateway = self.link_gateway.remove(&link).unwrap_or_default();
+                let n = self.sim.detach_link(link, &gateway);
+                if n > 0 {
+                    tracing::info!(
+                        link,
+                        players = n,
+                        "gateway link closed; its characters wait for their players"
+                    );
+                }
+            }
+            Command::Coordinator(msg) => self.on_coordinator(now, msg),
+            Command::SessionUp => {
+                self.coordinator_up = true;
+                self.resync_at = Some(now.at);
+            }
+            Command::SessionDown => self.coordinator_up = false,
+            Command::Map(map) => {
+                self.near = near_zones(&map, self.zone_id, self.border_margin);
+                self.map = Some(map);
+            }
+            Command::Ghosts(batch) => {
+                let ghosts: Vec<crate::sim::GhostState> = batch
+                    .ghosts
+                    .iter()
+                    .map(|g| (g.id, g.x, g.y, g.heading, g.speed))
+                    .collect();
+                let tick = self.sim.tick();
+                self.sim.set_ghosts(batch.from_zone, tick, &ghosts);
+            }
+            Command::Loaded {
+                entity,
+                epoch,
+                character,
+            } => self.loaded(entity, epoch, character),
+            Command::Fenced { ids } => {
+                for (id, epoch) in ids {
+                    // Only if the refused state was written at the epoch we still hold.
+                    if self.participant.active_epoch(id) != Some(epoch) {
+                        continue;
+                    }
+                    tracing::warn!(
+                        entity = id,
+                        "persistence holds a newer epoch; dropping our copy"
+                    );
+                    let _ = self.participant.on_message(
+                        now.at,
+                        ToZone::Revoke {
+                            entity: id,
+                            epoch: u64::MAX,
+                        },
+                        |_, _| false,
+                    );
+                    self.drop_character(id);
+                }
+            }
+            Command::LeaseLost { zone_id } => {
+                tracing::warn!(
+                    old = self.zone_id,
+                    new = zone_id,
+                    "lease lost: dropping every character (others own them now)"
+                );
+                for id in self.sim.character_ids() {
+                    self.drop_character(id);
+                }
+                self.participant.clear();
+                self.pending_acquire.clear();
+                for (_, w) in std::mem::take(&mut self.awaiting_restore) {
+                    self.join_failed(w.link, w.player_id, "zone lost its lease; retry");
+                }
+                self.zone_id = zone_id;
+                if let Some(map) = &self.map {
+                    self.near = near_zones(map, zone_id, self.border_margin);
+                }
+            }
+        }
+    }
+
+    /// Shutdown: despawn and save everyone, releasing them to the coordinator.
+    pub fn stop(&mut self) {
+        let mut all = self.sim.checkpoint();
+        all.extend(self.sim.despawn_all());
+        for c in &all {
+            self.release(c.id);
+        }
+        if !all.is_empty() {
+            self.save(SaveJob {
+                characters: all,
+                leaving: Vec::new(),
+            });
+        }
+    }
+
+    fn join(&mut self, now: Now, link: u32, player_id: u64, character: Character) {
+        let id = character.id;
+        if self.sim.has_character(id) {
+            if self.participant.active_epoch(id).is_some() {
+                self.attach(id, link, player_id);
+            } else {
+                self.join_failed(link, player_id, "character is moving between zones; retry");
+            }
+            return;
+        }
+        if self.participant.active_epoch(id).is_some() {
+            // Ours by failover, its checkpoint still loading (`Command::Loaded` attaches it).
+            if let Some(old) = self
+                .awaiting_restore
+                .insert(id, Waiting { link, player_id })
+                && old.player_id != player_id
+            {
+                self.join_failed(old.link, old.player_id, "superseded by a newer login");
+            }
+            return;
+        }
+        if self.sim.character_count() >= self.capacity as usize {
+            self.join_failed(link, player_id, "zone full");
+            return;
+        }
+        let min_epoch = character.epoch;
+        if let Some(old) = self.pending_acquire.insert(
+            id,
+            PendingJoin {
+                link,
+                player_id,
+                character,
+                sent: now.at,
+            },
+        ) {
+            self.join_failed(old.link, old.player_id, "superseded by a newer login");
+        }
+        self.tell_coordinator(ToCoordinator::Acquire {
+            entity: id,
+            min_epoch,
+        });
+    }
+
+    /// A checkpoint asked for by [`Output::Load`] arrived (or could not be read).
+    fn loaded(&mut self, entity: u64, epoch: u64, character: Option<Character>) {
+        if self.participant.active_epoch(entity) != Some(epoch) {
+            // No longer ours at that epoch: a player waiting for it looks elsewhere.
+            if let Some(w) = self.awaiting_restore.remove(&entity) {
+                self.join_failed(w.link, w.player_id, "character moved on; retry");
+            }
+            return;
+        }
+        if self.sim.has_character(entity) {
+            // We still hold a copy (a handoff out of here that the failed zone committed but
+            // never took up, or a join that raced the load): it is at least as new as the
+            // checkpoint, so it becomes the live one, with its player if it has one.
+            self.sim.set_epoch(entity, epoch);
+            self.sim.unfreeze(entity);
+            tracing::info!(entity, epoch, "character restored from the copy held here");
+            metrics::counter!("worldmesh_zone_restores_total").increment(1);
+        } else if let Some(mut c) = character {
+            c.epoch = epoch;
+            self.sim.spawn_arrival(&c, &Carried::default());
+            tracing::info!(entity, epoch, "character restored from its checkpoint");
+            metrics::counter!("worldmesh_zone_restores_total").increment(1);
+        } else {
+            tracing::error!(entity, "restored character could not be loaded");
+        }
+        if let Some(w) = self.awaiting_restore.remove(&entity) {
+            if self.sim.has_character(entity) {
+                self.attach(entity, w.link, w.player_id);
+            } else {
+                self.join_failed(
+                    w.link,
+                    w.player_id,
+                    "character could not be restored; retry",
+                );
+            }
+        }
+    }
+
+    fn attach(&mut self, id: u64, link: u32, player_id: u64) {
+        if let Some((s, previous)) = self.sim.attach(id, link, player_id) {
+            if let Some((old_link, old_player)) = previous {
+                tracing::info!(
+                    entity = id,
+                    old_player,
+                    player_id,
+                    "character taken over by a newer login"
+                );
+                self.control(
+                    old_link,
+                    Msg::Evicted(pb::Evicted {
+                        player_id: old_player,
+                    }),
+                );
+            }
+            self.joined(link, player_id, s);
+        }
+    }
+
+    fn joined(&mut self, link: u32, player_id: u64, s: crate::sim::Spawned) {
+        self.control(
+            link,
+            Msg::Joined(pb::Joined {
+                player_id,
+                entity_id: s.entity_id,
+                x: s.x,
+                y: s.y,
+                heading: s.heading,
+            }),
+        );
+    }
+
+    fn attached(&mut self, link: u32, player_id: u64, entity_id: u64) {
+        let zone_id = self.zone_id;
+        self.control(
+            link,
+            Msg::Attached(pb::Attached {
+                player_id,
+                entity_id,
+                zone_id,
+            }),
+        );
+    }
+
+    /// Removes a character we no longer own; its player is told to look elsewhere.
+    fn drop_character(&mut self, id: u64) {
+        if let Some(Some((link, player_id))) = self.sim.remove_character(id) {
+            self.control(
+                link,
+                Msg::Left(pb::Left {
+                    player_id,
+                    saved: false,
+                }),
+            );
+        }
+    }
+
+    /// Saves and releases characters whose player has been gone since `before` (a tick).
+    fn expire_detached(&mut self, before: u32) {
+        let expired = self.sim.expire_detached(before);
+        if expired.is_empty() {
+            return;
+        }
+        tracing::info!(
+            characters = expired.len(),
+            "detached characters' grace period over; saving and releasing them"
+        );
+        for c in &expired {
+            self.release(c.id);
+        }
+        self.save(SaveJob {
+            characters: expired,
+            leaving: Vec::new(),
+        });
+    }
+
+    fn publish_audit(&mut self, tick: u32) {
+        let (active, frozen) = self.sim.character_ids_split();
+        if let Ok(mut a) = self.stats.audit.lock() {
+            *a = Audit {
+                tick,
+                active,
+                frozen,
+            };
+        }
+    }
+
+    fn on_coordinator(&mut self, now: Now, msg: ToZone) {
+        // Handoff messages continue the handoff's trace (started by the source zone).
+        let span = match &msg {
+            ToZone::Prepare {
+                id,
+                entity,
+                from,
+                trace,
+                ..
+            } => {
+                let span = tracing::info_span!(
+                    "zone.handoff",
+                    otel.name = "zone.handoff.prepare",
+                    zone = self.zone_id,
+                    entity,
+                    from,
+                    handoff = %id,
+                );
+                worldmesh_runtime::telemetry::follow(&span, trace);
+                span
+            }
+            ToZone::Decided {
+                id,
+                entity,
+                outcome,
+                trace,
+            } => {
+                let span = tracing::info_span!(
+                    "zone.handoff",
+                    otel.name = "zone.handoff.decided",
+                    zone = self.zone_id,
+                    entity,
+                    outcome = ?outcome,
+                    handoff = %id,
+                );
+                worldmesh_runtime::telemetry::follow(&span, trace);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let _entered = span.enter();
+        let map = self.map.clone();
+        let me = self.zone_id;
+        let room = self.sim.character_count() < self.capacity as usize;
+        let (events, replies) = self.participant.on_message(now.at, msg, |_, state| {
+            // Take an entity only if it stands in a cell we own, and we have room.
+            let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
+                return false;
+            };
+            let Some(c) = s.character else { return false };
+            room && map
+                .as_ref()
+                .is_none_or(|m| owner_at(m, c.x, c.y) == Some(me))
+        });
+        for r in replies {
+            self.tell_coordinator(r);
+        }
+        for ev in events {
+            match ev {
+                Event::Activate {
+                    entity,
+                    epoch,
+                    state: Some(state),
+                } => self.activate(entity, epoch, &state),
+                // Failover: restore from the last checkpoint.
+                Event::Activate {
+                    entity,
+                    epoch,
+                    state: None,
+                } => self.out.push_back(Output::Load { entity, epoch }),
+                Event::HandedOff { entity, to } => {
+                    self.sim.ghostify(entity, to);
+                    self.stats.handoffs_out.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "out")
+                        .increment(1);
+                    tracing::debug!(entity, to, "handed off");
+                }
+                Event::Unfreeze { entity } => {
+                    self.sim.unfreeze(entity);
+                    self.stats.handoffs_aborted.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "aborted")
+                        .increment(1);
+                }
+                Event::Dropped { entity } => self.drop_character(entity),
+                Event::Granted { entity, epoch } => {
+                    let Some(mut p) = self.pending_acquire.remove(&entity) else {
+                        // Nobody waits for it any more: give it straight back.
+                        self.release(entity);
+                        continue;
+                    };
+                    p.character.epoch = epoch;
+                    let s = self.sim.spawn_player(p.link, p.player_id, &p.character);
+                    self.sim.set_epoch(entity, epoch);
+                    tracing::debug!(player = p.player_id, entity, epoch, "player spawned");
+                    self.joined(p.link, p.player_id, s);
+                }
+            }
+        }
+    }
+
+    /// A handed-in character goes live here: spawn it, and route its player to us.
+    fn activate(&mut self, entity: u64, epoch: u64, state: &Bytes) {
+        let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
+            tracing::error!(entity, "undecodable handoff state");
+            return;
+        };
+        let Some(mut character) = s.character else {
+            return;
+        };
+        character.epoch = epoch;
+        let link = self
+            .link_gateway
+            .iter()
+            .find(|(_, g)| **g == s.gateway)
+            .map(|(l, _)| *l);
+        let carried = Carried {
+            player: (s.player_id != 0)
+                .then_some(())
+                .and(link)
+                .map(|l| (l, s.player_id)),
+            detached: (s.player_id != 0 && link.is_none())
+                .then(|| (s.player_id, s.gateway.clone())),
+            speed: s.speed,
+            intent_heading: s.intent_heading,
+            intent_speed: s.intent_speed,
+            last_input_seq: s.last_input_seq,
+            last_tick_sent: s.last_tick_sent,
+        };
+        self.sim.spawn_arrival(&character, &carried);
+        self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "in").increment(1);
+        if let Some((link, player_id)) = carried.player {
+            self.first_snapshot_due
+                .insert(player_id, s.frozen_at_unix_us);
+            self.attached(link, player_id, entity);
+        }
+    }
+
+    /// Groups this tick's frames by link into one [`Output::Frames`] per link.
+    fn ship_frames(&mut self, now: Now) {
+        let tick = self.sim.tick();
+        let mut by_link: HashMap<u32, Vec<pb::PlayerFrame>> = HashMap::new();
+        for f in self.sim.take_outbox() {
+            if !f.reliable
+                && let Some(frozen_at) = self.first_snapshot_due.remove(&f.player_id)
+            {
+                let us = now.unix_us.saturating_sub(frozen_at);
+                metrics::histogram!("worldmesh_zone_handoff_latency_seconds")
+                    .record(us as f64 / 1e6);
+                if let Ok(mut l) = self.stats.handoff_latency_us.lock() {
+                    l.push(us);
+                }
+            }
+            by_link.entry(f.link).or_default().push(pb::PlayerFrame {
+                player_id: f.player_id,
+                frame: f.frame.into(),
+                reliable: f.reliable,
+            });
+        }
+        for (link, frames) in by_link {
+            self.out.push_back(Output::Frames {
+                link,
+                frames: pb::Frames { tick, frames },
+            });
+        }
+    }
+
+    /// Starts a handoff for every character standing [`HANDOFF_HYSTERESIS`] inside a cell
+    /// another zone owns.
+    fn check_borders(&mut self, now: Now) {
+        if !self.coordinator_up {
+            return;
+        }
+        let Some(map) = self.map.clone() else { return };
+        self.sim.character_positions(&mut self.positions);
+        let me = Some(self.zone_id);
+        let mut moves = Vec::new();
+        for &(id, x, y) in &self.positions {
+            let Some(to) = owner_at(&map, x, y).filter(|&z| Some(z) != me) else {
+                continue;
+            };
+            let h = HANDOFF_HYSTERESIS;
+            if [(x + h, y), (x - h, y), (x, y + h), (x, y - h)]
+                .iter()
+                .any(|&(px, py)| owner_at(&map, px, py) == me)
+            {
+                continue;
+            }
+            if self.participant.active_epoch(id).is_some() {
+                moves.push((id, to));
+            }
+        }
+        for (id, to) in moves {
+            self.hand_over(now, id, to);
+        }
+    }
+
+    /// Freezes a character and asks the coordinator to move it to `to`.
+    fn hand_over(&mut self, now: Now, id: u64, to: u64) {
+        let Some((character, carried)) = self.sim.freeze(id) else {
+            return;
+        };
+        let gateway = carried
+            .player
+            .and_then(|(link, _)| self.link_gateway.get(&link).cloned())
+            .or_else(|| carried.detached.as_ref().map(|d| d.1.clone()))
+            .unwrap_or_default();
+        let player_id = carried
+            .player
+            .map(|p| p.1)
+            .or(carried.detached.as_ref().map(|d| d.0))
+            .unwrap_or(0);
+        let state = pb::HandoffState {
+            character: Some(character),
+            player_id,
+            gateway,
+            speed: carried.speed,
+            intent_heading: carried.intent_heading,
+            intent_speed: carried.intent_speed,
+            last_tick_sent: carried.last_tick_sent,
+            frozen_at_unix_us: now.unix_us,
+            last_input_seq: carried.last_input_seq,
+        };
+        let bytes = Bytes::from(state.encode_to_vec());
+        // The root of the handoff's trace: the coordinator and the target zone continue it
+        // from the traceparent every message of this handoff carries.
+        let span = tracing::info_span!(
+            "zone.handoff",
+            otel.name = "zone.handoff.begin",
+            zone = self.zone_id,
+            entity = id,
+            to,
+            player = player_id,
+            handoff = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let trace = worldmesh_runtime::telemetry::traceparent(&span);
+        match self.participant.begin(now.at, id, to, bytes, trace) {
+            Some(m) => {
+                if let ToCoordinator::Begin { id: h, .. } = &m {
+                    span.record("handoff", tracing::field::display(h));
+                }
+                tracing::debug!("handoff started");
+                self.tell_coordinator(m);
+            }
+            None => self.sim.unfreeze(id),
+        }
+    }
+
+    /// Streams the characters near each neighbour's cells to that neighbour (border
+    /// visibility): one batch per neighbour per tick, an empty one when there is nothing
+    /// left to show it.
+    fn send_ghosts(&mut self, tick: u32) {
+        let Some(map) = self.map.clone() else { return };
+        let Some(g) = map.world.as_ref() else { return };
+        if self.near.is_empty() || map.cells_x == 0 || map.cells_y == 0 {
+            return;
+        }
+        self.sim.visible_characters(&mut self.ghost_scratch);
+        let mut batches: HashMap<u64, (String, Vec<pb::Ghost>)> = HashMap::new();
+        for &(id, x, y, heading, speed) in &self.ghost_scratch {
+            let cx = (((x - g.min_x) / g.cell_size).floor().max(0.0) as u32).min(map.cells_x - 1);
+            let cy = (((y - g.min_y) / g.cell_size).floor().max(0.0) as u32).min(map.cells_y - 1);
+            let Some(zones) = self.near.get((cy * map.cells_x + cx) as usize) else {
+                continue;
+            };
+            for (zone, address) in zones {
+                batches
+                    .entry(*zone)
+                    .or_insert_with(|| (address.clone(), Vec::new()))
+                    .1
+                    .push(pb::Ghost {
+                        id,
+                        x,
+                        y,
+                        heading,
+                        speed,
+                    });
+            }
+        }
+        for (zone, address) in std::mem::take(&mut self.ghosted) {
+            batches.entry(zone).or_insert_with(|| (address, Vec::new()));
+        }
+        for (zone_id, (address, ghosts)) in batches {
+            if !ghosts.is_empty() {
+                self.ghosted.push((zone_id, address.clone()));
+            }
+            self.out.push_back(Output::Ghosts(GhostsOut {
+                zone_id,
+                address,
+                batch: pb::GhostBatch {
+                    from_zone: self.zone_id,
+                    tick,
+                    ghosts,
+                },
+            }));
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(m) = self.participant.release(id) {
+            self.tell_coordinator(m);
+        }
+    }
+
+    fn tell_coordinator(&mut self, m: ToCoordinator) {
+        self.out.push_back(Output::ToCoordinator(m));
+    }
+
+    fn control(&mut self, link: u32, msg: Msg) {
+        self.out.push_back(Output::Control { link, msg });
+    }
+
+    fn join_failed(&mut self, link: u32, player_id: u64, reason: &str) {
+        self.control(
+            link,
+            Msg::JoinFailed(pb::JoinFailed {
+                player_id,
+                reason: reason.into(),
+            }),
+        );
+    }
+
+    fn save(&mut self, job: SaveJob) {
+        self.out.push_back(Output::Save(job));
+    }
+}
+
+/// The zone owning the cell at a position, per the latest map.
+fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<u64> {
+    worldmesh_coordinator::owner_in(map, x, y).map(|(z, _)| z)
+}
+
+/// For every cell, the other zones owning a cell within `margin` of it, with their addresses.
+fn near_zones(map: &coord_pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, String)>> {
+    let Some(g) = map.world.as_ref() else {
+        return Vec::new();
+    };
+    let (w, h) = (map.cells_x as i64, map.cells_y as i64);
+    if map.cell_owners.len() != (w * h) as usize {
+        return Vec::new();
+    }
+    let reach = (margin / g.cell_size).ceil() as i64;
+    let address = |z: u64| {
+        map.zones
+            .iter()
+            .find(|i| i.zone_id == z)
+            .map(|i| i.address.clone())
+    };
+    let mut out = vec![Vec::new(); (w * h) as usize];
+    for cy in 0..h {
+        for cx in 0..w {
+            let mut zones: Vec<(u64, String)> = Vec::new();
+            for dy in -reach..=reach {
+                for dx in -reach..=reach {
+                    let (nx, ny) = (cx + dx, cy + dy);
+                    if nx < 0 || ny < 0 || nx >= w || ny >= h {
+                        continue;
+                    }
+                    // Distance between the two cells' rectangles.
+                    let gap = |d: i64| (d.abs() - 1).max(0) as f32 * g.cell_size;
+                    if gap(dx).hypot(gap(dy)) > margin {
+                        continue;
+                    }
+                    let owner = map.cell_owners[(ny * w + nx) as usize];
+                    if owner != 0
+                        && owner != me
+                        && !zones.iter().any(|(z, _)| *z == owner)
+                        && let Some(a) = address(owner)
+                    {
+                        zones.push((owner, a));
+                    }
+                }
+            }
+            out[(cy * w + cx) as usize] = zones;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every transition of the zone core, with no socket, thread or clock: two zones side by
+    //! side on 50 m cells (zone 1 owns x < 100, zone 2 owns x ≥ 100), messages passed by
+    //! hand.
+
+    use super::*;
+    use worldmesh_coordinator::handoff::{HandoffId, Outcome};
+    use worldmesh_protocol::WorldBounds;
+
+    const GATEWAY: &str = "gateway-0";
+
+    fn config(zone_id: u64) -> ZoneConfig {
+        ZoneConfig {
+            sim: SimConfig {
+                tick_rate_hz: 20,
+                bounds: WorldBounds {
+                    min_x: 0.0,
+                    min_y: 0.0,
+                    max_x: 200.0,
+                    max_y: 100.0,
+                },
+                view_radius: 30.0,
+                snapshot_budget_bytes: 1100,
+                chat_radius: 50.0,
+                collision: Default::default(),
+            },
+            zone_id,
+            checkpoint_every: 20,
+            npcs: 0,
+            capacity: 10,
+            border_margin: 30.0,
+        }
+    }
+
+    fn map() -> Arc<coord_pb::WorldMap> {
+        let zone = |id: u64| coord_pb::ZoneInfo {
+            zone_id: id,
+            name: format!("zone-{id}"),
+            address: format!("http://zone-{id}"),
+            capacity: 10,
+            draining: false,
+        };
+        Arc::new(coord_pb::WorldMap {
+            world: Some(coord_pb::WorldGeometry {
+                min_x: 0.0,
+                min_y: 0.0,
+                max_x: 200.0,
+                max_y: 100.0,
+                cell_size: 50.0,
+                tick_rate_hz: 20,
+                spawn_points: Vec::new(),
+                tick_origin_unix_ms: 0,
+            }),
+            zones: vec![zone(1), zone(2)],
+            cell_owners: vec![1, 1, 2, 2, 1, 1, 2, 2],
+            cells_x: 4,
+            cells_y: 2,
+            version: 1,
+        })
+    }
+
+    fn character(id: u64, x: f32, epoch: u64) -> Character {
+        Character {
+            id,
+            name: format!("c{id}"),
+            x,
+            y: 50.0,
+            heading: 0.0,
+            epoch,
+            version: 1,
+        }
+    }
+
+    /// A test's clock: starts at an arbitrary instant, moves only when told.
+    struct Clock(Now);
+
+    impl Clock {
+        fn new() -> Self {
+            Self(Now::system())
+        }
+        fn advance(&mut self, d: Duration) -> Now {
+            self.0 = self.0.after(d);
+            self.0
+        }
+    }
+
+    /// Zone `id` with the map, its coordinator session up and gateway link 1 open.
+    fn zone(id: u64) -> (Zone, Clock) {
+        let clock = Clock::new();
+        let mut z = Zone::new(&config(id), Arc::default());
+        z.handle(clock.0, Command::Map(map()));
+        z.handle(clock.0, Command::SessionUp);
+        z.handle(
+            clock.0,
+            Command::LinkOpened {
+                link: 1,
+                gateway: GATEWAY.into(),
+            },
+        );
+        drain(&mut z);
+        (z, clock)
+    }
+
+    fn drain(z: &mut Zone) -> Vec<Output> {
+        std::iter::from_fn(|| z.poll_output()).collect()
+    }
+
+    fn to_coordinator(out: &[Output]) -> Vec<&ToCoordinator> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::ToCoordinator(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn control(out: &[Output]) -> Vec<(u32, &Msg)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Control { link, msg } => Some((*link, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn saved(out: &[Output]) -> Vec<&SaveJob> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Save(j) => Some(j),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Player `player` joins with character `id` at `x` and is granted it at `epoch`.
+    fn join(z: &mut Zone, now: Now, player: u64, id: u64, x: f32, epoch: u64) -> Vec<Output> {
+        z.handle(
+            now,
+            Command::Spawn {
+                link: 1,
+                player_id: player,
+                character: character(id, x, epoch - 1),
+            },
+        );
+        z.handle(
+            now,
+            Command::Coordinator(ToZone::Granted { entity: id, epoch }),
+        );
+        drain(z)
+    }
+
+    fn handoff_state(id: u64, x: f32, player: u64) -> Bytes {
+        Bytes::from(
+            pb::HandoffState {
+                character: Some(character(id, x, 1)),
+                player_id: player,
+                gateway: GATEWAY.into(),
+                speed: 0.0,
+                intent_heading: 0.0,
+                intent_speed: 0.0,
+                last_tick_sent: 0,
+                frozen_at_unix_us: 0,
+                last_input_seq: 0,
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn prepare(id: u64, x: f32, player: u64) -> ToZone {
+        ToZone::Prepare {
+            id: HandoffId {
+                epoch: 1,
+                attempt: 1,
+            },
+            entity: id,
+            epoch: 2,
+            from: 1,
+            state: handoff_state(id, x, player),
+            trace: String::new(),
+        }
+    }
+
+    fn decided(id: u64, outcome: Outcome) -> ToZone {
+        ToZone::Decided {
+            id: HandoffId {
+                epoch: 1,
+                attempt: 1,
+            },
+            entity: id,
+            outcome,
+            trace: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_join_is_spawned_once_the_coordinator_grants_it() {
+        let (mut z, mut clock) = zone(1);
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 1,
+                player_id: 7,
+                character: character(100, 50.0, 4),
+            },
+        );
+        let out = drain(&mut z);
+        assert_eq!(
+            to_coordinator(&out),
+            [&ToCoordinator::Acquire {
+                entity: 100,
+                min_epoch: 4
+            }]
+        );
+        assert!(control(&out).is_empty(), "nothing to tell the player yet");
+
+        // Unanswered (the session may have been down): asked again.
+        z.tick(clock.advance(RESYNC_EVERY), 1);
+        let out = drain(&mut z);
+        assert!(
+            to_coordinator(&out)
+                .iter()
+                .any(|m| matches!(m, ToCoordinator::Acquire { entity: 100, .. }))
+        );
+
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Granted {
+                entity: 100,
+                epoch: 5,
+            }),
+        );
+        let out = drain(&mut z);
+        assert!(matches!(
+            control(&out)[..],
+            [(
+                1,
+                Msg::Joined(pb::Joined {
+                    player_id: 7,
+                    entity_id: 100,
+                    ..
+                })
+            )]
+        ));
+        assert_eq!(z.participant().active_epoch(100), Some(5));
+        assert!(z.sim().has_character(100));
+    }
+
+    #[test]
+    fn a_full_zone_refuses_joins() {
+        let (mut z, clock) = zone(1);
+        for i in 0..10 {
+            join(&mut z, clock.0, 10 + i, 100 + i, 50.0, 2);
+        }
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 1,
+                player_id: 99,
+                character: character(999, 50.0, 1),
+            },
+        );
+        let out = drain(&mut z);
+        assert!(matches!(
+            control(&out)[..],
+            [(1, Msg::JoinFailed(pb::JoinFailed { player_id: 99, .. }))]
+        ));
+        assert!(to_coordinator(&out).is_empty());
+    }
+
+    #[test]
+    fn a_second_login_takes_the_character_over() {
+        let (mut z, clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 1,
+                player_id: 8,
+                character: character(100, 50.0, 1),
+            },
+        );
+        let out = drain(&mut z);
+        let c = control(&out);
+        assert!(matches!(
+            c[..],
+            [
+                (1, Msg::Evicted(pb::Evicted { player_id: 7 })),
+                (
+                    1,
+                    Msg::Joined(pb::Joined {
+                        player_id: 8,
+                        entity_id: 100,
+                        ..
+                    })
+                )
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_character_across_a_border_is_frozen_and_handed_over() {
+        let (mut z, mut clock) = zone(1);
+        // Spawned in zone 2's cell, 50 m inside it.
+        join(&mut z, clock.0, 7, 100, 150.0, 2);
+        z.tick(clock.advance(Duration::from_millis(50)), 1);
+        let out = drain(&mut z);
+        let begin = to_coordinator(&out)
+            .into_iter()
+            .find_map(|m| match m {
+                ToCoordinator::Begin { id, to, state, .. } => Some((*id, *to, state.clone())),
+                _ => None,
+            })
+            .expect("a handoff begins");
+        assert_eq!(begin.1, 2);
+        let state = pb::HandoffState::decode(begin.2.as_ref()).unwrap();
+        assert_eq!((state.player_id, state.gateway.as_str()), (7, GATEWAY));
+        assert_eq!(state.frozen_at_unix_us, clock.0.unix_us);
+        assert_eq!(z.sim.character_ids_split().1, [100], "frozen");
+
+        // Committed: the copy here becomes a ghost of zone 2's character.
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Decided {
+                id: begin.0,
+                entity: 100,
+                outcome: Outcome::Committed,
+                trace: String::new(),
+            }),
+        );
+        drain(&mut z);
+        assert_eq!(z.participant().held(100), None);
+        assert!(!z.sim().has_character(100));
+        assert_eq!(z.stats.handoffs_out.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_aborted_handoff_unfreezes_the_character() {
+        let (mut z, mut clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 150.0, 2);
+        z.tick(clock.advance(Duration::from_millis(50)), 1);
+        let id = to_coordinator(&drain(&mut z))
+            .into_iter()
+            .find_map(|m| match m {
+                ToCoordinator::Begin { id, .. } => Some(*id),
+                _ => None,
+            })
+            .unwrap();
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Decided {
+                id,
+                entity: 100,
+                outcome: Outcome::Aborted,
+                trace: String::new(),
+            }),
+        );
+        assert_eq!(z.sim.character_ids_split(), (vec![100], vec![]));
+        assert_eq!(z.participant().active_epoch(100), Some(2));
+    }
+
+    #[test]
+    fn borders_have_hysteresis_and_wait_for_the_coordinator() {
+        let (mut z, mut clock) = zone(1);
+        // 2 m inside zone 2's cell: within the hysteresis, stays here.
+        join(&mut z, clock.0, 7, 100, 102.0, 2);
+        // 50 m inside, but the coordinator session is down: stays here, simulated.
+        z.handle(clock.0, Command::SessionDown);
+        join(&mut z, clock.0, 8, 101, 150.0, 2);
+        for t in 1..=5 {
+            z.tick(clock.advance(Duration::from_millis(50)), t);
+        }
+        let out = drain(&mut z);
+        assert!(
+            !to_coordinator(&out)
+                .iter()
+                .any(|m| matches!(m, ToCoordinator::Begin { .. })),
+            "no handoff"
+        );
+        assert_eq!(z.sim.character_ids_split().1, Vec::<u64>::new());
+
+        // The session is back: the one deep inside goes, the one on the border stays.
+        z.handle(clock.0, Command::SessionUp);
+        z.tick(clock.advance(Duration::from_millis(50)), 6);
+        let begun: Vec<u64> = to_coordinator(&drain(&mut z))
+            .into_iter()
+            .filter_map(|m| match m {
+                ToCoordinator::Begin { entity, .. } => Some(*entity),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(begun, [101]);
+    }
+
+    #[test]
+    fn an_arrival_goes_live_with_its_player_routed_here() {
+        let (mut z, mut clock) = zone(2);
+        z.handle(clock.0, Command::Coordinator(prepare(100, 150.0, 7)));
+        let out = drain(&mut z);
+        assert!(matches!(
+            to_coordinator(&out)[..],
+            [ToCoordinator::Prepared {
+                ok: true,
+                entity: 100,
+                ..
+            }]
+        ));
+        assert!(!z.sim().has_character(100), "inactive until committed");
+
+        z.handle(
+            clock.0,
+            Command::Coordinator(decided(100, Outcome::Committed)),
+        );
+        let out = drain(&mut z);
+        assert!(matches!(
+            control(&out)[..],
+            [(
+                1,
+                Msg::Attached(pb::Attached {
+                    player_id: 7,
+                    entity_id: 100,
+                    zone_id: 2
+                })
+            )]
+        ));
+        assert_eq!(z.participant().active_epoch(100), Some(2));
+
+        // Its first snapshot goes out on the next tick, and the handoff's latency is taken.
+        z.tick(clock.advance(Duration::from_millis(50)), 1);
+        let out = drain(&mut z);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Frames { link: 1, frames } if frames.frames.iter().any(|f| f.player_id == 7 && !f.reliable)
+        )));
+        assert_eq!(z.stats.handoff_latency_us.lock().unwrap().len(), 1);
+        assert_eq!(z.stats.handoffs_in.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_arrival_outside_our_cells_or_beyond_capacity_is_refused() {
+        let (mut z, clock) = zone(2);
+        // x = 50 is zone 1's.
+        z.handle(clock.0, Command::Coordinator(prepare(100, 50.0, 7)));
+        assert!(matches!(
+            to_coordinator(&drain(&mut z))[..],
+            [ToCoordinator::Prepared { ok: false, .. }]
+        ));
+        for i in 0..10 {
+            join(&mut z, clock.0, 10 + i, 200 + i, 150.0, 2);
+        }
+        z.handle(clock.0, Command::Coordinator(prepare(100, 150.0, 7)));
+        assert!(matches!(
+            to_coordinator(&drain(&mut z))[..],
+            [ToCoordinator::Prepared { ok: false, .. }]
+        ));
+    }
+
+    #[test]
+    fn an_arrival_for_a_gateway_without_a_link_waits_detached_until_it_links() {
+        let clock = Clock::new();
+        let mut z = Zone::new(&config(2), Arc::default());
+        z.handle(clock.0, Command::Map(map()));
+        z.handle(clock.0, Command::Coordinator(prepare(100, 150.0, 7)));
+        z.handle(
+            clock.0,
+            Command::Coordinator(decided(100, Outcome::Committed)),
+        );
+        let out = drain(&mut z);
+        assert!(control(&out).is_empty(), "no link to tell the player on");
+        assert!(z.sim().has_character(100));
+
+        z.handle(
+            clock.0,
+            Command::LinkOpened {
+                link: 4,
+                gateway: GATEWAY.into(),
+            },
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                4,
+                Msg::Attached(pb::Attached {
+                    player_id: 7,
+                    entity_id: 100,
+                    ..
+                })
+            )]
+        ));
+    }
+
+    #[test]
+    fn a_detached_character_waits_for_its_player_then_is_saved_and_released() {
+        let (mut z, mut clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        join(&mut z, clock.0, 8, 101, 50.0, 2);
+        z.tick(clock.advance(Duration::from_millis(50)), 1);
+        z.handle(clock.0, Command::LinkClosed { link: 1 });
+        drain(&mut z);
+        assert_eq!(z.sim().player_count(), 0, "both detached");
+
+        // Player 7 comes back through another link within the grace period.
+        z.handle(
+            clock.0,
+            Command::LinkOpened {
+                link: 2,
+                gateway: "gateway-1".into(),
+            },
+        );
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 2,
+                player_id: 7,
+                character: character(100, 50.0, 1),
+            },
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                2,
+                Msg::Joined(pb::Joined {
+                    player_id: 7,
+                    entity_id: 100,
+                    ..
+                })
+            )]
+        ));
+
+        // Player 8 does not: after the grace period its character is saved and released.
+        let grace = (DETACHED_GRACE.as_secs() * 20) as u32;
+        z.tick(clock.advance(Duration::from_millis(50)), grace);
+        let out = drain(&mut z);
+        assert!(
+            saved(&out)
+                .iter()
+                .all(|j| j.characters.iter().all(|c| c.id != 101))
+        );
+        z.tick(clock.advance(DETACHED_GRACE), grace + 25);
+        let out = drain(&mut z);
+        assert!(
+            saved(&out)
+                .iter()
+                .any(|j| j.characters.iter().any(|c| c.id == 101))
+        );
+        assert!(to_coordinator(&out).contains(&&ToCoordinator::Release {
+            entity: 101,
+            epoch: 2
+        }));
+        assert!(!z.sim().has_character(101));
+        assert!(z.sim().has_character(100));
+    }
+
+    #[test]
+    fn leaving_saves_the_character_and_answers_once_saved() {
+        let (mut z, clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        z.handle(
+            clock.0,
+            Command::Leave {
+                link: 1,
+                player_id: 7,
+            },
+        );
+        let out = drain(&mut z);
+        let jobs = saved(&out);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].leaving, [(1, 7)]);
+        assert_eq!(jobs[0].characters[0].id, 100);
+        assert_eq!(
+            to_coordinator(&out),
+            [&ToCoordinator::Release {
+                entity: 100,
+                epoch: 2
+            }]
+        );
+        // A player unknown here is answered at once.
+        z.handle(
+            clock.0,
+            Command::Leave {
+                link: 1,
+                player_id: 7,
+            },
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                1,
+                Msg::Left(pb::Left {
+                    player_id: 7,
+                    saved: true
+                })
+            )]
+        ));
+    }
+
+    #[test]
+    fn changed_characters_are_checkpointed_on_schedule() {
+        let (mut z, mut clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        z.handle(
+            clock.0,
+            Command::Input {
+                player_id: 7,
+                input: worldmesh_protocol::Input {
+                    seq: 1,
+                    ack_tick: 0,
+                    heading: 0.0,
+                    speed: 5.0,
+                    actions: 0,
+                },
+            },
+        );
+        let mut jobs = 0;
+        for t in 1..=40 {
+            z.tick(clock.advance(Duration::from_millis(50)), t);
+            jobs += saved(&drain(&mut z)).len();
+        }
+        assert!(jobs >= 1, "a moving character is checkpointed");
+    }
+
+    #[test]
+    fn border_characters_are_shown_to_the_neighbour_and_ghosts_expire() {
+        let (mut z1, mut clock) = zone(1);
+        // In the cell next to zone 2's (within its observers' sight), and two cells away.
+        join(&mut z1, clock.0, 7, 100, 90.0, 2);
+        join(&mut z1, clock.0, 8, 101, 20.0, 2);
+        z1.tick(clock.advance(Duration::from_millis(50)), 1);
+        let batch = drain(&mut z1)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Ghosts(g) => Some(g),
+                _ => None,
+            })
+            .expect("a ghost batch for zone 2");
+        assert_eq!(batch.zone_id, 2);
+        assert_eq!(batch.address, "http://zone-2");
+        let ids: Vec<u64> = batch.batch.ghosts.iter().map(|g| g.id).collect();
+        assert_eq!(ids, [100], "only the one in a cell near the border");
+
+        let (mut z2, _) = zone(2);
+        z2.handle(clock.0, Command::Ghosts(batch.batch));
+        assert_eq!(z2.sim().ghost_count(), 1);
+        // Zone 1 stops sending: the ghost goes at the next housekeeping after its TTL.
+        for t in 1..=(GHOST_TTL_TICKS + 25) {
+            z2.tick(clock.advance(Duration::from_millis(50)), t);
+        }
+        assert_eq!(z2.sim().ghost_count(), 0);
+    }
+
+    #[test]
+    fn a_failover_restore_loads_the_checkpoint_and_a_waiting_player_attaches() {
+        let (mut z, clock) = zone(1);
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Restore {
+                entity: 100,
+                epoch: 3,
+                committed: None,
+            }),
+        );
+        let out = drain(&mut z);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Load {
+                entity: 100,
+                epoch: 3
+            }
+        )));
+        assert!(to_coordinator(&out).contains(&&ToCoordinator::Restored {
+            entity: 100,
+            epoch: 3
+        }));
+        // The player logs in again before the checkpoint arrives: it waits, no Acquire.
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 1,
+                player_id: 7,
+                character: character(100, 50.0, 2),
+            },
+        );
+        assert!(drain(&mut z).is_empty());
+        z.handle(
+            clock.0,
+            Command::Loaded {
+                entity: 100,
+                epoch: 3,
+                character: Some(character(100, 50.0, 2)),
+            },
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                1,
+                Msg::Joined(pb::Joined {
+                    player_id: 7,
+                    entity_id: 100,
+                    ..
+                })
+            )]
+        ));
+        assert_eq!(z.participant().active_epoch(100), Some(3));
+    }
+
+    #[test]
+    fn a_fenced_character_is_dropped_and_its_player_sent_elsewhere() {
+        let (mut z, clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        // A refusal for an older epoch than ours changes nothing.
+        z.handle(
+            clock.0,
+            Command::Fenced {
+                ids: vec![(100, 1)],
+            },
+        );
+        assert!(drain(&mut z).is_empty());
+        z.handle(
+            clock.0,
+            Command::Fenced {
+                ids: vec![(100, 2)],
+            },
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                1,
+                Msg::Left(pb::Left {
+                    player_id: 7,
+                    saved: false
+                })
+            )]
+        ));
+        assert!(!z.sim().has_character(100));
+        assert_eq!(z.participant().held(100), None);
+    }
+
+    #[test]
+    fn a_lost_lease_drops_everything_and_takes_the_new_id() {
+        let (mut z, clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        z.handle(clock.0, Command::LeaseLost { zone_id: 9 });
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                1,
+                Msg::Left(pb::Left {
+                    player_id: 7,
+                    saved: false
+                })
+            )]
+        ));
+        assert!(z.participant().is_empty());
+        assert_eq!(z.zone_id(), 9);
+    }
+
+    #[test]
+    fn stopping_saves_and_releases_everyone() {
+        let (mut z, clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        join(&mut z, clock.0, 8, 101, 60.0, 2);
+        z.stop();
+        let out = drain(&mut z);
+        let mut ids: Vec<u64> = saved(&out)
+            .iter()
+            .flat_map(|j| j.characters.iter().map(|c| c.id))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [100, 101]);
+        assert_eq!(to_coordinator(&out).len(), 2, "two releases");
+    }
+}
