@@ -1,5 +1,5 @@
 //! Command-line settings of one zone server (flags with environment fallbacks), shared by the
-//! `zone-server` binary and `worldmesh server`.
+//! `zone-server` binary and `worldmesh zone`.
 
 use std::time::Duration;
 

@@ -276,6 +276,11 @@ impl Zone {
         &self.participant
     }
 
+    /// The characters simulated here and those frozen for a handoff (the audit's view).
+    pub fn characters(&mut self) -> (Vec<u64>, Vec<u64>) {
+        self.sim.character_ids_split()
+    }
+
     /// The id this zone is registered under (it changes when a lost lease is re-registered).
     pub fn zone_id(&self) -> u64 {
         self.zone_id
