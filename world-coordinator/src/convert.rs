@@ -164,6 +164,10 @@ pub fn to_coordinator_pb(m: ToCoordinator) -> zone_event::Msg {
             entity_id: entity,
             epoch,
         }),
+        ToCoordinator::Revoked { entity, epoch } => Msg::Revoked(pb::Revoked {
+            entity_id: entity,
+            epoch,
+        }),
         ToCoordinator::Holding { entities } => Msg::Holding(pb::Holding {
             entities: entities
                 .into_iter()
@@ -203,6 +207,10 @@ pub fn to_coordinator_core(m: zone_event::Msg) -> Option<ToCoordinator> {
             epoch: r.epoch,
         },
         Msg::Restored(r) => ToCoordinator::Restored {
+            entity: r.entity_id,
+            epoch: r.epoch,
+        },
+        Msg::Revoked(r) => ToCoordinator::Revoked {
             entity: r.entity_id,
             epoch: r.epoch,
         },

@@ -119,6 +119,11 @@ pub enum ToCoordinator {
         entity: EntityId,
         epoch: u64,
     },
+    /// Answer to `Revoke`: this zone no longer simulates the entity below `epoch`.
+    Revoked {
+        entity: EntityId,
+        epoch: u64,
+    },
     /// Everything this zone simulates, sent when it (re)connects.
     Holding {
         entities: Vec<(EntityId, u64)>,
@@ -184,11 +189,25 @@ struct Saga {
     resend_at: Instant,
 }
 
+/// A login elsewhere waiting for the owner to let go (see [`Coordinator::on_message`],
+/// `Acquire`): granted once the owner answers `Revoked`, or at once if it dies.
+struct Takeover {
+    /// The zone that asked (`Acquire`) and gets the entity.
+    to: ZoneId,
+    /// The owner told to let go.
+    from: ZoneId,
+    /// The epoch the owner was revoked below: the new owner's epoch.
+    epoch: u64,
+    resend_at: Instant,
+}
+
 /// The coordinator's side: authority rows, live zones, sagas in flight.
 pub struct Coordinator {
     rows: BTreeMap<EntityId, Authority>,
     live: BTreeSet<ZoneId>,
     sagas: BTreeMap<EntityId, Saga>,
+    /// Takeovers waiting for the owner's `Revoked`, by entity.
+    takeovers: BTreeMap<EntityId, Takeover>,
     /// Restores not yet confirmed: (zone, epoch, next resend).
     restoring: BTreeMap<EntityId, (ZoneId, u64, Instant)>,
 }
@@ -203,6 +222,7 @@ impl Coordinator {
             rows: rows.into_iter().collect(),
             live: live.into_iter().collect(),
             sagas: BTreeMap::new(),
+            takeovers: BTreeMap::new(),
             restoring: BTreeMap::new(),
         }
     }
@@ -257,6 +277,49 @@ impl Coordinator {
         out
     }
 
+    /// Takeovers from `zone` (gone: it simulates nothing any more) are granted; takeovers
+    /// for it are dropped.
+    fn settle_takeovers(&mut self, zone: ZoneId, out: &mut Vec<Action>) {
+        self.takeovers.retain(|_, t| t.to != zone);
+        let mut from: Vec<EntityId> = self
+            .takeovers
+            .iter()
+            .filter(|(_, t)| t.from == zone)
+            .map(|(e, _)| *e)
+            .collect();
+        from.sort_unstable();
+        for entity in from {
+            self.grant_takeover(entity, out);
+        }
+    }
+
+    /// The owner let go (or is gone): the entity is the requester's, at the revoked epoch.
+    fn grant_takeover(&mut self, entity: EntityId, out: &mut Vec<Action>) {
+        let Some(t) = self.takeovers.remove(&entity) else {
+            return;
+        };
+        if !self.live.contains(&t.to) {
+            return;
+        }
+        if self.sagas.contains_key(&entity) {
+            self.abort(entity, out);
+        }
+        let row = self.rows.entry(entity).or_insert(Authority {
+            zone: 0,
+            epoch: 0,
+            last: None,
+        });
+        row.zone = t.to;
+        row.epoch = row.epoch.max(t.epoch - 1) + 1;
+        let epoch = row.epoch;
+        out.push(Action::Write {
+            entity,
+            row: row.clone(),
+        });
+        self.restoring.remove(&entity);
+        out.push(Action::Send(t.to, ToZone::Granted { entity, epoch }));
+    }
+
     /// Aborts every saga a zone takes part in and forgets its pending restores.
     fn forget_zone(&mut self, zone: ZoneId, out: &mut Vec<Action>) {
         let touched: Vec<EntityId> = self
@@ -269,6 +332,7 @@ impl Coordinator {
             self.abort(entity, out);
         }
         self.restoring.retain(|_, (z, _, _)| *z != zone);
+        self.settle_takeovers(zone, out);
     }
 
     /// A zone stopped cleanly, every entity saved: its sagas abort and its entities become
@@ -373,7 +437,6 @@ impl Coordinator {
                     ));
                     return out;
                 }
-                let mut old_owner = None;
                 if self.sagas.contains_key(&entity) {
                     self.abort(entity, &mut out);
                 }
@@ -382,21 +445,47 @@ impl Coordinator {
                     epoch: 0,
                     last: None,
                 });
-                if row.zone != 0 && row.zone != from {
-                    old_owner = Some(row.zone);
+                let epoch = row.epoch.max(min_epoch) + 1;
+                if row.zone != 0 && row.zone != from && self.live.contains(&row.zone) {
+                    // Simulated elsewhere (a login through another gateway): the owner lets go
+                    // first, and only then is the entity granted here. Granting at once would
+                    // have both zones simulate it until the owner heard of it.
+                    let old = row.zone;
+                    let epoch = self
+                        .takeovers
+                        .get(&entity)
+                        .filter(|t| t.from == old)
+                        .map_or(epoch, |t| t.epoch.max(epoch));
+                    self.takeovers.insert(
+                        entity,
+                        Takeover {
+                            to: from,
+                            from: old,
+                            epoch,
+                            resend_at: now + RESEND_AFTER,
+                        },
+                    );
+                    out.push(Action::Send(old, ToZone::Revoke { entity, epoch }));
+                    return out;
                 }
                 row.zone = from;
-                row.epoch = row.epoch.max(min_epoch) + 1;
-                let epoch = row.epoch;
+                row.epoch = epoch;
                 out.push(Action::Write {
                     entity,
                     row: row.clone(),
                 });
+                self.takeovers.remove(&entity);
                 self.restoring.remove(&entity);
-                if let Some(old) = old_owner.filter(|z| self.live.contains(z)) {
-                    out.push(Action::Send(old, ToZone::Revoke { entity, epoch }));
-                }
                 out.push(Action::Send(from, ToZone::Granted { entity, epoch }));
+            }
+            ToCoordinator::Revoked { entity, epoch } => {
+                if self
+                    .takeovers
+                    .get(&entity)
+                    .is_some_and(|t| t.from == from && t.epoch == epoch)
+                {
+                    self.grant_takeover(entity, &mut out);
+                }
             }
             ToCoordinator::Release { entity, epoch } => {
                 if let Some(row) = self.rows.get_mut(&entity)
@@ -490,6 +579,17 @@ impl Coordinator {
         }
         if let Some(outcome) = already_decided(row, id) {
             return decide(out, from, id, entity, outcome, &trace);
+        }
+        if self.takeovers.contains_key(&entity) {
+            // Being taken over by a login elsewhere: this handoff never starts, durably (a
+            // resent Begin after a restart must not start it either).
+            let row = self.rows.get_mut(&entity).expect("row checked above");
+            row.last = Some((id, Outcome::Aborted));
+            out.push(Action::Write {
+                entity,
+                row: row.clone(),
+            });
+            return decide(out, from, id, entity, Outcome::Aborted, &trace);
         }
         if let Some(s) = self.sagas.get_mut(&entity) {
             if s.id == id {
@@ -616,6 +716,18 @@ impl Coordinator {
             if now >= s.resend_at {
                 s.resend_at = now + RESEND_AFTER;
                 out.push(Action::Send(s.to, prepare(s, entity)));
+            }
+        }
+        for (&entity, t) in self.takeovers.iter_mut() {
+            if now >= t.resend_at {
+                t.resend_at = now + RESEND_AFTER;
+                out.push(Action::Send(
+                    t.from,
+                    ToZone::Revoke {
+                        entity,
+                        epoch: t.epoch,
+                    },
+                ));
             }
         }
         let rows = &self.rows;
@@ -1001,6 +1113,10 @@ impl Participant {
                     if was_simulated {
                         events.push(Event::Dropped { entity });
                     }
+                }
+                if !self.held.contains_key(&entity) {
+                    // Nothing simulated here below `epoch`: a takeover may proceed.
+                    replies.push(ToCoordinator::Revoked { entity, epoch });
                 }
             }
             ToZone::HoldingAck => {}

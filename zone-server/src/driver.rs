@@ -227,16 +227,31 @@ impl Driver {
         }
     }
 
-    /// Reads a checkpoint off the tick thread; the result comes back as a command.
+    /// Reads a checkpoint off the tick thread; the result comes back as a command. Retried
+    /// until persistence answers: the zone holds the character's authority meanwhile, and a
+    /// load given up would leave it held but simulated nowhere.
     fn load(&self, entity: u64, epoch: u64) {
         let mut persistence = self.ch.persistence.clone();
         let tx = self.ch.commands_tx.clone();
         self.runtime.spawn(async move {
-            let character = persistence
-                .load_character(LoadCharacterRequest { id: entity })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().character);
+            let mut delay = Duration::from_millis(100);
+            let character = loop {
+                match persistence
+                    .load_character(LoadCharacterRequest { id: entity })
+                    .await
+                {
+                    Ok(r) => break r.into_inner().character,
+                    Err(e) if tx.is_closed() => {
+                        tracing::warn!(entity, error = %e, "checkpoint load abandoned: zone stopping");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(entity, error = %e, "checkpoint load failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
             let _ = tx
                 .send(Command::Loaded {
                     entity,

@@ -14,7 +14,7 @@
 //! zone calls the same moment by the same number and a client's snapshot ticks keep growing
 //! when it is handed from zone to zone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -193,8 +193,10 @@ pub struct Zone {
     /// Per cell (row-major): the other zones owning a cell within `border_margin` of it.
     near: Vec<Vec<(u64, String)>>,
     link_gateway: HashMap<u32, String>,
-    /// Joins waiting for the coordinator to grant authority, by character.
-    pending_acquire: HashMap<u64, PendingJoin>,
+    /// Joins waiting for the coordinator to grant authority, by character. Ordered, like
+    /// every map whose iteration produces outputs: the same inputs give the same outputs in
+    /// the same order (the deterministic simulation replays seeds).
+    pending_acquire: BTreeMap<u64, PendingJoin>,
     /// Joins for characters failover gave us whose checkpoint is still loading, attached as
     /// soon as it arrives. Asking the coordinator again instead would cost a round trip while
     /// it is busiest (a failover).
@@ -248,7 +250,7 @@ impl Zone {
             map: None,
             near: Vec::new(),
             link_gateway: HashMap::new(),
-            pending_acquire: HashMap::new(),
+            pending_acquire: BTreeMap::new(),
             awaiting_restore: HashMap::new(),
             resync_at: None,
             coordinator_up: false,
@@ -557,6 +559,17 @@ impl Zone {
                 );
             }
         }
+        self.serve_pending_join(entity);
+    }
+
+    /// A join still asking the coordinator for a character that became ours another way (a
+    /// handoff, a restore) is served by it: asking on would take it from ourselves.
+    fn serve_pending_join(&mut self, entity: u64) {
+        if self.sim.has_character(entity)
+            && let Some(p) = self.pending_acquire.remove(&entity)
+        {
+            self.attach(entity, p.link, p.player_id);
+        }
     }
 
     fn attach(&mut self, id: u64, link: u32, player_id: u64) {
@@ -733,8 +746,14 @@ impl Zone {
                 Event::Dropped { entity } => self.drop_character(entity),
                 Event::Granted { entity, epoch } => {
                     let Some(mut p) = self.pending_acquire.remove(&entity) else {
-                        // Nobody waits for it any more: give it straight back.
-                        self.release(entity);
+                        if self.sim.has_character(entity) {
+                            // It came here meanwhile (a handoff or a restore served the join):
+                            // simulated here, now at the granted epoch.
+                            self.sim.set_epoch(entity, epoch);
+                        } else {
+                            // Nobody waits for it any more: give it straight back.
+                            self.release(entity);
+                        }
                         continue;
                     };
                     p.character.epoch = epoch;
@@ -783,12 +802,13 @@ impl Zone {
                 .insert(player_id, s.frozen_at_unix_us);
             self.attached(link, player_id, entity);
         }
+        self.serve_pending_join(entity);
     }
 
     /// Groups this tick's frames by link into one [`Output::Frames`] per link.
     fn ship_frames(&mut self, now: Now) {
         let tick = self.sim.tick();
-        let mut by_link: HashMap<u32, Vec<pb::PlayerFrame>> = HashMap::new();
+        let mut by_link: BTreeMap<u32, Vec<pb::PlayerFrame>> = BTreeMap::new();
         for f in self.sim.take_outbox() {
             if !f.reliable
                 && let Some(frozen_at) = self.first_snapshot_due.remove(&f.player_id)
@@ -906,7 +926,7 @@ impl Zone {
             return;
         }
         self.sim.visible_characters(&mut self.ghost_scratch);
-        let mut batches: HashMap<u64, (String, Vec<pb::Ghost>)> = HashMap::new();
+        let mut batches: BTreeMap<u64, (String, Vec<pb::Ghost>)> = BTreeMap::new();
         for &(id, x, y, heading, speed) in &self.ghost_scratch {
             let cx = (((x - g.min_x) / g.cell_size).floor().max(0.0) as u32).min(map.cells_x - 1);
             let cy = (((y - g.min_y) / g.cell_size).floor().max(0.0) as u32).min(map.cells_y - 1);
