@@ -893,6 +893,19 @@ impl Participant {
         }
     }
 
+    /// Forgets an entity persistence fenced (a newer epoch wrote it): anything about it at
+    /// the epoch held here, or older, is stale from now on. Returns whether it was held.
+    pub fn forget_fenced(&mut self, now: Instant, entity: EntityId) -> bool {
+        let epoch = match self.held.remove(&entity) {
+            Some(Held::Active { epoch, .. }) => epoch,
+            Some(Held::Frozen { id, .. }) => id.epoch,
+            Some(Held::Prepared { epoch, .. }) => epoch,
+            None => return false,
+        };
+        self.gone.insert(entity, (epoch, now));
+        true
+    }
+
     /// Forgets everything (the zone lost its lease: someone else owns it all now).
     pub fn clear(&mut self) {
         self.held.clear();
@@ -985,6 +998,12 @@ impl Participant {
                     _ => {
                         let ok = accept(entity, &state);
                         if ok {
+                            // A copy still frozen here for an older handoff: that handoff was
+                            // decided (the entity is a later epoch now) and its answer lost.
+                            // Whatever it was, the frozen copy is not the entity any more.
+                            if let Some(Held::Frozen { to, .. }) = self.held.get(&entity) {
+                                events.push(Event::HandedOff { entity, to: *to });
+                            }
                             self.held.insert(
                                 entity,
                                 Held::Prepared {
@@ -1057,7 +1076,9 @@ impl Participant {
                 // Only a grant newer than what is held counts; a repeated one must not undo a
                 // handoff in progress (Frozen) or a newer epoch.
                 let newer = match self.held.get(&entity) {
-                    None => true,
+                    // A grant overtaken by the revoke of that very epoch (a takeover elsewhere)
+                    // is stale.
+                    None => !self.is_gone(entity, epoch),
                     Some(Held::Active { epoch: e, .. }) => *e < epoch,
                     Some(_) => false,
                 };

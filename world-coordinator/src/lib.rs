@@ -18,7 +18,7 @@
 //! # Layout
 //!
 //! - [`handoff`]: the sans-IO saga, both sides (coordinator and zone participant); checked by
-//!   the deterministic simulation in `tests/simulation.rs`.
+//!   the deterministic simulation in `zone-server/tests/simulation.rs` (with the real zone core).
 //! - [`map`]: the sans-IO registry: zones, leases and the cell → zone assignment.
 //! - [`state`]: the one task owning both cores: batches requests, writes authority rows in one
 //!   transaction, then sends.

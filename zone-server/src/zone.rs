@@ -283,6 +283,11 @@ impl Zone {
         self.sim.character_ids_split()
     }
 
+    /// The latest cell map, to inspect.
+    pub fn map(&self) -> Option<&coord_pb::WorldMap> {
+        self.map.as_deref()
+    }
+
     /// The id this zone is registered under (it changes when a lost lease is re-registered).
     pub fn zone_id(&self) -> u64 {
         self.zone_id
@@ -421,7 +426,7 @@ impl Zone {
                 entity,
                 epoch,
                 character,
-            } => self.loaded(entity, epoch, character),
+            } => self.loaded(now, entity, epoch, character),
             Command::Fenced { ids } => {
                 for (id, epoch) in ids {
                     // Only if the refused state was written at the epoch we still hold.
@@ -432,14 +437,9 @@ impl Zone {
                         entity = id,
                         "persistence holds a newer epoch; dropping our copy"
                     );
-                    let _ = self.participant.on_message(
-                        now.at,
-                        ToZone::Revoke {
-                            entity: id,
-                            epoch: u64::MAX,
-                        },
-                        |_, _| false,
-                    );
+                    // Forgotten at the epoch held, not above it: a later handoff of this
+                    // character into this zone must still be accepted.
+                    self.participant.forget_fenced(now.at, id);
                     self.drop_character(id);
                 }
             }
@@ -524,7 +524,19 @@ impl Zone {
     }
 
     /// A checkpoint asked for by [`Output::Load`] arrived (or could not be read).
-    fn loaded(&mut self, entity: u64, epoch: u64, character: Option<Character>) {
+    fn loaded(&mut self, now: Now, entity: u64, epoch: u64, character: Option<Character>) {
+        let overtaken = character.as_ref().is_some_and(|c| c.epoch > epoch);
+        if overtaken && self.participant.active_epoch(entity) == Some(epoch) {
+            // Persistence holds a newer epoch than the one we were restored at: the restore
+            // was overtaken (a late message) and another zone owns the character now.
+            tracing::warn!(
+                entity,
+                epoch,
+                "restore overtaken by a newer epoch; not simulating it"
+            );
+            self.participant.forget_fenced(now.at, entity);
+            self.drop_character(entity);
+        }
         if self.participant.active_epoch(entity) != Some(epoch) {
             // No longer ours at that epoch: a player waiting for it looks elsewhere.
             if let Some(w) = self.awaiting_restore.remove(&entity) {
@@ -1801,6 +1813,72 @@ mod tests {
         ));
         assert!(z.participant().is_empty());
         assert_eq!(z.zone_id(), 9);
+    }
+
+    #[test]
+    fn a_restore_overtaken_by_a_newer_epoch_is_not_simulated() {
+        let (mut z, clock) = zone(1);
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Restore {
+                entity: 100,
+                epoch: 3,
+                committed: None,
+            }),
+        );
+        drain(&mut z);
+        // Persistence already holds epoch 5: another zone owns the character now.
+        z.handle(
+            clock.0,
+            Command::Loaded {
+                entity: 100,
+                epoch: 3,
+                character: Some(character(100, 50.0, 5)),
+            },
+        );
+        assert!(!z.sim().has_character(100));
+        assert_eq!(z.participant().held(100), None);
+    }
+
+    #[test]
+    fn a_join_waiting_for_a_grant_is_served_by_an_arrival() {
+        let (mut z, clock) = zone(2);
+        z.handle(
+            clock.0,
+            Command::Spawn {
+                link: 1,
+                player_id: 7,
+                character: character(100, 150.0, 1),
+            },
+        );
+        drain(&mut z);
+        // The character arrives by handoff (without a player) before the grant.
+        z.handle(clock.0, Command::Coordinator(prepare(100, 150.0, 0)));
+        z.handle(
+            clock.0,
+            Command::Coordinator(decided(100, Outcome::Committed)),
+        );
+        assert!(matches!(
+            control(&drain(&mut z))[..],
+            [(
+                1,
+                Msg::Joined(pb::Joined {
+                    player_id: 7,
+                    entity_id: 100,
+                    ..
+                })
+            )]
+        ));
+        // The late grant keeps it here instead of giving it back.
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Granted {
+                entity: 100,
+                epoch: 3,
+            }),
+        );
+        assert!(to_coordinator(&drain(&mut z)).is_empty());
+        assert_eq!(z.participant().active_epoch(100), Some(3));
     }
 
     #[test]

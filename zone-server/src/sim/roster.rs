@@ -226,7 +226,7 @@ impl Sim {
 
     /// Removes every player; returns their final states (shutdown).
     pub fn despawn_all(&mut self) -> Vec<Character> {
-        let ids: Vec<u64> = self
+        let mut ids: Vec<u64> = self
             .world
             .resource::<CharIndex>()
             .0
@@ -234,6 +234,9 @@ impl Sim {
             .copied()
             .filter(|&id| id < NPC_ID_BASE)
             .collect();
+        // In id order: the caller releases them one message each, and the same world must
+        // give the same messages in the same order (seeded simulations replay).
+        ids.sort_unstable();
         ids.into_iter()
             .filter_map(|id| {
                 let entity = self.entity_of(id)?;
@@ -246,13 +249,16 @@ impl Sim {
 
     /// Ids of the characters (not NPCs) in this world.
     pub fn character_ids(&self) -> Vec<u64> {
-        self.world
+        let mut ids: Vec<u64> = self
+            .world
             .resource::<CharIndex>()
             .0
             .keys()
             .copied()
             .filter(|&id| id < NPC_ID_BASE)
-            .collect()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Character ids split into (simulated, frozen for a handoff).
