@@ -352,7 +352,7 @@ impl Zone {
         s.entities
             .store(self.sim.entity_count() as u32, Ordering::Relaxed);
         s.characters
-            .store(self.sim.character_ids().len() as u32, Ordering::Relaxed);
+            .store(self.sim.player_character_count() as u32, Ordering::Relaxed);
     }
 
     /// Handles one command from the tasks around the zone (gateway links, the coordinator

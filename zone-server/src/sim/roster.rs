@@ -261,6 +261,16 @@ impl Sim {
         ids
     }
 
+    /// How many characters (not NPCs) are here: per tick, so no list and no sort.
+    pub fn player_character_count(&self) -> usize {
+        self.world
+            .resource::<CharIndex>()
+            .0
+            .keys()
+            .filter(|&&id| id < NPC_ID_BASE)
+            .count()
+    }
+
     /// Character ids split into (simulated, frozen for a handoff).
     pub fn character_ids_split(&mut self) -> (Vec<u64>, Vec<u64>) {
         let mut q = self
