@@ -12,18 +12,6 @@ pub struct Args {
     listen: String,
     #[arg(long, env = "WORLDMESH_GATEWAY_NAME", default_value = "gateway-0")]
     name: String,
-    #[arg(
-        long,
-        env = "WORLDMESH_COORDINATOR_URL",
-        default_value = "http://127.0.0.1:7100"
-    )]
-    coordinator: String,
-    #[arg(
-        long,
-        env = "WORLDMESH_PERSISTENCE_URL",
-        default_value = "http://127.0.0.1:7200"
-    )]
-    persistence: String,
     /// PEM certificate chain; without it a self-signed development certificate is generated.
     #[arg(long, env = "WORLDMESH_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -32,14 +20,11 @@ pub struct Args {
     tls_key: Option<PathBuf>,
     #[arg(long, env = "WORLDMESH_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
-    /// Secret presented to zones on every link.
-    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
-    cluster_secret: Option<String>,
     /// Idle timeout in seconds.
     #[arg(long, env = "WORLDMESH_IDLE_TIMEOUT_S", default_value_t = 10)]
     idle_timeout_s: u64,
     /// Accept guest logins (a name without a password). For development only.
-    #[arg(long, env = "WORLDMESH_ALLOW_GUESTS")]
+    #[arg(long, env = "WORLDMESH_ALLOW_GUESTS", value_parser = clap::builder::BoolishValueParser::new())]
     allow_guests: bool,
     /// Lifetime of session tokens, seconds.
     #[arg(long, env = "WORLDMESH_TOKEN_TTL_S", default_value_t = 24 * 3600)]
@@ -48,21 +33,30 @@ pub struct Args {
     #[arg(long, env = "WORLDMESH_DRAIN_TIMEOUT_S", default_value_t = 15)]
     drain_timeout_s: u64,
     #[command(flatten)]
-    admin: worldmesh_runtime::admin::AdminArgs,
+    cluster: worldmesh_runtime::service::ClusterArgs,
+    #[command(flatten)]
+    service: worldmesh_runtime::service::ServiceArgs,
+}
+
+impl Args {
+    /// The flags every service has (threads, log format, admin port).
+    pub fn service(&self) -> &worldmesh_runtime::service::ServiceArgs {
+        &self.service
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::Config {
         name: args.name,
-        coordinator_url: args.coordinator,
-        persistence_url: args.persistence,
+        coordinator_url: args.cluster.coordinator,
+        persistence_url: args.cluster.persistence,
         tls: args
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| crate::TlsFiles { cert, key }),
         max_connections: args.max_connections,
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
-        cluster_secret: args.cluster_secret,
+        cluster_secret: args.cluster.cluster_secret,
         allow_guests: args.allow_guests,
         token_ttl: Duration::from_secs(args.token_ttl_s),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
@@ -76,8 +70,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = worldmesh_runtime::shutdown_token();
     // The admin port lives until the process exits, not until the shutdown signal: while
     // draining, /readyz answers 503 and /healthz 200.
-    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
-        .await?;
+    worldmesh_runtime::admin::start(
+        &args.service.admin,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
     crate::run(socket, config, shutdown).await?;
     Ok(())
 }

@@ -2,11 +2,13 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("gateway", "info");
-    let result = worldmesh_gateway::cli::run(worldmesh_gateway::cli::Args::parse()).await;
-    // Spans still buffered for the OTLP collector.
-    worldmesh_runtime::telemetry::flush().await;
-    result
+fn main() -> anyhow::Result<()> {
+    let args = worldmesh_gateway::cli::Args::parse();
+    let process = args.service().process.clone();
+    worldmesh_runtime::service::block_on(
+        "gateway",
+        "info",
+        &process,
+        worldmesh_gateway::cli::run(args),
+    )?
 }

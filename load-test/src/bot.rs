@@ -9,9 +9,9 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::{Auth, ErrorCode, Input, ServerMessage};
 
-use crate::client::{ClientEndpoint, ClientError, Session};
-use crate::predict::{Motion, Predictor};
 use crate::stats::Stats;
+use worldmesh_client::predict::{Motion, Predictor};
+use worldmesh_client::{ClientEndpoint, ClientError, Session};
 
 /// Travel speed, m/s: a run, under the server's 10 m/s limit.
 pub const TRAVEL_SPEED: f32 = 9.0;
@@ -69,7 +69,7 @@ pub struct BotConfig {
     /// Log in to an account (register it on first use) rather than as a guest.
     pub accounts: bool,
     /// Loss, latency and jitter on the bot's datagrams.
-    pub link: crate::conditioner::LinkConditions,
+    pub link: worldmesh_client::conditioner::LinkConditions,
 }
 
 /// A bot's password: derived from its name, so a later run logs the same bots in again.

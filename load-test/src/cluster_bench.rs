@@ -9,14 +9,15 @@
 //! quinn datagram echo ([`crate::echo`]) with the same connection count, 20 Hz each way and
 //! the bots' mean datagram size. One JSON line per step, then a summary line, then a PNG plot.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use worldmesh_testkit::procs::{Launch, Proc, Stop, free_tcp_port, free_udp_port};
 
 use crate::stats::Percentiles;
 
@@ -76,52 +77,6 @@ pub struct Summary {
     pub ratio: f64,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn cpu_s(&self) -> f64 {
-        cpu_of(self.0.id())
-    }
-}
-
-/// CPU time (user + system) of a process so far, seconds, from `/proc/<pid>/stat`.
-pub fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The `worldmesh` binary beside this one, built (same profile) if it is not there yet.
 fn worldmesh_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
@@ -146,38 +101,23 @@ fn worldmesh_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Starts one cluster process; it logs into `log_dir` and drains on SIGTERM when dropped.
 fn start(
-    bin: &Path,
     log_dir: &Path,
     name: &str,
     args: &[String],
     secret: &str,
     threads: usize,
 ) -> anyhow::Result<Proc> {
-    let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-    let mut command = Command::new(bin);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(|| {
-            // The cluster goes when the bench goes, even on Ctrl-C or SIGKILL (Drop would not
-            // run): each process gets SIGTERM and drains as in production.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let threads = threads.to_string();
+    Ok(Launch {
+        env: &[("WORLDMESH_THREADS", &threads)],
+        log_dir,
+        log_level: "warn",
+        stop: Stop::Term(Duration::from_secs(10)),
+        ..Launch::new(name, args, secret)
     }
-    let child = command
-        .args(args)
-        .env("WORLDMESH_CLUSTER_SECRET", secret)
-        .env("WORLDMESH_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .env("WORLDMESH_THREADS", threads.to_string())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    Ok(Proc(child))
+    .start()?)
 }
 
 fn percentile_or_zero(p: Percentiles) -> RttSummary {
@@ -206,19 +146,18 @@ fn spawn_grid() -> impl Iterator<Item = (f32, f32)> {
 /// Runs the benchmark; prints the JSON lines to stdout as it goes.
 pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
     std::fs::create_dir_all(&config.log_dir)?;
-    let bin = worldmesh_binary()?;
+    worldmesh_testkit::procs::use_binary(worldmesh_binary()?);
     let suffix = format!(
         "{}{}",
         std::process::id(),
         Instant::now().elapsed().as_nanos()
     );
-    let db = worldmesh_persistence::testing::fresh_postgres_database(&config.database_url).await?;
+    let db = worldmesh_testkit::db::fresh_postgres_database(&config.database_url).await?;
     let secret = worldmesh_runtime::random_secret();
-    let (cport, pport) = (free_port()?, free_port()?);
+    let (cport, pport) = (free_tcp_port(), free_tcp_port());
     let coordinator = format!("http://127.0.0.1:{cport}");
     let persistence = format!("http://127.0.0.1:{pport}");
     let mut procs = vec![start(
-        &bin,
         &config.log_dir,
         "coordinator",
         &[
@@ -237,7 +176,6 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
         config.service_threads,
     )?];
     procs.push(start(
-        &bin,
         &config.log_dir,
         "persistence",
         &[
@@ -261,9 +199,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
         config.service_threads,
     )?);
     for i in 0..config.zones {
-        let port = free_port()?;
+        let port = free_tcp_port();
         procs.push(start(
-            &bin,
             &config.log_dir,
             &format!("zone-{i}"),
             &[
@@ -283,10 +220,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
     }
     let mut gateways = Vec::new();
     for i in 0..config.gateways.max(1) {
-        let port = free_udp_port()?;
+        let port = free_udp_port();
         gateways.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         procs.push(start(
-            &bin,
             &config.log_dir,
             &format!("gateway-{i}"),
             &[
@@ -364,7 +300,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 .worker_threads(2)
                 .enable_all()
                 .build()
-                .map_err(crate::ClientError::from)?
+                .map_err(worldmesh_client::ClientError::from)?
                 .block_on(crate::echo::run(echo_config))
         })
         .await??;
@@ -396,7 +332,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
     // Stop in reverse start order: gateways, zones (they save), persistence, coordinator.
     procs.reverse();
     drop(procs);
-    worldmesh_persistence::testing::drop_postgres_database(&config.database_url, &db).await;
+    worldmesh_testkit::db::drop_postgres_database(&config.database_url, &db).await;
 
     let max_of = |f: fn(&Step) -> bool| {
         steps

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientEndpoint, ClientError};
 use crate::stats::Percentiles;
+use worldmesh_client::{ClientEndpoint, ClientError};
 
 #[derive(Debug, Clone)]
 pub struct EchoConfig {

@@ -12,7 +12,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::{ClientMessage, ErrorCode, Hello, Input, codec};
 
-use crate::client::{ClientEndpoint, ClientError};
+use worldmesh_client::{ClientEndpoint, ClientError};
 
 /// Longest a gateway may take to cut an attack off once connected: its login deadline
 /// (10 s) plus slack.

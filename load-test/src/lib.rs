@@ -1,31 +1,26 @@
 //! Load-test bots: real QUIC clients that log in, walk, chat and measure, thousands per
-//! process (one task each, one shared QUIC endpoint).
+//! process (one task each, one shared QUIC endpoint). The client itself (login, inputs,
+//! snapshots, prediction, the link conditioner) is the `worldmesh-client` crate; this crate
+//! is what drives and measures it.
 //!
 //! # Layout
 //!
 //! - [`audit`]: lost and duplicated characters, judged from the zones' audits against the
 //!   bots' characters (in process for `worldmesh local`, over gRPC for a deployed cluster).
-//! - [`client`]: a worldmesh client library (connect, Hello/Welcome, inputs, snapshots, chat,
-//!   Bye) — the reference for what a game client does.
 //! - [`cluster_bench`]: the whole cluster as processes, bots at rising counts, against the
 //!   bare quinn echo measured in the same run; [`plot`] draws it.
-//! - [`conditioner`]: loss, latency and jitter on a client's datagrams.
 //! - [`bot`]: one bot's behaviour and measurements.
 //! - [`hostile`]: hostile clients (garbage, floods, half-open connections, wrong versions)
 //!   that record how the gateway cut them off.
-//! - [`predict`]: client-side prediction and reconciliation (the correction error).
 //! - [`stats`]: shared counters, the RTT histogram and the JSON [`Report`].
 //! - [`run`]: ramps up a fleet of bots against a gateway and reports.
 
 pub mod audit;
 pub mod bot;
-pub mod client;
 pub mod cluster_bench;
-pub mod conditioner;
 pub mod echo;
 pub mod hostile;
 pub mod plot;
-pub mod predict;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -34,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use client::{ClientEndpoint, ClientError, Session};
 pub use stats::{Report, Stats};
+use worldmesh_client::conditioner;
+pub use worldmesh_client::{ClientEndpoint, ClientError, Session};
 
 /// A fleet of bots.
 #[derive(Debug, Clone)]

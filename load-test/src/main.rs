@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use worldmesh_client::conditioner::LinkConditions;
 use worldmesh_load_test::bot::Behaviour;
-use worldmesh_load_test::conditioner::LinkConditions;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "worldmesh load-test bots")]

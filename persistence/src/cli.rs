@@ -34,7 +34,14 @@ pub struct Args {
     #[arg(long, env = "WORLDMESH_ARGON2_ITERATIONS", default_value_t = crate::accounts::DEFAULT_ITERATIONS)]
     argon2_iterations: u32,
     #[command(flatten)]
-    admin: worldmesh_runtime::admin::AdminArgs,
+    service: worldmesh_runtime::service::ServiceArgs,
+}
+
+impl Args {
+    /// The flags every service has (threads, log format, admin port).
+    pub fn service(&self) -> &worldmesh_runtime::service::ServiceArgs {
+        &self.service
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -51,8 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = worldmesh_runtime::shutdown_token();
     // The admin port lives until the process exits, not until the shutdown signal: while
     // draining, /readyz answers 503 and /healthz 200.
-    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
-        .await?;
+    worldmesh_runtime::admin::start(
+        &args.service.admin,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

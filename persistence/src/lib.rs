@@ -26,7 +26,6 @@
 //! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
 //! - [`flusher`]: the consumer-group reader moving checkpoints from the Redis stream into SQL.
 //! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
-//! - [`testing`]: helpers that give each test its own PostgreSQL database and Redis prefix.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
 pub mod accounts;
@@ -36,7 +35,6 @@ pub mod hot;
 pub mod service;
 pub mod sql;
 pub mod store;
-pub mod testing;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -129,20 +127,10 @@ pub async fn serve(
     // Connected to both tiers (`Store::connect` ran the migrations): ready.
     worldmesh_runtime::admin::Readiness::new("persistence connected").set(true);
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
-    // The standard gRPC health service, SERVING while this server runs.
-    let (_health, health_service) = tonic_health::server::health_reporter();
-    tonic::transport::Server::builder()
-        // Each request's span continues the caller's trace (the `traceparent` header).
-        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
-        .add_service(health_service)
-        .add_service(PersistenceServer::new(service::PersistenceService::new(
-            store.clone(),
-        )))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+    let router = worldmesh_runtime::service::grpc_router().add_service(PersistenceServer::new(
+        service::PersistenceService::new(store.clone()),
+    ));
+    worldmesh_runtime::service::serve_grpc(router, listener, shutdown.cancelled_owned()).await?;
     store.close().await;
     tracing::info!("persistence stopped");
     Ok(())

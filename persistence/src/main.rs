@@ -2,11 +2,13 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    worldmesh_runtime::init_logging("persistence", "info");
-    let result = worldmesh_persistence::cli::run(worldmesh_persistence::cli::Args::parse()).await;
-    // Spans still buffered for the OTLP collector.
-    worldmesh_runtime::telemetry::flush().await;
-    result
+fn main() -> anyhow::Result<()> {
+    let args = worldmesh_persistence::cli::Args::parse();
+    let process = args.service().process.clone();
+    worldmesh_runtime::service::block_on(
+        "persistence",
+        "info",
+        &process,
+        worldmesh_persistence::cli::run(args),
+    )?
 }

@@ -11,6 +11,65 @@ use crate::store::Character;
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Migrations whose text changed after they shipped, with the SHA-384 of the text databases
+/// recorded when they ran. Migrations 2 and 3 created the coordinator's tables until the
+/// coordinator took over its own (world-coordinator/migrations/, which adopt those tables);
+/// their text no longer does, so a fresh database gets the coordinator's tables only from the
+/// coordinator, in whichever order the two services start. sqlx refuses to start when an
+/// applied migration's checksum differs from its text's, so the original checksums are pinned
+/// here: databases where they ran keep starting. Fresh databases record the pinned value too.
+const PINNED_CHECKSUMS: &[(Backend, i64, &str)] = &[
+    (
+        Backend::Postgres,
+        20_261_124_000_002,
+        "cd61e5f6a683671f5740c45d132ccb410572338f7c6b589e39f537dc3aae2d8e2c627d25e3f341b8a019c11ab6e501e4",
+    ),
+    (
+        Backend::Postgres,
+        20_261_124_000_003,
+        "4b294388b5ffb351df709811cd33891c39da825bf0c33cb392e82bfcfa7ea40c56acb0281a792d877b00a482465fb4a7",
+    ),
+    (
+        Backend::Sqlite,
+        20_261_124_000_002,
+        "553c801c477bbb9c7f38e630dbd3729cc0f2c08381d0bb1299f960d9df159ccd54e8c08abc225273388baf6e7af1cfbc",
+    ),
+    (
+        Backend::Sqlite,
+        20_261_124_000_003,
+        "4b294388b5ffb351df709811cd33891c39da825bf0c33cb392e82bfcfa7ea40c56acb0281a792d877b00a482465fb4a7",
+    ),
+];
+
+/// The backend's migrations, with [`PINNED_CHECKSUMS`] applied.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    let source = match backend {
+        Backend::Postgres => &PG_MIGRATIONS,
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+    };
+    let migrations = source
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            if let Some((_, _, hex)) = PINNED_CHECKSUMS
+                .iter()
+                .find(|(b, v, _)| *b == backend && *v == m.version)
+            {
+                m.checksum = std::borrow::Cow::Owned(from_hex(hex));
+            }
+            m
+        })
+        .collect();
+    sqlx::migrate::Migrator::with_migrations(migrations)
+}
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Rows per upsert statement: 7 parameters each, 7,000 in all, under PostgreSQL's 65,535 and
 /// SQLite's 32,766 bound-parameter limits, and large enough that per-statement overhead is
 /// small next to per-row work.
@@ -89,15 +148,11 @@ impl Sql {
             .acquire_timeout(std::time::Duration::from_secs(3))
             .connect(url)
             .await?;
-        match backend {
-            Backend::Postgres => PG_MIGRATIONS.run(&pool).await?,
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-        }
+        migrator(backend).run(&pool).await?;
         Ok(Self { pool, backend })
     }
 
-    /// The pool, for other services that keep their state in the same database (the
-    /// coordinator); the migrations here create their tables too.
+    /// The pool, for queries of this crate's tables outside [`Sql`] (tests, tools).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

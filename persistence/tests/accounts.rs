@@ -2,8 +2,8 @@
 //! token generations and revocation, and guests kept off account characters.
 
 use worldmesh_persistence::accounts::{Proof, Refusal};
-use worldmesh_persistence::testing;
 use worldmesh_persistence::{Character, Config, Store};
+use worldmesh_testkit as testing;
 
 const SPAWN: (f32, f32) = (10.0, 20.0);
 

@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use worldmesh_persistence::{Store, testing};
+use worldmesh_persistence::Store;
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::persistence::{
     Character, CheckpointBatch, LoadCharacterRequest, LoadOrCreateCharacterRequest,
     SaveCharactersRequest,
 };
+use worldmesh_testkit as testing;
 
 struct Harness {
     client: PersistenceClient<worldmesh_runtime::Channel>,

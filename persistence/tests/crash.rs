@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
-use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::persistence::{
     Character, LoadOrCreateCharacterRequest, SaveCharactersRequest,
 };
+use worldmesh_testkit as testing;
 
 const CHARACTERS: usize = 40;
 const KILLS: usize = 20;

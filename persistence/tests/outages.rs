@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use worldmesh_persistence::{Character, Config, Error, Store, testing};
+use worldmesh_persistence::{Character, Config, Error, Store};
+use worldmesh_testkit as testing;
 
 async fn wait_all_durable(store: &Store, chars: &[Character], version: u64) -> Duration {
     let started = Instant::now();

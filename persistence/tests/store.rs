@@ -1,8 +1,8 @@
 //! The store against real Redis + PostgreSQL and against embedded SQLite: stale writes are
 //! refused in both tiers, loads prefer the newer tier.
 
-use worldmesh_persistence::testing;
 use worldmesh_persistence::{Character, Config, Store};
+use worldmesh_testkit as testing;
 
 async fn tiered() -> (Config, String, String) {
     let base = testing::postgres_base_url();

@@ -1,13 +1,14 @@
 //! What every worldmesh process shares at runtime, kept out of the service crates so each
-//! binary stays a few lines: logs and traces ([`telemetry`]), the shutdown signal, internal
-//! gRPC channels and their authentication, and the [`admin`] port (`/metrics`, `/healthz`,
-//! `/readyz`).
+//! binary stays a few lines: the common flags, runtime and gRPC server ([`service`]), logs
+//! and traces ([`telemetry`]), the shutdown signal, internal gRPC channels and their
+//! authentication, and the [`admin`] port (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Every service exposes `run(listener, config, shutdown)` taking a [`CancellationToken`]; a
 //! binary wires that token to SIGINT/SIGTERM with [`cancel_on_signal`], and `worldmesh local`
 //! wires one token to all services so that Ctrl-C stops the whole cluster in order.
 
 pub mod admin;
+pub mod service;
 pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;

@@ -39,7 +39,14 @@ pub struct Args {
     #[arg(long = "spawn", value_parser = parse_point)]
     spawn_points: Vec<(f32, f32)>,
     #[command(flatten)]
-    admin: worldmesh_runtime::admin::AdminArgs,
+    service: worldmesh_runtime::service::ServiceArgs,
+}
+
+impl Args {
+    /// The flags every service has (threads, log format, admin port).
+    pub fn service(&self) -> &worldmesh_runtime::service::ServiceArgs {
+        &self.service
+    }
 }
 
 fn parse_point(s: &str) -> Result<(f32, f32), String> {
@@ -73,8 +80,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = worldmesh_runtime::shutdown_token();
     // The admin port lives until the process exits, not until the shutdown signal: while
     // draining, /readyz answers 503 and /healthz 200.
-    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
-        .await?;
+    worldmesh_runtime::admin::start(
+        &args.service.admin,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -5,20 +5,21 @@
 //! that they renew by heartbeat. Cells are spread over the live zones that are not draining,
 //! as contiguous stripes of columns, recomputed when that set changes; zones and gateways
 //! follow the map on a watch stream. A zone that finds a character standing in another zone's
-//! cell hands it over through the **handoff saga** ([`handoff`]): freeze at the source, prepare
+//! cell hands it over through the **handoff saga** ([`worldmesh_world::handoff`]): freeze at the source, prepare
 //! at the target, durable commit of the new authority epoch here, activate at the target. A
 //! zone whose lease lapses is failed over: its entities go to survivors at a new epoch, which
 //! restore them from their last checkpoint. Zones that register get cells (and the characters
 //! in them follow by handoff); zones that drain give theirs away the same way.
 //!
 //! Durability: zones (ids, lease generations, draining), authority rows and the world's tick
-//! origin live in SQL (the persistence crate's migrations). A restarted coordinator resumes
+//! origin live in SQL, in tables the coordinator migrates itself ([`store`]). A restarted coordinator resumes
 //! from them; zones re-sync by reporting what they hold on their session stream.
 //!
 //! # Layout
 //!
-//! - [`handoff`]: the sans-IO saga, both sides (coordinator and zone participant); checked by
-//!   the deterministic simulation in `zone-server/tests/simulation.rs` (with the real zone core).
+//! - The saga's core ([`worldmesh_world::handoff::Coordinator`]) and the geometry live in the
+//!   `worldmesh-world` crate, shared with the zones; the simulation in
+//!   `zone-server/tests/simulation.rs` drives that core together with the real zone core.
 //! - [`map`]: the sans-IO registry: zones, leases and the cell → zone assignment.
 //! - [`state`]: the one task owning both cores: batches requests, writes authority rows in one
 //!   transaction, then sends.
@@ -27,8 +28,6 @@
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
 pub mod cli;
-mod convert;
-pub mod handoff;
 pub mod map;
 pub mod service;
 pub mod state;
@@ -42,9 +41,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::coordinator::coordinator_server::CoordinatorServer;
 
-pub use convert::{to_coordinator_pb, to_zone_core};
-pub use map::{Geometry, WorldMap};
-pub use service::{locate_in, owner_in};
+pub use map::WorldMap;
+pub use worldmesh_world::Geometry;
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -79,8 +77,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("SQL: {0}")]
     Sql(#[from] sqlx::Error),
-    #[error("storage: {0}")]
-    Storage(#[from] worldmesh_persistence::Error),
+    #[error("SQL migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (want postgres://… or sqlite:…): {0}")]
+    UnsupportedDatabase(String),
     /// SQL refused an authority write and then could not be read back: memory may hold what
     /// SQL does not, so the coordinator stops; a restart resumes from SQL, which is safe.
     #[error("authority cannot be read back from SQL: {0}")]
@@ -106,9 +106,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let addr: SocketAddr = listener.local_addr()?;
     let store = match &config.database_url {
-        Some(url) => Some(store::Store::new(
-            worldmesh_persistence::sql::Sql::connect(url).await?,
-        )),
+        Some(url) => Some(store::Store::connect(url).await?),
         None => {
             tracing::warn!("no database: authority and leases live in memory only");
             None
@@ -134,18 +132,10 @@ pub async fn run(
     tracing::info!(%addr, "world coordinator listening");
     // State loaded from SQL (or fresh): ready to serve.
     worldmesh_runtime::admin::Readiness::new("coordinator serving").set(true);
-    // The standard gRPC health service, SERVING while this server runs.
-    let (_health, health_service) = tonic_health::server::health_reporter();
-    let served = tonic::transport::Server::builder()
-        // Each request's span continues the caller's trace (the `traceparent` header).
-        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
-        .add_service(health_service)
-        .add_service(CoordinatorServer::new(svc))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.clone().cancelled_owned(),
-        )
-        .await;
+    let router = worldmesh_runtime::service::grpc_router().add_service(CoordinatorServer::new(svc));
+    let served =
+        worldmesh_runtime::service::serve_grpc(router, listener, stop.clone().cancelled_owned())
+            .await;
     stop.cancel();
     if let Ok(Err(e)) = task.await {
         return Err(e);

@@ -2,11 +2,14 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    worldmesh_runtime::init_logging("world-coordinator", "info");
-    let result = worldmesh_coordinator::cli::run(worldmesh_coordinator::cli::Args::parse()).await;
-    // Spans still buffered for the OTLP collector.
-    worldmesh_runtime::telemetry::flush().await;
-    worldmesh_coordinator::cli::exit_code(result)
+fn main() -> std::process::ExitCode {
+    let args = worldmesh_coordinator::cli::Args::parse();
+    let process = args.service().process.clone();
+    let result = worldmesh_runtime::service::block_on(
+        "world-coordinator",
+        "info",
+        &process,
+        worldmesh_coordinator::cli::run(args),
+    );
+    worldmesh_coordinator::cli::exit_code(result.unwrap_or_else(|e| Err(e.into())))
 }

@@ -3,59 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The world's shape, fixed for the life of a cluster.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Geometry {
-    pub min_x: f32,
-    pub min_y: f32,
-    pub max_x: f32,
-    pub max_y: f32,
-    /// Side of a square cell, metres.
-    pub cell_size: f32,
-    pub tick_rate_hz: u32,
-    /// Where new characters appear; a character's spawn point is picked by its name.
-    pub spawn_points: Vec<(f32, f32)>,
-}
-
-impl Default for Geometry {
-    fn default() -> Self {
-        // 2 km square in 250 m cells: 8 × 8 cells, enough for a 4-zone cluster to have
-        // two columns each. Two spawn points in different columns put players in two zones.
-        Self {
-            min_x: 0.0,
-            min_y: 0.0,
-            max_x: 2000.0,
-            max_y: 2000.0,
-            cell_size: 250.0,
-            tick_rate_hz: 20,
-            spawn_points: vec![(625.0, 1000.0), (1375.0, 1000.0)],
-        }
-    }
-}
-
-impl Geometry {
-    pub fn cells_x(&self) -> u32 {
-        ((self.max_x - self.min_x) / self.cell_size).ceil().max(1.0) as u32
-    }
-
-    pub fn cells_y(&self) -> u32 {
-        ((self.max_y - self.min_y) / self.cell_size).ceil().max(1.0) as u32
-    }
-
-    /// The cell containing a position; positions outside the world are clamped to its edge.
-    pub fn cell_of(&self, x: f32, y: f32) -> (u32, u32) {
-        let cx = ((x - self.min_x) / self.cell_size).floor();
-        let cy = ((y - self.min_y) / self.cell_size).floor();
-        let clamp = |v: f32, n: u32| {
-            if v.is_nan() {
-                0
-            } else {
-                v.clamp(0.0, (n - 1) as f32) as u32
-            }
-        };
-        (clamp(cx, self.cells_x()), clamp(cy, self.cells_y()))
-    }
-}
+pub use worldmesh_world::Geometry;
 
 /// A registered zone server.
 #[derive(Debug, Clone, PartialEq)]

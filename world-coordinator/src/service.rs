@@ -11,7 +11,10 @@ use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::coordinator::{self as pb, coordinator_server::Coordinator};
 
 use crate::Config;
-use crate::map::{Geometry, WorldMap, Zone};
+use worldmesh_world::convert;
+use worldmesh_world::geometry::locate_in;
+
+use crate::map::{WorldMap, Zone};
 use crate::state::{self, Published};
 
 pub struct CoordinatorService {
@@ -51,23 +54,6 @@ impl CoordinatorService {
     }
 }
 
-pub fn geometry_to_pb(g: &Geometry, tick_origin_unix_ms: u64) -> pb::WorldGeometry {
-    pb::WorldGeometry {
-        min_x: g.min_x,
-        min_y: g.min_y,
-        max_x: g.max_x,
-        max_y: g.max_y,
-        cell_size: g.cell_size,
-        tick_rate_hz: g.tick_rate_hz,
-        spawn_points: g
-            .spawn_points
-            .iter()
-            .map(|&(x, y)| pb::SpawnPoint { x, y })
-            .collect(),
-        tick_origin_unix_ms,
-    }
-}
-
 pub fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
     pb::ZoneInfo {
         zone_id: z.id,
@@ -80,42 +66,13 @@ pub fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
 
 pub fn world_map_pb(map: &WorldMap, tick_origin_unix_ms: u64) -> pb::WorldMap {
     pb::WorldMap {
-        world: Some(geometry_to_pb(map.geometry(), tick_origin_unix_ms)),
+        world: Some(map.geometry().to_pb(tick_origin_unix_ms)),
         zones: map.zones().map(zone_to_pb).collect(),
         cell_owners: map.cell_owners(),
         cells_x: map.geometry().cells_x(),
         cells_y: map.geometry().cells_y(),
         version: map.version(),
     }
-}
-
-/// The id of the zone owning the cell at a position in a published map, with that cell.
-/// Allocation-free: zones call it for every character every tick.
-pub fn owner_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(u64, (u32, u32))> {
-    let g = map.world.as_ref()?;
-    let cell = |v: f32, min: f32, n: u32| {
-        let c = ((v - min) / g.cell_size).floor();
-        if c.is_nan() {
-            0
-        } else {
-            c.clamp(0.0, n.saturating_sub(1) as f32) as u32
-        }
-    };
-    let (cx, cy) = (cell(x, g.min_x, map.cells_x), cell(y, g.min_y, map.cells_y));
-    let owner = *map
-        .cell_owners
-        .get((cy * map.cells_x + cx) as usize)
-        .filter(|&&o| o != 0)?;
-    Some((owner, (cx, cy)))
-}
-
-/// The owner of the cell at a position in a published map.
-pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u32, u32))> {
-    let (owner, cell) = owner_in(map, x, y)?;
-    map.zones
-        .iter()
-        .find(|z| z.zone_id == owner)
-        .map(|z| (z.clone(), cell))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorEvent, Status>> + Send>>;
@@ -282,7 +239,7 @@ impl Coordinator for CoordinatorService {
                     tracing::warn!(zone, "zone session message for another lease; closing");
                     break;
                 }
-                let Some(core) = msg.msg.and_then(crate::convert::to_coordinator_core) else {
+                let Some(core) = msg.msg.and_then(convert::to_coordinator_core) else {
                     metrics::counter!("worldmesh_coordinator_malformed_total").increment(1);
                     continue;
                 };

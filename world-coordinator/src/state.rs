@@ -17,9 +17,11 @@ use tonic::Status;
 use worldmesh_protocol::grpc::coordinator as pb;
 
 use crate::Error;
-use crate::handoff::{self, Action, Coordinator, EntityId, ToCoordinator, ToZone, ZoneId};
 use crate::map::{WorldMap, Zone};
 use crate::store::{Store, ZoneRow};
+use worldmesh_world::handoff::{
+    self, Action, Coordinator, EntityId, ToCoordinator, ToZone, ZoneId,
+};
 
 /// Requests waiting for the state task. Zone messages dominate; 16k is many ticks of
 /// handoffs for a large cluster, and a full queue slows senders rather than dropping.
@@ -418,7 +420,7 @@ impl State {
                 continue;
             };
             let event = pb::CoordinatorEvent {
-                msg: Some(crate::convert::to_zone_pb(msg)),
+                msg: Some(worldmesh_world::convert::to_zone_pb(msg)),
             };
             if tx.try_send(Ok(event)).is_err() {
                 tracing::warn!(

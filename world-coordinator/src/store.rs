@@ -1,11 +1,16 @@
 //! The coordinator's durable state in SQL: zones with their ids and lease generations, one
-//! authority row per entity, and the world's tick origin. Tables come from the persistence
-//! crate's migrations, so one database serves both.
+//! authority row per entity, and the world's tick origin. PostgreSQL or SQLite through sqlx's
+//! `Any` driver (runtime-checked queries: no database at build time). The coordinator owns
+//! these tables and their migrations (`world-coordinator/migrations/`, recorded in
+//! `_coordinator_migrations`), so it may share persistence's database or have its own.
 
-use sqlx::Row;
-use worldmesh_persistence::sql::Sql;
+use std::time::Duration;
 
-use crate::handoff::{Authority, EntityId, HandoffId, Outcome, ZoneId};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+use worldmesh_world::handoff::{Authority, EntityId, HandoffId, Outcome, ZoneId};
 
 /// A registered zone as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,9 +31,16 @@ pub struct Loaded {
     pub tick_origin_unix_ms: u64,
 }
 
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Where the coordinator records its applied migrations: not sqlx's default table, which
+/// persistence's migrations use when the two share a database.
+const MIGRATIONS_TABLE: &str = "_coordinator_migrations";
+
 #[derive(Clone)]
 pub struct Store {
-    sql: Sql,
+    pool: AnyPool,
 }
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
@@ -61,13 +73,42 @@ fn authority(r: &sqlx::any::AnyRow) -> Result<Authority> {
 }
 
 impl Store {
-    pub fn new(sql: Sql) -> Self {
-        Self { sql }
+    /// Opens a pool on `url` (`postgres://…` or `sqlite:…`) and brings the coordinator's
+    /// tables up to date.
+    pub async fn connect(url: &str) -> std::result::Result<Self, crate::Error> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let migrations = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            &PG_MIGRATIONS
+        } else if sqlite {
+            &SQLITE_MIGRATIONS
+        } else {
+            return Err(crate::Error::UnsupportedDatabase(url.to_owned()));
+        };
+        // The coordinator writes from one task, one transaction at a time: two connections
+        // (one writing, one for a read-back after a failed write) are all it uses. SQLite
+        // allows one writer anyway.
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 1 } else { 2 })
+            // Fail fast while SQL is down: the state task reports the error and the caller
+            // decides; the default 30 s would stall every saga behind it.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await?;
+        let mut migrator = Migrator::with_migrations(migrations.iter().cloned().collect());
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Loads the state; the first start also fixes the tick origin at `now_unix_ms`.
     pub async fn load(&self, now_unix_ms: u64) -> Result<Loaded> {
-        let pool = self.sql.pool();
+        let pool = &self.pool;
         sqlx::query(
             "INSERT INTO coordinator_meta (key, value) VALUES ('tick_origin_unix_ms', $1) \
              ON CONFLICT (key) DO NOTHING",
@@ -119,7 +160,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.sql.pool().begin().await?;
+        let mut tx = self.pool.begin().await?;
         for (entity, row) in rows {
             let (le, la, lo) = match row.last {
                 Some((id, outcome)) => (
@@ -160,7 +201,7 @@ impl Store {
              FROM coordinator_authority WHERE entity_id = $1",
         )
         .bind(entity as i64)
-        .fetch_optional(self.sql.pool())
+        .fetch_optional(&self.pool)
         .await?;
         loaded.as_ref().map(authority).transpose()
     }
@@ -180,7 +221,7 @@ impl Store {
         .bind(z.capacity as i64)
         .bind(z.lease_generation as i64)
         .bind(z.draining as i64)
-        .execute(self.sql.pool())
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -188,7 +229,7 @@ impl Store {
     pub async fn delete_zone(&self, id: ZoneId) -> Result<()> {
         sqlx::query("DELETE FROM coordinator_zones WHERE zone_id = $1")
             .bind(id as i64)
-            .execute(self.sql.pool())
+            .execute(&self.pool)
             .await?;
         Ok(())
     }

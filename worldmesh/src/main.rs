@@ -19,12 +19,6 @@ use worldmesh_load_test::stats::Percentiles;
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// Log format: `text` for people, `json` (one object per line) for log shippers.
-    #[arg(long, global = true, env = "WORLDMESH_LOG_FORMAT", value_enum, default_value_t = worldmesh_runtime::LogFormat::Text)]
-    log_format: worldmesh_runtime::LogFormat,
-    /// Tokio worker threads: 0 = one per core; 1 = a single current-thread runtime.
-    #[arg(long, global = true, env = "WORLDMESH_THREADS", default_value_t = 0)]
-    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,61 +75,33 @@ struct Local {
     /// Admin HTTP address of the whole local cluster (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "WORLDMESH_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     admin_listen: String,
+    #[command(flatten)]
+    process: worldmesh_runtime::service::ProcessArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    // 1: one current-thread runtime (cheapest per packet for a relay: no cross-thread wake-ups);
-    // otherwise a multi-thread runtime with that many workers (0: one per core).
-    let runtime = match args.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                b.worker_threads(n);
-            }
-            b.enable_all().build()
-        }
+    let (service, filter, process) = match &args.command {
+        Command::Local(l) => ("worldmesh-local", "warn", &l.process),
+        Command::Coordinator(a) => ("world-coordinator", "info", &a.service().process),
+        Command::Zone(a) => ("zone-server", "info", &a.service().process),
+        Command::Gateway(a) => ("gateway", "info", &a.service().process),
+        Command::Persistence(a) => ("persistence", "info", &a.service().process),
     };
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(e) => Err(e.into()),
-    };
+    let process = process.clone();
+    let result = worldmesh_runtime::service::block_on(service, filter, &process, run(args.command));
     // A coordinator that stopped to resume from SQL exits 70 (restart me), like its own binary.
-    worldmesh_coordinator::cli::exit_code(result)
+    worldmesh_coordinator::cli::exit_code(result.unwrap_or_else(|e| Err(e.into())))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let log = |service: &str, filter: &str| {
-        worldmesh_runtime::init_logging_with(service, filter, args.log_format);
-    };
-    let result = match args.command {
-        Command::Local(args) => {
-            log("worldmesh-local", "warn");
-            local(args).await
-        }
-        Command::Coordinator(args) => {
-            log("world-coordinator", "info");
-            worldmesh_coordinator::cli::run(args).await
-        }
-        Command::Zone(args) => {
-            log("zone-server", "info");
-            worldmesh_zone::cli::run(args).await
-        }
-        Command::Gateway(args) => {
-            log("gateway", "info");
-            worldmesh_gateway::cli::run(args).await
-        }
-        Command::Persistence(args) => {
-            log("persistence", "info");
-            worldmesh_persistence::cli::run(args).await
-        }
-    };
-    // Spans still buffered for the OTLP collector.
-    worldmesh_runtime::telemetry::flush().await;
-    result
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Local(args) => local(args).await,
+        Command::Coordinator(args) => worldmesh_coordinator::cli::run(args).await,
+        Command::Zone(args) => worldmesh_zone::cli::run(args).await,
+        Command::Gateway(args) => worldmesh_gateway::cli::run(args).await,
+        Command::Persistence(args) => worldmesh_persistence::cli::run(args).await,
+    }
 }
 
 async fn local(args: Local) -> anyhow::Result<()> {

@@ -7,14 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, endpoint};
+use worldmesh_client::{ClientError, Session};
 use worldmesh_gateway::token::{Claims, TokenKey, now_unix_s};
-use worldmesh_load_test::{ClientError, Session};
 use worldmesh_protocol::grpc::persistence::RevokeTokensRequest;
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::{Auth, ErrorCode};
 
 async fn refused(
-    endpoint: &worldmesh_load_test::ClientEndpoint,
+    endpoint: &worldmesh_client::ClientEndpoint,
     gateway: std::net::SocketAddr,
     name: &str,
     auth: Option<Auth>,

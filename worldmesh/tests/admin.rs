@@ -53,7 +53,7 @@ async fn metrics_of_a_running_cluster_exist_and_move() {
             bots: 10,
             ramp_per_s: 20.0,
             duration: Some(Duration::from_secs(6)),
-            name_prefix: format!("adm{}-", worldmesh_persistence::testing::unique_suffix()),
+            name_prefix: format!("adm{}-", worldmesh_testkit::unique_suffix()),
             status_every: None,
             ..Default::default()
         },

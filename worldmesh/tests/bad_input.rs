@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use worldmesh_load_test::{ClientEndpoint, Session};
+use worldmesh_client::{ClientEndpoint, Session};
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::*;
 

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, start_cluster};
+use worldmesh_client::conditioner::LinkConditions;
 use worldmesh_load_test::bot::Behaviour;
-use worldmesh_load_test::conditioner::LinkConditions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_play_through_loss_latency_and_jitter() {
@@ -28,7 +28,7 @@ async fn bots_play_through_loss_latency_and_jitter() {
             bots: 30,
             ramp_per_s: 30.0,
             duration: Some(Duration::from_secs(10)),
-            name_prefix: format!("lossy{}-", worldmesh_persistence::testing::unique_suffix()),
+            name_prefix: format!("lossy{}-", worldmesh_testkit::unique_suffix()),
             behaviour: Behaviour::Mixed,
             status_every: None,
             link: LinkConditions {

@@ -28,7 +28,7 @@ async fn characters_survive_a_whole_cluster_restart() {
     let (backend, persistence) = Backend::tiered().await;
     let cluster = start_cluster(persistence.clone(), 2).await;
     let endpoint = endpoint();
-    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter")
+    let mut s = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "restarter")
         .await
         .unwrap();
     let w = walk(&mut s, 1.0, 1.0).await;
@@ -37,7 +37,7 @@ async fn characters_survive_a_whole_cluster_restart() {
     cluster.stop().await;
     drop(s);
     let cluster = start_cluster(persistence, 2).await;
-    let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "restarter")
+    let again = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "restarter")
         .await
         .unwrap();
     assert!(
@@ -67,7 +67,7 @@ async fn two_gateways_in_front_of_the_same_zones() {
     for i in 0..6 {
         let gw = cluster.gateway_addrs[i % 2];
         sessions.push(
-            worldmesh_load_test::Session::login(&endpoint, gw, &format!("twogw{i}"))
+            worldmesh_client::Session::login(&endpoint, gw, &format!("twogw{i}"))
                 .await
                 .unwrap(),
         );
@@ -116,15 +116,15 @@ async fn zones_refuse_links_without_the_cluster_secret() {
     let stop = tokio_util::sync::CancellationToken::new();
     let rogue_task = tokio::spawn(worldmesh_gateway::run(socket, rogue, stop.clone()));
     let endpoint = endpoint();
-    match worldmesh_load_test::Session::login(&endpoint, rogue_addr, "intruder").await {
-        Err(worldmesh_load_test::ClientError::Kicked { code, .. }) => {
+    match worldmesh_client::Session::login(&endpoint, rogue_addr, "intruder").await {
+        Err(worldmesh_client::ClientError::Kicked { code, .. }) => {
             assert_eq!(code, worldmesh_protocol::ErrorCode::Unavailable);
         }
         Err(e) => panic!("expected a typed kick, got {e}"),
         Ok(_) => panic!("a gateway without the secret placed a player in a zone"),
     }
     // The real gateway still works.
-    worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "legit")
+    worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "legit")
         .await
         .unwrap()
         .bye()
@@ -146,11 +146,10 @@ async fn a_login_through_another_gateway_takes_the_character_over() {
     config.gateways = 2;
     let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
     let endpoint = endpoint();
-    let mut first =
-        worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addrs[0], "twice")
-            .await
-            .unwrap();
-    let second = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addrs[1], "twice")
+    let mut first = worldmesh_client::Session::login(&endpoint, cluster.gateway_addrs[0], "twice")
+        .await
+        .unwrap();
+    let second = worldmesh_client::Session::login(&endpoint, cluster.gateway_addrs[1], "twice")
         .await
         .expect("the newer login gets the character");
     assert_eq!(second.welcome.entity_id, first.welcome.entity_id);

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::procs::{Core, Proc, free_udp_port, metric};
 use common::*;
-use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::coordinator::{
     GetWorldRequest, LocateZoneRequest, coordinator_client::CoordinatorClient,
 };
@@ -27,6 +26,7 @@ use worldmesh_protocol::grpc::persistence::{
     Character, LoadOrCreateCharacterRequest, SaveCharactersRequest,
     persistence_client::PersistenceClient,
 };
+use worldmesh_testkit as testing;
 
 /// One cluster at a time.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -43,7 +43,7 @@ async fn bots(
     run: Duration,
     behaviour: worldmesh_load_test::bot::Behaviour,
 ) -> (
-    tokio::task::JoinHandle<Result<worldmesh_load_test::Report, worldmesh_load_test::ClientError>>,
+    tokio::task::JoinHandle<Result<worldmesh_load_test::Report, worldmesh_client::ClientError>>,
     Arc<worldmesh_load_test::Stats>,
 ) {
     let stats = Arc::new(worldmesh_load_test::Stats::default());

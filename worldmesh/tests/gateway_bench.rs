@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{Core, free_udp_port, metric};
 use common::*;
-use worldmesh_persistence::testing;
+use worldmesh_testkit as testing;
 
 const RUN: Duration = Duration::from_secs(20);
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::procs::{Core, free_udp_port};
 use common::*;
-use worldmesh_load_test::{ClientError, Session};
-use worldmesh_persistence::testing;
+use worldmesh_client::{ClientError, Session};
 use worldmesh_protocol::{Auth, ErrorCode, ServerMessage};
+use worldmesh_testkit as testing;
 
 const PLAYERS: usize = 20;
 

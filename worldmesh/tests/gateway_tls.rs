@@ -11,7 +11,7 @@ use rustls::pki_types::CertificateDer;
 async fn the_gateway_serves_the_certificate_from_pem_files() {
     let dir = std::env::temp_dir().join(format!(
         "worldmesh-tls-{}",
-        worldmesh_persistence::testing::unique_suffix()
+        worldmesh_testkit::unique_suffix()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["game.example.com".to_owned()]).unwrap();
@@ -27,7 +27,7 @@ async fn the_gateway_serves_the_certificate_from_pem_files() {
     });
     let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
     let endpoint = endpoint();
-    let s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "pemuser")
+    let s = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "pemuser")
         .await
         .expect("login over the PEM certificate");
     let served = s
@@ -50,7 +50,7 @@ async fn the_gateway_serves_the_certificate_from_pem_files() {
 async fn a_bad_pem_file_is_a_typed_error_at_start() {
     let dir = std::env::temp_dir().join(format!(
         "worldmesh-badtls-{}",
-        worldmesh_persistence::testing::unique_suffix()
+        worldmesh_testkit::unique_suffix()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
@@ -79,8 +79,8 @@ async fn a_client_of_another_protocol_version_is_refused_in_the_handshake() {
     let mut config = worldmesh::cluster::ClusterConfig::new(persistence);
     config.zones = 1;
     let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
-    let future_client = worldmesh_load_test::ClientEndpoint::new(b"worldmesh/2").unwrap();
-    let err = worldmesh_load_test::Session::login(&future_client, cluster.gateway_addr, "later")
+    let future_client = worldmesh_client::ClientEndpoint::new(b"worldmesh/2").unwrap();
+    let err = worldmesh_client::Session::login(&future_client, cluster.gateway_addr, "later")
         .await
         .err()
         .expect("refused");
@@ -90,7 +90,7 @@ async fn a_client_of_another_protocol_version_is_refused_in_the_handshake() {
         "the error says the protocol is not supported: {text}"
     );
     // The right version still gets in.
-    let s = worldmesh_load_test::Session::login(&endpoint(), cluster.gateway_addr, "now")
+    let s = worldmesh_client::Session::login(&endpoint(), cluster.gateway_addr, "now")
         .await
         .expect("current clients log in");
     s.bye().await.unwrap();

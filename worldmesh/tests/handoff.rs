@@ -13,7 +13,7 @@ async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
         .await
         .expect("cluster starts");
     let endpoint = endpoint();
-    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "traveller")
+    let mut s = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "traveller")
         .await
         .expect("login");
     let me = s.welcome.entity_id;
@@ -40,7 +40,7 @@ async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
     // Logout saves it where it stands, by whoever holds it now.
     let end = walk_until(&mut s, &mut seq, 0.0, |_| true).await;
     s.bye().await.unwrap();
-    let again = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "traveller")
+    let again = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "traveller")
         .await
         .expect("login again");
     assert!(
@@ -76,7 +76,7 @@ async fn a_coordinator_restart_stops_nothing() {
         .await
         .expect("cluster starts");
     let endpoint = endpoint();
-    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "survivor")
+    let mut s = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "survivor")
         .await
         .expect("login");
     let me = s.welcome.entity_id;
@@ -104,7 +104,7 @@ async fn a_coordinator_restart_stops_nothing() {
 }
 
 /// Reads snapshots for up to `within`, until one shows entity `other`.
-async fn sees(s: &mut worldmesh_load_test::Session, other: u64, within: Duration) -> bool {
+async fn sees(s: &mut worldmesh_client::Session, other: u64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_millis(100), s.recv_snapshot()).await
@@ -126,14 +126,12 @@ async fn players_see_across_a_zone_border() {
         .await
         .expect("cluster starts");
     let endpoint = endpoint();
-    let mut west =
-        worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "westerner")
-            .await
-            .unwrap();
-    let mut east =
-        worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "easterner")
-            .await
-            .unwrap();
+    let mut west = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "westerner")
+        .await
+        .unwrap();
+    let mut east = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "easterner")
+        .await
+        .unwrap();
     let (w_id, e_id) = (west.welcome.entity_id, east.welcome.entity_id);
     let (mut ws, mut es) = (0, 0);
     walk_until(&mut west, &mut ws, std::f32::consts::PI, |x| x < 180.0).await;
@@ -169,7 +167,7 @@ async fn handoffs_work_for_players_on_either_gateway() {
         .expect("cluster starts");
     let endpoint = endpoint();
     for (i, gateway) in cluster.gateway_addrs.iter().enumerate() {
-        let mut s = worldmesh_load_test::Session::login(&endpoint, *gateway, &format!("via{i}"))
+        let mut s = worldmesh_client::Session::login(&endpoint, *gateway, &format!("via{i}"))
             .await
             .expect("login");
         let me = s.welcome.entity_id;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::procs::{Core, free_udp_port, metric, rss_kib_of};
 use common::*;
 use worldmesh_load_test::hostile::{self, Attack};
-use worldmesh_persistence::testing;
+use worldmesh_testkit as testing;
 
 const GOOD_BOTS: usize = 200;
 const HOSTILES: usize = 500;

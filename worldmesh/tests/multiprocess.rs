@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use common::procs::{Core, Proc, free_udp_port, live_zones, log_dir, zone};
 use common::*;
-use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::coordinator::{
     LocateEntityRequest, coordinator_client::CoordinatorClient,
 };
+use worldmesh_testkit as testing;
 
 const BOTS: usize = 200;
 const RUN: Duration = Duration::from_secs(95);

@@ -43,7 +43,7 @@ async fn spans_reach_an_otlp_collector_named_by_service() {
 
     let dir = std::env::temp_dir().join(format!(
         "worldmesh-otlp-{}",
-        worldmesh_persistence::testing::unique_suffix()
+        worldmesh_testkit::unique_suffix()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let status = tokio::time::timeout(

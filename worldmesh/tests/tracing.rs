@@ -74,7 +74,7 @@ async fn one_handoff_is_one_trace_across_coordinator_and_both_zones() {
         .await
         .expect("cluster starts");
     let endpoint = endpoint();
-    let mut s = worldmesh_load_test::Session::login(&endpoint, cluster.gateway_addr, "tracer")
+    let mut s = worldmesh_client::Session::login(&endpoint, cluster.gateway_addr, "tracer")
         .await
         .expect("login");
     let me = s.welcome.entity_id.to_string();

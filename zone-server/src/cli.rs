@@ -15,52 +15,49 @@ pub struct Args {
     /// Address gateways reach this zone at, e.g. http://zone-0.zones:7300.
     #[arg(long, env = "WORLDMESH_ZONE_ADVERTISE")]
     advertise: Option<String>,
-    #[arg(
-        long,
-        env = "WORLDMESH_COORDINATOR_URL",
-        default_value = "http://127.0.0.1:7100"
-    )]
-    coordinator: String,
-    #[arg(
-        long,
-        env = "WORLDMESH_PERSISTENCE_URL",
-        default_value = "http://127.0.0.1:7200"
-    )]
-    persistence: String,
     /// View radius in metres.
     #[arg(long, env = "WORLDMESH_VIEW_RADIUS", default_value_t = 100.0)]
     view_radius: f32,
     /// Checkpoint interval in milliseconds.
     #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
     checkpoint_ms: u64,
-    /// Secret gateways must present on their links.
-    #[arg(long, env = "WORLDMESH_CLUSTER_SECRET", hide_env_values = true)]
-    cluster_secret: Option<String>,
     /// Wandering NPCs this zone simulates.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
     npcs: usize,
     #[command(flatten)]
-    admin: worldmesh_runtime::admin::AdminArgs,
+    cluster: worldmesh_runtime::service::ClusterArgs,
+    #[command(flatten)]
+    service: worldmesh_runtime::service::ServiceArgs,
+}
+
+impl Args {
+    /// The flags every service has (threads, log format, admin port).
+    pub fn service(&self) -> &worldmesh_runtime::service::ServiceArgs {
+        &self.service
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::Config {
         name: args.name,
         advertise: args.advertise,
-        coordinator_url: args.coordinator,
-        persistence_url: args.persistence,
+        coordinator_url: args.cluster.coordinator,
+        persistence_url: args.cluster.persistence,
         view_radius: args.view_radius,
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
         npcs: args.npcs,
-        cluster_secret: args.cluster_secret,
+        cluster_secret: args.cluster.cluster_secret,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();
     // The admin port lives until the process exits, not until the shutdown signal: while
     // draining, /readyz answers 503 and /healthz 200.
-    worldmesh_runtime::admin::start(&args.admin, tokio_util::sync::CancellationToken::new())
-        .await?;
+    worldmesh_runtime::admin::start(
+        &args.service.admin,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
 }

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use worldmesh_coordinator::handoff::ToZone;
 use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone as pb;
+use worldmesh_world::handoff::ToZone;
 
 pub enum Command {
     Spawn {

@@ -1,14 +1,14 @@
 //! The zone's two streams from the coordinator, each reconnecting on its own:
 //!
 //! - the **session** (`ZoneSession`): handoff saga and authority messages both ways, between
-//!   the coordinator and the tick thread's [`Participant`](worldmesh_coordinator::handoff::Participant).
+//!   the coordinator and the tick thread's [`Participant`](worldmesh_world::handoff::Participant).
 //!   Every (re)connect makes the zone report what it holds, which is how a restarted
 //!   coordinator re-syncs;
 //! - the **map watch** (`WatchMap`): the cell → zone map, which decides when a character
 //!   stands in another zone's cell.
 //!
 //! Messages that fail to go out while the stream is down are dropped: the saga repeats
-//! itself until it hears an answer (see `handoff.rs`).
+//! itself until it hears an answer (see [`worldmesh_world::handoff`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use worldmesh_coordinator::handoff::ToCoordinator;
 use worldmesh_protocol::grpc::coordinator::{
     self as pb, GetWorldRequest, coordinator_client::CoordinatorClient,
 };
 use worldmesh_runtime::Channel;
+use worldmesh_world::handoff::ToCoordinator;
 
 use crate::Registration;
 use crate::command::Command;
@@ -33,7 +33,7 @@ pub async fn run_session(
     mut reg: watch::Receiver<Registration>,
     mut outbound: mpsc::Receiver<ToCoordinator>,
     commands: mpsc::Sender<Command>,
-    to_tick_thread: std::sync::mpsc::SyncSender<worldmesh_coordinator::handoff::ToZone>,
+    to_tick_thread: std::sync::mpsc::SyncSender<worldmesh_world::handoff::ToZone>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -60,14 +60,14 @@ pub async fn run_session(
                         _ = reg.changed() => break,
                         m = outbound.recv() => {
                             let Some(m) = m else { return };
-                            let msg = Some(worldmesh_coordinator::to_coordinator_pb(m));
+                            let msg = Some(worldmesh_world::convert::to_coordinator_pb(m));
                             if tx.try_send(stamp(msg)).is_err() {
                                 metrics::counter!("worldmesh_zone_coordinator_dropped_total").increment(1);
                             }
                         }
                         m = inbound.message() => match m {
                             Ok(Some(ev)) => {
-                                let Some(core) = ev.msg.and_then(worldmesh_coordinator::to_zone_core) else {
+                                let Some(core) = ev.msg.and_then(worldmesh_world::convert::to_zone_core) else {
                                     continue;
                                 };
                                 match to_tick_thread.try_send(core) {

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
-use worldmesh_coordinator::handoff::{ToCoordinator, ToZone};
 use worldmesh_protocol::grpc::persistence::{
     LoadCharacterRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
+use worldmesh_world::handoff::{ToCoordinator, ToZone};
 
 use crate::command::Command;
 use crate::link::Links;

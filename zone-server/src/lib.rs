@@ -319,22 +319,14 @@ pub async fn run(
         stop.clone(),
     );
     tracing::info!(%addr, zone = reg.zone_id, "zone link listening");
-    // The standard gRPC health service (`grpc.health.v1.Health`, overall status SERVING
-    // while the link server runs), for Kubernetes gRPC probes and load balancers.
-    let (_health, health_service) = tonic_health::server::health_reporter();
-    let served = tonic::transport::Server::builder()
-        // Each request's span continues the caller's trace (the `traceparent` header).
-        .trace_fn(worldmesh_runtime::telemetry::grpc_server_span)
-        .add_service(health_service)
-        .add_service(ZoneLinkServer::with_interceptor(
+    let router =
+        worldmesh_runtime::service::grpc_router().add_service(ZoneLinkServer::with_interceptor(
             service,
             worldmesh_runtime::CheckSecret::new(config.cluster_secret.as_deref()),
-        ))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.clone().cancelled_owned(),
-        )
-        .await;
+        ));
+    let served =
+        worldmesh_runtime::service::serve_grpc(router, listener, stop.clone().cancelled_owned())
+            .await;
     stop.cancel();
     heartbeat.abort();
     drain.abort();

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use worldmesh_coordinator::handoff::{Event, Participant, ToCoordinator, ToZone};
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
+use worldmesh_world::geometry;
+use worldmesh_world::handoff::{Event, Participant, ToCoordinator, ToZone};
 
 use crate::command::Command;
 use crate::saver::SaveJob;
@@ -410,7 +411,7 @@ impl Zone {
             }
             Command::SessionDown => self.coordinator_up = false,
             Command::Map(map) => {
-                self.near = near_zones(&map, self.zone_id, self.border_margin);
+                self.near = geometry::near_zones(&map, self.zone_id, self.border_margin);
                 self.map = Some(map);
             }
             Command::Ghosts(batch) => {
@@ -459,7 +460,7 @@ impl Zone {
                 }
                 self.zone_id = zone_id;
                 if let Some(map) = &self.map {
-                    self.near = near_zones(map, zone_id, self.border_margin);
+                    self.near = geometry::near_zones(map, zone_id, self.border_margin);
                 }
             }
         }
@@ -940,8 +941,10 @@ impl Zone {
         self.sim.visible_characters(&mut self.ghost_scratch);
         let mut batches: BTreeMap<u64, (String, Vec<pb::Ghost>)> = BTreeMap::new();
         for &(id, x, y, heading, speed) in &self.ghost_scratch {
-            let cx = (((x - g.min_x) / g.cell_size).floor().max(0.0) as u32).min(map.cells_x - 1);
-            let cy = (((y - g.min_y) / g.cell_size).floor().max(0.0) as u32).min(map.cells_y - 1);
+            let (cx, cy) = (
+                geometry::axis_cell(x, g.min_x, g.cell_size, map.cells_x),
+                geometry::axis_cell(y, g.min_y, g.cell_size, map.cells_y),
+            );
             let Some(zones) = self.near.get((cy * map.cells_x + cx) as usize) else {
                 continue;
             };
@@ -1009,54 +1012,7 @@ impl Zone {
 
 /// The zone owning the cell at a position, per the latest map.
 fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<u64> {
-    worldmesh_coordinator::owner_in(map, x, y).map(|(z, _)| z)
-}
-
-/// For every cell, the other zones owning a cell within `margin` of it, with their addresses.
-fn near_zones(map: &coord_pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, String)>> {
-    let Some(g) = map.world.as_ref() else {
-        return Vec::new();
-    };
-    let (w, h) = (map.cells_x as i64, map.cells_y as i64);
-    if map.cell_owners.len() != (w * h) as usize {
-        return Vec::new();
-    }
-    let reach = (margin / g.cell_size).ceil() as i64;
-    let address = |z: u64| {
-        map.zones
-            .iter()
-            .find(|i| i.zone_id == z)
-            .map(|i| i.address.clone())
-    };
-    let mut out = vec![Vec::new(); (w * h) as usize];
-    for cy in 0..h {
-        for cx in 0..w {
-            let mut zones: Vec<(u64, String)> = Vec::new();
-            for dy in -reach..=reach {
-                for dx in -reach..=reach {
-                    let (nx, ny) = (cx + dx, cy + dy);
-                    if nx < 0 || ny < 0 || nx >= w || ny >= h {
-                        continue;
-                    }
-                    // Distance between the two cells' rectangles.
-                    let gap = |d: i64| (d.abs() - 1).max(0) as f32 * g.cell_size;
-                    if gap(dx).hypot(gap(dy)) > margin {
-                        continue;
-                    }
-                    let owner = map.cell_owners[(ny * w + nx) as usize];
-                    if owner != 0
-                        && owner != me
-                        && !zones.iter().any(|(z, _)| *z == owner)
-                        && let Some(a) = address(owner)
-                    {
-                        zones.push((owner, a));
-                    }
-                }
-            }
-            out[(cy * w + cx) as usize] = zones;
-        }
-    }
-    out
+    geometry::owner_in(map, x, y).map(|(z, _)| z)
 }
 
 #[cfg(test)]
@@ -1066,8 +1022,8 @@ mod tests {
     //! hand.
 
     use super::*;
-    use worldmesh_coordinator::handoff::{HandoffId, Outcome};
     use worldmesh_protocol::WorldBounds;
+    use worldmesh_world::handoff::{HandoffId, Outcome};
 
     const GATEWAY: &str = "gateway-0";
 

@@ -54,13 +54,13 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use worldmesh_coordinator::handoff::{
-    Action, Authority, Coordinator, EntityId, Held, ToCoordinator, ZoneId,
-};
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::zone_to_gateway::Msg as Control;
 use worldmesh_protocol::{Input, MAX_SPEED, WorldBounds};
+use worldmesh_world::handoff::{
+    Action, Authority, Coordinator, EntityId, Held, ToCoordinator, ZoneId,
+};
 use worldmesh_zone::command::Command;
 use worldmesh_zone::sim::SimConfig;
 use worldmesh_zone::zone::{Now, Output, Zone, ZoneConfig};

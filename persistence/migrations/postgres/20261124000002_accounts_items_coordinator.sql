@@ -1,4 +1,6 @@
--- Accounts own characters; inventories are rows; the coordinator keeps its map in SQL.
+-- Accounts own characters; inventories are rows. (This migration also made placeholder
+-- coordinator tables when it was first written; the coordinator now migrates its own tables:
+-- world-coordinator/migrations/. See `sql.rs` on why its checksum is pinned.)
 CREATE TABLE accounts (
     id            BIGSERIAL PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -17,27 +19,4 @@ CREATE TABLE character_items (
     item         TEXT NOT NULL,
     quantity     INTEGER NOT NULL CHECK (quantity > 0),
     PRIMARY KEY (character_id, slot)
-);
-
--- The coordinator's durable state: zones with their lease generations, which zone owns each
--- cell, and the authority epoch of each entity.
-CREATE TABLE coordinator_zones (
-    name             TEXT PRIMARY KEY,
-    address          TEXT NOT NULL,
-    lease_generation BIGINT NOT NULL,
-    updated_at       TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP
-);
-
-CREATE TABLE coordinator_cells (
-    cell_x     INTEGER NOT NULL,
-    cell_y     INTEGER NOT NULL,
-    zone_name  TEXT NOT NULL,
-    generation BIGINT NOT NULL,
-    PRIMARY KEY (cell_x, cell_y)
-);
-
-CREATE TABLE entity_authority (
-    entity_id BIGINT PRIMARY KEY,
-    zone_name TEXT NOT NULL,
-    epoch     BIGINT NOT NULL
 );

@@ -1,55 +1,18 @@
 //! Shared helpers of the cluster tests: start a cluster on real backends, drive real QUIC
 //! clients.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-pub mod procs;
+pub use worldmesh_testkit::Backend;
+pub use worldmesh_testkit::procs;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use worldmesh::cluster::{Cluster, ClusterConfig};
-use worldmesh_load_test::client::View;
-use worldmesh_load_test::{ClientEndpoint, Session};
-use worldmesh_persistence::testing;
+use worldmesh_client::View;
+use worldmesh_client::{ClientEndpoint, Session};
 use worldmesh_protocol::{EntityState, Input};
-
-/// Where a test's data lives; dropped after the cluster stops.
-pub enum Backend {
-    /// Real Redis and PostgreSQL, with a fresh database and a unique key prefix.
-    Tiered { base_url: String, db_url: String },
-    /// SQLite in a temporary directory and the in-process hot tier.
-    Embedded { dir: std::path::PathBuf },
-}
-
-impl Backend {
-    pub async fn tiered() -> (Self, worldmesh_persistence::Config) {
-        let base_url = testing::postgres_base_url();
-        let db_url = testing::fresh_postgres_database(&base_url)
-            .await
-            .expect("PostgreSQL must be running (see README)");
-        let config = testing::tiered_config(&db_url, "wmtest");
-        (Backend::Tiered { base_url, db_url }, config)
-    }
-
-    pub fn embedded() -> (Self, worldmesh_persistence::Config) {
-        let dir = std::env::temp_dir().join(format!("worldmesh-test-{}", testing::unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = worldmesh_persistence::Config::embedded(&dir.join("world.db"));
-        (Backend::Embedded { dir }, config)
-    }
-
-    pub async fn cleanup(self) {
-        match self {
-            Backend::Tiered { base_url, db_url } => {
-                testing::drop_postgres_database(&base_url, &db_url).await;
-            }
-            Backend::Embedded { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-}
 
 pub async fn start_cluster(persistence: worldmesh_persistence::Config, zones: usize) -> Cluster {
     worldmesh_runtime::init_logging("worldmesh-test", "warn");
@@ -269,7 +232,7 @@ pub async fn owner(coordinator: &str, entity: u64) -> (u64, u64) {
 /// Walks along a heading until `until` says stop; returns what was seen. Checks on the way
 /// that snapshots keep coming, their ticks keep growing, and the character never jumps.
 pub async fn walk_until(
-    s: &mut worldmesh_load_test::Session,
+    s: &mut worldmesh_client::Session,
     seq: &mut u32,
     heading: f32,
     until: impl Fn(f32) -> bool,

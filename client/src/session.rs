@@ -1,5 +1,5 @@
-//! A worldmesh client over real QUIC: what a game client does, in Rust. Bots and tests use it;
-//! third-party clients follow the same steps from `PROTOCOL.md`.
+//! A connection to a gateway and a logged-in session over it: login, inputs, snapshots,
+//! chat, goodbye.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,10 +132,7 @@ impl ClientEndpoint {
         // One socket carries every bot of the process: thousands of snapshots arrive in the
         // same millisecond after each server tick, so it gets the gateway's large buffers
         // (with the kernel default, a busy bot process drops snapshots on its own socket).
-        let socket = worldmesh_gateway::bind_udp(
-            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
-            worldmesh_gateway::Config::default().socket_buffer_bytes,
-        )?;
+        let socket = bind_udp((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ClientError::Tls("no async runtime for quinn".into()))?;
         let mut endpoint =
@@ -148,6 +145,20 @@ impl ClientEndpoint {
     pub async fn connect(&self, gateway: SocketAddr) -> Result<quinn::Connection, ClientError> {
         Ok(self.endpoint.connect(gateway, "localhost")?.await?)
     }
+}
+
+/// The endpoint's UDP socket buffers, each way: a bot process receives thousands of
+/// snapshots in the same millisecond after a server tick (the kernel caps it at `rmem_max`).
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer only costs snapshots under bursts, which deltas survive.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A logged-in player.

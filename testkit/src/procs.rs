@@ -1,25 +1,72 @@
 //! The real binaries as processes (`worldmesh <service>`), for tests that kill, signal or
-//! measure one service on its own. Logs go to one directory per test run, kept for
-//! post-mortems.
+//! measure one service on its own, and for benchmarks that measure the cluster as deployed.
+//! Each process logs to its own file in one directory per run, kept for post-mortems, and
+//! dies with the process that started it (`PR_SET_PDEATHSIG`), even one killed outright.
 
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use worldmesh_persistence::testing;
 use worldmesh_protocol::grpc::coordinator::{
     GetWorldRequest, coordinator_client::CoordinatorClient,
 };
 
-/// Where the processes' logs go: one directory per run.
-pub fn log_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+pub use crate::ports::{free_tcp_port, free_udp_port};
+
+/// Where the processes' logs go by default: one directory per run.
+///
+/// # Panics
+/// When the temporary directory cannot be made.
+pub fn log_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("wm-mp-{}", testing::unique_suffix()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = std::env::temp_dir().join(format!("wm-mp-{}", crate::unique_suffix()));
+        std::fs::create_dir_all(&d).expect("a temporary directory");
         d
     })
 }
 
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The `worldmesh` binary to start: the one given to [`use_binary`], else `WORLDMESH_BIN`,
+/// else the one beside the running executable (a benchmark in `target/release/`) or one
+/// directory up (a test in `target/debug/deps/`).
+///
+/// # Panics
+/// When there is none: build it first (`cargo build --bin worldmesh`).
+pub fn binary() -> &'static Path {
+    BINARY.get_or_init(|| {
+        if let Some(p) = std::env::var_os("WORLDMESH_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("the running executable's path");
+        let dir = exe.parent().expect("an executable lives in a directory");
+        [dir.join("worldmesh"), dir.join("../worldmesh")]
+            .into_iter()
+            .find(|p| p.exists())
+            .expect("no worldmesh binary beside this executable: cargo build --bin worldmesh")
+    })
+}
+
+/// Starts processes from `path` from now on (tests pass `env!("CARGO_BIN_EXE_worldmesh")`);
+/// `false` if processes were already started from another.
+pub fn use_binary(path: impl Into<PathBuf>) -> bool {
+    let path = path.into();
+    BINARY.get_or_init(|| path.clone()) == &path
+}
+
+/// How a [`Proc`] stops when dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGKILL at once: tests, where only what was already durable counts.
+    Kill,
+    /// SIGTERM, as an orchestrator stops it (it drains and saves), SIGKILL after this long.
+    Term(Duration),
+}
+
+/// One `worldmesh <service>` process.
 pub struct Proc {
     pub name: String,
     pub child: Child,
@@ -28,47 +75,111 @@ pub struct Proc {
     /// Its gRPC address (`host:port`), for services that have one.
     pub listen: Option<String>,
     /// Its stdout and stderr.
-    pub log: std::path::PathBuf,
+    pub log: PathBuf,
+    stop: Stop,
+}
+
+/// How to start a [`Proc`]: [`Launch::new`], adjust, then [`Launch::start`].
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    pub name: &'a str,
+    pub args: &'a [String],
+    /// `WORLDMESH_CLUSTER_SECRET`.
+    pub secret: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+    pub log_dir: &'a Path,
+    /// `RUST_LOG`.
+    pub log_level: &'a str,
+    pub stop: Stop,
+}
+
+impl<'a> Launch<'a> {
+    /// A test's process: logs at `info` into [`log_dir`], killed when dropped.
+    pub fn new(name: &'a str, args: &'a [String], secret: &'a str) -> Self {
+        Self {
+            name,
+            args,
+            secret,
+            env: &[],
+            log_dir: log_dir(),
+            log_level: "info",
+            stop: Stop::Kill,
+        }
+    }
+
+    /// Spawns it.
+    ///
+    /// # Errors
+    /// The log file cannot be made, or the binary cannot be spawned.
+    pub fn start(self) -> std::io::Result<Proc> {
+        // Processes of one run share the log directory: never overwrite an earlier one's.
+        let path = (0..)
+            .map(|i| match i {
+                0 => self.log_dir.join(format!("{}.log", self.name)),
+                i => self.log_dir.join(format!("{}.{i}.log", self.name)),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        let log = std::fs::File::create(&path)?;
+        let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let listen = self
+            .args
+            .iter()
+            .position(|a| a == "--listen")
+            .and_then(|i| self.args.get(i + 1).cloned());
+        let mut command = Command::new(binary());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                // The process goes when its parent goes, even on Ctrl-C or SIGKILL (Drop
+                // would not run): SIGTERM, so it drains as in production.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .args(self.args)
+            .envs(self.env.iter().copied())
+            .env("WORLDMESH_CLUSTER_SECRET", self.secret)
+            .env("WORLDMESH_ADMIN_LISTEN", admin.to_string())
+            .env("RUST_LOG", self.log_level)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Proc {
+            name: self.name.to_owned(),
+            child,
+            admin,
+            listen,
+            log: path,
+            stop: self.stop,
+        })
+    }
 }
 
 impl Proc {
+    /// A test's process ([`Launch::new`]).
+    ///
+    /// # Panics
+    /// When it cannot be spawned.
     pub fn start(name: &str, args: &[String], secret: &str) -> Self {
         Self::start_env(name, args, secret, &[])
     }
 
     /// [`Proc::start`] with extra environment variables.
+    ///
+    /// # Panics
+    /// When it cannot be spawned.
     pub fn start_env(name: &str, args: &[String], secret: &str, env: &[(&str, &str)]) -> Self {
-        // Tests in one binary share the log directory: never overwrite an earlier process's.
-        let path = (0..)
-            .map(|i| match i {
-                0 => log_dir().join(format!("{name}.log")),
-                i => log_dir().join(format!("{name}.{i}.log")),
-            })
-            .find(|p| !p.exists())
-            .expect("a free log name");
-        let log = std::fs::File::create(&path).expect("log file");
-        let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-        let listen = args
-            .iter()
-            .position(|a| a == "--listen")
-            .and_then(|i| args.get(i + 1).cloned());
-        let child = Command::new(env!("CARGO_BIN_EXE_worldmesh"))
-            .args(args)
-            .envs(env.iter().copied())
-            .env("WORLDMESH_CLUSTER_SECRET", secret)
-            .env("WORLDMESH_ADMIN_LISTEN", admin.to_string())
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn worldmesh");
-        Self {
-            name: name.to_owned(),
-            child,
-            admin,
-            listen,
-            log: path,
+        Launch {
+            env,
+            ..Launch::new(name, args, secret)
         }
+        .start()
+        .expect("spawn worldmesh")
     }
 
     /// The last `n` lines of its log, for a failing test's message.
@@ -97,7 +208,7 @@ impl Proc {
 
     /// CPU time used so far (user + system), seconds.
     pub fn cpu_s(&self) -> f64 {
-        worldmesh_load_test::cluster_bench::cpu_of(self.child.id())
+        cpu_of(self.child.id())
     }
 
     /// `GET path` on the admin port: (status, body).
@@ -108,9 +219,28 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Stop::Term(grace) = self.stop {
+            self.signal("-TERM");
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) of a process so far, seconds, from `/proc/<pid>/stat`.
+pub fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resident memory of a process, KiB (0 once it is gone).
@@ -160,37 +290,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A port for a child process to listen on, free when chosen. Chosen below the kernel's
-/// ephemeral range (32768-60999), from one counter per test binary: a port the kernel hands
-/// out for `bind(0)` or for an outgoing connection (every gRPC, Redis and SQL client makes
-/// them) could be handed out again before the child binds it, and one such collision failed
-/// a CI run with "zones did not register".
-fn free_port(free: impl Fn(u16) -> bool) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    // Start where another test binary (run before or after this one) is unlikely to.
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7_919) % SPAN,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    (0..SPAN)
-        .map(|_| (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16)
-        .find(|&p| free(p))
-        .expect("a free port below the ephemeral range")
-}
-
-pub fn free_tcp_port() -> u16 {
-    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-}
-
-pub fn free_udp_port() -> u16 {
-    free_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
-}
-
+/// A zone process named `zone-{i}` on a free port.
 pub fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
     let port = free_tcp_port();
     Proc::start(
@@ -210,6 +310,7 @@ pub fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Pro
     )
 }
 
+/// How many zones the coordinator's map lists (0 while it does not answer).
 pub async fn live_zones(coordinator: &str) -> usize {
     let Ok(mut c) = CoordinatorClient::connect(coordinator.to_owned()).await else {
         return 0;
@@ -268,7 +369,7 @@ impl Core {
             persistence
                 .redis_url
                 .clone()
-                .unwrap_or_else(testing::redis_url),
+                .unwrap_or_else(crate::redis_url),
             "--redis-prefix".into(),
             persistence.redis_prefix.clone(),
             // Tests register many accounts; the cost of hashing is measured apart.

@@ -1,4 +1,5 @@
-//! `persistence-bench`: drives the streaming Checkpoint API against real Redis and PostgreSQL,
+//! `persistence-bench` (`cargo bench -p worldmesh-persistence --bench persistence-bench -- …`):
+//! drives the streaming Checkpoint API against real Redis and PostgreSQL,
 //! and measures in the same run the two baselines with nothing of worldmesh in between: a
 //! plain batched SQL upsert of the same rows (UNNEST) and a plain pipelined Redis write of the
 //! same keys. Prints one JSON line.
@@ -20,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use worldmesh_persistence::{Config, Store, hot::HotTier, testing};
+use worldmesh_persistence::{Config, Store, hot::HotTier};
 use worldmesh_protocol::grpc::persistence::persistence_client::PersistenceClient;
 use worldmesh_protocol::grpc::persistence::{Character, CheckpointBatch};
+use worldmesh_testkit as testing;
 
 /// Batches in flight per stream: enough to hide one round trip and one Redis script.
 const WINDOW: usize = 8;
@@ -30,6 +32,9 @@ const WINDOW: usize = 8;
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark the checkpoint pipeline against real Redis and PostgreSQL")]
 struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
     #[arg(long, default_value_t = 100_000)]
     entities: usize,
     #[arg(long, default_value_t = 1000)]

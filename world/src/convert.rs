@@ -31,6 +31,7 @@ fn outcome_pb(o: Outcome) -> pb::Outcome {
     }
 }
 
+/// A message for a zone, as sent on its session stream.
 pub fn to_zone_pb(m: ToZone) -> coordinator_event::Msg {
     use coordinator_event::Msg;
     match m {
@@ -121,6 +122,7 @@ pub fn to_zone_core(m: coordinator_event::Msg) -> Option<ToZone> {
     })
 }
 
+/// A message for the coordinator, as sent on the session stream.
 pub fn to_coordinator_pb(m: ToCoordinator) -> zone_event::Msg {
     use zone_event::Msg;
     match m {
