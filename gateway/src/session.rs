@@ -23,6 +23,7 @@ use worldmesh_protocol::{
 
 use crate::Gateway;
 use crate::zones::ZoneLink;
+use worldmesh_protocol::ids::{EntityId, PlayerId};
 
 /// Reliable frames queued towards one client. Chat is the only steady source; a client that
 /// lets 64 frames pile up is not reading and is kicked.
@@ -496,8 +497,8 @@ async fn play(
         }
     };
     let welcome = ServerMessage::Welcome(Welcome {
-        player_id,
-        entity_id: joined.entity_id,
+        player_id: PlayerId(player_id),
+        entity_id: EntityId(joined.entity_id),
         tick_rate_hz: world.tick_rate_hz as u16,
         world: WorldBounds {
             min_x: world.min_x,

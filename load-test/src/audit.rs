@@ -21,9 +21,16 @@ use worldmesh_runtime::Channel;
 
 use crate::Stats;
 
-/// One zone's audit: (tick, simulated character ids, frozen character ids). Tick 0: the zone
-/// has not audited yet.
-pub type ZoneAudit = (u32, Vec<u64>, Vec<u64>);
+/// One zone's audit at one tick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneAudit {
+    /// The tick it was taken at; 0: the zone has not audited yet.
+    pub tick: u32,
+    /// Characters simulated and shown to players.
+    pub simulated: Vec<u64>,
+    /// Characters frozen for a handoff in flight.
+    pub frozen: Vec<u64>,
+}
 
 /// Judges rounds of zone audits against the bots' characters. A round is every zone's audit
 /// at one tick; a round whose zones disagree on the tick, or that repeats the last tick
@@ -46,17 +53,20 @@ impl AuditCounter {
     /// Judges one round: `snaps` has one audit per zone, `bot_entities` the characters the
     /// bots are playing now.
     pub fn observe(&mut self, snaps: &[ZoneAudit], bot_entities: &[u64]) {
-        let Some(tick) = snaps.first().map(|s| s.0) else {
+        let Some(tick) = snaps.first().map(|s| s.tick) else {
             return;
         };
-        if tick == self.last_tick || snaps.iter().any(|s| s.0 != tick) {
+        if tick == self.last_tick || snaps.iter().any(|s| s.tick != tick) {
             return;
         }
         self.last_tick = tick;
         self.rounds += 1;
         let mut count: BTreeMap<u64, usize> = BTreeMap::new();
         let mut present = BTreeSet::new();
-        for (_, simulated, frozen) in snaps {
+        for ZoneAudit {
+            simulated, frozen, ..
+        } in snaps
+        {
             for &id in simulated {
                 *count.entry(id).or_default() += 1;
                 present.insert(id);
@@ -239,7 +249,11 @@ impl RemoteAuditor {
                 Ok(Ok(reply)) => {
                     self.answered(&address);
                     let a = reply.into_inner();
-                    snaps.push((a.tick, a.simulated, a.frozen));
+                    snaps.push(ZoneAudit {
+                        tick: a.tick,
+                        simulated: a.simulated,
+                        frozen: a.frozen,
+                    });
                 }
                 Ok(Err(status)) => {
                     self.failed(
@@ -313,7 +327,11 @@ mod tests {
     use super::*;
 
     fn zone(tick: u32, simulated: &[u64], frozen: &[u64]) -> ZoneAudit {
-        (tick, simulated.to_vec(), frozen.to_vec())
+        ZoneAudit {
+            tick,
+            simulated: simulated.to_vec(),
+            frozen: frozen.to_vec(),
+        }
     }
 
     #[test]

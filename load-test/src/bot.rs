@@ -147,7 +147,7 @@ pub async fn run(
     session.set_link(config.link);
     stats.logins.fetch_add(1, Ordering::Relaxed);
     stats.connected.fetch_add(1, Ordering::Relaxed);
-    stats.entity_seen(&config.name, session.welcome.entity_id);
+    stats.entity_seen(&config.name, session.welcome.entity_id.into());
     let since = Instant::now();
     let result = play(&mut session, &config, &stats, &stop).await;
     stats.entity_gone(&config.name);

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`ids`]: typed ids ([`PlayerId`], [`EntityId`], [`ZoneId`], [`LinkId`], [`Epoch`]).
 //! - [`messages`]: every client ↔ gateway message as a Rust type ([`ClientMessage`],
 //!   [`ServerMessage`]), with the validation rules the server applies to them.
 //! - [`codec`]: the *only* place that knows the byte encoding (bincode 2, varint, little endian)
@@ -19,10 +20,12 @@
 
 pub mod codec;
 pub mod grpc;
+pub mod ids;
 pub mod messages;
 pub mod snapshot;
 
 pub use codec::{DecodeError, EncodeError, FrameHeader};
+pub use ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
 pub use messages::*;
 
 /// The version carried in every frame header and in [`Hello::protocol_version`].

@@ -7,6 +7,8 @@
 
 use bincode::{Decode, Encode};
 
+use crate::ids::{EntityId, PlayerId};
+
 /// Longest player name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest chat line, in bytes of UTF-8.
@@ -155,9 +157,9 @@ pub struct WorldBounds {
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Welcome {
     /// This connection's player id, unique within the gateway.
-    pub player_id: u64,
+    pub player_id: PlayerId,
     /// The entity id of the player's own character in snapshots.
-    pub entity_id: u64,
+    pub entity_id: EntityId,
     /// Server ticks (and snapshots) per second.
     pub tick_rate_hz: u16,
     pub world: WorldBounds,
@@ -184,7 +186,7 @@ pub struct Snapshot {
 /// A decoded (dequantised) entity state, as a client shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
 pub struct EntityState {
-    pub id: u64,
+    pub id: EntityId,
     pub kind: EntityKind,
     pub x: f32,
     pub y: f32,

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::{EntityKind, EntityState, Snapshot, WorldBounds};
+use crate::{EntityId, EntityKind, EntityState, Snapshot, WorldBounds};
 
 /// Position quanta per metre.
 pub const POS_SCALE: f32 = 32.0;
@@ -98,7 +98,7 @@ impl Quantizer {
 
     pub fn dequantize(&self, q: &QEntity) -> EntityState {
         EntityState {
-            id: q.id,
+            id: EntityId(q.id),
             kind: q.kind,
             x: self.min_x + q.x as f32 / POS_SCALE,
             y: self.min_y + q.y as f32 / POS_SCALE,

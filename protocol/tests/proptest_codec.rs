@@ -65,8 +65,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         )
             .prop_map(|(player_id, entity_id, tick_rate_hz, x, y, heading)| {
                 ServerMessage::Welcome(Welcome {
-                    player_id,
-                    entity_id,
+                    player_id: PlayerId(player_id),
+                    entity_id: EntityId(entity_id),
                     tick_rate_hz,
                     world: WorldBounds {
                         min_x: -x,

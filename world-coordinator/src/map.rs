@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use worldmesh_world::Geometry;
+use worldmesh_world::handoff::ZoneId;
 
 /// A registered zone server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Zone {
-    pub id: u64,
+    pub id: ZoneId,
     pub name: String,
     pub address: String,
     pub capacity: u32,
@@ -25,8 +26,8 @@ pub struct Zone {
 pub struct WorldMap {
     geometry: Geometry,
     lease_ttl: Duration,
-    zones: BTreeMap<u64, Zone>,
-    next_zone_id: u64,
+    zones: BTreeMap<ZoneId, Zone>,
+    next_zone_id: ZoneId,
     next_generation: u64,
     version: u64,
 }
@@ -37,7 +38,7 @@ impl WorldMap {
             geometry,
             lease_ttl,
             zones: BTreeMap::new(),
-            next_zone_id: 1,
+            next_zone_id: ZoneId(1),
             next_generation: 1,
             version: 1,
         }
@@ -47,7 +48,7 @@ impl WorldMap {
     /// coordinator's absence is not theirs.
     pub fn resume(&mut self, zones: &[crate::store::ZoneRow], now: Instant) {
         for z in zones {
-            self.next_zone_id = self.next_zone_id.max(z.id + 1);
+            self.next_zone_id = self.next_zone_id.max(ZoneId(z.id.0 + 1));
             self.next_generation = self.next_generation.max(z.lease_generation + 1);
             self.zones.insert(
                 z.id,
@@ -72,12 +73,12 @@ impl WorldMap {
         self.version
     }
 
-    pub fn zone(&self, id: u64) -> Option<&Zone> {
+    pub fn zone(&self, id: ZoneId) -> Option<&Zone> {
         self.zones.get(&id)
     }
 
     /// Marks a zone draining: its cells go to the others. False if the lease is unknown.
-    pub fn drain(&mut self, zone_id: u64, generation: u64) -> bool {
+    pub fn drain(&mut self, zone_id: ZoneId, generation: u64) -> bool {
         match self.zones.get_mut(&zone_id) {
             Some(z) if z.lease_generation == generation => {
                 if !z.draining {
@@ -113,7 +114,7 @@ impl WorldMap {
         let replaced = old.and_then(|id| self.zones.remove(&id));
         self.version += 1;
         let id = self.next_zone_id;
-        self.next_zone_id += 1;
+        self.next_zone_id = ZoneId(id.0 + 1);
         let generation = self.next_generation;
         self.next_generation += 1;
         let zone = Zone {
@@ -134,7 +135,7 @@ impl WorldMap {
     /// Renews a lease. False when the zone or that generation of its lease is unknown.
     pub fn heartbeat(
         &mut self,
-        zone_id: u64,
+        zone_id: ZoneId,
         generation: u64,
         entities: u32,
         players: u32,
@@ -152,14 +153,14 @@ impl WorldMap {
     }
 
     /// Removes a zone at once (its registration could not be stored).
-    pub fn expire_now(&mut self, zone_id: u64) -> Option<Zone> {
+    pub fn expire_now(&mut self, zone_id: ZoneId) -> Option<Zone> {
         self.version += 1;
         self.zones.remove(&zone_id)
     }
 
     /// Drops every zone whose lease has lapsed and returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<Zone> {
-        let dead: Vec<u64> = self
+        let dead: Vec<ZoneId> = self
             .zones
             .values()
             .filter(|z| z.lease_expires <= now)
@@ -209,7 +210,7 @@ impl WorldMap {
         let (w, h) = (self.geometry.cells_x(), self.geometry.cells_y());
         (0..h)
             .flat_map(|cy| (0..w).map(move |cx| (cx, cy)))
-            .map(|(cx, cy)| self.owner_of_cell(cx, cy).map_or(0, |z| z.id))
+            .map(|(cx, cy)| self.owner_of_cell(cx, cy).map_or(0, |z| z.id.0))
             .collect()
     }
 }
@@ -238,7 +239,7 @@ mod tests {
         assert_eq!(m.locate(f32::NAN, 0.0).unwrap().1, (0, 0));
         let owners = m.cell_owners();
         assert_eq!(owners.len(), 64);
-        assert!(owners.iter().all(|&o| o == a.id || o == b.id));
+        assert!(owners.iter().all(|&o| o == a.id.0 || o == b.id.0));
     }
 
     #[test]

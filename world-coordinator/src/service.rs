@@ -16,6 +16,7 @@ use worldmesh_world::geometry::locate_in;
 
 use crate::map::{WorldMap, Zone};
 use crate::state::{self, Published};
+use worldmesh_protocol::ids::{EntityId, ZoneId};
 
 pub struct CoordinatorService {
     requests: mpsc::Sender<state::Request>,
@@ -56,7 +57,7 @@ impl CoordinatorService {
 
 pub fn zone_to_pb(z: &Zone) -> pb::ZoneInfo {
     pb::ZoneInfo {
-        zone_id: z.id,
+        zone_id: z.id.into(),
         name: z.name.clone(),
         address: z.address.clone(),
         capacity: z.capacity,
@@ -99,7 +100,7 @@ impl Coordinator for CoordinatorService {
             })
             .await??;
         Ok(Response::new(pb::RegisterZoneResponse {
-            zone_id: zone.id,
+            zone_id: zone.id.into(),
             lease_generation: zone.lease_generation,
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u32,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
@@ -114,7 +115,7 @@ impl Coordinator for CoordinatorService {
         let req = req.into_inner();
         let lease_valid = self
             .ask(|reply| state::Request::Heartbeat {
-                zone: req.zone_id,
+                zone: ZoneId(req.zone_id),
                 generation: req.lease_generation,
                 entities: req.entities,
                 players: req.players,
@@ -179,12 +180,15 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::LocateEntityResponse>, Status> {
         let entity = req.into_inner().entity_id;
         let found = self
-            .ask(|reply| state::Request::LocateEntity { entity, reply })
+            .ask(|reply| state::Request::LocateEntity {
+                entity: EntityId(entity),
+                reply,
+            })
             .await?;
         Ok(Response::new(match found {
             Some((zone, epoch)) => pb::LocateEntityResponse {
                 zone: Some(zone_to_pb(&zone)),
-                epoch,
+                epoch: epoch.into(),
             },
             None => pb::LocateEntityResponse {
                 zone: None,
@@ -208,7 +212,7 @@ impl Coordinator for CoordinatorService {
         let (tx, out) = mpsc::channel(state::SESSION_QUEUE);
         let accepted = self
             .ask(|reply| state::Request::OpenSession {
-                zone,
+                zone: ZoneId(zone),
                 generation,
                 tx: tx.clone(),
                 reply,
@@ -244,7 +248,7 @@ impl Coordinator for CoordinatorService {
                     continue;
                 };
                 let r = state::Request::FromZone {
-                    zone,
+                    zone: ZoneId(zone),
                     generation,
                     msg: core,
                 };
@@ -253,7 +257,10 @@ impl Coordinator for CoordinatorService {
                 }
             }
             let _ = requests
-                .send(state::Request::SessionClosed { zone, tx })
+                .send(state::Request::SessionClosed {
+                    zone: ZoneId(zone),
+                    tx,
+                })
                 .await;
             tracing::info!(zone, "zone session closed");
         });
@@ -266,7 +273,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let req = req.into_inner();
         self.ask(|reply| state::Request::Deregister {
-            zone: req.zone_id,
+            zone: ZoneId(req.zone_id),
             generation: req.lease_generation,
             reply,
         })
@@ -281,7 +288,7 @@ impl Coordinator for CoordinatorService {
         let req = req.into_inner();
         let ok = self
             .ask(|reply| state::Request::Drain {
-                zone: req.zone_id,
+                zone: ZoneId(req.zone_id),
                 generation: req.lease_generation,
                 reply,
             })

@@ -20,7 +20,7 @@ use crate::Error;
 use crate::map::{WorldMap, Zone};
 use crate::store::{Store, ZoneRow};
 use worldmesh_world::handoff::{
-    self, Action, Coordinator, EntityId, ToCoordinator, ToZone, ZoneId,
+    self, Action, Coordinator, EntityId, Epoch, ToCoordinator, ToZone, ZoneId,
 };
 
 /// Requests waiting for the state task. Zone messages dominate; 16k is many ticks of
@@ -81,7 +81,7 @@ pub enum Request {
     },
     LocateEntity {
         entity: EntityId,
-        reply: oneshot::Sender<Option<(Zone, u64)>>,
+        reply: oneshot::Sender<Option<(Zone, Epoch)>>,
     },
 }
 
@@ -162,7 +162,7 @@ impl State {
         if heirs.is_empty() {
             heirs = self.map.zones().map(|z| z.id).collect();
         }
-        move |e| (!heirs.is_empty()).then(|| heirs[e as usize % heirs.len()])
+        move |e| (!heirs.is_empty()).then(|| heirs[e.0 as usize % heirs.len()])
     }
 
     /// Serves requests until `shutdown`. Ends early only with [`Error::AuthorityUnreadable`]:
@@ -200,7 +200,7 @@ impl State {
     async fn housekeeping(&mut self, actions: &mut Vec<Action>) {
         let now = Instant::now();
         for zone in self.map.expire(now) {
-            tracing::warn!(zone = zone.id, name = %zone.name, "zone lease expired; failing over its entities");
+            tracing::warn!(zone = zone.id.0, name = %zone.name, "zone lease expired; failing over its entities");
             metrics::counter!("worldmesh_coordinator_lease_expiries_total").increment(1);
             self.zone_gone(&zone, actions).await;
         }
@@ -212,10 +212,13 @@ impl State {
         if let Some(s) = &self.store
             && let Err(e) = s.delete_zone(zone.id).await
         {
-            tracing::error!(zone = zone.id, error = %e, "cannot delete zone row");
+            tracing::error!(zone = zone.id.0, error = %e, "cannot delete zone row");
         }
         let survivor = self.survivor_fn();
-        actions.extend(self.core.zone_down(zone.id, Instant::now(), survivor));
+        actions.extend(
+            self.core
+                .zone_down(ZoneId(zone.id.into()), Instant::now(), survivor),
+        );
     }
 
     async fn handle(&mut self, r: Request, actions: &mut Vec<Action>) {
@@ -230,7 +233,7 @@ impl State {
                     self.map
                         .register_replacing(&name, &address, capacity, Instant::now());
                 if let Some(old) = replaced {
-                    tracing::info!(old = old.id, new = zone.id, %name, "zone re-registered; its previous incarnation is gone");
+                    tracing::info!(old = old.id.0, new = zone.id.0, %name, "zone re-registered; its previous incarnation is gone");
                     self.zone_gone(&old, actions).await;
                 }
                 if let Some(s) = &self.store
@@ -241,7 +244,7 @@ impl State {
                     let _ = reply.send(Err(Status::unavailable("coordinator storage failed")));
                     return;
                 }
-                tracing::info!(zone = zone.id, name = %zone.name, address = %zone.address, "zone registered");
+                tracing::info!(zone = zone.id.0, name = %zone.name, address = %zone.address, "zone registered");
                 metrics::counter!("worldmesh_coordinator_zone_registrations_total").increment(1);
                 let survivor = self.survivor_fn();
                 actions.extend(self.core.zone_up(zone.id, Instant::now(), survivor));
@@ -277,7 +280,7 @@ impl State {
             } => {
                 let ok = self.map.drain(zone, generation);
                 if ok {
-                    tracing::info!(zone, "zone draining: its cells move to the others");
+                    tracing::info!(zone = zone.0, "zone draining: its cells move to the others");
                     if let (Some(s), Some(z)) = (&self.store, self.map.zone(zone))
                         && let Err(e) = s.put_zone(&zone_row(z)).await
                     {
@@ -296,12 +299,12 @@ impl State {
                     .zone(zone)
                     .is_some_and(|z| z.lease_generation == generation);
                 if known && let Some(z) = self.map.expire_now(zone) {
-                    tracing::info!(zone, name = %z.name, "zone stopped and left the map");
+                    tracing::info!(zone = zone.0, name = %z.name, "zone stopped and left the map");
                     self.sessions.remove(&zone);
                     if let Some(s) = &self.store
                         && let Err(e) = s.delete_zone(zone).await
                     {
-                        tracing::error!(zone, error = %e, "cannot delete zone row");
+                        tracing::error!(zone = zone.0, error = %e, "cannot delete zone row");
                     }
                     actions.extend(self.core.zone_stopped(zone));
                 }
@@ -424,7 +427,7 @@ impl State {
             };
             if tx.try_send(Ok(event)).is_err() {
                 tracing::warn!(
-                    zone,
+                    zone = zone.0,
                     "zone session queue full or closed; it will re-sync when it reconnects"
                 );
                 self.sessions.remove(&zone);
@@ -460,8 +463,8 @@ fn handoff_span(zone: ZoneId, msg: &ToCoordinator) -> Option<tracing::Span> {
         "coordinator.handoff",
         otel.name = %format_args!("coordinator.handoff.{name}"),
         handoff = %id,
-        entity,
-        zone,
+        entity = entity.0,
+        zone = zone.0,
     );
     worldmesh_runtime::telemetry::follow(&span, trace);
     Some(span)
@@ -469,7 +472,7 @@ fn handoff_span(zone: ZoneId, msg: &ToCoordinator) -> Option<tracing::Span> {
 
 fn zone_row(z: &Zone) -> ZoneRow {
     ZoneRow {
-        id: z.id,
+        id: ZoneId(z.id.into()),
         name: z.name.clone(),
         address: z.address.clone(),
         capacity: z.capacity,

@@ -10,7 +10,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
-use worldmesh_world::handoff::{Authority, EntityId, HandoffId, Outcome, ZoneId};
+use worldmesh_world::handoff::{Authority, EntityId, Epoch, HandoffId, Outcome, ZoneId};
 
 /// A registered zone as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,7 @@ fn authority(r: &sqlx::any::AnyRow) -> Result<Authority> {
     ) {
         (Some(e), Some(a), Some(o)) => Some((
             HandoffId {
-                epoch: e as u64,
+                epoch: Epoch(e as u64),
                 attempt: a as u32,
             },
             if o == 1 {
@@ -66,8 +66,8 @@ fn authority(r: &sqlx::any::AnyRow) -> Result<Authority> {
         _ => None,
     };
     Ok(Authority {
-        zone: r.try_get::<i64, _>("zone_id")? as u64,
-        epoch: r.try_get::<i64, _>("epoch")? as u64,
+        zone: ZoneId(r.try_get::<i64, _>("zone_id")? as u64),
+        epoch: Epoch(r.try_get::<i64, _>("epoch")? as u64),
         last,
     })
 }
@@ -130,7 +130,7 @@ impl Store {
         .iter()
         .map(|r| {
             Ok(ZoneRow {
-                id: r.try_get::<i64, _>("zone_id")? as u64,
+                id: ZoneId(r.try_get::<i64, _>("zone_id")? as u64),
                 name: r.try_get("name")?,
                 address: r.try_get("address")?,
                 capacity: r.try_get::<i64, _>("capacity")? as u32,
@@ -146,7 +146,12 @@ impl Store {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get::<i64, _>("entity_id")? as u64, authority(r)?)))
+        .map(|r| {
+            Ok((
+                EntityId(r.try_get::<i64, _>("entity_id")? as u64),
+                authority(r)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
         Ok(Loaded {
             zones,
@@ -164,7 +169,7 @@ impl Store {
         for (entity, row) in rows {
             let (le, la, lo) = match row.last {
                 Some((id, outcome)) => (
-                    Some(id.epoch as i64),
+                    Some(id.epoch.0 as i64),
                     Some(id.attempt as i64),
                     Some(if outcome == Outcome::Committed {
                         1i64
@@ -182,9 +187,9 @@ impl Store {
                  epoch = excluded.epoch, last_epoch = excluded.last_epoch, \
                  last_attempt = excluded.last_attempt, last_outcome = excluded.last_outcome",
             )
-            .bind(*entity as i64)
-            .bind(row.zone as i64)
-            .bind(row.epoch as i64)
+            .bind(entity.0 as i64)
+            .bind(row.zone.0 as i64)
+            .bind(row.epoch.0 as i64)
             .bind(le)
             .bind(la)
             .bind(lo)
@@ -200,7 +205,7 @@ impl Store {
             "SELECT zone_id, epoch, last_epoch, last_attempt, last_outcome \
              FROM coordinator_authority WHERE entity_id = $1",
         )
-        .bind(entity as i64)
+        .bind(entity.0 as i64)
         .fetch_optional(&self.pool)
         .await?;
         loaded.as_ref().map(authority).transpose()
@@ -215,7 +220,7 @@ impl Store {
              address = excluded.address, capacity = excluded.capacity, \
              lease_generation = excluded.lease_generation, draining = excluded.draining",
         )
-        .bind(z.id as i64)
+        .bind(z.id.0 as i64)
         .bind(&z.name)
         .bind(&z.address)
         .bind(z.capacity as i64)
@@ -228,7 +233,7 @@ impl Store {
 
     pub async fn delete_zone(&self, id: ZoneId) -> Result<()> {
         sqlx::query("DELETE FROM coordinator_zones WHERE zone_id = $1")
-            .bind(id as i64)
+            .bind(id.0 as i64)
             .execute(&self.pool)
             .await?;
         Ok(())

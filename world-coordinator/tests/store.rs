@@ -9,15 +9,15 @@ use sqlx::migrate::Migrator;
 use worldmesh_coordinator::store::Store;
 use worldmesh_persistence::sql::Sql;
 use worldmesh_testkit as testing;
-use worldmesh_world::handoff::{Authority, HandoffId, Outcome};
+use worldmesh_world::handoff::{Authority, EntityId, HandoffId, Outcome};
 
 fn row() -> Authority {
     Authority {
-        zone: 7,
-        epoch: 3,
+        zone: worldmesh_world::handoff::ZoneId(7),
+        epoch: worldmesh_world::handoff::Epoch(3),
         last: Some((
             HandoffId {
-                epoch: 2,
+                epoch: worldmesh_world::handoff::Epoch(2),
                 attempt: 1,
             },
             Outcome::Committed,
@@ -48,10 +48,19 @@ where
 }
 
 async fn write_and_read_back(store: &Store) {
-    store.write_rows(&[(42, row())]).await.unwrap();
+    store
+        .write_rows(&[(worldmesh_world::handoff::EntityId(42), row())])
+        .await
+        .unwrap();
     let loaded = store.load(1_000).await.unwrap();
-    assert_eq!(loaded.rows, vec![(42, row())]);
-    assert_eq!(store.read_row(42).await.unwrap(), Some(row()));
+    assert_eq!(loaded.rows, vec![(EntityId(42), row())]);
+    assert_eq!(
+        store
+            .read_row(worldmesh_world::handoff::EntityId(42))
+            .await
+            .unwrap(),
+        Some(row())
+    );
 }
 
 #[tokio::test]
@@ -100,7 +109,13 @@ async fn a_database_made_before_the_split_keeps_its_rows_and_starts() {
         // the coordinator adopts its tables with the row in them.
         let sql = Sql::connect(&url).await.unwrap();
         let store = Store::connect(&url).await.unwrap();
-        assert_eq!(store.read_row(42).await.unwrap(), Some(row()));
+        assert_eq!(
+            store
+                .read_row(worldmesh_world::handoff::EntityId(42))
+                .await
+                .unwrap(),
+            Some(row())
+        );
         store.close().await;
         sql.close().await;
     })

@@ -39,8 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub type ZoneId = u64;
-pub type EntityId = u64;
+pub use worldmesh_protocol::ids::{EntityId, Epoch, ZoneId};
 
 /// A source that hears nothing repeats itself after this long; so does the coordinator.
 /// Round trips on a cluster network are ~1 ms, so 200 ms only fires on real loss.
@@ -54,7 +53,7 @@ pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(1);
 /// within an epoch, is a later handoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HandoffId {
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub attempt: u32,
 }
 
@@ -78,7 +77,7 @@ pub enum Outcome {
 pub struct Authority {
     /// Owning zone; 0 when nobody simulates it (logged out).
     pub zone: ZoneId,
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The latest decided handoff of this entity and its outcome (committed or aborted).
     pub last: Option<(HandoffId, Outcome)>,
 }
@@ -108,25 +107,25 @@ pub enum ToCoordinator {
     /// Grant me authority over this entity (a login), above the epoch persistence holds.
     Acquire {
         entity: EntityId,
-        min_epoch: u64,
+        min_epoch: Epoch,
     },
     /// The entity left the world (logout) and its final state is saved.
     Release {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
     Restored {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Answer to `Revoke`: this zone no longer simulates the entity below `epoch`.
     Revoked {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Everything this zone simulates, sent when it (re)connects.
     Holding {
-        entities: Vec<(EntityId, u64)>,
+        entities: Vec<(EntityId, Epoch)>,
     },
 }
 
@@ -136,7 +135,7 @@ pub enum ToZone {
     Prepare {
         id: HandoffId,
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
         from: ZoneId,
         state: Bytes,
         /// W3C traceparent of the handoff's trace, carried opaquely ("" when not traced).
@@ -151,12 +150,12 @@ pub enum ToZone {
     },
     Granted {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
     /// You own this entity now at `epoch` (failover or re-sync): activate it.
     Restore {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
         /// The handoff whose commit created `epoch`, if one did: a copy prepared for exactly
         /// that handoff may be activated; anything else restores from persistence.
         committed: Option<HandoffId>,
@@ -164,7 +163,7 @@ pub enum ToZone {
     /// You no longer own this entity: drop it without saving.
     Revoke {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
     HoldingAck,
 }
@@ -197,7 +196,7 @@ struct Takeover {
     /// The owner told to let go.
     from: ZoneId,
     /// The epoch the owner was revoked below: the new owner's epoch.
-    epoch: u64,
+    epoch: Epoch,
     resend_at: Instant,
 }
 
@@ -209,7 +208,7 @@ pub struct Coordinator {
     /// Takeovers waiting for the owner's `Revoked`, by entity.
     takeovers: BTreeMap<EntityId, Takeover>,
     /// Restores not yet confirmed: (zone, epoch, next resend).
-    restoring: BTreeMap<EntityId, (ZoneId, u64, Instant)>,
+    restoring: BTreeMap<EntityId, (ZoneId, Epoch, Instant)>,
 }
 
 impl Coordinator {
@@ -305,12 +304,12 @@ impl Coordinator {
             self.abort(entity, out);
         }
         let row = self.rows.entry(entity).or_insert(Authority {
-            zone: 0,
-            epoch: 0,
+            zone: ZoneId::NONE,
+            epoch: Epoch(0),
             last: None,
         });
         row.zone = t.to;
-        row.epoch = row.epoch.max(t.epoch - 1) + 1;
+        row.epoch = row.epoch.max(t.epoch.prev()).next();
         let epoch = row.epoch;
         out.push(Action::Write {
             entity,
@@ -343,7 +342,7 @@ impl Coordinator {
         self.forget_zone(zone, &mut out);
         for (&entity, row) in self.rows.iter_mut() {
             if row.zone == zone {
-                row.zone = 0;
+                row.zone = ZoneId::NONE;
                 out.push(Action::Write {
                     entity,
                     row: row.clone(),
@@ -364,7 +363,7 @@ impl Coordinator {
         let mut orphans: Vec<EntityId> = self
             .rows
             .iter()
-            .filter(|(_, r)| r.zone != 0 && !self.live.contains(&r.zone))
+            .filter(|(_, r)| r.zone != ZoneId::NONE && !self.live.contains(&r.zone))
             .map(|(e, _)| *e)
             .collect();
         orphans.sort_unstable();
@@ -374,7 +373,7 @@ impl Coordinator {
             };
             let row = self.rows.get_mut(&entity).expect("orphan row");
             row.zone = to;
-            row.epoch += 1;
+            row.epoch = row.epoch.next();
             let epoch = row.epoch;
             out.push(Action::Write {
                 entity,
@@ -441,12 +440,12 @@ impl Coordinator {
                     self.abort(entity, &mut out);
                 }
                 let row = self.rows.entry(entity).or_insert(Authority {
-                    zone: 0,
-                    epoch: 0,
+                    zone: ZoneId::NONE,
+                    epoch: Epoch(0),
                     last: None,
                 });
-                let epoch = row.epoch.max(min_epoch) + 1;
-                if row.zone != 0 && row.zone != from && self.live.contains(&row.zone) {
+                let epoch = row.epoch.max(min_epoch).next();
+                if row.zone != ZoneId::NONE && row.zone != from && self.live.contains(&row.zone) {
                     // Simulated elsewhere (a login through another gateway): the owner lets go
                     // first, and only then is the entity granted here. Granting at once would
                     // have both zones simulate it until the owner heard of it.
@@ -493,7 +492,7 @@ impl Coordinator {
                     && row.epoch == epoch
                     && !self.sagas.contains_key(&entity)
                 {
-                    row.zone = 0;
+                    row.zone = ZoneId::NONE;
                     out.push(Action::Write {
                         entity,
                         row: row.clone(),
@@ -510,7 +509,7 @@ impl Coordinator {
                 }
             }
             ToCoordinator::Holding { entities } => {
-                let held: BTreeMap<EntityId, u64> = entities.iter().copied().collect();
+                let held: BTreeMap<EntityId, Epoch> = entities.iter().copied().collect();
                 let mut stale = Vec::new();
                 for &(entity, epoch) in &entities {
                     let current = self.rows.get(&entity);
@@ -522,7 +521,7 @@ impl Coordinator {
                             stale.push(entity);
                         }
                     } else {
-                        let newer = current.map_or(epoch + 1, |r| r.epoch.max(epoch + 1));
+                        let newer = current.map_or(epoch.next(), |r| r.epoch.max(epoch.next()));
                         out.push(Action::Send(
                             from,
                             ToZone::Revoke {
@@ -532,7 +531,7 @@ impl Coordinator {
                         ));
                     }
                 }
-                let mut missing: Vec<(EntityId, u64)> = self
+                let mut missing: Vec<(EntityId, Epoch)> = self
                     .rows
                     .iter()
                     .filter(|(e, r)| r.zone == from && (!held.contains_key(e) || stale.contains(e)))
@@ -672,7 +671,7 @@ impl Coordinator {
         self.restoring.remove(&entity);
         let row = self.rows.get_mut(&entity).expect("row of a saga");
         row.zone = s.to;
-        row.epoch = s.id.epoch + 1;
+        row.epoch = s.id.epoch.next();
         row.last = Some((s.id, Outcome::Committed));
         out.push(Action::Write {
             entity,
@@ -762,7 +761,7 @@ fn already_decided(row: &Authority, id: HandoffId) -> Option<Outcome> {
 
 fn restore(row: &Authority, entity: EntityId) -> ToZone {
     let committed = match row.last {
-        Some((id, Outcome::Committed)) if id.epoch + 1 == row.epoch => Some(id),
+        Some((id, Outcome::Committed)) if id.epoch.next() == row.epoch => Some(id),
         _ => None,
     };
     ToZone::Restore {
@@ -776,7 +775,7 @@ fn prepare(s: &Saga, entity: EntityId) -> ToZone {
     ToZone::Prepare {
         id: s.id,
         entity,
-        epoch: s.id.epoch + 1,
+        epoch: s.id.epoch.next(),
         from: s.from,
         state: s.state.clone(),
         trace: s.trace.clone(),
@@ -809,7 +808,7 @@ fn decide(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Held {
     /// Simulated here. `attempts` numbers this epoch's handoff attempts.
-    Active { epoch: u64, attempts: u32 },
+    Active { epoch: Epoch, attempts: u32 },
     /// Frozen here while handoff `id` to `to` is undecided.
     Frozen {
         id: HandoffId,
@@ -821,7 +820,7 @@ pub enum Held {
     /// An inactive copy, prepared for handoff `id`, waiting for the decision.
     Prepared {
         id: HandoffId,
-        epoch: u64,
+        epoch: Epoch,
         state: Bytes,
         resend_at: Instant,
     },
@@ -833,7 +832,7 @@ pub enum Event {
     /// Start simulating the entity at `epoch`: from `state`, or from persistence when `None`.
     Activate {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
         state: Option<Bytes>,
     },
     /// Handed off: despawn it and route its player to `to`.
@@ -851,7 +850,7 @@ pub enum Event {
     },
     Granted {
         entity: EntityId,
-        epoch: u64,
+        epoch: Epoch,
     },
 }
 
@@ -865,7 +864,7 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
 pub struct Participant {
     held: BTreeMap<EntityId, Held>,
     /// Entities that left: the epoch they left at (anything at or below it is stale).
-    gone: BTreeMap<EntityId, (u64, Instant)>,
+    gone: BTreeMap<EntityId, (Epoch, Instant)>,
 }
 
 impl Participant {
@@ -886,7 +885,7 @@ impl Participant {
     }
 
     /// The epoch of an entity simulated here.
-    pub fn active_epoch(&self, entity: EntityId) -> Option<u64> {
+    pub fn active_epoch(&self, entity: EntityId) -> Option<Epoch> {
         match self.held.get(&entity) {
             Some(Held::Active { epoch, .. }) => Some(*epoch),
             _ => None,
@@ -912,7 +911,7 @@ impl Participant {
     }
 
     /// Holds `entity` as active (granted at login, restored).
-    pub fn adopt(&mut self, entity: EntityId, epoch: u64) {
+    pub fn adopt(&mut self, entity: EntityId, epoch: Epoch) {
         self.held
             .insert(entity, Held::Active { epoch, attempts: 0 });
     }
@@ -1126,7 +1125,7 @@ impl Participant {
                     None => false,
                 };
                 if older || !self.held.contains_key(&entity) {
-                    self.gone.insert(entity, (epoch - 1, now));
+                    self.gone.insert(entity, (epoch.prev(), now));
                 }
                 if older {
                     let was_simulated =
@@ -1146,7 +1145,7 @@ impl Participant {
     }
 
     /// Whether a message about `entity` at `epoch` is older than its leaving this zone.
-    fn is_gone(&self, entity: EntityId, epoch: u64) -> bool {
+    fn is_gone(&self, entity: EntityId, epoch: Epoch) -> bool {
         self.gone.get(&entity).is_some_and(|&(e, _)| epoch <= e)
     }
 
@@ -1185,7 +1184,7 @@ impl Participant {
 
     /// The `Holding` report: every entity simulated or frozen here, with its epoch.
     pub fn holding(&self) -> ToCoordinator {
-        let mut entities: Vec<(EntityId, u64)> = self
+        let mut entities: Vec<(EntityId, Epoch)> = self
             .held
             .iter()
             .filter_map(|(e, h)| match h {
@@ -1196,5 +1195,156 @@ impl Participant {
             .collect();
         entities.sort_unstable();
         ToCoordinator::Holding { entities }
+    }
+}
+
+/// Scripted cases of the coordinator's side, one per rule a bug once broke or a deliberate
+/// mutation must be caught by (the randomised search for everything else is
+/// `zone-server/tests/simulation.rs`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E: EntityId = EntityId(7);
+    const A: ZoneId = ZoneId(1);
+    const B: ZoneId = ZoneId(2);
+
+    /// What a durable store holds after the actions are carried out: every write, in order.
+    fn persist(store: &mut BTreeMap<EntityId, Authority>, actions: &[Action]) {
+        for a in actions {
+            if let Action::Write { entity, row } = a {
+                store.insert(*entity, row.clone());
+            }
+        }
+    }
+
+    fn begin(attempt: u32) -> ToCoordinator {
+        ToCoordinator::Begin {
+            id: HandoffId {
+                epoch: Epoch(1),
+                attempt,
+            },
+            entity: E,
+            to: B,
+            state: Bytes::new(),
+            trace: String::new(),
+        }
+    }
+
+    fn prepares(out: &[Action]) -> bool {
+        out.iter()
+            .any(|a| matches!(a, Action::Send(_, ToZone::Prepare { .. })))
+    }
+
+    fn aborted_to(out: &[Action], zone: ZoneId) -> bool {
+        out.iter().any(|a| {
+            matches!(a, Action::Send(z, ToZone::Decided { outcome: Outcome::Aborted, .. }) if *z == zone)
+        })
+    }
+
+    /// A's entity at epoch 1, both zones live; the store as it starts.
+    fn start() -> (Coordinator, BTreeMap<EntityId, Authority>) {
+        let row = Authority {
+            zone: A,
+            epoch: Epoch(1),
+            last: None,
+        };
+        let store = BTreeMap::from([(E, row)]);
+        (Coordinator::new(store.clone(), [A, B]), store)
+    }
+
+    /// Times attempt `attempt` out (the target never prepares), carrying out the actions.
+    fn begin_and_time_out(
+        c: &mut Coordinator,
+        store: &mut BTreeMap<EntityId, Authority>,
+        at: Instant,
+        attempt: u32,
+    ) -> Vec<Action> {
+        let out = c.on_message(at, A, begin(attempt));
+        assert!(prepares(&out), "attempt {attempt} starts: {out:?}");
+        persist(store, &out);
+        let out = c.on_tick(at + PREPARE_TIMEOUT);
+        persist(store, &out);
+        out
+    }
+
+    /// Mutations caught: skipping the durable write of an abort, or writing it after the
+    /// zones are told.
+    #[test]
+    fn an_abort_is_written_before_it_is_told_and_survives_a_restart() {
+        let t0 = Instant::now();
+        let (mut c, mut store) = start();
+        let out = begin_and_time_out(&mut c, &mut store, t0, 1);
+        let written = out
+            .iter()
+            .position(|a| matches!(a, Action::Write { row, .. } if row.last.is_some_and(|(_, o)| o == Outcome::Aborted)))
+            .expect("the abort is written");
+        let told = out
+            .iter()
+            .position(|a| matches!(a, Action::Send(_, ToZone::Decided { .. })))
+            .expect("the zones are told");
+        assert!(written < told, "written before told: {out:?}");
+        assert!(aborted_to(&out, A), "the source unfreezes: {out:?}");
+        // A restarted coordinator knows only what was written. A late copy of the aborted
+        // Begin (the source resent it before it heard the abort) must not start it again:
+        // the source is simulating the entity again.
+        let mut c = Coordinator::new(store.clone(), [A, B]);
+        let out = c.on_message(t0 + 2 * PREPARE_TIMEOUT, A, begin(1));
+        assert!(
+            !prepares(&out),
+            "an aborted handoff never restarts: {out:?}"
+        );
+        assert!(
+            aborted_to(&out, A),
+            "the sender hears the decision again: {out:?}"
+        );
+        assert_eq!(c.sagas_in_flight(), 0);
+    }
+
+    /// Mutation caught: `already_decided` recognising only the exact handoff id, which lets a
+    /// late Begin of an earlier attempt start after a later attempt was aborted.
+    #[test]
+    fn a_late_begin_of_an_earlier_attempt_is_aborted() {
+        let t0 = Instant::now();
+        let (mut c, mut store) = start();
+        begin_and_time_out(&mut c, &mut store, t0, 1);
+        begin_and_time_out(&mut c, &mut store, t0 + 2 * PREPARE_TIMEOUT, 2);
+        let out = c.on_message(t0 + 4 * PREPARE_TIMEOUT, A, begin(1));
+        assert!(!prepares(&out), "{out:?}");
+        assert!(aborted_to(&out, A), "{out:?}");
+    }
+
+    /// Mutation caught: telling the zones of a commit before it is durable.
+    #[test]
+    fn a_commit_is_written_before_anyone_hears_it() {
+        let t0 = Instant::now();
+        let (mut c, mut store) = start();
+        let out = c.on_message(t0, A, begin(1));
+        persist(&mut store, &out);
+        let id = HandoffId {
+            epoch: Epoch(1),
+            attempt: 1,
+        };
+        let out = c.on_message(
+            t0,
+            B,
+            ToCoordinator::Prepared {
+                id,
+                entity: E,
+                ok: true,
+                trace: String::new(),
+            },
+        );
+        let written = out
+            .iter()
+            .position(|a| matches!(a, Action::Write { row, .. } if row.zone == B && row.epoch == Epoch(2)))
+            .expect("the commit is written");
+        let first_told = out
+            .iter()
+            .position(|a| matches!(a, Action::Send(..)))
+            .expect("the zones are told");
+        assert!(written < first_told, "{out:?}");
+        persist(&mut store, &out);
+        assert_eq!(store[&E].last, Some((id, Outcome::Committed)));
     }
 }

@@ -262,10 +262,11 @@ async fn audit(
         let snaps: Vec<ZoneAudit> = zones
             .iter()
             .filter_map(|z| {
-                z.audit
-                    .lock()
-                    .ok()
-                    .map(|a| (a.tick, a.active.clone(), a.frozen.clone()))
+                z.audit.lock().ok().map(|a| ZoneAudit {
+                    tick: a.tick,
+                    simulated: a.active.clone(),
+                    frozen: a.frozen.clone(),
+                })
             })
             .collect();
         counter.observe(&snaps, &bots.entities());

@@ -72,7 +72,7 @@ async fn two_gateways_in_front_of_the_same_zones() {
                 .unwrap(),
         );
     }
-    let spawns: Vec<(u64, (f32, f32))> = sessions
+    let spawns: Vec<(worldmesh_protocol::EntityId, (f32, f32))> = sessions
         .iter()
         .map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y)))
         .collect();

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use worldmesh_protocol::ids::EntityId;
 
 async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
     let cluster = worldmesh::cluster::Cluster::start(small_world(persistence))
@@ -18,13 +19,13 @@ async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
         .expect("login");
     let me = s.welcome.entity_id;
     assert!(s.welcome.x < 200.0);
-    let (west, epoch0) = owner(&cluster.coordinator_url, me).await;
+    let (west, epoch0) = owner(&cluster.coordinator_url, me.into()).await;
     assert_ne!(west, 0, "the west zone holds the character");
 
     let mut seq = 0;
     // East, well past the border (hysteresis is 5 m).
     walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
-    let (east, epoch1) = owner(&cluster.coordinator_url, me).await;
+    let (east, epoch1) = owner(&cluster.coordinator_url, me.into()).await;
     assert_ne!(east, west, "the east zone took the character over");
     assert!(
         epoch1 > epoch0,
@@ -33,7 +34,7 @@ async fn cross_and_come_back(persistence: worldmesh_persistence::Config) {
 
     // The player still steers it: back west across the border.
     walk_until(&mut s, &mut seq, std::f32::consts::PI, |x| x < 175.0).await;
-    let (back, epoch2) = owner(&cluster.coordinator_url, me).await;
+    let (back, epoch2) = owner(&cluster.coordinator_url, me.into()).await;
     assert_eq!(back, west, "handed back to the west zone");
     assert!(epoch2 > epoch1);
 
@@ -80,7 +81,7 @@ async fn a_coordinator_restart_stops_nothing() {
         .await
         .expect("login");
     let me = s.welcome.entity_id;
-    let (west, epoch0) = owner(&cluster.coordinator_url, me).await;
+    let (west, epoch0) = owner(&cluster.coordinator_url, me.into()).await;
     let mut seq = 0;
     // Walk while the coordinator is down for a second: snapshots must keep coming.
     let restart = cluster.restart_coordinator(Duration::from_secs(1));
@@ -91,11 +92,11 @@ async fn a_coordinator_restart_stops_nothing() {
     let (restarted, _) = tokio::join!(restart, walk);
     restarted.expect("coordinator restarts");
     // The restarted coordinator resumed the authority row from SQL.
-    let (still, epoch_still) = owner(&cluster.coordinator_url, me).await;
+    let (still, epoch_still) = owner(&cluster.coordinator_url, me.into()).await;
     assert_eq!((still, epoch_still), (west, epoch0));
     // And handoffs work again.
     walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
-    let (east, epoch1) = owner(&cluster.coordinator_url, me).await;
+    let (east, epoch1) = owner(&cluster.coordinator_url, me.into()).await;
     assert_ne!(east, west);
     assert!(epoch1 > epoch0);
     s.bye().await.unwrap();
@@ -109,7 +110,7 @@ async fn sees(s: &mut worldmesh_client::Session, other: u64, within: Duration) -
     while Instant::now() < deadline {
         if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_millis(100), s.recv_snapshot()).await
             && v.newest
-            && v.entities.iter().any(|e| e.id == other)
+            && v.entities.iter().any(|e| e.id == EntityId(other))
         {
             return true;
         }
@@ -138,15 +139,15 @@ async fn players_see_across_a_zone_border() {
     walk_until(&mut east, &mut es, 0.0, |x| x > 220.0).await;
     // Stop both (a standing input) and check who owns whom.
     walk_until(&mut west, &mut ws, 0.0, |_| true).await;
-    let (wz, _) = owner(&cluster.coordinator_url, w_id).await;
-    let (ez, _) = owner(&cluster.coordinator_url, e_id).await;
+    let (wz, _) = owner(&cluster.coordinator_url, w_id.into()).await;
+    let (ez, _) = owner(&cluster.coordinator_url, e_id.into()).await;
     assert_ne!(wz, ez, "the two players are in different zones");
     assert!(
-        sees(&mut west, e_id, Duration::from_secs(2)).await,
+        sees(&mut west, e_id.into(), Duration::from_secs(2)).await,
         "the west player sees the east one across the border"
     );
     assert!(
-        sees(&mut east, w_id, Duration::from_secs(2)).await,
+        sees(&mut east, w_id.into(), Duration::from_secs(2)).await,
         "the east player sees the west one across the border"
     );
     west.bye().await.unwrap();
@@ -173,9 +174,9 @@ async fn handoffs_work_for_players_on_either_gateway() {
         let me = s.welcome.entity_id;
         let mut seq = 0;
         walk_until(&mut s, &mut seq, std::f32::consts::PI, |x| x < 185.0).await;
-        let (west, e0) = owner(&cluster.coordinator_url, me).await;
+        let (west, e0) = owner(&cluster.coordinator_url, me.into()).await;
         walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
-        let (east, e1) = owner(&cluster.coordinator_url, me).await;
+        let (east, e1) = owner(&cluster.coordinator_url, me.into()).await;
         assert_ne!(west, east, "player on gateway {i} was handed over");
         assert!(e1 > e0);
         // Still steerable through its own gateway after the handoff.

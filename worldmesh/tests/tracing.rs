@@ -78,7 +78,7 @@ async fn one_handoff_is_one_trace_across_coordinator_and_both_zones() {
         .await
         .expect("login");
     let me = s.welcome.entity_id.to_string();
-    let (west, _) = owner(&cluster.coordinator_url, s.welcome.entity_id).await;
+    let (west, _) = owner(&cluster.coordinator_url, s.welcome.entity_id.into()).await;
 
     // The login: the gateway's span is the root; persistence's Login and the zone's join
     // (with its own call to persistence) are in its trace.
@@ -107,7 +107,7 @@ async fn one_handoff_is_one_trace_across_coordinator_and_both_zones() {
     // The handoff: walk east over the border at x = 200.
     let mut seq = 0;
     walk_until(&mut s, &mut seq, 0.0, |x| x > 225.0).await;
-    let (east, _) = owner(&cluster.coordinator_url, s.welcome.entity_id).await;
+    let (east, _) = owner(&cluster.coordinator_url, s.welcome.entity_id.into()).await;
     assert_ne!(east, west, "the character was handed off");
 
     let handoff = wait_for(&exporter, "the handoff trace", |t| {

@@ -8,6 +8,7 @@ use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone as pb;
+use worldmesh_protocol::ids::{EntityId, Epoch};
 use worldmesh_world::handoff::ToZone;
 
 pub enum Command {
@@ -50,7 +51,8 @@ pub enum Command {
     },
     /// Persistence refused these characters' states as stale: a newer authority exists.
     Fenced {
-        ids: Vec<(u64, u64)>,
+        /// Each with the epoch its refused state was written at.
+        ids: Vec<(EntityId, Epoch)>,
     },
     /// The lease was lost and the zone registered again under a new id: everything it held
     /// belongs to others now.

@@ -19,6 +19,8 @@ use worldmesh_protocol::grpc::persistence::{
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
 
+use worldmesh_protocol::ids::{EntityId, Epoch};
+
 use crate::link::Links;
 
 /// Save jobs waiting for the saver. The tick thread keeps its own backlog beyond this bound.
@@ -30,8 +32,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct SaveJob {
     pub characters: Vec<Character>,
-    /// (link, player) pairs to answer with `Left` once this job is saved.
-    pub leaving: Vec<(u32, u64)>,
+    /// Players to answer with `Left` once this job is saved.
+    pub leaving: Vec<crate::sim::Player>,
 }
 
 pub async fn run(
@@ -66,11 +68,11 @@ pub async fn run(
             let ids = batch
                 .iter()
                 .filter(|c| rejected.contains(&c.id))
-                .map(|c| (c.id, c.epoch))
+                .map(|c| (EntityId(c.id), Epoch(c.epoch)))
                 .collect();
             let _ = commands.send(crate::command::Command::Fenced { ids }).await;
         }
-        for (link, player_id) in leaving {
+        for crate::sim::Player { link, player_id } in leaving {
             crate::link::send_control(
                 &links,
                 &runtime,

@@ -29,7 +29,8 @@ use worldmesh_world::handoff::{Event, Participant, ToCoordinator, ToZone};
 
 use crate::command::Command;
 use crate::saver::SaveJob;
-use crate::sim::{Carried, Sim, SimConfig};
+use crate::sim::{Carried, GhostState, Player, Removed, Sim, SimConfig};
+use worldmesh_protocol::ids::{EntityId, Epoch, ZoneId};
 
 /// A character must stand this far inside another zone's cell before it is handed over, so
 /// one walking along a border does not bounce between zones. 5 m is under a second of
@@ -214,7 +215,7 @@ pub struct Zone {
     last_checkpoint: Option<u32>,
     last_housekeeping: Option<u32>,
     positions: Vec<(u64, f32, f32)>,
-    ghost_scratch: Vec<crate::sim::GhostState>,
+    ghost_scratch: Vec<GhostState>,
     /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
     ghosted: Vec<(u64, String)>,
 }
@@ -314,8 +315,8 @@ impl Zone {
             if now.at.duration_since(p.sent) >= RESYNC_EVERY {
                 p.sent = now.at;
                 repeat.push(ToCoordinator::Acquire {
-                    entity,
-                    min_epoch: p.character.epoch,
+                    entity: EntityId(entity),
+                    min_epoch: Epoch(p.character.epoch),
                 });
             }
         }
@@ -370,7 +371,7 @@ impl Zone {
                     self.release(c.id);
                     self.save(SaveJob {
                         characters: vec![c],
-                        leaving: vec![(link, player_id)],
+                        leaving: vec![Player { player_id, link }],
                     });
                 }
                 None => self.control(
@@ -415,10 +416,16 @@ impl Zone {
                 self.map = Some(map);
             }
             Command::Ghosts(batch) => {
-                let ghosts: Vec<crate::sim::GhostState> = batch
+                let ghosts: Vec<GhostState> = batch
                     .ghosts
                     .iter()
-                    .map(|g| (g.id, g.x, g.y, g.heading, g.speed))
+                    .map(|g| GhostState {
+                        id: g.id,
+                        x: g.x,
+                        y: g.y,
+                        heading: g.heading,
+                        speed: g.speed,
+                    })
                     .collect();
                 let tick = self.sim.tick();
                 self.sim.set_ghosts(batch.from_zone, tick, &ghosts);
@@ -435,13 +442,13 @@ impl Zone {
                         continue;
                     }
                     tracing::warn!(
-                        entity = id,
+                        entity = id.0,
                         "persistence holds a newer epoch; dropping our copy"
                     );
                     // Forgotten at the epoch held, not above it: a later handoff of this
                     // character into this zone must still be accepted.
                     self.participant.forget_fenced(now.at, id);
-                    self.drop_character(id);
+                    self.drop_character(id.0);
                 }
             }
             Command::LeaseLost { zone_id } => {
@@ -484,14 +491,14 @@ impl Zone {
     fn join(&mut self, now: Now, link: u32, player_id: u64, character: Character) {
         let id = character.id;
         if self.sim.has_character(id) {
-            if self.participant.active_epoch(id).is_some() {
+            if self.participant.active_epoch(EntityId(id)).is_some() {
                 self.attach(id, link, player_id);
             } else {
                 self.join_failed(link, player_id, "character is moving between zones; retry");
             }
             return;
         }
-        if self.participant.active_epoch(id).is_some() {
+        if self.participant.active_epoch(EntityId(id)).is_some() {
             // Ours by failover, its checkpoint still loading (`Command::Loaded` attaches it).
             if let Some(old) = self
                 .awaiting_restore
@@ -519,15 +526,15 @@ impl Zone {
             self.join_failed(old.link, old.player_id, "superseded by a newer login");
         }
         self.tell_coordinator(ToCoordinator::Acquire {
-            entity: id,
-            min_epoch,
+            entity: EntityId(id),
+            min_epoch: Epoch(min_epoch),
         });
     }
 
     /// A checkpoint asked for by [`Output::Load`] arrived (or could not be read).
     fn loaded(&mut self, now: Now, entity: u64, epoch: u64, character: Option<Character>) {
         let overtaken = character.as_ref().is_some_and(|c| c.epoch > epoch);
-        if overtaken && self.participant.active_epoch(entity) == Some(epoch) {
+        if overtaken && self.participant.active_epoch(EntityId(entity)) == Some(Epoch(epoch)) {
             // Persistence holds a newer epoch than the one we were restored at: the restore
             // was overtaken (a late message) and another zone owns the character now.
             tracing::warn!(
@@ -535,10 +542,10 @@ impl Zone {
                 epoch,
                 "restore overtaken by a newer epoch; not simulating it"
             );
-            self.participant.forget_fenced(now.at, entity);
+            self.participant.forget_fenced(now.at, EntityId(entity));
             self.drop_character(entity);
         }
-        if self.participant.active_epoch(entity) != Some(epoch) {
+        if self.participant.active_epoch(EntityId(entity)) != Some(Epoch(epoch)) {
             // No longer ours at that epoch: a player waiting for it looks elsewhere.
             if let Some(w) = self.awaiting_restore.remove(&entity) {
                 self.join_failed(w.link, w.player_id, "character moved on; retry");
@@ -587,7 +594,11 @@ impl Zone {
 
     fn attach(&mut self, id: u64, link: u32, player_id: u64) {
         if let Some((s, previous)) = self.sim.attach(id, link, player_id) {
-            if let Some((old_link, old_player)) = previous {
+            if let Some(Player {
+                link: old_link,
+                player_id: old_player,
+            }) = previous
+            {
                 tracing::info!(
                     entity = id,
                     old_player,
@@ -632,7 +643,10 @@ impl Zone {
 
     /// Removes a character we no longer own; its player is told to look elsewhere.
     fn drop_character(&mut self, id: u64) {
-        if let Some(Some((link, player_id))) = self.sim.remove_character(id) {
+        if let Some(Removed {
+            player: Some(Player { link, player_id }),
+        }) = self.sim.remove_character(id)
+        {
             self.control(
                 link,
                 Msg::Left(pb::Left {
@@ -687,8 +701,8 @@ impl Zone {
                     "zone.handoff",
                     otel.name = "zone.handoff.prepare",
                     zone = self.zone_id,
-                    entity,
-                    from,
+                    entity = entity.0,
+                    from = from.0,
                     handoff = %id,
                 );
                 worldmesh_runtime::telemetry::follow(&span, trace);
@@ -704,7 +718,7 @@ impl Zone {
                     "zone.handoff",
                     otel.name = "zone.handoff.decided",
                     zone = self.zone_id,
-                    entity,
+                    entity = entity.0,
                     outcome = ?outcome,
                     handoff = %id,
                 );
@@ -736,43 +750,51 @@ impl Zone {
                     entity,
                     epoch,
                     state: Some(state),
-                } => self.activate(entity, epoch, &state),
+                } => self.activate(entity.into(), epoch.into(), &state),
                 // Failover: restore from the last checkpoint.
                 Event::Activate {
                     entity,
                     epoch,
                     state: None,
-                } => self.out.push_back(Output::Load { entity, epoch }),
+                } => self.out.push_back(Output::Load {
+                    entity: entity.into(),
+                    epoch: epoch.into(),
+                }),
                 Event::HandedOff { entity, to } => {
-                    self.sim.ghostify(entity, to);
+                    self.sim.ghostify(entity.into(), to.into());
                     self.stats.handoffs_out.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "out")
                         .increment(1);
-                    tracing::debug!(entity, to, "handed off");
+                    tracing::debug!(entity = entity.0, to = to.0, "handed off");
                 }
                 Event::Unfreeze { entity } => {
-                    self.sim.unfreeze(entity);
+                    self.sim.unfreeze(entity.into());
                     self.stats.handoffs_aborted.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "aborted")
                         .increment(1);
                 }
-                Event::Dropped { entity } => self.drop_character(entity),
+                Event::Dropped { entity } => self.drop_character(entity.into()),
                 Event::Granted { entity, epoch } => {
-                    let Some(mut p) = self.pending_acquire.remove(&entity) else {
-                        if self.sim.has_character(entity) {
+                    let Some(mut p) = self.pending_acquire.remove(&entity.0) else {
+                        if self.sim.has_character(entity.into()) {
                             // It came here meanwhile (a handoff or a restore served the join):
                             // simulated here, now at the granted epoch.
-                            self.sim.set_epoch(entity, epoch);
+                            self.sim.set_epoch(entity.into(), epoch.into());
                         } else {
                             // Nobody waits for it any more: give it straight back.
-                            self.release(entity);
+                            self.release(entity.into());
                         }
                         continue;
                     };
-                    p.character.epoch = epoch;
+                    p.character.epoch = epoch.into();
                     let s = self.sim.spawn_player(p.link, p.player_id, &p.character);
-                    self.sim.set_epoch(entity, epoch);
-                    tracing::debug!(player = p.player_id, entity, epoch, "player spawned");
+                    self.sim.set_epoch(entity.into(), epoch.into());
+                    tracing::debug!(
+                        player = p.player_id,
+                        entity = entity.0,
+                        epoch = epoch.0,
+                        "player spawned"
+                    );
                     self.joined(p.link, p.player_id, s);
                 }
             }
@@ -798,7 +820,10 @@ impl Zone {
             player: (s.player_id != 0)
                 .then_some(())
                 .and(link)
-                .map(|l| (l, s.player_id)),
+                .map(|link| Player {
+                    player_id: s.player_id,
+                    link,
+                }),
             detached: (s.player_id != 0 && link.is_none())
                 .then(|| (s.player_id, s.gateway.clone())),
             speed: s.speed,
@@ -810,7 +835,7 @@ impl Zone {
         self.sim.spawn_arrival(&character, &carried);
         self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "in").increment(1);
-        if let Some((link, player_id)) = carried.player {
+        if let Some(Player { link, player_id }) = carried.player {
             self.first_snapshot_due
                 .insert(player_id, s.frozen_at_unix_us);
             self.attached(link, player_id, entity);
@@ -868,7 +893,7 @@ impl Zone {
             {
                 continue;
             }
-            if self.participant.active_epoch(id).is_some() {
+            if self.participant.active_epoch(EntityId(id)).is_some() {
                 moves.push((id, to));
             }
         }
@@ -884,12 +909,12 @@ impl Zone {
         };
         let gateway = carried
             .player
-            .and_then(|(link, _)| self.link_gateway.get(&link).cloned())
+            .and_then(|p| self.link_gateway.get(&p.link).cloned())
             .or_else(|| carried.detached.as_ref().map(|d| d.1.clone()))
             .unwrap_or_default();
         let player_id = carried
             .player
-            .map(|p| p.1)
+            .map(|p| p.player_id)
             .or(carried.detached.as_ref().map(|d| d.0))
             .unwrap_or(0);
         let state = pb::HandoffState {
@@ -917,7 +942,10 @@ impl Zone {
         );
         let _entered = span.enter();
         let trace = worldmesh_runtime::telemetry::traceparent(&span);
-        match self.participant.begin(now.at, id, to, bytes, trace) {
+        match self
+            .participant
+            .begin(now.at, EntityId(id), ZoneId(to), bytes, trace)
+        {
             Some(m) => {
                 if let ToCoordinator::Begin { id: h, .. } = &m {
                     span.record("handoff", tracing::field::display(h));
@@ -940,7 +968,14 @@ impl Zone {
         }
         self.sim.visible_characters(&mut self.ghost_scratch);
         let mut batches: BTreeMap<u64, (String, Vec<pb::Ghost>)> = BTreeMap::new();
-        for &(id, x, y, heading, speed) in &self.ghost_scratch {
+        for &GhostState {
+            id,
+            x,
+            y,
+            heading,
+            speed,
+        } in &self.ghost_scratch
+        {
             let (cx, cy) = (
                 geometry::axis_cell(x, g.min_x, g.cell_size, map.cells_x),
                 geometry::axis_cell(y, g.min_y, g.cell_size, map.cells_y),
@@ -982,7 +1017,7 @@ impl Zone {
     }
 
     fn release(&mut self, id: u64) {
-        if let Some(m) = self.participant.release(id) {
+        if let Some(m) = self.participant.release(EntityId(id)) {
             self.tell_coordinator(m);
         }
     }
@@ -1162,7 +1197,10 @@ mod tests {
         );
         z.handle(
             now,
-            Command::Coordinator(ToZone::Granted { entity: id, epoch }),
+            Command::Coordinator(ToZone::Granted {
+                entity: EntityId(id),
+                epoch: Epoch(epoch),
+            }),
         );
         drain(z)
     }
@@ -1187,12 +1225,12 @@ mod tests {
     fn prepare(id: u64, x: f32, player: u64) -> ToZone {
         ToZone::Prepare {
             id: HandoffId {
-                epoch: 1,
+                epoch: Epoch(1),
                 attempt: 1,
             },
-            entity: id,
-            epoch: 2,
-            from: 1,
+            entity: EntityId(id),
+            epoch: Epoch(2),
+            from: ZoneId(1),
             state: handoff_state(id, x, player),
             trace: String::new(),
         }
@@ -1201,10 +1239,10 @@ mod tests {
     fn decided(id: u64, outcome: Outcome) -> ToZone {
         ToZone::Decided {
             id: HandoffId {
-                epoch: 1,
+                epoch: Epoch(1),
                 attempt: 1,
             },
-            entity: id,
+            entity: EntityId(id),
             outcome,
             trace: String::new(),
         }
@@ -1225,8 +1263,8 @@ mod tests {
         assert_eq!(
             to_coordinator(&out),
             [&ToCoordinator::Acquire {
-                entity: 100,
-                min_epoch: 4
+                entity: EntityId(100),
+                min_epoch: Epoch(4)
             }]
         );
         assert!(control(&out).is_empty(), "nothing to tell the player yet");
@@ -1234,17 +1272,19 @@ mod tests {
         // Unanswered (the session may have been down): asked again.
         z.tick(clock.advance(RESYNC_EVERY), 1);
         let out = drain(&mut z);
-        assert!(
-            to_coordinator(&out)
-                .iter()
-                .any(|m| matches!(m, ToCoordinator::Acquire { entity: 100, .. }))
-        );
+        assert!(to_coordinator(&out).iter().any(|m| matches!(
+            m,
+            ToCoordinator::Acquire {
+                entity: EntityId(100),
+                ..
+            }
+        )));
 
         z.handle(
             clock.0,
             Command::Coordinator(ToZone::Granted {
-                entity: 100,
-                epoch: 5,
+                entity: EntityId(100),
+                epoch: Epoch(5),
             }),
         );
         let out = drain(&mut z);
@@ -1259,7 +1299,7 @@ mod tests {
                 })
             )]
         ));
-        assert_eq!(z.participant().active_epoch(100), Some(5));
+        assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(5)));
         assert!(z.sim().has_character(100));
     }
 
@@ -1329,7 +1369,7 @@ mod tests {
                 _ => None,
             })
             .expect("a handoff begins");
-        assert_eq!(begin.1, 2);
+        assert_eq!(begin.1, ZoneId(2));
         let state = pb::HandoffState::decode(begin.2.as_ref()).unwrap();
         assert_eq!((state.player_id, state.gateway.as_str()), (7, GATEWAY));
         assert_eq!(state.frozen_at_unix_us, clock.0.unix_us);
@@ -1340,13 +1380,13 @@ mod tests {
             clock.0,
             Command::Coordinator(ToZone::Decided {
                 id: begin.0,
-                entity: 100,
+                entity: EntityId(100),
                 outcome: Outcome::Committed,
                 trace: String::new(),
             }),
         );
         drain(&mut z);
-        assert_eq!(z.participant().held(100), None);
+        assert_eq!(z.participant().held(EntityId(100)), None);
         assert!(!z.sim().has_character(100));
         assert_eq!(z.stats.handoffs_out.load(Ordering::Relaxed), 1);
     }
@@ -1367,13 +1407,13 @@ mod tests {
             clock.0,
             Command::Coordinator(ToZone::Decided {
                 id,
-                entity: 100,
+                entity: EntityId(100),
                 outcome: Outcome::Aborted,
                 trace: String::new(),
             }),
         );
         assert_eq!(z.sim.character_ids_split(), (vec![100], vec![]));
-        assert_eq!(z.participant().active_epoch(100), Some(2));
+        assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(2)));
     }
 
     #[test]
@@ -1399,14 +1439,14 @@ mod tests {
         // The session is back: the one deep inside goes, the one on the border stays.
         z.handle(clock.0, Command::SessionUp);
         z.tick(clock.advance(Duration::from_millis(50)), 6);
-        let begun: Vec<u64> = to_coordinator(&drain(&mut z))
+        let begun: Vec<EntityId> = to_coordinator(&drain(&mut z))
             .into_iter()
             .filter_map(|m| match m {
                 ToCoordinator::Begin { entity, .. } => Some(*entity),
                 _ => None,
             })
             .collect();
-        assert_eq!(begun, [101]);
+        assert_eq!(begun, [EntityId(101)]);
     }
 
     #[test]
@@ -1418,7 +1458,7 @@ mod tests {
             to_coordinator(&out)[..],
             [ToCoordinator::Prepared {
                 ok: true,
-                entity: 100,
+                entity: EntityId(100),
                 ..
             }]
         ));
@@ -1440,7 +1480,7 @@ mod tests {
                 })
             )]
         ));
-        assert_eq!(z.participant().active_epoch(100), Some(2));
+        assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(2)));
 
         // Its first snapshot goes out on the next tick, and the handoff's latency is taken.
         z.tick(clock.advance(Duration::from_millis(50)), 1);
@@ -1561,8 +1601,8 @@ mod tests {
                 .any(|j| j.characters.iter().any(|c| c.id == 101))
         );
         assert!(to_coordinator(&out).contains(&&ToCoordinator::Release {
-            entity: 101,
-            epoch: 2
+            entity: EntityId(101),
+            epoch: Epoch(2)
         }));
         assert!(!z.sim().has_character(101));
         assert!(z.sim().has_character(100));
@@ -1582,13 +1622,19 @@ mod tests {
         let out = drain(&mut z);
         let jobs = saved(&out);
         assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].leaving, [(1, 7)]);
+        assert_eq!(
+            jobs[0].leaving,
+            [Player {
+                link: 1,
+                player_id: 7
+            }]
+        );
         assert_eq!(jobs[0].characters[0].id, 100);
         assert_eq!(
             to_coordinator(&out),
             [&ToCoordinator::Release {
-                entity: 100,
-                epoch: 2
+                entity: EntityId(100),
+                epoch: Epoch(2)
             }]
         );
         // A player unknown here is answered at once.
@@ -1671,8 +1717,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Coordinator(ToZone::Restore {
-                entity: 100,
-                epoch: 3,
+                entity: EntityId(100),
+                epoch: Epoch(3),
                 committed: None,
             }),
         );
@@ -1685,8 +1731,8 @@ mod tests {
             }
         )));
         assert!(to_coordinator(&out).contains(&&ToCoordinator::Restored {
-            entity: 100,
-            epoch: 3
+            entity: EntityId(100),
+            epoch: Epoch(3)
         }));
         // The player logs in again before the checkpoint arrives: it waits, no Acquire.
         z.handle(
@@ -1717,7 +1763,7 @@ mod tests {
                 })
             )]
         ));
-        assert_eq!(z.participant().active_epoch(100), Some(3));
+        assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(3)));
     }
 
     #[test]
@@ -1728,14 +1774,14 @@ mod tests {
         z.handle(
             clock.0,
             Command::Fenced {
-                ids: vec![(100, 1)],
+                ids: vec![(EntityId(100), Epoch(1))],
             },
         );
         assert!(drain(&mut z).is_empty());
         z.handle(
             clock.0,
             Command::Fenced {
-                ids: vec![(100, 2)],
+                ids: vec![(EntityId(100), Epoch(2))],
             },
         );
         assert!(matches!(
@@ -1749,7 +1795,7 @@ mod tests {
             )]
         ));
         assert!(!z.sim().has_character(100));
-        assert_eq!(z.participant().held(100), None);
+        assert_eq!(z.participant().held(EntityId(100)), None);
     }
 
     #[test]
@@ -1777,8 +1823,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Coordinator(ToZone::Restore {
-                entity: 100,
-                epoch: 3,
+                entity: EntityId(100),
+                epoch: Epoch(3),
                 committed: None,
             }),
         );
@@ -1793,7 +1839,7 @@ mod tests {
             },
         );
         assert!(!z.sim().has_character(100));
-        assert_eq!(z.participant().held(100), None);
+        assert_eq!(z.participant().held(EntityId(100)), None);
     }
 
     #[test]
@@ -1829,12 +1875,12 @@ mod tests {
         z.handle(
             clock.0,
             Command::Coordinator(ToZone::Granted {
-                entity: 100,
-                epoch: 3,
+                entity: EntityId(100),
+                epoch: Epoch(3),
             }),
         );
         assert!(to_coordinator(&drain(&mut z)).is_empty());
-        assert_eq!(z.participant().active_epoch(100), Some(3));
+        assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(3)));
     }
 
     #[test]

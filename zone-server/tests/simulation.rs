@@ -41,8 +41,15 @@
 //! - a zone accepting a `Prepare` for an epoch it already left (the tombstone check removed):
 //!   caught (seed 29);
 //! - skipping the durable write of an abort: caught under an earlier fault mix (seed 449 with
-//!   1 % late copies of zone messages only), **not** by the current 4,000 seeds: it needs a
-//!   coordinator restart between an abort and a late copy of that attempt's `Begin`.
+//!   1 % late copies of zone messages only), not by the current 4,000 seeds (it needs a
+//!   coordinator restart between an abort and a late copy of that attempt's `Begin`): the
+//!   scripted case `an_abort_is_written_before_it_is_told_and_survives_a_restart` in
+//!   `world/src/handoff.rs` builds exactly that sequence and catches it, as it catches writing
+//!   the abort after telling the zones.
+//!
+//! The scripted cases in `world/src/handoff.rs` also catch the first two mutations above
+//! directly (`a_late_begin_of_an_earlier_attempt_is_aborted`,
+//! `a_commit_is_written_before_anyone_hears_it`).
 //!
 //! `WORLDMESH_SIM_SEED=n` replays one seed with a step log; `WORLDMESH_SIM_SEEDS=n` runs n
 //! (default 4,000, about 2.5 minutes). A seed replays exactly: the zone core iterates ordered
@@ -59,7 +66,7 @@ use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::zone_to_gateway::Msg as Control;
 use worldmesh_protocol::{Input, MAX_SPEED, WorldBounds};
 use worldmesh_world::handoff::{
-    Action, Authority, Coordinator, EntityId, Held, ToCoordinator, ZoneId,
+    Action, Authority, Coordinator, EntityId, Epoch, Held, ToCoordinator, ZoneId,
 };
 use worldmesh_zone::command::Command;
 use worldmesh_zone::sim::SimConfig;
@@ -168,7 +175,7 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
             chat_radius: 10.0,
             collision: Default::default(),
         },
-        zone_id: id,
+        zone_id: id.into(),
         checkpoint_every: 10,
         npcs: 0,
         capacity: 1000,
@@ -194,7 +201,7 @@ impl Sim {
             leases: BTreeMap::new(),
             nodes: BTreeMap::new(),
             next_slot: 1,
-            next_zone: 1,
+            next_zone: ZoneId(1),
             map_version: 0,
             store: BTreeMap::new(),
             players: BTreeMap::new(),
@@ -209,7 +216,7 @@ impl Sim {
         for entity in 1..=ENTITIES {
             let x = sim.rng.random_range(1.0..WIDTH - 1.0);
             sim.store.insert(
-                entity,
+                EntityId(entity),
                 Character {
                     id: entity,
                     name: format!("c{entity}"),
@@ -228,7 +235,7 @@ impl Sim {
             sim.players.insert(
                 PLAYER_BASE + entity,
                 Player {
-                    entity,
+                    entity: EntityId(entity),
                     zone: None,
                     seq: 0,
                     heading,
@@ -304,14 +311,14 @@ impl Sim {
         let cell_owners = (0..CELLS)
             .map(|c| {
                 self.owner_at((c as f32 + 0.5) * CELL_SIZE)
-                    .unwrap_or_default()
+                    .map_or(0, |z| z.0)
             })
             .collect();
         let zones = self
             .leases
             .keys()
             .map(|&z| coord_pb::ZoneInfo {
-                zone_id: z,
+                zone_id: z.into(),
                 name: format!("zone-{z}"),
                 address: format!("http://zone-{z}"),
                 capacity: 1000,
@@ -342,12 +349,12 @@ impl Sim {
         if heirs.is_empty() {
             heirs = self.leases.keys().copied().collect();
         }
-        move |e| (!heirs.is_empty()).then(|| heirs[e as usize % heirs.len()])
+        move |e| (!heirs.is_empty()).then(|| heirs[e.0 as usize % heirs.len()])
     }
 
     fn add_zone(&mut self) {
         let id = self.next_zone;
-        self.next_zone += 1;
+        self.next_zone = ZoneId(id.0 + 1);
         let slot = self.next_slot;
         self.next_slot += 1;
         let mut core = Zone::new(&zone_config(id), Arc::default());
@@ -721,11 +728,16 @@ impl Sim {
                 // Lease lost (it lapsed while the zone was cut off or paused): everything it
                 // held is someone else's now. It drops it all and registers anew.
                 let new = self.next_zone;
-                self.next_zone += 1;
+                self.next_zone = ZoneId(new.0 + 1);
                 self.log(|| format!("zone {id} learns its lease is gone; re-registers as {new}"));
                 let now = self.clock();
                 let n = self.nodes.get_mut(&s).unwrap();
-                n.core.handle(now, Command::LeaseLost { zone_id: new });
+                n.core.handle(
+                    now,
+                    Command::LeaseLost {
+                        zone_id: new.into(),
+                    },
+                );
                 n.id = new;
                 n.lapsed = false;
                 self.dispatch(s);
@@ -927,15 +939,15 @@ impl Sim {
                 }
                 Output::Load { entity, epoch } => {
                     if reachable {
-                        self.load(id, entity, epoch);
+                        self.load(id, EntityId(entity), epoch);
                     } else if let Some(n) = self.nodes.get_mut(&slot) {
-                        n.unloaded.push((entity, epoch));
+                        n.unloaded.push((EntityId(entity), epoch));
                     }
                 }
                 Output::Control { msg, .. } => self.control(id, msg),
                 Output::Ghosts(g) => {
                     if reachable {
-                        self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));
+                        self.send(Msg::ToZone(ZoneId(g.zone_id), Command::Ghosts(g.batch)));
                     }
                 }
                 Output::Frames { .. } => {}
@@ -949,7 +961,7 @@ impl Sim {
         self.send_reliable(Msg::ToZone(
             zone,
             Command::Loaded {
-                entity,
+                entity: entity.into(),
                 epoch,
                 character,
             },
@@ -975,9 +987,9 @@ impl Sim {
         &mut self,
         zone: ZoneId,
         c: &Character,
-        fenced: &mut Vec<(u64, u64)>,
+        fenced: &mut Vec<(EntityId, Epoch)>,
     ) -> Result<(), String> {
-        let stored = self.store.get(&c.id).expect("stored");
+        let stored = self.store.get(&EntityId(c.id)).expect("stored");
         if c.epoch < stored.epoch || (c.epoch == stored.epoch && c.version < stored.version) {
             self.log(|| {
                 format!(
@@ -985,10 +997,10 @@ impl Sim {
                     c.id, c.epoch, c.version, stored.epoch, stored.version
                 )
             });
-            fenced.push((c.id, c.epoch));
+            fenced.push((EntityId(c.id), Epoch(c.epoch)));
             return Ok(());
         }
-        self.store.insert(c.id, c.clone());
+        self.store.insert(EntityId(c.id), c.clone());
         Ok(())
     }
 
@@ -997,7 +1009,7 @@ impl Sim {
         let later = self.now + Duration::from_millis(200);
         let (player, to) = match msg {
             Control::Joined(j) => (j.player_id, Some(Some(zone))),
-            Control::Attached(a) => (a.player_id, Some(Some(a.zone_id))),
+            Control::Attached(a) => (a.player_id, Some(Some(ZoneId(a.zone_id)))),
             // Sent away (character dropped or moved on) or refused: log in again later.
             Control::Left(l) if !l.saved => (l.player_id, Some(None)),
             Control::JoinFailed(f) => (f.player_id, Some(None)),
@@ -1076,15 +1088,15 @@ impl Sim {
         for n in self.nodes.values_mut() {
             let (active, _frozen) = n.core.characters();
             for e in active {
-                if n.core.participant().active_epoch(e).is_none() {
+                if n.core.participant().active_epoch(EntityId(e)).is_none() {
                     return Err(format!(
                         "zone {} simulates {e} without holding it active ({:?})",
                         n.id,
-                        n.core.participant().held(e)
+                        n.core.participant().held(EntityId(e))
                     ));
                 }
                 if !n.lapsed {
-                    active_in.entry(e).or_default().push(n.id);
+                    active_in.entry(EntityId(e)).or_default().push(n.id);
                 }
             }
         }
@@ -1106,13 +1118,18 @@ impl Sim {
             return Ok(false);
         }
         for entity in 1..=ENTITIES {
-            let Some(row) = self.durable.get(&entity).cloned() else {
+            let Some(row) = self.durable.get(&EntityId(entity)).cloned() else {
                 return Ok(false);
             };
             let copies: Vec<(ZoneId, Held)> = self
                 .nodes
                 .values()
-                .filter_map(|n| n.core.participant().held(entity).map(|h| (n.id, h.clone())))
+                .filter_map(|n| {
+                    n.core
+                        .participant()
+                        .held(EntityId(entity))
+                        .map(|h| (n.id, h.clone()))
+                })
                 .collect();
             let settled = copies.len() == 1
                 && copies[0].0 == row.zone
@@ -1172,7 +1189,12 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
         let copies: Vec<(ZoneId, Held)> = sim
             .nodes
             .values()
-            .filter_map(|n| n.core.participant().held(entity).map(|h| (n.id, h.clone())))
+            .filter_map(|n| {
+                n.core
+                    .participant()
+                    .held(EntityId(entity))
+                    .map(|h| (n.id, h.clone()))
+            })
             .collect();
         let attached_in: Vec<ZoneId> = sim
             .nodes
@@ -1187,7 +1209,7 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
             .collect();
         why += &format!(
             "\n  entity {entity}: durable {:?}, held {copies:?}, player attached in {attached_in:?}, {:?}",
-            sim.durable.get(&entity),
+            sim.durable.get(&EntityId(entity)),
             sim.players[&(PLAYER_BASE + entity)]
         );
     }

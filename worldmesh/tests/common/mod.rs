@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use worldmesh::cluster::{Cluster, ClusterConfig};
 use worldmesh_client::View;
 use worldmesh_client::{ClientEndpoint, Session};
+use worldmesh_protocol::ids::EntityId;
 use worldmesh_protocol::{EntityState, Input};
 
 pub async fn start_cluster(persistence: worldmesh_persistence::Config, zones: usize) -> Cluster {
@@ -33,7 +34,7 @@ pub struct Walk {
     pub first_self: Option<EntityState>,
     pub last_self: Option<EntityState>,
     /// Entity ids of others seen at least once.
-    pub others_seen: std::collections::BTreeSet<u64>,
+    pub others_seen: std::collections::BTreeSet<EntityId>,
 }
 
 /// Walks in a straight line for `secs` (an input every 50 ms), recording snapshots; then stops
@@ -120,7 +121,7 @@ pub async fn walk_and_reconnect(gateway: SocketAddr, prefix: &str, bots: usize) 
         );
         tracing::debug!("{n} logged in in {:?}", t.elapsed());
     }
-    let spawns: Vec<(u64, (f32, f32))> = sessions
+    let spawns: Vec<(EntityId, (f32, f32))> = sessions
         .iter()
         .map(|s| (s.welcome.entity_id, (s.welcome.x, s.welcome.y)))
         .collect();
@@ -183,7 +184,11 @@ pub async fn walk_and_reconnect(gateway: SocketAddr, prefix: &str, bots: usize) 
             ends[i].x,
             ends[i].y
         );
-        assert_eq!(again.welcome.entity_id, spawns[i].0, "same character");
+        assert_eq!(
+            again.welcome.entity_id,
+            EntityId(spawns[i].0.into()),
+            "same character"
+        );
         again.bye().await.unwrap();
     }
 }

@@ -20,16 +20,16 @@ impl Sim {
             return;
         };
         let r2 = self.chat_radius * self.chat_radius;
-        let listeners: Vec<(u32, u64)> = {
+        let listeners: Vec<Player> = {
             let mut q = self.world.query::<(&Player, &Position)>();
             q.iter(&self.world)
                 .filter(|(_, p)| (p.x - at.x).powi(2) + (p.y - at.y).powi(2) <= r2)
-                .map(|(pl, _)| (pl.link, pl.player_id))
+                .map(|(pl, _)| *pl)
                 .collect()
         };
         let mut outbox = self.world.resource_mut::<Outbox>();
-        for (link, pid) in listeners {
-            outbox.push(link, pid, frame.clone(), true);
+        for p in listeners {
+            outbox.push(p.link, p.player_id, frame.clone(), true);
         }
     }
 }

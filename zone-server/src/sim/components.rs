@@ -3,7 +3,7 @@
 use bevy_ecs::prelude::*;
 
 /// A connected player's character. Entities without it are not observers.
-#[derive(Component, Debug, Clone)]
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Player {
     pub player_id: u64,
     /// The gateway link the player's frames go out on.

@@ -5,8 +5,7 @@
 use super::*;
 
 impl Sim {
-    /// Characters simulated here (frozen ones too), for border visibility: (id, x, y,
-    /// heading, speed).
+    /// Characters simulated here (frozen ones too), for border visibility.
     pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
         out.clear();
         let mut q = self
@@ -15,14 +14,20 @@ impl Sim {
         out.extend(
             q.iter(&self.world)
                 .filter(|(r, _, _)| r.id < NPC_ID_BASE)
-                .map(|(r, p, m)| (r.id, p.x, p.y, m.heading, m.speed)),
+                .map(|(r, p, m)| GhostState {
+                    id: r.id,
+                    x: p.x,
+                    y: p.y,
+                    heading: m.heading,
+                    speed: m.speed,
+                }),
         );
     }
 
     /// Replaces the ghosts shown from zone `from` with `ghosts` (border visibility). A ghost
     /// of a character simulated here is skipped: the real one wins.
     pub fn set_ghosts(&mut self, from: u64, tick: u32, ghosts: &[GhostState]) {
-        let fresh: std::collections::HashSet<u64> = ghosts.iter().map(|g| g.0).collect();
+        let fresh: std::collections::HashSet<u64> = ghosts.iter().map(|g| g.id).collect();
         let stale: Vec<u64> = {
             let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
             q.iter(&self.world)
@@ -33,7 +38,14 @@ impl Sim {
         for id in stale {
             self.remove_ghost(id);
         }
-        for &(id, x, y, heading, speed) in ghosts {
+        for &GhostState {
+            id,
+            x,
+            y,
+            heading,
+            speed,
+        } in ghosts
+        {
             if self.entity_of(id).is_some() {
                 continue;
             }

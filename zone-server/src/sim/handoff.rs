@@ -28,7 +28,7 @@ impl Sim {
         e.insert(Frozen);
         let intent = e.get::<Intent>().copied().unwrap_or_default();
         let carried = Carried {
-            player: e.get::<Player>().map(|p| (p.link, p.player_id)),
+            player: e.get::<Player>().copied(),
             detached: e
                 .get::<Detached>()
                 .map(|d| (d.player_id, d.gateway.clone())),
@@ -47,18 +47,18 @@ impl Sim {
         }
     }
 
-    /// Removes a character without saving (handed off, or fenced). Returns its player.
-    pub fn remove_character(&mut self, id: u64) -> Option<Option<(u32, u64)>> {
+    /// Removes a character without saving (handed off, or fenced); `None` if it is not here.
+    pub fn remove_character(&mut self, id: u64) -> Option<Removed> {
         let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
-        let player = self
-            .world
-            .get::<Player>(entity)
-            .map(|p| (p.link, p.player_id));
-        if let Some((_, pid)) = player {
-            self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
+        let player = self.world.get::<Player>(entity).copied();
+        if let Some(p) = player {
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .remove(&p.player_id);
         }
         self.world.despawn(entity);
-        Some(player)
+        Some(Removed { player })
     }
 
     /// Sets the authority epoch a character's checkpoints carry.
@@ -92,12 +92,9 @@ impl Sim {
             Dirty(false),
         ));
         match (&carried.player, &carried.detached) {
-            (Some((link, player_id)), _) => {
+            (Some(player), _) => {
                 e.insert((
-                    Player {
-                        player_id: *player_id,
-                        link: *link,
-                    },
+                    *player,
                     snapshot::Observer::after_handoff(carried.last_tick_sent),
                     input::InputQueue::default(),
                 ));
@@ -122,11 +119,11 @@ impl Sim {
             .resource_mut::<CharIndex>()
             .0
             .insert(c.id, entity);
-        if let Some((_, pid)) = carried.player {
+        if let Some(p) = carried.player {
             self.world
                 .resource_mut::<PlayerIndex>()
                 .0
-                .insert(pid, entity);
+                .insert(p.player_id, entity);
         }
         Spawned {
             entity_id: c.id,

@@ -32,6 +32,7 @@ use bevy_ecs::prelude::*;
 use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::{ChatHeard, Input, ServerMessage, WorldBounds, codec};
 
+pub use components::Player;
 use components::*;
 
 /// System sets of one tick, in order. Public so that later features can slot systems in.
@@ -60,14 +61,29 @@ pub struct CharIndex(pub HashMap<u64, Entity>);
 #[derive(Resource, Default)]
 pub struct GhostIndex(pub HashMap<u64, Entity>);
 
-/// One ghost as received: (id, x, y, heading, speed).
-pub type GhostState = (u64, f32, f32, f32, f32);
+/// One character as a neighbouring zone shows it (border visibility), both ways: what we
+/// send of ours and what we receive of theirs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GhostState {
+    pub id: u64,
+    pub x: f32,
+    pub y: f32,
+    pub heading: f32,
+    pub speed: f32,
+}
+
+/// A character removed without saving (handed off, or fenced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// The player that was attached to it, to be told to look elsewhere.
+    pub player: Option<Player>,
+}
 
 /// Everything that leaves with a handed-off character besides its persistent state.
 #[derive(Debug, Clone, Default)]
 pub struct Carried {
-    /// (link, player id) when a player is attached.
-    pub player: Option<(u32, u64)>,
+    /// The player, when one is attached.
+    pub player: Option<Player>,
     /// Player id and gateway name of a detached character.
     pub detached: Option<(u64, String)>,
     pub speed: f32,
@@ -234,7 +250,7 @@ fn character_components(
 mod tests {
     use super::*;
     use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
-    use worldmesh_protocol::{EntityState, codec};
+    use worldmesh_protocol::{EntityId, EntityState, codec};
 
     fn sim() -> Sim {
         Sim::new(&SimConfig {
@@ -326,14 +342,14 @@ mod tests {
         let last = s.last().unwrap();
         assert_eq!(last.tick, 20);
         assert_eq!(last.last_input_seq, 1);
-        assert_eq!(last.entities[0].id, 100);
+        assert_eq!(last.entities[0].id, EntityId(100));
         // Speed ramps 1.5, 3, 4.5, then 5 m/s (MAX_ACCEL): 94 × 0.05 = 4.7 m in 20 ticks.
         assert!(
             (last.entities[0].x - 504.7).abs() < 0.05,
             "moved 4.7 m in 1 s: {}",
             last.entities[0].x
         );
-        let ids: Vec<u64> = last.entities.iter().map(|e| e.id).collect();
+        let ids: Vec<u64> = last.entities.iter().map(|e| e.id.0).collect();
         assert_eq!(ids, vec![100, 101]);
         // Old, reordered inputs are ignored; a speed hack is clamped; a teleport is refused.
         sim.push_input(
@@ -588,7 +604,7 @@ mod tests {
             );
             sim.step();
             let shown = snapshots(&sim.take_outbox(), 10);
-            visible_history.push(shown[0].entities.iter().any(|e| e.id == 101));
+            visible_history.push(shown[0].entities.iter().any(|e| e.id == EntityId(101)));
         }
         let enters = visible_history.windows(2).filter(|w| !w[0] && w[1]).count();
         let leaves = visible_history.windows(2).filter(|w| w[0] && !w[1]).count();
@@ -611,7 +627,7 @@ mod tests {
             .unwrap()
             .entities
             .iter()
-            .find(|e| e.id == NPC_ID_BASE)
+            .find(|e| e.id == EntityId(NPC_ID_BASE))
             .copied()
             .expect("NPC in view");
         let d = ((npc.x - 500.0).powi(2) + (npc.y - 500.0).powi(2)).sqrt();

@@ -25,15 +25,18 @@ impl Sim {
         id: u64,
         link: u32,
         player_id: u64,
-    ) -> Option<(Spawned, Option<(u32, u64)>)> {
+    ) -> Option<(Spawned, Option<Player>)> {
         let entity = self.entity_of(id)?;
         let previous = self
             .world
             .get::<Player>(entity)
-            .map(|p| (p.link, p.player_id))
-            .filter(|&(_, p)| p != player_id);
-        if let Some((_, old)) = previous {
-            self.world.resource_mut::<PlayerIndex>().0.remove(&old);
+            .copied()
+            .filter(|p| p.player_id != player_id);
+        if let Some(old) = previous {
+            self.world
+                .resource_mut::<PlayerIndex>()
+                .0
+                .remove(&old.player_id);
         }
         let tick = self.tick();
         self.world.entity_mut(entity).remove::<Detached>().insert((
