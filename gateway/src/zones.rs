@@ -221,8 +221,17 @@ async fn read_link(
             Some(Msg::Left(l)) => {
                 if let Some((_, tx)) = zones.pending_leaves.remove(&l.player_id) {
                     let _ = tx.send(l.saved);
-                } else if !l.saved {
-                    // The zone dropped a character it no longer owns: find where it went.
+                } else if !l.saved
+                    && gateway
+                        .sessions
+                        .get(&l.player_id)
+                        .is_some_and(|s| s.zone_id() == zone_id)
+                {
+                    // The zone the player is routed to dropped its character (it no longer
+                    // owns it): find where it went. A zone the player has already left (a
+                    // paused zone that resumes and drops what was failed over meanwhile) says
+                    // nothing about where the player is now, and relocating away from it would
+                    // only chase the player's current zone.
                     relocate(gateway.clone(), l.player_id, Some(zone_id));
                 }
             }
