@@ -5,6 +5,7 @@
 //! everywhere, and the coordinator, the zones and the tests never disagree about a border.
 
 use worldmesh_protocol::grpc::coordinator as pb;
+use worldmesh_protocol::ids::ZoneId;
 
 /// The world's shape, fixed for the life of a cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,13 +102,13 @@ pub fn cell_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(u32, u32)> {
 
 /// The id of the zone owning the cell at a position in a published map, with that cell.
 /// Allocation-free: zones call it for every character every tick.
-pub fn owner_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(u64, (u32, u32))> {
+pub fn owner_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(ZoneId, (u32, u32))> {
     let (cx, cy) = cell_in(map, x, y)?;
     let owner = *map
         .cell_owners
         .get((cy * map.cells_x + cx) as usize)
         .filter(|&&o| o != 0)?;
-    Some((owner, (cx, cy)))
+    Some((ZoneId(owner), (cx, cy)))
 }
 
 /// The owner of the cell at a position in a published map, with its address.
@@ -115,7 +116,7 @@ pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u
     let (owner, cell) = owner_in(map, x, y)?;
     map.zones
         .iter()
-        .find(|z| z.zone_id == owner)
+        .find(|z| z.zone_id == owner.0)
         .map(|z| (z.clone(), cell))
 }
 
@@ -123,7 +124,7 @@ pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u
 /// within `margin` metres of it, with their addresses: where a character standing in that cell
 /// must be shown (border visibility). Empty when the map is not whole.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-pub fn near_zones(map: &pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, String)>> {
+pub fn near_zones(map: &pb::WorldMap, me: ZoneId, margin: f32) -> Vec<Vec<(ZoneId, String)>> {
     let Some(g) = map.world.as_ref() else {
         return Vec::new();
     };
@@ -131,17 +132,19 @@ pub fn near_zones(map: &pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, Str
     if map.cell_owners.len() as i64 != w * h || !(margin.is_finite() && g.cell_size > 0.0) {
         return Vec::new();
     }
-    let reach = (margin / g.cell_size).ceil() as i64;
-    let address = |z: u64| {
+    // A cell k cells away is within the margin when (k - 1) cells ≤ margin: the last one is
+    // floor(margin / cell) + 1 away (ceil would miss it when the margin is an exact multiple).
+    let reach = (margin / g.cell_size).floor() as i64 + 1;
+    let address = |z: ZoneId| {
         map.zones
             .iter()
-            .find(|i| i.zone_id == z)
+            .find(|i| i.zone_id == z.0)
             .map(|i| i.address.clone())
     };
     let mut out = vec![Vec::new(); (w * h) as usize];
     for cy in 0..h {
         for cx in 0..w {
-            let mut zones: Vec<(u64, String)> = Vec::new();
+            let mut zones: Vec<(ZoneId, String)> = Vec::new();
             for dy in -reach..=reach {
                 for dx in -reach..=reach {
                     let (nx, ny) = (cx + dx, cy + dy);
@@ -153,8 +156,8 @@ pub fn near_zones(map: &pb::WorldMap, me: u64, margin: f32) -> Vec<Vec<(u64, Str
                     if gap(dx).hypot(gap(dy)) > margin {
                         continue;
                     }
-                    let owner = map.cell_owners[(ny * w + nx) as usize];
-                    if owner != 0
+                    let owner = ZoneId(map.cell_owners[(ny * w + nx) as usize]);
+                    if owner != ZoneId::NONE
                         && owner != me
                         && !zones.iter().any(|(z, _)| *z == owner)
                         && let Some(a) = address(owner)
@@ -205,8 +208,8 @@ mod tests {
         assert_eq!(g.cell_of(f32::NEG_INFINITY, 1999.9), (0, 7));
         assert_eq!(g.cell_of(250.0, 249.9), (1, 0));
         let m = map(vec![1, 2, 3]);
-        assert_eq!(owner_in(&m, f32::NAN, 50.0), Some((1, (0, 0))));
-        assert_eq!(owner_in(&m, 1e9, -1e9), Some((3, (2, 0))));
+        assert_eq!(owner_in(&m, f32::NAN, 50.0), Some((ZoneId(1), (0, 0))));
+        assert_eq!(owner_in(&m, 1e9, -1e9), Some((ZoneId(3), (2, 0))));
     }
 
     #[test]
@@ -224,21 +227,35 @@ mod tests {
     #[test]
     fn near_zones_lists_other_owners_within_the_margin() {
         let m = map(vec![1, 2, 3]);
-        let near = near_zones(&m, 2, 10.0);
-        assert_eq!(near[0], vec![(1, "z1".to_owned())]);
-        assert_eq!(near[1], vec![(1, "z1".to_owned()), (3, "z3".to_owned())]);
-        assert_eq!(near_zones(&m, 1, 10.0)[0], vec![(2, "z2".to_owned())]);
+        let near = near_zones(&m, ZoneId(2), 10.0);
+        assert_eq!(near[0], vec![(ZoneId(1), "z1".to_owned())]);
+        assert_eq!(
+            near[1],
+            vec![(ZoneId(1), "z1".to_owned()), (ZoneId(3), "z3".to_owned())]
+        );
+        assert_eq!(
+            near_zones(&m, ZoneId(1), 10.0)[0],
+            vec![(ZoneId(2), "z2".to_owned())]
+        );
         // A margin over a whole cell reaches two cells away.
         assert_eq!(
-            near_zones(&m, 1, 150.0)[0],
-            vec![(2, "z2".to_owned()), (3, "z3".to_owned())]
+            near_zones(&m, ZoneId(1), 150.0)[0],
+            vec![(ZoneId(2), "z2".to_owned()), (ZoneId(3), "z3".to_owned())]
         );
-        assert_eq!(near_zones(&m, 3, 10.0)[2], vec![(2, "z2".to_owned())]);
+        // Exactly one cell of margin reaches the cell beyond the next (its edge is 100 m away).
+        assert_eq!(
+            near_zones(&m, ZoneId(1), 100.0)[0],
+            vec![(ZoneId(2), "z2".to_owned()), (ZoneId(3), "z3".to_owned())]
+        );
+        assert_eq!(
+            near_zones(&m, ZoneId(3), 10.0)[2],
+            vec![(ZoneId(2), "z2".to_owned())]
+        );
         let torn = pb::WorldMap {
             cell_owners: vec![1],
             ..m.clone()
         };
-        assert!(near_zones(&torn, 1, 10.0).is_empty());
-        assert!(near_zones(&m, 1, f32::NAN).is_empty());
+        assert!(near_zones(&torn, ZoneId(1), 10.0).is_empty());
+        assert!(near_zones(&m, ZoneId(1), f32::NAN).is_empty());
     }
 }

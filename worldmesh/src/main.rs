@@ -264,8 +264,8 @@ async fn audit(
             .filter_map(|z| {
                 z.audit.lock().ok().map(|a| ZoneAudit {
                     tick: a.tick,
-                    simulated: a.active.clone(),
-                    frozen: a.frozen.clone(),
+                    simulated: a.characters.active.iter().map(|e| e.0).collect(),
+                    frozen: a.characters.frozen.iter().map(|e| e.0).collect(),
                 })
             })
             .collect();

@@ -6,35 +6,36 @@ use std::sync::Arc;
 
 use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
-use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone as pb;
-use worldmesh_protocol::ids::{EntityId, Epoch};
+use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
 use worldmesh_world::handoff::ToZone;
+
+use crate::character::Character;
 
 pub enum Command {
     Spawn {
-        link: u32,
-        player_id: u64,
+        link: LinkId,
+        player_id: PlayerId,
         character: Character,
     },
     Leave {
-        link: u32,
-        player_id: u64,
+        link: LinkId,
+        player_id: PlayerId,
     },
     Input {
-        player_id: u64,
+        player_id: PlayerId,
         input: Input,
     },
     Chat {
-        player_id: u64,
+        player_id: PlayerId,
         text: String,
     },
     LinkOpened {
-        link: u32,
+        link: LinkId,
         gateway: String,
     },
     LinkClosed {
-        link: u32,
+        link: LinkId,
     },
     /// A message from the coordinator's session stream.
     Coordinator(ToZone),
@@ -45,8 +46,8 @@ pub enum Command {
     Map(Arc<coord_pb::WorldMap>),
     /// A restored character loaded from persistence (`None`: it could not be loaded).
     Loaded {
-        entity: u64,
-        epoch: u64,
+        entity: EntityId,
+        epoch: Epoch,
         character: Option<Character>,
     },
     /// Persistence refused these characters' states as stale: a newer authority exists.
@@ -57,7 +58,7 @@ pub enum Command {
     /// The lease was lost and the zone registered again under a new id: everything it held
     /// belongs to others now.
     LeaseLost {
-        zone_id: u64,
+        zone_id: ZoneId,
     },
     /// A neighbour's border characters, to show as read-only copies.
     Ghosts(pb::GhostBatch),

@@ -26,6 +26,9 @@ use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
 use worldmesh_world::handoff::{ToCoordinator, ToZone};
 
+use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, ZoneId};
+
+use crate::character::Character;
 use crate::command::Command;
 use crate::link::Links;
 use crate::saver::SaveJob;
@@ -77,7 +80,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
-    let zone_id = config.zone_id.load(Ordering::Relaxed);
+    let zone_id = ZoneId(config.zone_id.load(Ordering::Relaxed));
     std::thread::Builder::new()
         .name(format!("zone-{zone_id}-tick"))
         .spawn(move || {
@@ -230,23 +233,23 @@ impl Driver {
     /// Reads a checkpoint off the tick thread; the result comes back as a command. Retried
     /// until persistence answers: the zone holds the character's authority meanwhile, and a
     /// load given up would leave it held but simulated nowhere.
-    fn load(&self, entity: u64, epoch: u64) {
+    fn load(&self, entity: EntityId, epoch: Epoch) {
         let mut persistence = self.ch.persistence.clone();
         let tx = self.ch.commands_tx.clone();
         self.runtime.spawn(async move {
             let mut delay = Duration::from_millis(100);
             let character = loop {
                 match persistence
-                    .load_character(LoadCharacterRequest { id: entity })
+                    .load_character(LoadCharacterRequest { id: entity.0 })
                     .await
                 {
-                    Ok(r) => break r.into_inner().character,
+                    Ok(r) => break r.into_inner().character.map(Character::from),
                     Err(e) if tx.is_closed() => {
-                        tracing::warn!(entity, error = %e, "checkpoint load abandoned: zone stopping");
+                        tracing::warn!(entity = entity.0, error = %e, "checkpoint load abandoned: zone stopping");
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(entity, error = %e, "checkpoint load failed; retrying");
+                        tracing::warn!(entity = entity.0, error = %e, "checkpoint load failed; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
                     }
@@ -264,7 +267,7 @@ impl Driver {
 
     /// One message per link per tick. A link whose queue is full loses this tick's batch
     /// (counted): snapshots are superseded next tick anyway.
-    fn send_frames(&self, link: u32, frames: pb::Frames) {
+    fn send_frames(&self, link: LinkId, frames: pb::Frames) {
         let Some(tx) = self.links.get(link) else {
             return;
         };
@@ -284,7 +287,7 @@ impl Driver {
 
     /// Control messages (joined, left) must arrive: when the link's queue is full they wait
     /// on the runtime instead of being dropped.
-    fn send_control(&self, link: u32, msg: Msg) {
+    fn send_control(&self, link: LinkId, msg: Msg) {
         crate::link::send_control(&self.links, &self.runtime, link, msg);
     }
 

@@ -12,6 +12,8 @@
 //!   handoff saga, joins, the cell map and border rules. Takes commands and the time, returns
 //!   what must be sent, saved or loaded; no I/O, unit-tested without sockets.
 //! - [`sim`]: the bevy_ecs world and its systems, stepped by the zone core.
+//! - [`character`]: a character as the core knows it (typed ids), converted to and from
+//!   protobuf only where it is loaded, saved or handed off.
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
 //! - [`driver`]: the tick thread: keeps the tick schedule, feeds the zone core its commands
 //!   and carries out its outputs (gateway links, coordinator session, saver, loads, ghosts).
@@ -22,6 +24,7 @@
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
 
+pub mod character;
 pub mod cli;
 pub mod command;
 pub mod coordinator;
@@ -454,7 +457,7 @@ async fn heartbeat_loop(
                     zone_id.store(new.zone_id, Ordering::Relaxed);
                     let _ = commands
                         .send(command::Command::LeaseLost {
-                            zone_id: new.zone_id,
+                            zone_id: worldmesh_protocol::ids::ZoneId(new.zone_id),
                         })
                         .await;
                     reg = new.clone();

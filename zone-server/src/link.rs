@@ -24,6 +24,7 @@ use worldmesh_protocol::grpc::persistence::{
 use worldmesh_protocol::grpc::zone::{
     self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg,
 };
+use worldmesh_protocol::ids::{LinkId, PlayerId};
 use worldmesh_protocol::{Input, MAX_CHAT_LEN};
 use worldmesh_runtime::Channel;
 
@@ -39,13 +40,13 @@ pub type LinkSender = mpsc::Sender<Result<pb::ZoneToGateway, Status>>;
 /// The open links, by id.
 #[derive(Default)]
 pub struct Links {
-    map: DashMap<u32, LinkSender>,
+    map: DashMap<LinkId, LinkSender>,
     /// Cancelled by [`Links::close_all`]; every link open at that moment ends.
     closing: std::sync::Mutex<CancellationToken>,
 }
 
 impl Links {
-    pub fn get(&self, id: u32) -> Option<LinkSender> {
+    pub fn get(&self, id: LinkId) -> Option<LinkSender> {
         self.map.get(&id).map(|s| s.clone())
     }
 
@@ -71,7 +72,7 @@ impl Links {
 
 /// Sends a message that must not be dropped: at once when there is room, otherwise from a task
 /// that waits for room (bounded by the link's own lifetime).
-pub fn send_control(links: &Links, runtime: &tokio::runtime::Handle, link: u32, msg: Msg) {
+pub fn send_control(links: &Links, runtime: &tokio::runtime::Handle, link: LinkId, msg: Msg) {
     let Some(tx) = links.get(link) else { return };
     if let Err(mpsc::error::TrySendError::Full(m)) =
         tx.try_send(Ok(pb::ZoneToGateway { msg: Some(msg) }))
@@ -121,10 +122,10 @@ impl ZoneLink for LinkService {
     ) -> Result<Response<Self::LinkStream>, Status> {
         let peer = req.remote_addr();
         let inbound = req.into_inner();
-        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let id = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         self.links.map.insert(id, tx.clone());
-        tracing::info!(link = id, ?peer, "gateway link opened");
+        tracing::info!(link = id.0, ?peer, "gateway link opened");
         metrics::gauge!("worldmesh_zone_links").increment(1.0);
         tokio::spawn(serve_link(
             id,
@@ -171,15 +172,15 @@ impl ZoneLink for LinkService {
         };
         Ok(Response::new(pb::AuditReply {
             tick: a.tick,
-            simulated: a.active,
-            frozen: a.frozen,
+            simulated: a.characters.active.into_iter().map(|e| e.0).collect(),
+            frozen: a.characters.frozen.into_iter().map(|e| e.0).collect(),
         }))
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_link(
-    link: u32,
+    link: LinkId,
     mut inbound: Streaming<pb::GatewayToZone>,
     closing: CancellationToken,
     tx: LinkSender,
@@ -199,14 +200,14 @@ async fn serve_link(
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(link, error = %e, "gateway link failed");
+                tracing::warn!(link = link.0, error = %e, "gateway link failed");
                 break;
             }
         };
         let Some(msg) = msg.msg else { continue };
         let cmd = match msg {
             gateway_to_zone::Msg::Hello(h) => {
-                tracing::info!(link, gateway = %h.gateway_name, "gateway identified");
+                tracing::info!(link = link.0, gateway = %h.gateway_name, "gateway identified");
                 Command::LinkOpened {
                     link,
                     gateway: h.gateway_name,
@@ -220,8 +221,8 @@ async fn serve_link(
                 Ok(reply) => match reply.into_inner().character {
                     Some(character) => Command::Spawn {
                         link,
-                        player_id: j.player_id,
-                        character,
+                        player_id: PlayerId(j.player_id),
+                        character: character.into(),
                     },
                     None => {
                         join_failed(&tx, j.player_id, "persistence returned no character").await;
@@ -229,14 +230,14 @@ async fn serve_link(
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(link, player = j.player_id, character = j.character_id, error = %e, "cannot load character");
+                    tracing::warn!(link = link.0, player = j.player_id, character = j.character_id, error = %e, "cannot load character");
                     join_failed(&tx, j.player_id, "cannot load character").await;
                     continue;
                 }
             },
             gateway_to_zone::Msg::Leave(l) => Command::Leave {
                 link,
-                player_id: l.player_id,
+                player_id: PlayerId(l.player_id),
             },
             gateway_to_zone::Msg::Input(i) => {
                 let input = Input {
@@ -254,7 +255,7 @@ async fn serve_link(
                 // repeats its intent every tick.
                 if commands
                     .try_send(Command::Input {
-                        player_id: i.player_id,
+                        player_id: PlayerId(i.player_id),
                         input,
                     })
                     .is_err()
@@ -268,7 +269,7 @@ async fn serve_link(
                     continue;
                 }
                 Command::Chat {
-                    player_id: c.player_id,
+                    player_id: PlayerId(c.player_id),
                     text: c.text,
                 }
             }
@@ -279,7 +280,7 @@ async fn serve_link(
     }
     links.map.remove(&link);
     metrics::gauge!("worldmesh_zone_links").decrement(1.0);
-    tracing::info!(link, "gateway link closed");
+    tracing::info!(link = link.0, "gateway link closed");
     let _ = commands.send(Command::LinkClosed { link }).await;
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_link_client::ZoneLinkClient};
+use worldmesh_protocol::ids::ZoneId;
 
 use crate::zone::GhostsOut;
 
@@ -30,8 +31,8 @@ pub async fn run(
     secret: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let mut peers: HashMap<u64, Peer> = HashMap::new();
-    let mut failed: HashMap<u64, Instant> = HashMap::new();
+    let mut peers: HashMap<ZoneId, Peer> = HashMap::new();
+    let mut failed: HashMap<ZoneId, Instant> = HashMap::new();
     loop {
         let out = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -58,7 +59,7 @@ pub async fn run(
                     );
                 }
                 Err(e) => {
-                    tracing::debug!(zone = out.zone_id, error = %e, "cannot open ghost stream");
+                    tracing::debug!(zone = out.zone_id.0, error = %e, "cannot open ghost stream");
                     failed.insert(out.zone_id, Instant::now());
                     continue;
                 }

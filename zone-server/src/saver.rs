@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use worldmesh_protocol::grpc::persistence::{
-    Character, SaveCharactersRequest, persistence_client::PersistenceClient,
+    self as persistence_pb, SaveCharactersRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
 
-use worldmesh_protocol::ids::{EntityId, Epoch};
+use worldmesh_protocol::ids::EntityId;
 
+use crate::character::Character;
 use crate::link::Links;
 
 /// Save jobs waiting for the saver. The tick thread keeps its own backlog beyond this bound.
@@ -45,12 +46,12 @@ pub async fn run(
     let runtime = tokio::runtime::Handle::current();
     while let Some(first) = jobs.recv().await {
         // Coalesce everything already queued: newest stamp per character wins.
-        let mut newest: HashMap<u64, Character> = HashMap::new();
+        let mut newest: HashMap<EntityId, Character> = HashMap::new();
         let mut leaving = Vec::new();
-        let mut absorb = |job: SaveJob, newest: &mut HashMap<u64, Character>| {
+        let mut absorb = |job: SaveJob, newest: &mut HashMap<EntityId, Character>| {
             for c in job.characters {
                 match newest.get(&c.id) {
-                    Some(old) if (old.epoch, old.version) >= (c.epoch, c.version) => {}
+                    Some(old) if !c.newer_than(old) => {}
                     _ => {
                         newest.insert(c.id, c);
                     }
@@ -67,8 +68,8 @@ pub async fn run(
         if !rejected.is_empty() {
             let ids = batch
                 .iter()
-                .filter(|c| rejected.contains(&c.id))
-                .map(|c| (EntityId(c.id), Epoch(c.epoch)))
+                .filter(|c| rejected.contains(&c.id.0))
+                .map(|c| (c.id, c.epoch))
                 .collect();
             let _ = commands.send(crate::command::Command::Fenced { ids }).await;
         }
@@ -78,7 +79,7 @@ pub async fn run(
                 &runtime,
                 link,
                 Msg::Left(pb::Left {
-                    player_id,
+                    player_id: player_id.0,
                     saved: true,
                 }),
             );
@@ -91,13 +92,14 @@ async fn save_until_acked(
     persistence: &mut PersistenceClient<Channel>,
     batch: &[Character],
 ) -> Vec<u64> {
+    let wire: Vec<persistence_pb::Character> = batch.iter().cloned().map(Into::into).collect();
     let mut delay = Duration::from_millis(50);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         match persistence
             .save_characters(SaveCharactersRequest {
-                characters: batch.to_vec(),
+                characters: wire.clone(),
             })
             .await
         {

@@ -22,15 +22,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
-use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_world::geometry;
 use worldmesh_world::handoff::{Event, Participant, ToCoordinator, ToZone};
 
+use crate::character::Character;
 use crate::command::Command;
 use crate::saver::SaveJob;
-use crate::sim::{Carried, GhostState, Player, Removed, Sim, SimConfig};
-use worldmesh_protocol::ids::{EntityId, Epoch, ZoneId};
+use crate::sim::{
+    AbsentPlayer, Carried, CharacterIds, GhostState, Player, Removed, Sim, SimConfig,
+};
+use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
 
 /// A character must stand this far inside another zone's cell before it is handed over, so
 /// one walking along a border does not bounce between zones. 5 m is under a second of
@@ -54,7 +56,7 @@ pub const AUDIT_EVERY_TICKS: u32 = 20;
 /// A batch of border characters for one neighbour zone, with its address.
 #[derive(Debug)]
 pub struct GhostsOut {
-    pub zone_id: u64,
+    pub zone_id: ZoneId,
     pub address: String,
     pub batch: pb::GhostBatch,
 }
@@ -93,10 +95,10 @@ impl Now {
 pub enum Output {
     /// One tick's frames for one gateway link. Lossy: a link whose queue is full loses them
     /// (counted); snapshots are superseded next tick anyway.
-    Frames { link: u32, frames: pb::Frames },
+    Frames { link: LinkId, frames: pb::Frames },
     /// A control message (joined, left, attached, …) that must arrive: when the link's queue
     /// is full it waits rather than being dropped.
-    Control { link: u32, msg: Msg },
+    Control { link: LinkId, msg: Msg },
     /// A message on the coordinator session. Handoff messages are resent until answered, so
     /// the driver may drop one when its queue is full.
     ToCoordinator(ToCoordinator),
@@ -104,7 +106,7 @@ pub enum Output {
     Save(SaveJob),
     /// Load this character's checkpoint (failover gave it to us) and answer with
     /// [`Command::Loaded`].
-    Load { entity: u64, epoch: u64 },
+    Load { entity: EntityId, epoch: Epoch },
     /// Border characters for one neighbour. Lossy: superseded next tick.
     Ghosts(GhostsOut),
 }
@@ -132,10 +134,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
     pub tick: u32,
-    /// Simulated and shown to players.
-    pub active: Vec<u64>,
-    /// Frozen for a handoff in flight.
-    pub frozen: Vec<u64>,
+    /// Simulated and shown to players, and frozen for a handoff in flight.
+    pub characters: CharacterIds,
 }
 
 impl std::fmt::Debug for Stats {
@@ -151,7 +151,7 @@ impl std::fmt::Debug for Stats {
 #[derive(Debug, Clone)]
 pub struct ZoneConfig {
     pub sim: SimConfig,
-    pub zone_id: u64,
+    pub zone_id: ZoneId,
     /// Ticks between two checkpoints.
     pub checkpoint_every: u32,
     /// Wandering NPCs, spread over the world.
@@ -165,8 +165,8 @@ pub struct ZoneConfig {
 
 /// A join waiting for the coordinator to grant authority.
 struct PendingJoin {
-    link: u32,
-    player_id: u64,
+    link: LinkId,
+    player_id: PlayerId,
     character: Character,
     /// When the `Acquire` was (last) sent: repeated every [`RESYNC_EVERY`] until granted.
     sent: Instant,
@@ -175,15 +175,15 @@ struct PendingJoin {
 /// A player waiting for its character's checkpoint to load (see [`Zone::handle`]).
 #[derive(Debug, Clone, Copy)]
 struct Waiting {
-    link: u32,
-    player_id: u64,
+    link: LinkId,
+    player_id: PlayerId,
 }
 
 /// The zone core (see the module doc).
 pub struct Zone {
     sim: Sim,
     participant: Participant,
-    zone_id: u64,
+    zone_id: ZoneId,
     capacity: u32,
     border_margin: f32,
     checkpoint_every: u32,
@@ -193,16 +193,16 @@ pub struct Zone {
     out: VecDeque<Output>,
     map: Option<Arc<coord_pb::WorldMap>>,
     /// Per cell (row-major): the other zones owning a cell within `border_margin` of it.
-    near: Vec<Vec<(u64, String)>>,
-    link_gateway: HashMap<u32, String>,
+    near: Vec<Vec<(ZoneId, String)>>,
+    link_gateway: HashMap<LinkId, String>,
     /// Joins waiting for the coordinator to grant authority, by character. Ordered, like
     /// every map whose iteration produces outputs: the same inputs give the same outputs in
     /// the same order (the deterministic simulation replays seeds).
-    pending_acquire: BTreeMap<u64, PendingJoin>,
+    pending_acquire: BTreeMap<EntityId, PendingJoin>,
     /// Joins for characters failover gave us whose checkpoint is still loading, attached as
     /// soon as it arrives. Asking the coordinator again instead would cost a round trip while
     /// it is busiest (a failover).
-    awaiting_restore: HashMap<u64, Waiting>,
+    awaiting_restore: HashMap<EntityId, Waiting>,
     /// While re-syncing: when to repeat the `Holding` report.
     resync_at: Option<Instant>,
     /// Whether the coordinator session is open. While it is not, characters that cross a
@@ -210,14 +210,14 @@ pub struct Zone {
     /// decide would stop them for the whole outage.
     coordinator_up: bool,
     /// Handed-in characters whose first snapshot has not gone out yet: freeze time (unix µs).
-    first_snapshot_due: HashMap<u64, u64>,
+    first_snapshot_due: HashMap<PlayerId, u64>,
     /// Ticks of the last checkpoint and the last once-a-second housekeeping.
     last_checkpoint: Option<u32>,
     last_housekeeping: Option<u32>,
-    positions: Vec<(u64, f32, f32)>,
+    positions: Vec<(EntityId, f32, f32)>,
     ghost_scratch: Vec<GhostState>,
     /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
-    ghosted: Vec<(u64, String)>,
+    ghosted: Vec<(ZoneId, String)>,
 }
 
 impl Zone {
@@ -230,7 +230,7 @@ impl Zone {
                 (i as f32 * 0.618_034).fract(),
                 (i as f32 * 0.754_877_7).fract(),
             );
-            let id = crate::sim::NPC_ID_BASE + (config.zone_id << 24) + i as u64;
+            let id = EntityId(crate::sim::NPC_ID_BASE.0 + (config.zone_id.0 << 24) + i as u64);
             sim.spawn_npc(
                 id,
                 b.min_x + fx * (b.max_x - b.min_x),
@@ -281,8 +281,8 @@ impl Zone {
     }
 
     /// The characters simulated here and those frozen for a handoff (the audit's view).
-    pub fn characters(&mut self) -> (Vec<u64>, Vec<u64>) {
-        self.sim.character_ids_split()
+    pub fn characters(&mut self) -> CharacterIds {
+        self.sim.character_ids_by_state()
     }
 
     /// The latest cell map, to inspect.
@@ -291,7 +291,7 @@ impl Zone {
     }
 
     /// The id this zone is registered under (it changes when a lost lease is re-registered).
-    pub fn zone_id(&self) -> u64 {
+    pub fn zone_id(&self) -> ZoneId {
         self.zone_id
     }
 
@@ -315,8 +315,8 @@ impl Zone {
             if now.at.duration_since(p.sent) >= RESYNC_EVERY {
                 p.sent = now.at;
                 repeat.push(ToCoordinator::Acquire {
-                    entity: EntityId(entity),
-                    min_epoch: Epoch(p.character.epoch),
+                    entity,
+                    min_epoch: p.character.epoch,
                 });
             }
         }
@@ -377,7 +377,7 @@ impl Zone {
                 None => self.control(
                     link,
                     Msg::Left(pb::Left {
-                        player_id,
+                        player_id: player_id.0,
                         saved: true,
                     }),
                 ),
@@ -399,7 +399,7 @@ impl Zone {
                 let n = self.sim.detach_link(link, &gateway);
                 if n > 0 {
                     tracing::info!(
-                        link,
+                        link = link.0,
                         players = n,
                         "gateway link closed; its characters wait for their players"
                     );
@@ -420,7 +420,7 @@ impl Zone {
                     .ghosts
                     .iter()
                     .map(|g| GhostState {
-                        id: g.id,
+                        id: EntityId(g.id),
                         x: g.x,
                         y: g.y,
                         heading: g.heading,
@@ -428,7 +428,7 @@ impl Zone {
                     })
                     .collect();
                 let tick = self.sim.tick();
-                self.sim.set_ghosts(batch.from_zone, tick, &ghosts);
+                self.sim.set_ghosts(ZoneId(batch.from_zone), tick, &ghosts);
             }
             Command::Loaded {
                 entity,
@@ -448,13 +448,13 @@ impl Zone {
                     // Forgotten at the epoch held, not above it: a later handoff of this
                     // character into this zone must still be accepted.
                     self.participant.forget_fenced(now.at, id);
-                    self.drop_character(id.0);
+                    self.drop_character(id);
                 }
             }
             Command::LeaseLost { zone_id } => {
                 tracing::warn!(
-                    old = self.zone_id,
-                    new = zone_id,
+                    old = self.zone_id.0,
+                    new = zone_id.0,
                     "lease lost: dropping every character (others own them now)"
                 );
                 for id in self.sim.character_ids() {
@@ -488,17 +488,17 @@ impl Zone {
         }
     }
 
-    fn join(&mut self, now: Now, link: u32, player_id: u64, character: Character) {
+    fn join(&mut self, now: Now, link: LinkId, player_id: PlayerId, character: Character) {
         let id = character.id;
         if self.sim.has_character(id) {
-            if self.participant.active_epoch(EntityId(id)).is_some() {
+            if self.participant.active_epoch(id).is_some() {
                 self.attach(id, link, player_id);
             } else {
                 self.join_failed(link, player_id, "character is moving between zones; retry");
             }
             return;
         }
-        if self.participant.active_epoch(EntityId(id)).is_some() {
+        if self.participant.active_epoch(id).is_some() {
             // Ours by failover, its checkpoint still loading (`Command::Loaded` attaches it).
             if let Some(old) = self
                 .awaiting_restore
@@ -526,26 +526,26 @@ impl Zone {
             self.join_failed(old.link, old.player_id, "superseded by a newer login");
         }
         self.tell_coordinator(ToCoordinator::Acquire {
-            entity: EntityId(id),
-            min_epoch: Epoch(min_epoch),
+            entity: id,
+            min_epoch,
         });
     }
 
     /// A checkpoint asked for by [`Output::Load`] arrived (or could not be read).
-    fn loaded(&mut self, now: Now, entity: u64, epoch: u64, character: Option<Character>) {
+    fn loaded(&mut self, now: Now, entity: EntityId, epoch: Epoch, character: Option<Character>) {
         let overtaken = character.as_ref().is_some_and(|c| c.epoch > epoch);
-        if overtaken && self.participant.active_epoch(EntityId(entity)) == Some(Epoch(epoch)) {
+        if overtaken && self.participant.active_epoch(entity) == Some(epoch) {
             // Persistence holds a newer epoch than the one we were restored at: the restore
             // was overtaken (a late message) and another zone owns the character now.
             tracing::warn!(
-                entity,
-                epoch,
+                entity = entity.0,
+                epoch = epoch.0,
                 "restore overtaken by a newer epoch; not simulating it"
             );
-            self.participant.forget_fenced(now.at, EntityId(entity));
+            self.participant.forget_fenced(now.at, entity);
             self.drop_character(entity);
         }
-        if self.participant.active_epoch(EntityId(entity)) != Some(Epoch(epoch)) {
+        if self.participant.active_epoch(entity) != Some(epoch) {
             // No longer ours at that epoch: a player waiting for it looks elsewhere.
             if let Some(w) = self.awaiting_restore.remove(&entity) {
                 self.join_failed(w.link, w.player_id, "character moved on; retry");
@@ -558,15 +558,23 @@ impl Zone {
             // checkpoint, so it becomes the live one, with its player if it has one.
             self.sim.set_epoch(entity, epoch);
             self.sim.unfreeze(entity);
-            tracing::info!(entity, epoch, "character restored from the copy held here");
+            tracing::info!(
+                entity = entity.0,
+                epoch = epoch.0,
+                "character restored from the copy held here"
+            );
             metrics::counter!("worldmesh_zone_restores_total").increment(1);
         } else if let Some(mut c) = character {
             c.epoch = epoch;
             self.sim.spawn_arrival(&c, &Carried::default());
-            tracing::info!(entity, epoch, "character restored from its checkpoint");
+            tracing::info!(
+                entity = entity.0,
+                epoch = epoch.0,
+                "character restored from its checkpoint"
+            );
             metrics::counter!("worldmesh_zone_restores_total").increment(1);
         } else {
-            tracing::error!(entity, "restored character could not be loaded");
+            tracing::error!(entity = entity.0, "restored character could not be loaded");
         }
         if let Some(w) = self.awaiting_restore.remove(&entity) {
             if self.sim.has_character(entity) {
@@ -584,7 +592,7 @@ impl Zone {
 
     /// A join still asking the coordinator for a character that became ours another way (a
     /// handoff, a restore) is served by it: asking on would take it from ourselves.
-    fn serve_pending_join(&mut self, entity: u64) {
+    fn serve_pending_join(&mut self, entity: EntityId) {
         if self.sim.has_character(entity)
             && let Some(p) = self.pending_acquire.remove(&entity)
         {
@@ -592,7 +600,7 @@ impl Zone {
         }
     }
 
-    fn attach(&mut self, id: u64, link: u32, player_id: u64) {
+    fn attach(&mut self, id: EntityId, link: LinkId, player_id: PlayerId) {
         if let Some((s, previous)) = self.sim.attach(id, link, player_id) {
             if let Some(Player {
                 link: old_link,
@@ -600,15 +608,15 @@ impl Zone {
             }) = previous
             {
                 tracing::info!(
-                    entity = id,
-                    old_player,
-                    player_id,
+                    entity = id.0,
+                    old_player = old_player.0,
+                    player_id = player_id.0,
                     "character taken over by a newer login"
                 );
                 self.control(
                     old_link,
                     Msg::Evicted(pb::Evicted {
-                        player_id: old_player,
+                        player_id: old_player.0,
                     }),
                 );
             }
@@ -616,12 +624,12 @@ impl Zone {
         }
     }
 
-    fn joined(&mut self, link: u32, player_id: u64, s: crate::sim::Spawned) {
+    fn joined(&mut self, link: LinkId, player_id: PlayerId, s: crate::sim::Spawned) {
         self.control(
             link,
             Msg::Joined(pb::Joined {
-                player_id,
-                entity_id: s.entity_id,
+                player_id: player_id.0,
+                entity_id: s.entity_id.0,
                 x: s.x,
                 y: s.y,
                 heading: s.heading,
@@ -629,20 +637,20 @@ impl Zone {
         );
     }
 
-    fn attached(&mut self, link: u32, player_id: u64, entity_id: u64) {
+    fn attached(&mut self, link: LinkId, player_id: PlayerId, entity_id: EntityId) {
         let zone_id = self.zone_id;
         self.control(
             link,
             Msg::Attached(pb::Attached {
-                player_id,
-                entity_id,
-                zone_id,
+                player_id: player_id.0,
+                entity_id: entity_id.0,
+                zone_id: zone_id.0,
             }),
         );
     }
 
     /// Removes a character we no longer own; its player is told to look elsewhere.
-    fn drop_character(&mut self, id: u64) {
+    fn drop_character(&mut self, id: EntityId) {
         if let Some(Removed {
             player: Some(Player { link, player_id }),
         }) = self.sim.remove_character(id)
@@ -650,7 +658,7 @@ impl Zone {
             self.control(
                 link,
                 Msg::Left(pb::Left {
-                    player_id,
+                    player_id: player_id.0,
                     saved: false,
                 }),
             );
@@ -677,13 +685,9 @@ impl Zone {
     }
 
     fn publish_audit(&mut self, tick: u32) {
-        let (active, frozen) = self.sim.character_ids_split();
+        let characters = self.sim.character_ids_by_state();
         if let Ok(mut a) = self.stats.audit.lock() {
-            *a = Audit {
-                tick,
-                active,
-                frozen,
-            };
+            *a = Audit { tick, characters };
         }
     }
 
@@ -700,7 +704,7 @@ impl Zone {
                 let span = tracing::info_span!(
                     "zone.handoff",
                     otel.name = "zone.handoff.prepare",
-                    zone = self.zone_id,
+                    zone = self.zone_id.0,
                     entity = entity.0,
                     from = from.0,
                     handoff = %id,
@@ -717,7 +721,7 @@ impl Zone {
                 let span = tracing::info_span!(
                     "zone.handoff",
                     otel.name = "zone.handoff.decided",
-                    zone = self.zone_id,
+                    zone = self.zone_id.0,
                     entity = entity.0,
                     outcome = ?outcome,
                     handoff = %id,
@@ -750,47 +754,44 @@ impl Zone {
                     entity,
                     epoch,
                     state: Some(state),
-                } => self.activate(entity.into(), epoch.into(), &state),
+                } => self.activate(entity, epoch, &state),
                 // Failover: restore from the last checkpoint.
                 Event::Activate {
                     entity,
                     epoch,
                     state: None,
-                } => self.out.push_back(Output::Load {
-                    entity: entity.into(),
-                    epoch: epoch.into(),
-                }),
+                } => self.out.push_back(Output::Load { entity, epoch }),
                 Event::HandedOff { entity, to } => {
-                    self.sim.ghostify(entity.into(), to.into());
+                    self.sim.ghostify(entity, to);
                     self.stats.handoffs_out.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "out")
                         .increment(1);
                     tracing::debug!(entity = entity.0, to = to.0, "handed off");
                 }
                 Event::Unfreeze { entity } => {
-                    self.sim.unfreeze(entity.into());
+                    self.sim.unfreeze(entity);
                     self.stats.handoffs_aborted.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("worldmesh_zone_handoffs_total", "outcome" => "aborted")
                         .increment(1);
                 }
-                Event::Dropped { entity } => self.drop_character(entity.into()),
+                Event::Dropped { entity } => self.drop_character(entity),
                 Event::Granted { entity, epoch } => {
-                    let Some(mut p) = self.pending_acquire.remove(&entity.0) else {
-                        if self.sim.has_character(entity.into()) {
+                    let Some(mut p) = self.pending_acquire.remove(&entity) else {
+                        if self.sim.has_character(entity) {
                             // It came here meanwhile (a handoff or a restore served the join):
                             // simulated here, now at the granted epoch.
-                            self.sim.set_epoch(entity.into(), epoch.into());
+                            self.sim.set_epoch(entity, epoch);
                         } else {
                             // Nobody waits for it any more: give it straight back.
-                            self.release(entity.into());
+                            self.release(entity);
                         }
                         continue;
                     };
-                    p.character.epoch = epoch.into();
+                    p.character.epoch = epoch;
                     let s = self.sim.spawn_player(p.link, p.player_id, &p.character);
-                    self.sim.set_epoch(entity.into(), epoch.into());
+                    self.sim.set_epoch(entity, epoch);
                     tracing::debug!(
-                        player = p.player_id,
+                        player = p.player_id.0,
                         entity = entity.0,
                         epoch = epoch.0,
                         "player spawned"
@@ -802,30 +803,34 @@ impl Zone {
     }
 
     /// A handed-in character goes live here: spawn it, and route its player to us.
-    fn activate(&mut self, entity: u64, epoch: u64, state: &Bytes) {
+    fn activate(&mut self, entity: EntityId, epoch: Epoch, state: &Bytes) {
         let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
-            tracing::error!(entity, "undecodable handoff state");
+            tracing::error!(entity = entity.0, "undecodable handoff state");
             return;
         };
-        let Some(mut character) = s.character else {
+        let Some(character) = s.character else {
             return;
         };
-        character.epoch = epoch;
+        let character = Character {
+            epoch,
+            ..character.into()
+        };
+        let player_id = PlayerId(s.player_id);
         let link = self
             .link_gateway
             .iter()
             .find(|(_, g)| **g == s.gateway)
             .map(|(l, _)| *l);
+        // Player 0 is none: a character handed off while detached with nobody to wait for.
+        let has_player = player_id != PlayerId(0);
         let carried = Carried {
-            player: (s.player_id != 0)
-                .then_some(())
-                .and(link)
-                .map(|link| Player {
-                    player_id: s.player_id,
-                    link,
-                }),
-            detached: (s.player_id != 0 && link.is_none())
-                .then(|| (s.player_id, s.gateway.clone())),
+            player: link
+                .filter(|_| has_player)
+                .map(|link| Player { player_id, link }),
+            detached: (has_player && link.is_none()).then(|| AbsentPlayer {
+                player_id,
+                gateway: s.gateway.clone(),
+            }),
             speed: s.speed,
             intent_heading: s.intent_heading,
             intent_speed: s.intent_speed,
@@ -846,7 +851,7 @@ impl Zone {
     /// Groups this tick's frames by link into one [`Output::Frames`] per link.
     fn ship_frames(&mut self, now: Now) {
         let tick = self.sim.tick();
-        let mut by_link: BTreeMap<u32, Vec<pb::PlayerFrame>> = BTreeMap::new();
+        let mut by_link: BTreeMap<LinkId, Vec<pb::PlayerFrame>> = BTreeMap::new();
         for f in self.sim.take_outbox() {
             if !f.reliable
                 && let Some(frozen_at) = self.first_snapshot_due.remove(&f.player_id)
@@ -859,7 +864,7 @@ impl Zone {
                 }
             }
             by_link.entry(f.link).or_default().push(pb::PlayerFrame {
-                player_id: f.player_id,
+                player_id: f.player_id.0,
                 frame: f.frame.into(),
                 reliable: f.reliable,
             });
@@ -893,7 +898,7 @@ impl Zone {
             {
                 continue;
             }
-            if self.participant.active_epoch(EntityId(id)).is_some() {
+            if self.participant.active_epoch(id).is_some() {
                 moves.push((id, to));
             }
         }
@@ -903,23 +908,23 @@ impl Zone {
     }
 
     /// Freezes a character and asks the coordinator to move it to `to`.
-    fn hand_over(&mut self, now: Now, id: u64, to: u64) {
+    fn hand_over(&mut self, now: Now, id: EntityId, to: ZoneId) {
         let Some((character, carried)) = self.sim.freeze(id) else {
             return;
         };
         let gateway = carried
             .player
             .and_then(|p| self.link_gateway.get(&p.link).cloned())
-            .or_else(|| carried.detached.as_ref().map(|d| d.1.clone()))
+            .or_else(|| carried.detached.as_ref().map(|d| d.gateway.clone()))
             .unwrap_or_default();
         let player_id = carried
             .player
             .map(|p| p.player_id)
-            .or(carried.detached.as_ref().map(|d| d.0))
-            .unwrap_or(0);
+            .or(carried.detached.as_ref().map(|d| d.player_id))
+            .unwrap_or(PlayerId(0));
         let state = pb::HandoffState {
-            character: Some(character),
-            player_id,
+            character: Some(character.into()),
+            player_id: player_id.0,
             gateway,
             speed: carried.speed,
             intent_heading: carried.intent_heading,
@@ -934,18 +939,15 @@ impl Zone {
         let span = tracing::info_span!(
             "zone.handoff",
             otel.name = "zone.handoff.begin",
-            zone = self.zone_id,
-            entity = id,
-            to,
-            player = player_id,
+            zone = self.zone_id.0,
+            entity = id.0,
+            to = to.0,
+            player = player_id.0,
             handoff = tracing::field::Empty,
         );
         let _entered = span.enter();
         let trace = worldmesh_runtime::telemetry::traceparent(&span);
-        match self
-            .participant
-            .begin(now.at, EntityId(id), ZoneId(to), bytes, trace)
-        {
+        match self.participant.begin(now.at, id, to, bytes, trace) {
             Some(m) => {
                 if let ToCoordinator::Begin { id: h, .. } = &m {
                     span.record("handoff", tracing::field::display(h));
@@ -967,7 +969,7 @@ impl Zone {
             return;
         }
         self.sim.visible_characters(&mut self.ghost_scratch);
-        let mut batches: BTreeMap<u64, (String, Vec<pb::Ghost>)> = BTreeMap::new();
+        let mut batches: BTreeMap<ZoneId, (String, Vec<pb::Ghost>)> = BTreeMap::new();
         for &GhostState {
             id,
             x,
@@ -989,7 +991,7 @@ impl Zone {
                     .or_insert_with(|| (address.clone(), Vec::new()))
                     .1
                     .push(pb::Ghost {
-                        id,
+                        id: id.0,
                         x,
                         y,
                         heading,
@@ -1008,7 +1010,7 @@ impl Zone {
                 zone_id,
                 address,
                 batch: pb::GhostBatch {
-                    from_zone: self.zone_id,
+                    from_zone: self.zone_id.0,
                     tick,
                     ghosts,
                 },
@@ -1016,8 +1018,8 @@ impl Zone {
         }
     }
 
-    fn release(&mut self, id: u64) {
-        if let Some(m) = self.participant.release(EntityId(id)) {
+    fn release(&mut self, id: EntityId) {
+        if let Some(m) = self.participant.release(id) {
             self.tell_coordinator(m);
         }
     }
@@ -1026,15 +1028,15 @@ impl Zone {
         self.out.push_back(Output::ToCoordinator(m));
     }
 
-    fn control(&mut self, link: u32, msg: Msg) {
+    fn control(&mut self, link: LinkId, msg: Msg) {
         self.out.push_back(Output::Control { link, msg });
     }
 
-    fn join_failed(&mut self, link: u32, player_id: u64, reason: &str) {
+    fn join_failed(&mut self, link: LinkId, player_id: PlayerId, reason: &str) {
         self.control(
             link,
             Msg::JoinFailed(pb::JoinFailed {
-                player_id,
+                player_id: player_id.0,
                 reason: reason.into(),
             }),
         );
@@ -1046,7 +1048,7 @@ impl Zone {
 }
 
 /// The zone owning the cell at a position, per the latest map.
-fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<u64> {
+fn owner_at(map: &coord_pb::WorldMap, x: f32, y: f32) -> Option<ZoneId> {
     geometry::owner_in(map, x, y).map(|(z, _)| z)
 }
 
@@ -1077,7 +1079,7 @@ mod tests {
                 chat_radius: 50.0,
                 collision: Default::default(),
             },
-            zone_id,
+            zone_id: ZoneId(zone_id),
             checkpoint_every: 20,
             npcs: 0,
             capacity: 10,
@@ -1114,12 +1116,12 @@ mod tests {
 
     fn character(id: u64, x: f32, epoch: u64) -> Character {
         Character {
-            id,
+            id: EntityId(id),
             name: format!("c{id}"),
             x,
             y: 50.0,
             heading: 0.0,
-            epoch,
+            epoch: Epoch(epoch),
             version: 1,
         }
     }
@@ -1146,7 +1148,7 @@ mod tests {
         z.handle(
             clock.0,
             Command::LinkOpened {
-                link: 1,
+                link: LinkId(1),
                 gateway: GATEWAY.into(),
             },
         );
@@ -1170,7 +1172,7 @@ mod tests {
     fn control(out: &[Output]) -> Vec<(u32, &Msg)> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Control { link, msg } => Some((*link, msg)),
+                Output::Control { link, msg } => Some((link.0, msg)),
                 _ => None,
             })
             .collect()
@@ -1190,8 +1192,8 @@ mod tests {
         z.handle(
             now,
             Command::Spawn {
-                link: 1,
-                player_id: player,
+                link: LinkId(1),
+                player_id: PlayerId(player),
                 character: character(id, x, epoch - 1),
             },
         );
@@ -1208,7 +1210,7 @@ mod tests {
     fn handoff_state(id: u64, x: f32, player: u64) -> Bytes {
         Bytes::from(
             pb::HandoffState {
-                character: Some(character(id, x, 1)),
+                character: Some(character(id, x, 1).into()),
                 player_id: player,
                 gateway: GATEWAY.into(),
                 speed: 0.0,
@@ -1254,8 +1256,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 1,
-                player_id: 7,
+                link: LinkId(1),
+                player_id: PlayerId(7),
                 character: character(100, 50.0, 4),
             },
         );
@@ -1300,7 +1302,7 @@ mod tests {
             )]
         ));
         assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(5)));
-        assert!(z.sim().has_character(100));
+        assert!(z.sim().has_character(EntityId(100)));
     }
 
     #[test]
@@ -1312,8 +1314,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 1,
-                player_id: 99,
+                link: LinkId(1),
+                player_id: PlayerId(99),
                 character: character(999, 50.0, 1),
             },
         );
@@ -1332,8 +1334,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 1,
-                player_id: 8,
+                link: LinkId(1),
+                player_id: PlayerId(8),
                 character: character(100, 50.0, 1),
             },
         );
@@ -1373,7 +1375,11 @@ mod tests {
         let state = pb::HandoffState::decode(begin.2.as_ref()).unwrap();
         assert_eq!((state.player_id, state.gateway.as_str()), (7, GATEWAY));
         assert_eq!(state.frozen_at_unix_us, clock.0.unix_us);
-        assert_eq!(z.sim.character_ids_split().1, [100], "frozen");
+        assert_eq!(
+            z.sim.character_ids_by_state().frozen,
+            [EntityId(100)],
+            "frozen"
+        );
 
         // Committed: the copy here becomes a ghost of zone 2's character.
         z.handle(
@@ -1387,7 +1393,7 @@ mod tests {
         );
         drain(&mut z);
         assert_eq!(z.participant().held(EntityId(100)), None);
-        assert!(!z.sim().has_character(100));
+        assert!(!z.sim().has_character(EntityId(100)));
         assert_eq!(z.stats.handoffs_out.load(Ordering::Relaxed), 1);
     }
 
@@ -1412,7 +1418,13 @@ mod tests {
                 trace: String::new(),
             }),
         );
-        assert_eq!(z.sim.character_ids_split(), (vec![100], vec![]));
+        assert_eq!(
+            z.sim.character_ids_by_state(),
+            CharacterIds {
+                active: vec![EntityId(100)],
+                frozen: vec![]
+            }
+        );
         assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(2)));
     }
 
@@ -1434,7 +1446,7 @@ mod tests {
                 .any(|m| matches!(m, ToCoordinator::Begin { .. })),
             "no handoff"
         );
-        assert_eq!(z.sim.character_ids_split().1, Vec::<u64>::new());
+        assert!(z.sim.character_ids_by_state().frozen.is_empty());
 
         // The session is back: the one deep inside goes, the one on the border stays.
         z.handle(clock.0, Command::SessionUp);
@@ -1462,7 +1474,10 @@ mod tests {
                 ..
             }]
         ));
-        assert!(!z.sim().has_character(100), "inactive until committed");
+        assert!(
+            !z.sim().has_character(EntityId(100)),
+            "inactive until committed"
+        );
 
         z.handle(
             clock.0,
@@ -1487,7 +1502,7 @@ mod tests {
         let out = drain(&mut z);
         assert!(out.iter().any(|o| matches!(
             o,
-            Output::Frames { link: 1, frames } if frames.frames.iter().any(|f| f.player_id == 7 && !f.reliable)
+            Output::Frames { link: LinkId(1), frames } if frames.frames.iter().any(|f| f.player_id == 7 && !f.reliable)
         )));
         assert_eq!(z.stats.handoff_latency_us.lock().unwrap().len(), 1);
         assert_eq!(z.stats.handoffs_in.load(Ordering::Relaxed), 1);
@@ -1524,12 +1539,12 @@ mod tests {
         );
         let out = drain(&mut z);
         assert!(control(&out).is_empty(), "no link to tell the player on");
-        assert!(z.sim().has_character(100));
+        assert!(z.sim().has_character(EntityId(100)));
 
         z.handle(
             clock.0,
             Command::LinkOpened {
-                link: 4,
+                link: LinkId(4),
                 gateway: GATEWAY.into(),
             },
         );
@@ -1552,7 +1567,7 @@ mod tests {
         join(&mut z, clock.0, 7, 100, 50.0, 2);
         join(&mut z, clock.0, 8, 101, 50.0, 2);
         z.tick(clock.advance(Duration::from_millis(50)), 1);
-        z.handle(clock.0, Command::LinkClosed { link: 1 });
+        z.handle(clock.0, Command::LinkClosed { link: LinkId(1) });
         drain(&mut z);
         assert_eq!(z.sim().player_count(), 0, "both detached");
 
@@ -1560,15 +1575,15 @@ mod tests {
         z.handle(
             clock.0,
             Command::LinkOpened {
-                link: 2,
+                link: LinkId(2),
                 gateway: "gateway-1".into(),
             },
         );
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 2,
-                player_id: 7,
+                link: LinkId(2),
+                player_id: PlayerId(7),
                 character: character(100, 50.0, 1),
             },
         );
@@ -1591,21 +1606,21 @@ mod tests {
         assert!(
             saved(&out)
                 .iter()
-                .all(|j| j.characters.iter().all(|c| c.id != 101))
+                .all(|j| j.characters.iter().all(|c| c.id != EntityId(101)))
         );
         z.tick(clock.advance(DETACHED_GRACE), grace + 25);
         let out = drain(&mut z);
         assert!(
             saved(&out)
                 .iter()
-                .any(|j| j.characters.iter().any(|c| c.id == 101))
+                .any(|j| j.characters.iter().any(|c| c.id == EntityId(101)))
         );
         assert!(to_coordinator(&out).contains(&&ToCoordinator::Release {
             entity: EntityId(101),
             epoch: Epoch(2)
         }));
-        assert!(!z.sim().has_character(101));
-        assert!(z.sim().has_character(100));
+        assert!(!z.sim().has_character(EntityId(101)));
+        assert!(z.sim().has_character(EntityId(100)));
     }
 
     #[test]
@@ -1615,8 +1630,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Leave {
-                link: 1,
-                player_id: 7,
+                link: LinkId(1),
+                player_id: PlayerId(7),
             },
         );
         let out = drain(&mut z);
@@ -1625,11 +1640,11 @@ mod tests {
         assert_eq!(
             jobs[0].leaving,
             [Player {
-                link: 1,
-                player_id: 7
+                link: LinkId(1),
+                player_id: PlayerId(7)
             }]
         );
-        assert_eq!(jobs[0].characters[0].id, 100);
+        assert_eq!(jobs[0].characters[0].id, EntityId(100));
         assert_eq!(
             to_coordinator(&out),
             [&ToCoordinator::Release {
@@ -1641,8 +1656,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Leave {
-                link: 1,
-                player_id: 7,
+                link: LinkId(1),
+                player_id: PlayerId(7),
             },
         );
         assert!(matches!(
@@ -1664,7 +1679,7 @@ mod tests {
         z.handle(
             clock.0,
             Command::Input {
-                player_id: 7,
+                player_id: PlayerId(7),
                 input: worldmesh_protocol::Input {
                     seq: 1,
                     ack_tick: 0,
@@ -1696,7 +1711,7 @@ mod tests {
                 _ => None,
             })
             .expect("a ghost batch for zone 2");
-        assert_eq!(batch.zone_id, 2);
+        assert_eq!(batch.zone_id, ZoneId(2));
         assert_eq!(batch.address, "http://zone-2");
         let ids: Vec<u64> = batch.batch.ghosts.iter().map(|g| g.id).collect();
         assert_eq!(ids, [100], "only the one in a cell near the border");
@@ -1726,8 +1741,8 @@ mod tests {
         assert!(out.iter().any(|o| matches!(
             o,
             Output::Load {
-                entity: 100,
-                epoch: 3
+                entity: EntityId(100),
+                epoch: Epoch(3)
             }
         )));
         assert!(to_coordinator(&out).contains(&&ToCoordinator::Restored {
@@ -1738,8 +1753,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 1,
-                player_id: 7,
+                link: LinkId(1),
+                player_id: PlayerId(7),
                 character: character(100, 50.0, 2),
             },
         );
@@ -1747,8 +1762,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Loaded {
-                entity: 100,
-                epoch: 3,
+                entity: EntityId(100),
+                epoch: Epoch(3),
                 character: Some(character(100, 50.0, 2)),
             },
         );
@@ -1794,7 +1809,7 @@ mod tests {
                 })
             )]
         ));
-        assert!(!z.sim().has_character(100));
+        assert!(!z.sim().has_character(EntityId(100)));
         assert_eq!(z.participant().held(EntityId(100)), None);
     }
 
@@ -1802,7 +1817,7 @@ mod tests {
     fn a_lost_lease_drops_everything_and_takes_the_new_id() {
         let (mut z, clock) = zone(1);
         join(&mut z, clock.0, 7, 100, 50.0, 2);
-        z.handle(clock.0, Command::LeaseLost { zone_id: 9 });
+        z.handle(clock.0, Command::LeaseLost { zone_id: ZoneId(9) });
         assert!(matches!(
             control(&drain(&mut z))[..],
             [(
@@ -1814,7 +1829,7 @@ mod tests {
             )]
         ));
         assert!(z.participant().is_empty());
-        assert_eq!(z.zone_id(), 9);
+        assert_eq!(z.zone_id(), ZoneId(9));
     }
 
     #[test]
@@ -1833,12 +1848,12 @@ mod tests {
         z.handle(
             clock.0,
             Command::Loaded {
-                entity: 100,
-                epoch: 3,
+                entity: EntityId(100),
+                epoch: Epoch(3),
                 character: Some(character(100, 50.0, 5)),
             },
         );
-        assert!(!z.sim().has_character(100));
+        assert!(!z.sim().has_character(EntityId(100)));
         assert_eq!(z.participant().held(EntityId(100)), None);
     }
 
@@ -1848,8 +1863,8 @@ mod tests {
         z.handle(
             clock.0,
             Command::Spawn {
-                link: 1,
-                player_id: 7,
+                link: LinkId(1),
+                player_id: PlayerId(7),
                 character: character(100, 150.0, 1),
             },
         );
@@ -1892,7 +1907,7 @@ mod tests {
         let out = drain(&mut z);
         let mut ids: Vec<u64> = saved(&out)
             .iter()
-            .flat_map(|j| j.characters.iter().map(|c| c.id))
+            .flat_map(|j| j.characters.iter().map(|c| c.id.0))
             .collect();
         ids.sort_unstable();
         assert_eq!(ids, [100, 101]);

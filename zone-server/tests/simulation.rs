@@ -62,12 +62,13 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use worldmesh_protocol::grpc::coordinator as coord_pb;
-use worldmesh_protocol::grpc::persistence::Character;
 use worldmesh_protocol::grpc::zone::zone_to_gateway::Msg as Control;
+use worldmesh_protocol::ids::{LinkId, PlayerId};
 use worldmesh_protocol::{Input, MAX_SPEED, WorldBounds};
 use worldmesh_world::handoff::{
     Action, Authority, Coordinator, EntityId, Epoch, Held, ToCoordinator, ZoneId,
 };
+use worldmesh_zone::character::Character;
 use worldmesh_zone::command::Command;
 use worldmesh_zone::sim::SimConfig;
 use worldmesh_zone::zone::{Now, Output, Zone, ZoneConfig};
@@ -87,7 +88,7 @@ const MAX_ZONES: usize = 5;
 const DRAIN_FOR: Duration = Duration::from_millis(600);
 /// The gateway every player is on: link 1 in every zone.
 const GATEWAY: &str = "gateway-0";
-const LINK: u32 = 1;
+const LINK: LinkId = LinkId(1);
 const PLAYER_BASE: u64 = 1000;
 
 /// One zone process: the real core, and what the scheduler knows about it.
@@ -111,7 +112,7 @@ struct Node {
     /// the real saver does, once it can.
     unsaved: Vec<Character>,
     /// Checkpoint loads waiting for persistence to be reachable (the driver retries them).
-    unloaded: Vec<(EntityId, u64)>,
+    unloaded: Vec<(EntityId, Epoch)>,
 }
 
 #[derive(Debug)]
@@ -218,12 +219,12 @@ impl Sim {
             sim.store.insert(
                 EntityId(entity),
                 Character {
-                    id: entity,
+                    id: EntityId(entity),
                     name: format!("c{entity}"),
                     x,
                     y: CELL_SIZE / 2.0,
                     heading: 0.0,
-                    epoch: 0,
+                    epoch: Epoch(0),
                     version: 0,
                 },
             );
@@ -617,7 +618,7 @@ impl Sim {
         p.relogin_at = Some(retry);
         let spawn = || Command::Spawn {
             link: LINK,
-            player_id: player,
+            player_id: PlayerId(player),
             character: character.clone(),
         };
         self.send(Msg::ToZone(zone, spawn()));
@@ -851,7 +852,11 @@ impl Sim {
                 .map(|(s, _)| *s);
             let fed = slot.is_some_and(|s| {
                 self.nodes[&s].paused_until.is_none_or(|t| t <= self.now)
-                    && self.nodes[&s].core.sim().input_rejections(pid).is_some()
+                    && self.nodes[&s]
+                        .core
+                        .sim()
+                        .input_rejections(PlayerId(pid))
+                        .is_some()
             });
             let p = self.players.get_mut(&pid).unwrap();
             if fed {
@@ -873,7 +878,7 @@ impl Sim {
                 self.deliver_to(
                     s,
                     Command::Input {
-                        player_id: pid,
+                        player_id: PlayerId(pid),
                         input,
                     },
                 );
@@ -939,15 +944,15 @@ impl Sim {
                 }
                 Output::Load { entity, epoch } => {
                     if reachable {
-                        self.load(id, EntityId(entity), epoch);
+                        self.load(id, entity, epoch);
                     } else if let Some(n) = self.nodes.get_mut(&slot) {
-                        n.unloaded.push((EntityId(entity), epoch));
+                        n.unloaded.push((entity, epoch));
                     }
                 }
                 Output::Control { msg, .. } => self.control(id, msg),
                 Output::Ghosts(g) => {
                     if reachable {
-                        self.send(Msg::ToZone(ZoneId(g.zone_id), Command::Ghosts(g.batch)));
+                        self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));
                     }
                 }
                 Output::Frames { .. } => {}
@@ -956,12 +961,12 @@ impl Sim {
     }
 
     /// A checkpoint load reaches persistence; the answer comes back late.
-    fn load(&mut self, zone: ZoneId, entity: EntityId, epoch: u64) {
+    fn load(&mut self, zone: ZoneId, entity: EntityId, epoch: Epoch) {
         let character = self.store.get(&entity).cloned();
         self.send_reliable(Msg::ToZone(
             zone,
             Command::Loaded {
-                entity: entity.into(),
+                entity,
                 epoch,
                 character,
             },
@@ -989,7 +994,7 @@ impl Sim {
         c: &Character,
         fenced: &mut Vec<(EntityId, Epoch)>,
     ) -> Result<(), String> {
-        let stored = self.store.get(&EntityId(c.id)).expect("stored");
+        let stored = self.store.get(&c.id).expect("stored");
         if c.epoch < stored.epoch || (c.epoch == stored.epoch && c.version < stored.version) {
             self.log(|| {
                 format!(
@@ -997,10 +1002,10 @@ impl Sim {
                     c.id, c.epoch, c.version, stored.epoch, stored.version
                 )
             });
-            fenced.push((EntityId(c.id), Epoch(c.epoch)));
+            fenced.push((c.id, c.epoch));
             return Ok(());
         }
-        self.store.insert(EntityId(c.id), c.clone());
+        self.store.insert(c.id, c.clone());
         Ok(())
     }
 
@@ -1086,17 +1091,17 @@ impl Sim {
     fn check(&mut self) -> Check {
         let mut active_in: BTreeMap<EntityId, Vec<ZoneId>> = BTreeMap::new();
         for n in self.nodes.values_mut() {
-            let (active, _frozen) = n.core.characters();
+            let active = n.core.characters().active;
             for e in active {
-                if n.core.participant().active_epoch(EntityId(e)).is_none() {
+                if n.core.participant().active_epoch(e).is_none() {
                     return Err(format!(
                         "zone {} simulates {e} without holding it active ({:?})",
                         n.id,
-                        n.core.participant().held(EntityId(e))
+                        n.core.participant().held(e)
                     ));
                 }
                 if !n.lapsed {
-                    active_in.entry(EntityId(e)).or_default().push(n.id);
+                    active_in.entry(e).or_default().push(n.id);
                 }
             }
         }
@@ -1146,8 +1151,8 @@ impl Sim {
                 .unwrap()
                 .core
                 .characters()
-                .0
-                .contains(&entity)
+                .active
+                .contains(&EntityId(entity))
             {
                 return Ok(false);
             }
@@ -1202,7 +1207,7 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
             .filter(|n| {
                 n.core
                     .sim()
-                    .input_rejections(PLAYER_BASE + entity)
+                    .input_rejections(PlayerId(PLAYER_BASE + entity))
                     .is_some()
             })
             .map(|n| n.id)
@@ -1224,10 +1229,10 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
         .filter(|n| n.draining.is_some())
         .map(|n| n.id)
         .collect();
-    let frozen: Vec<(ZoneId, Vec<u64>)> = sim
+    let frozen: Vec<(ZoneId, Vec<EntityId>)> = sim
         .nodes
         .values_mut()
-        .map(|n| (n.id, n.core.characters().1))
+        .map(|n| (n.id, n.core.characters().frozen))
         .collect();
     let expected = sim.map().cell_owners.clone();
     let maps: Vec<(ZoneId, Option<Vec<u64>>)> = sim

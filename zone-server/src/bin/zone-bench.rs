@@ -12,8 +12,9 @@
 use std::time::Instant;
 
 use clap::Parser;
-use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
 use worldmesh_protocol::{Input, WorldBounds};
+use worldmesh_zone::character::Character;
 use worldmesh_zone::sim::{NPC_ID_BASE, Sim, SimConfig};
 
 /// Ticks excluded from the figures (see the module doc): 40 ticks is 2 s at 20 Hz.
@@ -77,18 +78,18 @@ fn main() {
         let (x, y) = (next() * args.area, next() * args.area);
         if i < observers {
             let c = Character {
-                id: i as u64 + 1,
+                id: EntityId(i as u64 + 1),
                 name: format!("p{i}"),
                 x,
                 y,
                 heading: 0.0,
-                epoch: 0,
+                epoch: Epoch(0),
                 version: 0,
             };
-            sim.spawn_player(0, i as u64 + 1, &c);
+            sim.spawn_player(LinkId(0), PlayerId(i as u64 + 1), &c);
             headings.push(next() * std::f32::consts::TAU);
         } else {
-            sim.spawn_npc(NPC_ID_BASE + i as u64, x, y);
+            sim.spawn_npc(EntityId(NPC_ID_BASE.0 + i as u64), x, y);
         }
     }
 
@@ -104,7 +105,7 @@ fn main() {
                 speed: 3.0,
                 actions: 0,
             };
-            sim.push_input(i as u64 + 1, input);
+            sim.push_input(PlayerId(i as u64 + 1), input);
         }
         let started = Instant::now();
         sim.step();

@@ -4,7 +4,7 @@ use super::*;
 
 impl Sim {
     /// Delivers a chat line to every player within chat range of the speaker (speaker included).
-    pub fn chat(&mut self, player_id: u64, text: String) {
+    pub fn chat(&mut self, player_id: PlayerId, text: String) {
         let Some(&speaker) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
             return;
         };

@@ -1,21 +1,22 @@
 //! Components and resources of the zone's ECS world.
 
 use bevy_ecs::prelude::*;
+use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
 
 /// A connected player's character. Entities without it are not observers.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Player {
-    pub player_id: u64,
+    pub player_id: PlayerId,
     /// The gateway link the player's frames go out on.
-    pub link: u32,
+    pub link: LinkId,
 }
 
 /// The persistent identity of a character, with its authority stamp.
 #[derive(Component, Debug, Clone)]
 pub struct CharacterRecord {
-    pub id: u64,
+    pub id: EntityId,
     pub name: String,
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Version of the last state handed to persistence.
     pub version: u64,
 }
@@ -23,11 +24,11 @@ pub struct CharacterRecord {
 impl CharacterRecord {
     /// The record of an entity that is never saved here (an NPC, or a ghost of another
     /// zone's character): an id and nothing to stamp.
-    pub fn unsaved(id: u64) -> Self {
+    pub fn unsaved(id: EntityId) -> Self {
         Self {
             id,
             name: String::new(),
-            epoch: 0,
+            epoch: Epoch(0),
             version: 0,
         }
     }
@@ -76,7 +77,7 @@ pub struct SimSettings {
 }
 
 /// Being handed to another zone: not simulated and its inputs' intents ignored until the
-/// handoff is decided (see `world_coordinator::handoff`); its player still gets snapshots.
+/// handoff is decided (see `worldmesh_world::handoff`); its player still gets snapshots.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct Frozen;
 
@@ -85,17 +86,23 @@ pub struct Frozen;
 #[derive(Component, Debug, Clone)]
 pub struct Detached {
     /// The player and gateway it had, if known.
-    pub player_id: u64,
-    pub gateway: String,
+    pub owner: Option<AbsentPlayer>,
     /// Tick it became detached.
     pub since: u32,
+}
+
+/// The player a detached character waits for, and the gateway that player is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsentPlayer {
+    pub player_id: PlayerId,
+    pub gateway: String,
 }
 
 /// A read-only copy of a character another zone simulates near our border: shown to
 /// observers, never simulated or saved here.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct Ghost {
-    pub from_zone: u64,
+    pub from_zone: ZoneId,
     /// Tick of the batch that last refreshed it.
     pub tick: u32,
 }

@@ -26,9 +26,9 @@ impl Sim {
 
     /// Replaces the ghosts shown from zone `from` with `ghosts` (border visibility). A ghost
     /// of a character simulated here is skipped: the real one wins.
-    pub fn set_ghosts(&mut self, from: u64, tick: u32, ghosts: &[GhostState]) {
-        let fresh: std::collections::HashSet<u64> = ghosts.iter().map(|g| g.id).collect();
-        let stale: Vec<u64> = {
+    pub fn set_ghosts(&mut self, from: ZoneId, tick: u32, ghosts: &[GhostState]) {
+        let fresh: std::collections::HashSet<EntityId> = ghosts.iter().map(|g| g.id).collect();
+        let stale: Vec<EntityId> = {
             let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
             q.iter(&self.world)
                 .filter(|(r, g)| g.from_zone == from && !fresh.contains(&r.id))
@@ -83,7 +83,7 @@ impl Sim {
 
     /// A character handed to zone `to` stays here as a ghost of it (refreshed by `to`'s
     /// border batches from the next tick), so observers here never see it blink out.
-    pub fn ghostify(&mut self, id: u64, to: u64) {
+    pub fn ghostify(&mut self, id: EntityId, to: ZoneId) {
         let Some(entity) = self.world.resource_mut::<CharIndex>().0.remove(&id) else {
             return;
         };
@@ -109,7 +109,7 @@ impl Sim {
         self.world.resource_mut::<GhostIndex>().0.insert(id, entity);
     }
 
-    pub(super) fn remove_ghost(&mut self, id: u64) {
+    pub(super) fn remove_ghost(&mut self, id: EntityId) {
         if let Some(e) = self.world.resource_mut::<GhostIndex>().0.remove(&id) {
             self.world.despawn(e);
         }
@@ -117,7 +117,7 @@ impl Sim {
 
     /// Drops ghosts not refreshed since `before_tick` (their zone stopped sending).
     pub fn expire_ghosts(&mut self, before_tick: u32) {
-        let old: Vec<u64> = {
+        let old: Vec<EntityId> = {
             let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
             q.iter(&self.world)
                 .filter(|(_, g)| g.tick < before_tick)

@@ -1,12 +1,13 @@
 //! The zone's side of a handoff in the world: characters frozen while the coordinator decides,
 //! unfrozen on abort, removed when they are gone, and arrivals (by handoff or restore) with
-//! what their source carried. The saga itself is `world_coordinator::handoff`.
+//! what their source carried. The saga itself is `worldmesh_world::handoff`.
 
 use super::*;
+use worldmesh_protocol::ids::Epoch;
 
 impl Sim {
     /// Characters (not NPCs) being simulated, not frozen: (id, x, y). For border checks.
-    pub fn character_positions(&mut self, out: &mut Vec<(u64, f32, f32)>) {
+    pub fn character_positions(&mut self, out: &mut Vec<(EntityId, f32, f32)>) {
         out.clear();
         let mut q = self
             .world
@@ -20,7 +21,7 @@ impl Sim {
 
     /// Stops simulating a character for a handoff and returns its state (with a new
     /// version) and what travels with it.
-    pub fn freeze(&mut self, id: u64) -> Option<(Character, Carried)> {
+    pub fn freeze(&mut self, id: EntityId) -> Option<(Character, Carried)> {
         let entity = self.entity_of(id)?;
         let character = self.bump_and_read(entity)?;
         let tick = self.tick();
@@ -29,9 +30,7 @@ impl Sim {
         let intent = e.get::<Intent>().copied().unwrap_or_default();
         let carried = Carried {
             player: e.get::<Player>().copied(),
-            detached: e
-                .get::<Detached>()
-                .map(|d| (d.player_id, d.gateway.clone())),
+            detached: e.get::<Detached>().and_then(|d| d.owner.clone()),
             speed: e.get::<Motion>().map_or(0.0, |m| m.speed),
             intent_heading: intent.heading,
             intent_speed: intent.speed,
@@ -41,14 +40,14 @@ impl Sim {
         Some((character, carried))
     }
 
-    pub fn unfreeze(&mut self, id: u64) {
+    pub fn unfreeze(&mut self, id: EntityId) {
         if let Some(entity) = self.entity_of(id) {
             self.world.entity_mut(entity).remove::<Frozen>();
         }
     }
 
     /// Removes a character without saving (handed off, or fenced); `None` if it is not here.
-    pub fn remove_character(&mut self, id: u64) -> Option<Removed> {
+    pub fn remove_character(&mut self, id: EntityId) -> Option<Removed> {
         let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
         let player = self.world.get::<Player>(entity).copied();
         if let Some(p) = player {
@@ -62,7 +61,7 @@ impl Sim {
     }
 
     /// Sets the authority epoch a character's checkpoints carry.
-    pub fn set_epoch(&mut self, id: u64, epoch: u64) {
+    pub fn set_epoch(&mut self, id: EntityId, epoch: Epoch) {
         if let Some(entity) = self.entity_of(id)
             && let Some(mut r) = self.world.get_mut::<CharacterRecord>(entity)
         {
@@ -74,10 +73,7 @@ impl Sim {
     /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise.
     pub fn spawn_arrival(&mut self, c: &Character, carried: &Carried) -> Spawned {
         self.remove_ghost(c.id);
-        if let Some(old) = self.entity_of(c.id) {
-            self.remove_character(c.id);
-            let _ = old;
-        }
+        self.remove_character(c.id);
         let b = self.world.resource::<SimSettings>().bounds;
         let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
         let tick = self.tick();
@@ -91,25 +87,17 @@ impl Sim {
             },
             Dirty(false),
         ));
-        match (&carried.player, &carried.detached) {
-            (Some(player), _) => {
+        match carried.player {
+            Some(player) => {
                 e.insert((
-                    *player,
+                    player,
                     snapshot::Observer::after_handoff(carried.last_tick_sent),
                     input::InputQueue::default(),
                 ));
             }
-            (None, Some((player_id, gateway))) => {
+            None => {
                 e.insert(Detached {
-                    player_id: *player_id,
-                    gateway: gateway.clone(),
-                    since: tick,
-                });
-            }
-            (None, None) => {
-                e.insert(Detached {
-                    player_id: 0,
-                    gateway: String::new(),
+                    owner: carried.detached.clone(),
                     since: tick,
                 });
             }

@@ -44,23 +44,30 @@ impl Rejection {
     }
 }
 
-/// A player's inputs waiting for the next tick, and its rejection counts.
-#[derive(Component, Debug, Default)]
-pub struct InputQueue {
-    queue: VecDeque<Input>,
+/// How many of one player's inputs were refused, by reason (see the module doc).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rejections {
     pub flood: u64,
     pub stale: u64,
     pub speed_hack: u64,
     pub teleport: u64,
 }
 
+/// A player's inputs waiting for the next tick, and its rejection counts.
+#[derive(Component, Debug, Default)]
+pub struct InputQueue {
+    queue: VecDeque<Input>,
+    pub rejected: Rejections,
+}
+
 impl InputQueue {
     fn reject(&mut self, why: Rejection) {
+        let r = &mut self.rejected;
         match why {
-            Rejection::Flood => self.flood += 1,
-            Rejection::Stale => self.stale += 1,
-            Rejection::SpeedHack => self.speed_hack += 1,
-            Rejection::Teleport => self.teleport += 1,
+            Rejection::Flood => r.flood += 1,
+            Rejection::Stale => r.stale += 1,
+            Rejection::SpeedHack => r.speed_hack += 1,
+            Rejection::Teleport => r.teleport += 1,
         }
         metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => why.as_str())
             .increment(1);

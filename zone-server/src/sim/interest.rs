@@ -98,7 +98,7 @@ pub fn rebuild_grid(
         } else {
             EntityKind::Npc
         };
-        let q = quantizer.quantize(rec.id, kind, pos.x, pos.y, motion.heading, motion.speed);
+        let q = quantizer.quantize(rec.id.0, kind, pos.x, pos.y, motion.heading, motion.speed);
         let (kx, ky) = grid.key(pos);
         grid.buckets[(ky * cols + kx) as usize].push(Seen { entity, pos, q });
     }

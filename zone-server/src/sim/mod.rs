@@ -29,11 +29,13 @@ mod roster;
 use std::collections::HashMap;
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::grpc::persistence::Character;
+use worldmesh_protocol::ids::{EntityId, LinkId, PlayerId, ZoneId};
 use worldmesh_protocol::{ChatHeard, Input, ServerMessage, WorldBounds, codec};
 
-pub use components::Player;
+use crate::character::Character;
+
 use components::*;
+pub use components::{AbsentPlayer, Player};
 
 /// System sets of one tick, in order. Public so that later features can slot systems in.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,29 +49,38 @@ pub enum TickSet {
 }
 
 /// NPC entity ids start here, far above any character id SQL will hand out.
-pub const NPC_ID_BASE: u64 = 1 << 48;
+pub const NPC_ID_BASE: EntityId = EntityId(1 << 48);
 
 /// Player id → entity, for routing inputs and leaves.
 #[derive(Resource, Default)]
-pub struct PlayerIndex(pub HashMap<u64, Entity>);
+pub struct PlayerIndex(pub HashMap<PlayerId, Entity>);
 
 /// Character (entity) id → ECS entity, for handoffs and takeovers.
 #[derive(Resource, Default)]
-pub struct CharIndex(pub HashMap<u64, Entity>);
+pub struct CharIndex(pub HashMap<EntityId, Entity>);
 
 /// Ghost id → ECS entity (border visibility).
 #[derive(Resource, Default)]
-pub struct GhostIndex(pub HashMap<u64, Entity>);
+pub struct GhostIndex(pub HashMap<EntityId, Entity>);
 
 /// One character as a neighbouring zone shows it (border visibility), both ways: what we
 /// send of ours and what we receive of theirs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GhostState {
-    pub id: u64,
+    pub id: EntityId,
     pub x: f32,
     pub y: f32,
     pub heading: f32,
     pub speed: f32,
+}
+
+/// The characters (not NPCs) a zone holds, as audits count them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CharacterIds {
+    /// Simulated and shown to players.
+    pub active: Vec<EntityId>,
+    /// Frozen for a handoff in flight.
+    pub frozen: Vec<EntityId>,
 }
 
 /// A character removed without saving (handed off, or fenced).
@@ -84,8 +95,8 @@ pub struct Removed {
 pub struct Carried {
     /// The player, when one is attached.
     pub player: Option<Player>,
-    /// Player id and gateway name of a detached character.
-    pub detached: Option<(u64, String)>,
+    /// The player a detached character waits for.
+    pub detached: Option<AbsentPlayer>,
     pub speed: f32,
     pub intent_heading: f32,
     pub intent_speed: f32,
@@ -97,8 +108,8 @@ pub struct Carried {
 /// One frame for one player, already encoded.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
-    pub link: u32,
-    pub player_id: u64,
+    pub link: LinkId,
+    pub player_id: PlayerId,
     pub frame: Vec<u8>,
     /// Control stream (true) or datagram (false).
     pub reliable: bool,
@@ -109,7 +120,7 @@ pub struct OutFrame {
 pub struct Outbox(pub Vec<OutFrame>);
 
 impl Outbox {
-    pub fn push(&mut self, link: u32, player_id: u64, frame: Vec<u8>, reliable: bool) {
+    pub fn push(&mut self, link: LinkId, player_id: PlayerId, frame: Vec<u8>, reliable: bool) {
         self.0.push(OutFrame {
             link,
             player_id,
@@ -136,7 +147,7 @@ pub struct SimConfig {
 /// Where a spawned character stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spawned {
-    pub entity_id: u64,
+    pub entity_id: EntityId,
     pub x: f32,
     pub y: f32,
     pub heading: f32,
@@ -209,7 +220,7 @@ impl Sim {
         self.schedule.run(&mut self.world);
     }
 
-    fn entity_of(&self, id: u64) -> Option<Entity> {
+    fn entity_of(&self, id: EntityId) -> Option<Entity> {
         self.world.resource::<CharIndex>().0.get(&id).copied()
     }
 
@@ -249,8 +260,9 @@ fn character_components(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use worldmesh_protocol::ids::Epoch;
     use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
-    use worldmesh_protocol::{EntityId, EntityState, codec};
+    use worldmesh_protocol::{EntityState, codec};
 
     fn sim() -> Sim {
         Sim::new(&SimConfig {
@@ -268,14 +280,20 @@ mod tests {
         })
     }
 
+    /// A player's refusal counts as (flood, stale, speed hack, teleport).
+    fn rejected(sim: &Sim, player: u64) -> Option<(u64, u64, u64, u64)> {
+        sim.input_rejections(PlayerId(player))
+            .map(|r| (r.flood, r.stale, r.speed_hack, r.teleport))
+    }
+
     fn character(id: u64, x: f32, y: f32) -> Character {
         Character {
-            id,
+            id: EntityId(id),
             name: format!("c{id}"),
             x,
             y,
             heading: 0.0,
-            epoch: 0,
+            epoch: Epoch(0),
             version: 3,
         }
     }
@@ -297,7 +315,7 @@ mod tests {
         });
         let mut dec = SnapshotDecoder::default();
         out.iter()
-            .filter(|f| f.player_id == player && !f.reliable)
+            .filter(|f| f.player_id == PlayerId(player) && !f.reliable)
             .map(
                 |f| match codec::decode_frame::<ServerMessage>(&f.frame).unwrap() {
                     ServerMessage::Snapshot(s) => {
@@ -320,11 +338,11 @@ mod tests {
     #[test]
     fn inputs_move_players_and_snapshots_show_neighbours_only() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
-        sim.spawn_player(1, 11, &character(101, 550.0, 500.0));
-        sim.spawn_player(1, 12, &character(102, 900.0, 900.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 550.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(12), &character(102, 900.0, 900.0));
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 1,
                 ack_tick: 0,
@@ -353,7 +371,7 @@ mod tests {
         assert_eq!(ids, vec![100, 101]);
         // Old, reordered inputs are ignored; a speed hack is clamped; a teleport is refused.
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 0,
                 ack_tick: 0,
@@ -364,12 +382,12 @@ mod tests {
         );
         sim.step();
         assert_eq!(
-            sim.input_rejections(10),
+            rejected(&sim, 10),
             Some((0, 1, 0, 0)),
             "stale input counted"
         );
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 2,
                 ack_tick: 0,
@@ -387,13 +405,9 @@ mod tests {
             worldmesh_protocol::MAX_SPEED
         );
         assert_eq!(s.last().unwrap().last_input_seq, 2);
-        assert_eq!(
-            sim.input_rejections(10),
-            Some((0, 1, 1, 0)),
-            "speed hack counted"
-        );
+        assert_eq!(rejected(&sim, 10), Some((0, 1, 1, 0)), "speed hack counted");
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 3,
                 ack_tick: 0,
@@ -406,20 +420,16 @@ mod tests {
         let s = snapshots(&sim.take_outbox(), 10);
         assert_eq!(s[0].last_input_seq, 2, "the teleport input was not applied");
         assert_eq!(s[0].entities[0].speed, worldmesh_protocol::MAX_SPEED);
-        assert_eq!(
-            sim.input_rejections(10),
-            Some((0, 1, 1, 1)),
-            "teleport counted"
-        );
+        assert_eq!(rejected(&sim, 10), Some((0, 1, 1, 1)), "teleport counted");
     }
 
     #[test]
     fn one_input_per_tick_and_floods_are_dropped() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         for seq in 1..=10 {
             sim.push_input(
-                10,
+                PlayerId(10),
                 Input {
                     seq,
                     ack_tick: 0,
@@ -436,7 +446,7 @@ mod tests {
             "the newest input is the one applied"
         );
         assert_eq!(
-            sim.input_rejections(10),
+            rejected(&sim, 10),
             Some((6, 0, 0, 0)),
             "10 inputs in one tick: 6 beyond the bound of 4"
         );
@@ -446,9 +456,9 @@ mod tests {
     fn blocked_cells_stop_movement() {
         let mut sim = sim();
         // The test map blocks the 10 m cell (60, 40): x 600..610, y 400..410.
-        sim.spawn_player(1, 10, &character(100, 590.0, 405.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 590.0, 405.0));
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 1,
                 ack_tick: 0,
@@ -472,9 +482,9 @@ mod tests {
     #[test]
     fn positions_stay_inside_the_world() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 999.0, 1.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 999.0, 1.0));
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 1,
                 ack_tick: 0,
@@ -494,10 +504,10 @@ mod tests {
     #[test]
     fn checkpoints_carry_new_versions_and_despawn_returns_final_state() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         assert!(sim.checkpoint().is_empty(), "nothing changed yet");
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 1,
                 ack_tick: 0,
@@ -510,18 +520,18 @@ mod tests {
         let cp = sim.checkpoint();
         assert_eq!(cp.len(), 1);
         assert_eq!(cp[0].version, 4);
-        let last = sim.despawn_player(10).unwrap();
+        let last = sim.despawn_player(PlayerId(10)).unwrap();
         assert_eq!(last.version, 5);
         assert_eq!(sim.player_count(), 0);
-        assert!(sim.despawn_player(10).is_none());
+        assert!(sim.despawn_player(PlayerId(10)).is_none());
     }
 
     #[test]
     fn respawning_a_live_character_takes_it_over() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         sim.push_input(
-            10,
+            PlayerId(10),
             Input {
                 seq: 1,
                 ack_tick: 0,
@@ -531,24 +541,24 @@ mod tests {
             },
         );
         sim.step();
-        let again = sim.spawn_player(2, 20, &character(100, 0.0, 0.0));
+        let again = sim.spawn_player(LinkId(2), PlayerId(20), &character(100, 0.0, 0.0));
         assert!(
             (again.x - 500.075).abs() < 1e-3,
             "1.5 m/s for one tick: {}",
             again.x
         );
         assert_eq!(sim.player_count(), 1);
-        assert!(sim.despawn_player(10).is_none());
-        assert_eq!(sim.despawn_link(2).len(), 1);
+        assert!(sim.despawn_player(PlayerId(10)).is_none());
+        assert_eq!(sim.despawn_link(LinkId(2)).len(), 1);
     }
 
     #[test]
     fn npcs_wander_inside_the_world_and_are_seen_but_never_saved() {
         let mut sim = sim();
         for i in 0..20 {
-            sim.spawn_npc(NPC_ID_BASE + i, 500.0 + i as f32, 500.0);
+            sim.spawn_npc(EntityId(NPC_ID_BASE.0 + i), 500.0 + i as f32, 500.0);
         }
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         for _ in 0..200 {
             sim.step();
         }
@@ -574,10 +584,10 @@ mod tests {
     #[test]
     fn interest_hysteresis_one_enter_one_leave_per_crossing() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         // A second player comes in from 120 m, paces back and forth across the 100 m edge
         // (±3 m) for 10 s, then walks away: exactly one enter and one leave, no flicker.
-        sim.spawn_player(1, 11, &character(101, 620.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 620.0, 500.0));
         let mut visible_history = Vec::new();
         for t in 0..500u32 {
             let (heading, speed) = match t {
@@ -593,7 +603,7 @@ mod tests {
                 _ => (0.0, 10.0),
             };
             sim.push_input(
-                11,
+                PlayerId(11),
                 Input {
                     seq: t + 1,
                     ack_tick: 0,
@@ -616,7 +626,7 @@ mod tests {
     #[test]
     fn npcs_seek_nearby_players() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
         sim.spawn_npc(NPC_ID_BASE, 520.0, 500.0);
         for _ in 0..200 {
             sim.step();
@@ -627,7 +637,7 @@ mod tests {
             .unwrap()
             .entities
             .iter()
-            .find(|e| e.id == EntityId(NPC_ID_BASE))
+            .find(|e| e.id == NPC_ID_BASE)
             .copied()
             .expect("NPC in view");
         let d = ((npc.x - 500.0).powi(2) + (npc.y - 500.0).powi(2)).sqrt();
@@ -637,15 +647,15 @@ mod tests {
     #[test]
     fn chat_reaches_players_in_range() {
         let mut sim = sim();
-        sim.spawn_player(1, 10, &character(100, 500.0, 500.0));
-        sim.spawn_player(1, 11, &character(101, 520.0, 500.0));
-        sim.spawn_player(1, 12, &character(102, 700.0, 500.0));
-        sim.chat(10, "hi".into());
+        sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 520.0, 500.0));
+        sim.spawn_player(LinkId(1), PlayerId(12), &character(102, 700.0, 500.0));
+        sim.chat(PlayerId(10), "hi".into());
         let out = sim.take_outbox();
         let mut heard: Vec<u64> = out
             .iter()
             .filter(|f| f.reliable)
-            .map(|f| f.player_id)
+            .map(|f| f.player_id.0)
             .collect();
         heard.sort();
         assert_eq!(heard, vec![10, 11]);

@@ -5,16 +5,18 @@
 use super::*;
 
 impl Sim {
-    pub fn has_character(&self, id: u64) -> bool {
+    pub fn has_character(&self, id: EntityId) -> bool {
         self.entity_of(id).is_some()
     }
 
-    /// Detached characters waiting for the given gateway: (character id, player id).
-    pub fn detached_for(&mut self, gateway: &str) -> Vec<(u64, u64)> {
+    /// Detached characters waiting for a player of the given gateway: (character, player).
+    pub fn detached_for(&mut self, gateway: &str) -> Vec<(EntityId, PlayerId)> {
         let mut q = self.world.query::<(&CharacterRecord, &Detached)>();
         q.iter(&self.world)
-            .filter(|(_, d)| d.gateway == gateway && d.player_id != 0)
-            .map(|(r, d)| (r.id, d.player_id))
+            .filter_map(|(r, d)| {
+                let owner = d.owner.as_ref().filter(|o| o.gateway == gateway)?;
+                Some((r.id, owner.player_id))
+            })
             .collect()
     }
 
@@ -22,9 +24,9 @@ impl Sim {
     /// where it stands and the (link, player) it was taken from, if another player had it.
     pub fn attach(
         &mut self,
-        id: u64,
-        link: u32,
-        player_id: u64,
+        id: EntityId,
+        link: LinkId,
+        player_id: PlayerId,
     ) -> Option<(Spawned, Option<Player>)> {
         let entity = self.entity_of(id)?;
         let previous = self
@@ -63,8 +65,8 @@ impl Sim {
 
     /// Detaches every player of a gateway link that went away, keeping their characters in
     /// the world for a grace period (the gateway may come back, or re-route them).
-    pub fn detach_link(&mut self, link: u32, gateway: &str) -> usize {
-        let players: Vec<(Entity, u64)> = {
+    pub fn detach_link(&mut self, link: LinkId, gateway: &str) -> usize {
+        let players: Vec<(Entity, PlayerId)> = {
             let mut q = self.world.query::<(Entity, &Player)>();
             q.iter(&self.world)
                 .filter(|(_, p)| p.link == link)
@@ -78,8 +80,10 @@ impl Sim {
                 .entity_mut(entity)
                 .remove::<(Player, snapshot::Observer, input::InputQueue)>()
                 .insert(Detached {
-                    player_id: pid,
-                    gateway: gateway.to_owned(),
+                    owner: Some(AbsentPlayer {
+                        player_id: pid,
+                        gateway: gateway.to_owned(),
+                    }),
                     since: tick,
                 });
         }
@@ -89,7 +93,7 @@ impl Sim {
     /// Detached characters whose grace period is over (detached before `before_tick`):
     /// despawned, their final states returned for saving.
     pub fn expire_detached(&mut self, before_tick: u32) -> Vec<Character> {
-        let ids: Vec<u64> = {
+        let ids: Vec<EntityId> = {
             let mut q = self
                 .world
                 .query_filtered::<(&CharacterRecord, &Detached), Without<Frozen>>();
@@ -119,7 +123,7 @@ impl Sim {
     /// Spawns a player's character. If the character is already in this world (its player
     /// reconnected before the old session was cleaned up), the live entity is taken over:
     /// its in-memory state is newer than anything persisted.
-    pub fn spawn_player(&mut self, link: u32, player_id: u64, c: &Character) -> Spawned {
+    pub fn spawn_player(&mut self, link: LinkId, player_id: PlayerId, c: &Character) -> Spawned {
         self.remove_ghost(c.id);
         if let Some(entity) = self.entity_of(c.id) {
             self.world.entity_mut(entity).remove::<Detached>();
@@ -185,9 +189,9 @@ impl Sim {
 
     /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
     /// character ids: use [`NPC_ID_BASE`] and up).
-    pub fn spawn_npc(&mut self, id: u64, x: f32, y: f32) {
+    pub fn spawn_npc(&mut self, id: EntityId, x: f32, y: f32) {
         self.world.spawn((
-            npc::Npc::new(id),
+            npc::Npc::new(id.0),
             CharacterRecord::unsaved(id),
             Position { x, y },
             Motion::default(),
@@ -197,7 +201,7 @@ impl Sim {
 
     /// Removes a player's character and returns its final state, with a new version, to be
     /// saved. `None` if the player is not here.
-    pub fn despawn_player(&mut self, player_id: u64) -> Option<Character> {
+    pub fn despawn_player(&mut self, player_id: PlayerId) -> Option<Character> {
         let entity = self
             .world
             .resource_mut::<PlayerIndex>()
@@ -213,8 +217,8 @@ impl Sim {
     }
 
     /// Removes every player of a gateway link that went away; returns their final states.
-    pub fn despawn_link(&mut self, link: u32) -> Vec<(u64, Character)> {
-        let players: Vec<u64> = {
+    pub fn despawn_link(&mut self, link: LinkId) -> Vec<(PlayerId, Character)> {
+        let players: Vec<PlayerId> = {
             let mut q = self.world.query::<&Player>();
             q.iter(&self.world)
                 .filter(|p| p.link == link)
@@ -229,7 +233,7 @@ impl Sim {
 
     /// Removes every player; returns their final states (shutdown).
     pub fn despawn_all(&mut self) -> Vec<Character> {
-        let mut ids: Vec<u64> = self
+        let mut ids: Vec<EntityId> = self
             .world
             .resource::<CharIndex>()
             .0
@@ -251,8 +255,8 @@ impl Sim {
     }
 
     /// Ids of the characters (not NPCs) in this world.
-    pub fn character_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
+    pub fn character_ids(&self) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = self
             .world
             .resource::<CharIndex>()
             .0
@@ -274,23 +278,23 @@ impl Sim {
             .count()
     }
 
-    /// Character ids split into (simulated, frozen for a handoff).
-    pub fn character_ids_split(&mut self) -> (Vec<u64>, Vec<u64>) {
+    /// Character ids, simulated and frozen for a handoff (in no particular order).
+    pub fn character_ids_by_state(&mut self) -> CharacterIds {
         let mut q = self
             .world
             .query_filtered::<(&CharacterRecord, Has<Frozen>), Without<Ghost>>();
-        let (mut active, mut frozen) = (Vec::new(), Vec::new());
+        let mut ids = CharacterIds::default();
         for (r, is_frozen) in q.iter(&self.world) {
             if r.id >= NPC_ID_BASE {
                 continue;
             }
             if is_frozen {
-                frozen.push(r.id);
+                ids.frozen.push(r.id);
             } else {
-                active.push(r.id);
+                ids.active.push(r.id);
             }
         }
-        (active, frozen)
+        ids
     }
 
     pub fn character_count(&self) -> usize {
@@ -298,7 +302,7 @@ impl Sim {
     }
 
     /// Queues a player's input for the next tick (bounded; see [`input`]).
-    pub fn push_input(&mut self, player_id: u64, input: Input) {
+    pub fn push_input(&mut self, player_id: PlayerId, input: Input) {
         let Some(&entity) = self.world.resource::<PlayerIndex>().0.get(&player_id) else {
             return;
         };
@@ -307,12 +311,12 @@ impl Sim {
         }
     }
 
-    /// A player's input rejection counts: (flood, stale, speed_hack, teleport).
-    pub fn input_rejections(&self, player_id: u64) -> Option<(u64, u64, u64, u64)> {
+    /// How many of a player's inputs were refused, by reason.
+    pub fn input_rejections(&self, player_id: PlayerId) -> Option<input::Rejections> {
         let &entity = self.world.resource::<PlayerIndex>().0.get(&player_id)?;
         self.world
             .get::<input::InputQueue>(entity)
-            .map(|q| (q.flood, q.stale, q.speed_hack, q.teleport))
+            .map(|q| q.rejected)
     }
 
     /// States of every character changed since the last checkpoint, each with a new version.

@@ -114,7 +114,7 @@ pub fn build_snapshots(
                 outbox.push(player.link, player.player_id, frame, false);
             }
             Err(e) => {
-                tracing::error!(error = %e, player = player.player_id, "snapshot does not fit a frame");
+                tracing::error!(error = %e, player = player.player_id.0, "snapshot does not fit a frame");
             }
         }
     }
