@@ -176,7 +176,7 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
             chat_radius: 10.0,
             collision: Default::default(),
         },
-        zone_id: id.into(),
+        zone_id: id,
         checkpoint_every: 10,
         npcs: 0,
         capacity: 1000,
@@ -733,12 +733,7 @@ impl Sim {
                 self.log(|| format!("zone {id} learns its lease is gone; re-registers as {new}"));
                 let now = self.clock();
                 let n = self.nodes.get_mut(&s).unwrap();
-                n.core.handle(
-                    now,
-                    Command::LeaseLost {
-                        zone_id: new.into(),
-                    },
-                );
+                n.core.handle(now, Command::LeaseLost { zone_id: new });
                 n.id = new;
                 n.lapsed = false;
                 self.dispatch(s);
