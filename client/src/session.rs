@@ -16,8 +16,8 @@ use crate::conditioner::{DelayQueue, LinkConditions};
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
 use worldmesh_protocol::{
-    Auth, ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, Login, PROTOCOL_VERSION,
-    ServerMessage, SessionToken, Welcome,
+    ActionRequest, Auth, ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, Login,
+    PROTOCOL_VERSION, ServerMessage, SessionToken, Welcome,
 };
 
 /// Why a client operation failed.
@@ -169,6 +169,8 @@ pub struct Session {
     pub token: Option<SessionToken>,
     send: quinn::SendStream,
     control: mpsc::Receiver<ServerMessage>,
+    /// Game events that came as datagrams, handed out with the control messages.
+    datagram_events: std::collections::VecDeque<ServerMessage>,
     decoder: SnapshotDecoder,
     quantizer: Quantizer,
     link: LinkConditions,
@@ -259,6 +261,7 @@ impl Session {
                     token,
                     send,
                     control,
+                    datagram_events: std::collections::VecDeque::new(),
                     decoder: SnapshotDecoder::default(),
                     quantizer,
                     link: LinkConditions::default(),
@@ -312,16 +315,20 @@ impl Session {
     }
 
     /// The next snapshot datagram, decoded against the views already held.
+    /// Game events that arrive as datagrams meanwhile are kept for [`Session::try_control`].
     pub async fn recv_snapshot(&mut self) -> Result<View, ClientError> {
-        let bytes = self.next_datagram().await?;
-        let snapshot = match codec::decode_frame::<ServerMessage>(&bytes) {
-            Ok(ServerMessage::Snapshot(s)) => s,
-            Ok(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "unexpected datagram {other:?}"
-                )));
+        let (bytes, snapshot) = loop {
+            let bytes = self.next_datagram().await?;
+            match codec::decode_frame::<ServerMessage>(&bytes) {
+                Ok(ServerMessage::Snapshot(s)) => break (bytes, s),
+                Ok(event @ ServerMessage::Event(_)) => self.datagram_events.push_back(event),
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected datagram {other:?}"
+                    )));
+                }
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
         let newest = self
             .decoder
@@ -373,13 +380,28 @@ impl Session {
         Ok(self.send.write_all(&frame).await?)
     }
 
-    /// A control message, if one arrived (chat, kick).
+    /// Asks the game to do something (see `PROTOCOL.md`, Action); the answer comes back as
+    /// a [`ServerMessage::ActionDone`] with the same `seq`. Build the request with
+    /// `worldmesh_game::action::request` from the game's action type, or by hand.
+    pub async fn act(&mut self, request: ActionRequest) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::Action(request))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.send.write_all(&frame).await?)
+    }
+
+    /// A control message, if one arrived (chat, action answers, game events — also those
+    /// that came as datagrams — kick).
     pub fn try_control(&mut self) -> Option<ServerMessage> {
-        self.control.try_recv().ok()
+        self.datagram_events
+            .pop_front()
+            .or_else(|| self.control.try_recv().ok())
     }
 
     /// Waits for the next control message; `None` when the stream ended.
     pub async fn next_control(&mut self) -> Option<ServerMessage> {
+        if let Some(event) = self.datagram_events.pop_front() {
+            return Some(event);
+        }
         self.control.recv().await
     }
 

@@ -4,8 +4,8 @@
 
 use worldmesh_protocol::codec::{self, DecodeError};
 use worldmesh_protocol::{
-    Auth, ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, MAX_PASSWORD_LEN, MAX_TOKEN_LEN,
-    MIN_PASSWORD_LEN, PROTOCOL_VERSION, validate_name,
+    ActionRequest, Auth, ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, MAX_GAME_PAYLOAD,
+    MAX_PASSWORD_LEN, MAX_TOKEN_LEN, MIN_PASSWORD_LEN, PROTOCOL_VERSION, validate_name,
 };
 
 /// Why a client is cut off: the code it is kicked with and a message for it and the log.
@@ -89,10 +89,12 @@ pub fn check_datagram(bytes: &[u8]) -> Result<Input, Rejection> {
 #[derive(Debug, PartialEq)]
 pub enum InPlay {
     Chat(String),
+    Action(ActionRequest),
     Bye,
 }
 
-/// A control-stream message in play: Chat (1-256 bytes) or Bye.
+/// A control-stream message in play: Chat (1-256 bytes), an Action (payload within
+/// [`MAX_GAME_PAYLOAD`]; the zone checks the rest) or Bye.
 pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, Rejection> {
     match msg {
         Err(e) => Err((e.code(), e.to_string())),
@@ -102,6 +104,16 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
                 Err(reject(ErrorCode::Malformed, "chat lines are 1-256 bytes"))
             } else {
                 Ok(InPlay::Chat(c.text))
+            }
+        }
+        Ok(ClientMessage::Action(a)) => {
+            if a.payload.len() > MAX_GAME_PAYLOAD {
+                Err(reject(
+                    ErrorCode::Malformed,
+                    "action payloads are at most 256 bytes",
+                ))
+            } else {
+                Ok(InPlay::Action(a))
             }
         }
         Ok(_) => Err(reject(
@@ -215,5 +227,27 @@ mod tests {
         });
         assert_eq!(check_in_play(Ok(long)).unwrap_err().0, ErrorCode::Malformed);
         assert_eq!(check_in_play(Ok(ClientMessage::Bye)).unwrap(), InPlay::Bye);
+    }
+
+    #[test]
+    fn actions_pass_with_a_payload_within_the_limit() {
+        let action = |n| {
+            ClientMessage::Action(worldmesh_protocol::ActionRequest {
+                seq: 1,
+                kind: worldmesh_protocol::ActionKind(1),
+                target: None,
+                payload: vec![0; n],
+            })
+        };
+        assert!(matches!(
+            check_in_play(Ok(action(MAX_GAME_PAYLOAD))),
+            Ok(InPlay::Action(_))
+        ));
+        assert_eq!(
+            check_in_play(Ok(action(MAX_GAME_PAYLOAD + 1)))
+                .unwrap_err()
+                .0,
+            ErrorCode::Malformed
+        );
     }
 }

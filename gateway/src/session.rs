@@ -654,6 +654,16 @@ async fn relay(
                     crate::checks::InPlay::Chat(text) => {
                         link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text })).await;
                     }
+                    crate::checks::InPlay::Action(a) => {
+                        let action = pb::PlayerAction {
+                            player_id,
+                            seq: a.seq,
+                            kind: a.kind.0.into(),
+                            target: a.target.map_or(0, |t| t.0),
+                            payload: a.payload,
+                        };
+                        link.send(gateway_to_zone::Msg::Action(action)).await;
+                    }
                 },
             },
         }

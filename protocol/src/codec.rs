@@ -164,6 +164,31 @@ pub fn decode_payload<M: Decode<()>>(payload: &[u8]) -> Result<M, DecodeError> {
     Ok(msg)
 }
 
+/// Encodes a game's value (an action's arguments, an event's fields) the way messages are
+/// encoded, refusing one longer than `max` bytes.
+pub fn encode_value<T: Encode>(value: &T, max: usize) -> Result<Vec<u8>, EncodeError> {
+    let out = bincode::encode_to_vec(value, config())
+        .map_err(|e| EncodeError::TooLarge(e.to_string()))?;
+    if out.len() > max {
+        return Err(EncodeError::TooLarge(format!(
+            "{} bytes, limit {max}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Decodes a game's value from untrusted bytes: at most `max` bytes, every one used.
+pub fn decode_value<T: Decode<()>>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max.min(MAX_FRAME_PAYLOAD) {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    decode_payload(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +262,49 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(kick, [1, 7, 0, 0, 0, 3, 5, 4, b'f', b'u', b'l', b'l']);
+    }
+
+    #[test]
+    fn known_action_and_event_bytes_for_protocol_md() {
+        // Action { seq: 3, kind: 1, target: Some(42), payload: [7] }.
+        let frame = encode_to_vec(&ClientMessage::Action(ActionRequest {
+            seq: 3,
+            kind: ActionKind(1),
+            target: Some(EntityId(42)),
+            payload: vec![7],
+        }))
+        .unwrap();
+        assert_eq!(frame, [1, 7, 0, 0, 0, 5, 3, 1, 1, 42, 1, 7]);
+        // ActionDone { seq: 3, refused: Some(Rule(2)) }.
+        let frame = encode_to_vec(&ServerMessage::ActionDone(ActionOutcome {
+            seq: 3,
+            refused: Some(ActionRefusal::Rule(2)),
+        }))
+        .unwrap();
+        assert_eq!(frame, [1, 5, 0, 0, 0, 5, 3, 1, 7, 2]);
+        // Event { kind: 1, entity: 42, payload: [9, 9] }.
+        let frame = encode_to_vec(&ServerMessage::Event(GameEvent {
+            kind: EventKind(1),
+            entity: EntityId(42),
+            payload: vec![9, 9],
+        }))
+        .unwrap();
+        assert_eq!(frame, [1, 6, 0, 0, 0, 6, 1, 42, 2, 9, 9]);
+    }
+
+    #[test]
+    fn game_values_are_bounded_both_ways() {
+        assert_eq!(encode_value(&(1u8, 2u32), 8).unwrap(), [1, 2]);
+        assert!(encode_value(&vec![0u8; 300], 256).is_err());
+        assert_eq!(decode_value::<(u8, u32)>(&[1, 2], 8), Ok((1, 2)));
+        assert!(matches!(
+            decode_value::<Vec<u8>>(&[0; 300], 256),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_value::<u8>(&[1, 2], 8),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
     }
 
     #[test]

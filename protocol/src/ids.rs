@@ -57,6 +57,15 @@ id!(
     Epoch(u64)
 );
 
+id!(
+    /// A kind of game action, numbered by the game that registers it.
+    ActionKind(u16)
+);
+id!(
+    /// A kind of game event, numbered by the game that registers it.
+    EventKind(u16)
+);
+
 impl ZoneId {
     /// No zone: an entity nobody simulates (logged out), a cell nobody owns.
     pub const NONE: ZoneId = ZoneId(0);

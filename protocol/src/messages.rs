@@ -7,7 +7,7 @@
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{EntityId, PlayerId};
+use crate::ids::{ActionKind, EntityId, EventKind, PlayerId};
 
 /// Longest player name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 32;
@@ -15,6 +15,8 @@ pub const MAX_NAME_LEN: usize = 32;
 pub const MAX_CHAT_LEN: usize = 256;
 /// Fastest a client may ask to move, in metres per second; faster requests are clamped.
 pub const MAX_SPEED: f32 = 10.0;
+/// Largest game payload of an [`ActionRequest`] or a [`GameEvent`], bytes.
+pub const MAX_GAME_PAYLOAD: usize = 256;
 
 /// Everything a client may send.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -30,6 +32,9 @@ pub enum ClientMessage {
     /// First message on the control stream when logging in to an account (instead of
     /// [`Hello`], which is a guest login without a password).
     Login(Login),
+    /// Something the player asks the game to do (attack, use, open…), on the control stream:
+    /// applied at most once, answered by [`ServerMessage::ActionDone`].
+    Action(ActionRequest),
 }
 
 /// Everything the server may send.
@@ -46,6 +51,11 @@ pub enum ServerMessage {
     /// Sent right after [`Welcome`] to an account login: a session token that resumes the
     /// character on any gateway of the cluster until it expires or is revoked.
     Session(SessionToken),
+    /// The answer to one [`ClientMessage::Action`]: applied, or refused and why.
+    ActionDone(ActionOutcome),
+    /// Something the game tells this player (a hit landed, a door opened), about one entity.
+    /// On the control stream or as a datagram, as the game chose for the event's kind.
+    Event(GameEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -138,6 +148,78 @@ impl Input {
         }
         Ok(())
     }
+}
+
+/// A game action. Which `kind`s exist, what their payload holds and how far their target may
+/// be is the game's (see `worldmesh-game`); the server checks all three.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ActionRequest {
+    /// Increases by one per action the client sends; the answer carries it back.
+    pub seq: u32,
+    pub kind: ActionKind,
+    /// The entity acted on, if the kind takes one.
+    pub target: Option<EntityId>,
+    /// The kind's arguments, bincode-encoded by the game's client code; at most
+    /// [`MAX_GAME_PAYLOAD`] bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What became of an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ActionOutcome {
+    /// The [`ActionRequest::seq`] answered.
+    pub seq: u32,
+    /// `None`: applied.
+    pub refused: Option<ActionRefusal>,
+}
+
+/// Why an action was not applied. The engine checks the first seven before the game sees the
+/// action; a game's own rules (a cooldown, a dead actor, no line of sight) refuse with
+/// [`ActionRefusal::Rule`] and a code the game documents. Append new reasons; never reorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ActionRefusal {
+    /// 0: no action of this kind exists.
+    UnknownKind,
+    /// 1: the payload does not decode as the kind's arguments, or is too long.
+    Malformed,
+    /// 2: the kind needs a target and none was given, or the target does not exist (any more).
+    NoTarget,
+    /// 3: the target stands farther away than the kind reaches.
+    OutOfReach,
+    /// 4: more actions than the per-tick allowance; this one was dropped.
+    Flood,
+    /// 5: the player has no character in play to act with.
+    NotInPlay,
+    /// 6: the actor or the target is moving between zones right now; retry in a moment.
+    Moving,
+    /// 7: the game's own rule, by the game's code.
+    Rule(u16),
+}
+
+impl ActionRefusal {
+    /// A short name, for metric labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionRefusal::UnknownKind => "unknown_kind",
+            ActionRefusal::Malformed => "malformed",
+            ActionRefusal::NoTarget => "no_target",
+            ActionRefusal::OutOfReach => "out_of_reach",
+            ActionRefusal::Flood => "flood",
+            ActionRefusal::NotInPlay => "not_in_play",
+            ActionRefusal::Moving => "moving",
+            ActionRefusal::Rule(_) => "rule",
+        }
+    }
+}
+
+/// A game event (see [`ServerMessage::Event`]).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct GameEvent {
+    pub kind: EventKind,
+    /// The entity it is about (the one hit, the door opened).
+    pub entity: EntityId,
+    /// The kind's fields, bincode-encoded by the game; at most [`MAX_GAME_PAYLOAD`] bytes.
+    pub payload: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

@@ -172,3 +172,175 @@ async fn a_login_through_another_gateway_takes_the_character_over() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+/// A game installed in every zone, played over QUIC: actions answered once each, refusals by
+/// reason, reliable events on the stream and unreliable ones as datagrams.
+mod game {
+    use std::time::{Duration, Instant};
+
+    use worldmesh::cluster::{Cluster, ClusterConfig};
+    use worldmesh_client::Session;
+    use worldmesh_game::GameRef;
+    use worldmesh_game::action::request;
+    use worldmesh_game::prelude::*;
+    use worldmesh_protocol::{ActionOutcome, ActionRequest, EntityId, GameEvent, ServerMessage};
+
+    use super::common::*;
+
+    #[derive(bincode::Encode, bincode::Decode)]
+    struct Poke {
+        strength: u8,
+    }
+
+    impl Action for Poke {
+        const KIND: ActionKind = ActionKind(1);
+        const NAME: &'static str = "poke";
+        const REACH: Option<f32> = Some(3.0);
+        fn apply(self, ctx: &mut ActionCtx<'_>) -> Result<(), ActionRefusal> {
+            if self.strength == 0 {
+                return Err(ActionRefusal::Rule(1));
+            }
+            let target = ctx.target.expect("a reach means a target");
+            ctx.to_observers(
+                target,
+                &Poked {
+                    strength: self.strength,
+                },
+            );
+            Ok(())
+        }
+    }
+
+    #[derive(bincode::Encode, bincode::Decode)]
+    struct Poked {
+        strength: u8,
+    }
+
+    impl ServerEvent for Poked {
+        const KIND: EventKind = EventKind(1);
+        const NAME: &'static str = "poked";
+        const DELIVERY: Delivery = Delivery::Reliable;
+    }
+
+    #[derive(bincode::Encode, bincode::Decode)]
+    struct Wave;
+
+    impl Action for Wave {
+        const KIND: ActionKind = ActionKind(2);
+        const NAME: &'static str = "wave";
+        const REACH: Option<f32> = None;
+        fn apply(self, ctx: &mut ActionCtx<'_>) -> Result<(), ActionRefusal> {
+            let me = ctx.actor;
+            ctx.to_player(me, me, &Waved);
+            Ok(())
+        }
+    }
+
+    #[derive(bincode::Encode)]
+    struct Waved;
+
+    impl ServerEvent for Waved {
+        const KIND: EventKind = EventKind(2);
+        const NAME: &'static str = "waved";
+        const DELIVERY: Delivery = Delivery::Unreliable;
+    }
+
+    struct Pokes;
+
+    impl Game for Pokes {
+        fn name(&self) -> &'static str {
+            "pokes"
+        }
+        fn register(&self, game: &mut GameRegistry) {
+            game.action::<Poke>()
+                .action::<Wave>()
+                .event::<Poked>()
+                .event::<Waved>();
+        }
+    }
+
+    /// Reads snapshots and control messages until `n` answers came, bounded: the answers and
+    /// the events seen meanwhile.
+    async fn answers(s: &mut Session, n: usize) -> (Vec<ActionOutcome>, Vec<GameEvent>) {
+        let (mut done, mut events) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.len() < n {
+            assert!(Instant::now() < deadline, "answers within 10 s: {done:?}");
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.recv_snapshot()).await;
+            while let Some(m) = s.try_control() {
+                match m {
+                    ServerMessage::ActionDone(o) => done.push(o),
+                    ServerMessage::Event(e) => events.push(e),
+                    _ => {}
+                }
+            }
+        }
+        // Events of the answering tick follow its answers within the same tick's frames.
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.recv_snapshot()).await;
+        while let Some(m) = s.try_control() {
+            if let ServerMessage::Event(e) = m {
+                events.push(e);
+            }
+        }
+        (done, events)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_game_is_played_over_quic() {
+        let (backend, persistence) = Backend::embedded();
+        worldmesh_runtime::init_logging("worldmesh-test", "warn");
+        let mut config = ClusterConfig::new(persistence);
+        config.zones = 1;
+        config.zone.game = GameRef::new(Pokes);
+        let cluster = Cluster::start(config).await.expect("cluster starts");
+        let endpoint = endpoint();
+        let mut s = Session::login(&endpoint, cluster.gateway_addr, "poker")
+            .await
+            .unwrap();
+        let me = s.welcome.entity_id;
+        let unknown = ActionRequest {
+            seq: 4,
+            kind: ActionKind(9),
+            target: None,
+            payload: Vec::new(),
+        };
+        s.act(request(1, Some(me), &Poke { strength: 2 }).unwrap())
+            .await
+            .unwrap();
+        s.act(request(2, Some(EntityId(999_999)), &Poke { strength: 2 }).unwrap())
+            .await
+            .unwrap();
+        s.act(request(3, Some(me), &Poke { strength: 0 }).unwrap())
+            .await
+            .unwrap();
+        s.act(unknown).await.unwrap();
+        // Four is the allowance per tick: the fifth goes once those are answered.
+        let (mut done, mut events) = answers(&mut s, 4).await;
+        s.act(request(5, None, &Wave).unwrap()).await.unwrap();
+        let (more, more_events) = answers(&mut s, 1).await;
+        done.extend(more);
+        events.extend(more_events);
+        let outcomes: Vec<(u32, Option<ActionRefusal>)> =
+            done.iter().map(|o| (o.seq, o.refused)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                (1, None),
+                (2, Some(ActionRefusal::NoTarget)),
+                (3, Some(ActionRefusal::Rule(1))),
+                (4, Some(ActionRefusal::UnknownKind)),
+                (5, None),
+            ]
+        );
+        let poked = events
+            .iter()
+            .find(|e| e.kind == EventKind(1))
+            .expect("the reliable event arrives");
+        assert_eq!(poked.entity, me);
+        // The unreliable one comes as a datagram on a loss-free loopback.
+        assert!(events.iter().any(|e| e.kind == EventKind(2)), "{events:?}");
+        s.bye().await.unwrap();
+        cluster.stop().await;
+        backend.cleanup().await;
+    }
+}

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use worldmesh_protocol::Input;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::zone as pb;
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
+use worldmesh_protocol::{ActionRequest, Input};
 use worldmesh_world::handoff::ToZone;
 
 use crate::character::Character;
@@ -29,6 +29,12 @@ pub enum Command {
     Chat {
         player_id: PlayerId,
         text: String,
+    },
+    /// A game action, answered on `link`.
+    Action {
+        link: LinkId,
+        player_id: PlayerId,
+        request: ActionRequest,
     },
     LinkOpened {
         link: LinkId,

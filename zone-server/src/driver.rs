@@ -78,27 +78,27 @@ pub fn spawn(
     links: Arc<Links>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<()>, crate::Error> {
     let runtime = tokio::runtime::Handle::current();
     let zone_id = ZoneId(config.zone_id.load(Ordering::Relaxed));
-    std::thread::Builder::new()
+    let period = Duration::from_secs_f64(1.0 / config.sim.tick_rate_hz.max(1) as f64);
+    // Built here, so that a game whose registrations conflict stops the zone before it starts.
+    let zone = Zone::new(
+        &ZoneConfig {
+            sim: config.sim.clone(),
+            zone_id,
+            checkpoint_every: (config.checkpoint_interval.as_secs_f64() / period.as_secs_f64())
+                .round()
+                .max(1.0) as u32,
+            npcs: config.npcs,
+            capacity: config.capacity,
+            border_margin: config.border_margin,
+        },
+        stats.clone(),
+    )?;
+    let thread = std::thread::Builder::new()
         .name(format!("zone-{zone_id}-tick"))
         .spawn(move || {
-            let period = Duration::from_secs_f64(1.0 / config.sim.tick_rate_hz.max(1) as f64);
-            let zone = Zone::new(
-                &ZoneConfig {
-                    sim: config.sim.clone(),
-                    zone_id,
-                    checkpoint_every: (config.checkpoint_interval.as_secs_f64()
-                        / period.as_secs_f64())
-                    .round()
-                    .max(1.0) as u32,
-                    npcs: config.npcs,
-                    capacity: config.capacity,
-                    border_margin: config.border_margin,
-                },
-                stats.clone(),
-            );
             let mut driver = Driver {
                 zone,
                 ch: channels,
@@ -109,7 +109,8 @@ pub fn spawn(
                 tick_us: Vec::with_capacity(64),
             };
             driver.run(&config, period, &shutdown);
-        })
+        })?;
+    Ok(thread)
 }
 
 struct Driver {

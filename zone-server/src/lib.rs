@@ -87,6 +87,8 @@ pub struct Config {
     pub drain_on_shutdown: bool,
     /// Counters and audits the tick thread publishes (shared with an in-process caller).
     pub stats: Arc<zone::Stats>,
+    /// The game every world of this zone runs (`NoGame`: bare movement and chat).
+    pub game: worldmesh_game::GameRef,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             cluster_secret: None,
             drain_on_shutdown: true,
             stats: Arc::default(),
+            game: worldmesh_game::GameRef::default(),
         }
     }
 }
@@ -125,6 +128,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("the tick thread panicked")]
     TickThreadPanicked,
+    #[error("the game cannot be installed: {0}")]
+    Game(#[from] worldmesh_game::GameError),
 }
 
 pub(crate) fn channel(url: &str) -> Result<Channel, Error> {
@@ -229,6 +234,7 @@ pub async fn run(
         snapshot_budget_bytes: config.snapshot_budget_bytes,
         chat_radius: config.chat_radius,
         collision: config.collision.clone(),
+        game: config.game.clone(),
     };
     let zone_id = Arc::new(AtomicU64::new(reg.zone_id));
     let (reg_tx, reg_rx) = watch::channel(reg.clone());

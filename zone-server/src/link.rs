@@ -24,8 +24,8 @@ use worldmesh_protocol::grpc::persistence::{
 use worldmesh_protocol::grpc::zone::{
     self as pb, gateway_to_zone, zone_link_server::ZoneLink, zone_to_gateway::Msg,
 };
-use worldmesh_protocol::ids::{LinkId, PlayerId};
-use worldmesh_protocol::{Input, MAX_CHAT_LEN};
+use worldmesh_protocol::ids::{ActionKind, EntityId, LinkId, PlayerId};
+use worldmesh_protocol::{ActionRequest, Input, MAX_CHAT_LEN};
 use worldmesh_runtime::Channel;
 
 use crate::command::Command;
@@ -263,6 +263,22 @@ async fn serve_link(
                     metrics::counter!("worldmesh_zone_inputs_rejected_total", "reason" => "queue_full").increment(1);
                 }
                 continue;
+            }
+            gateway_to_zone::Msg::Action(a) => {
+                // The gateway decoded it from a 16-bit kind; anything wider is not from one.
+                let Ok(kind) = u16::try_from(a.kind) else {
+                    continue;
+                };
+                Command::Action {
+                    link,
+                    player_id: PlayerId(a.player_id),
+                    request: ActionRequest {
+                        seq: a.seq,
+                        kind: ActionKind(kind),
+                        target: (a.target != 0).then_some(EntityId(a.target)),
+                        payload: a.payload,
+                    },
+                }
             }
             gateway_to_zone::Msg::Chat(c) => {
                 if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {

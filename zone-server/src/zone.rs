@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
+use worldmesh_game::GameError;
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_world::geometry;
@@ -221,8 +222,9 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(config: &ZoneConfig, stats: Arc<Stats>) -> Self {
-        let mut sim = Sim::new(&config.sim);
+    /// A zone running `config.sim.game`; fails only when the game's registrations conflict.
+    pub fn new(config: &ZoneConfig, stats: Arc<Stats>) -> Result<Self, GameError> {
+        let mut sim = Sim::new(&config.sim)?;
         let b = config.sim.bounds;
         for i in 0..config.npcs {
             // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
@@ -238,7 +240,7 @@ impl Zone {
             );
         }
         let hz = config.sim.tick_rate_hz.max(1);
-        Self {
+        Ok(Self {
             sim,
             participant: Participant::default(),
             zone_id: config.zone_id,
@@ -262,7 +264,7 @@ impl Zone {
             positions: Vec::new(),
             ghost_scratch: Vec::new(),
             ghosted: Vec::new(),
-        }
+        })
     }
 
     /// The next thing to do, in the order it was decided.
@@ -383,6 +385,11 @@ impl Zone {
                 ),
             },
             Command::Input { player_id, input } => self.sim.push_input(player_id, input),
+            Command::Action {
+                link,
+                player_id,
+                request,
+            } => self.sim.push_action(link, player_id, request),
             Command::Chat { player_id, text } => self.sim.chat(player_id, text),
             Command::LinkOpened { link, gateway } => {
                 // Characters handed in for this gateway's players before its link existed: the
@@ -1059,6 +1066,7 @@ mod tests {
     //! hand.
 
     use super::*;
+    use worldmesh_game::GameRef;
     use worldmesh_protocol::WorldBounds;
     use worldmesh_world::handoff::{HandoffId, Outcome};
 
@@ -1078,6 +1086,7 @@ mod tests {
                 snapshot_budget_bytes: 1100,
                 chat_radius: 50.0,
                 collision: Default::default(),
+                game: GameRef::default(),
             },
             zone_id: ZoneId(zone_id),
             checkpoint_every: 20,
@@ -1142,7 +1151,7 @@ mod tests {
     /// Zone `id` with the map, its coordinator session up and gateway link 1 open.
     fn zone(id: u64) -> (Zone, Clock) {
         let clock = Clock::new();
-        let mut z = Zone::new(&config(id), Arc::default());
+        let mut z = Zone::new(&config(id), Arc::default()).unwrap();
         z.handle(clock.0, Command::Map(map()));
         z.handle(clock.0, Command::SessionUp);
         z.handle(
@@ -1303,6 +1312,53 @@ mod tests {
         ));
         assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(5)));
         assert!(z.sim().has_character(EntityId(100)));
+    }
+
+    #[test]
+    fn actions_are_answered_on_their_link_with_the_next_frames() {
+        let (mut z, mut clock) = zone(1);
+        join(&mut z, clock.0, 7, 100, 50.0, 2);
+        for player in [7, 8] {
+            z.handle(
+                clock.0,
+                Command::Action {
+                    link: LinkId(1),
+                    player_id: PlayerId(player),
+                    request: worldmesh_protocol::ActionRequest {
+                        seq: 1,
+                        kind: worldmesh_protocol::ActionKind(1),
+                        target: None,
+                        payload: Vec::new(),
+                    },
+                },
+            );
+        }
+        z.tick(clock.advance(Duration::from_millis(50)), 1);
+        let answers: Vec<(u64, worldmesh_protocol::ActionOutcome)> = drain(&mut z)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Frames { link, frames } if *link == LinkId(1) => Some(frames),
+                _ => None,
+            })
+            .flat_map(|f| f.frames.iter())
+            .filter(|f| f.reliable)
+            .filter_map(
+                |f| match worldmesh_protocol::codec::decode_frame(&f.frame) {
+                    Ok(worldmesh_protocol::ServerMessage::ActionDone(o)) => Some((f.player_id, o)),
+                    _ => None,
+                },
+            )
+            .collect();
+        // No game here: player 7's kind does not exist; player 8 has no character.
+        let refused: Vec<(u64, Option<worldmesh_protocol::ActionRefusal>)> =
+            answers.iter().map(|(p, o)| (*p, o.refused)).collect();
+        assert_eq!(
+            refused,
+            [
+                (8, Some(worldmesh_protocol::ActionRefusal::NotInPlay)),
+                (7, Some(worldmesh_protocol::ActionRefusal::UnknownKind)),
+            ]
+        );
     }
 
     #[test]
@@ -1530,7 +1586,7 @@ mod tests {
     #[test]
     fn an_arrival_for_a_gateway_without_a_link_waits_detached_until_it_links() {
         let clock = Clock::new();
-        let mut z = Zone::new(&config(2), Arc::default());
+        let mut z = Zone::new(&config(2), Arc::default()).unwrap();
         z.handle(clock.0, Command::Map(map()));
         z.handle(clock.0, Command::Coordinator(prepare(100, 150.0, 7)));
         z.handle(

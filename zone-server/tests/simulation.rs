@@ -176,6 +176,7 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
             snapshot_budget_bytes: 1100,
             chat_radius: 10.0,
             collision: Default::default(),
+            game: Default::default(),
         },
         zone_id: id,
         checkpoint_every: 10,
@@ -359,7 +360,7 @@ impl Sim {
         self.next_zone = ZoneId(id.0 + 1);
         let slot = self.next_slot;
         self.next_slot += 1;
-        let mut core = Zone::new(&zone_config(id), Arc::default());
+        let mut core = Zone::new(&zone_config(id), Arc::default()).expect("no game to conflict");
         let now = self.clock();
         core.handle(
             now,
@@ -1259,7 +1260,7 @@ fn zones_and_coordinator_keep_one_authority_through_loss_partitions_pauses_crash
     // Seeds are independent: spread them over the cores (a seed replays the same on any).
     let next = std::sync::atomic::AtomicU64::new(0);
     let failures = std::sync::Mutex::new(Vec::<(u64, String)>::new());
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {

@@ -64,7 +64,9 @@ fn main() {
         snapshot_budget_bytes: 1100,
         chat_radius: 50.0,
         collision: Default::default(),
-    });
+        game: Default::default(),
+    })
+    .expect("no game to conflict");
     let mut rng = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move || {
         // xorshift64*: deterministic for a seed.

@@ -1,7 +1,9 @@
-//! Components and resources of the zone's ECS world.
+//! Components and resources of the zone's ECS world. The ones games read (`Id`, `Position`,
+//! `Motion`, `Tick`) are `worldmesh_game`'s, re-exported here.
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
+pub use worldmesh_game::world::{Id, Motion, Position, Tick};
+use worldmesh_protocol::ids::{Epoch, LinkId, PlayerId, ZoneId};
 
 /// A connected player's character. Entities without it are not observers.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,40 +13,14 @@ pub struct Player {
     pub link: LinkId,
 }
 
-/// The persistent identity of a character, with its authority stamp.
+/// What makes an entity a character simulated (and saved) here: its name and its authority
+/// stamp. NPCs and ghosts have none; every entity has an [`Id`].
 #[derive(Component, Debug, Clone)]
 pub struct CharacterRecord {
-    pub id: EntityId,
     pub name: String,
     pub epoch: Epoch,
     /// Version of the last state handed to persistence.
     pub version: u64,
-}
-
-impl CharacterRecord {
-    /// The record of an entity that is never saved here (an NPC, or a ghost of another
-    /// zone's character): an id and nothing to stamp.
-    pub fn unsaved(id: EntityId) -> Self {
-        Self {
-            id,
-            name: String::new(),
-            epoch: Epoch(0),
-            version: 0,
-        }
-    }
-}
-
-#[derive(Component, Debug, Clone, Copy, PartialEq)]
-pub struct Position {
-    pub x: f32,
-    pub y: f32,
-}
-
-/// Current motion: heading (radians) and speed (m/s).
-#[derive(Component, Debug, Clone, Copy, PartialEq, Default)]
-pub struct Motion {
-    pub heading: f32,
-    pub speed: f32,
 }
 
 /// What the player last asked for, and which input that was.
@@ -60,10 +36,6 @@ pub struct Intent {
 /// Set when state changed since the last checkpoint.
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct Dirty(pub bool);
-
-/// Current tick number; the first tick run is 1.
-#[derive(Resource, Debug, Default, Clone, Copy)]
-pub struct Tick(pub u32);
 
 /// Fixed settings of the simulation.
 #[derive(Resource, Debug, Clone)]

@@ -10,18 +10,14 @@ impl Sim {
         out.clear();
         let mut q = self
             .world
-            .query_filtered::<(&CharacterRecord, &Position, &Motion), Without<Ghost>>();
-        out.extend(
-            q.iter(&self.world)
-                .filter(|(r, _, _)| r.id < NPC_ID_BASE)
-                .map(|(r, p, m)| GhostState {
-                    id: r.id,
-                    x: p.x,
-                    y: p.y,
-                    heading: m.heading,
-                    speed: m.speed,
-                }),
-        );
+            .query_filtered::<(&Id, &Position, &Motion), (With<CharacterRecord>, Without<Ghost>)>();
+        out.extend(q.iter(&self.world).map(|(r, p, m)| GhostState {
+            id: r.0,
+            x: p.x,
+            y: p.y,
+            heading: m.heading,
+            speed: m.speed,
+        }));
     }
 
     /// Replaces the ghosts shown from zone `from` with `ghosts` (border visibility). A ghost
@@ -29,10 +25,10 @@ impl Sim {
     pub fn set_ghosts(&mut self, from: ZoneId, tick: u32, ghosts: &[GhostState]) {
         let fresh: std::collections::HashSet<EntityId> = ghosts.iter().map(|g| g.id).collect();
         let stale: Vec<EntityId> = {
-            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            let mut q = self.world.query::<(&Id, &Ghost)>();
             q.iter(&self.world)
-                .filter(|(r, g)| g.from_zone == from && !fresh.contains(&r.id))
-                .map(|(r, _)| r.id)
+                .filter(|(r, g)| g.from_zone == from && !fresh.contains(&r.0))
+                .map(|(r, _)| r.0)
                 .collect()
         };
         for id in stale {
@@ -66,7 +62,7 @@ impl Sim {
                     let e = self
                         .world
                         .spawn((
-                            CharacterRecord::unsaved(id),
+                            Id(id),
                             Position { x, y },
                             Motion { heading, speed },
                             Ghost {
@@ -97,6 +93,8 @@ impl Sim {
                 Player,
                 snapshot::Observer,
                 input::InputQueue,
+                actions::ActionQueue,
+                CharacterRecord,
                 Intent,
                 Dirty,
                 Frozen,
@@ -118,10 +116,10 @@ impl Sim {
     /// Drops ghosts not refreshed since `before_tick` (their zone stopped sending).
     pub fn expire_ghosts(&mut self, before_tick: u32) {
         let old: Vec<EntityId> = {
-            let mut q = self.world.query::<(&CharacterRecord, &Ghost)>();
+            let mut q = self.world.query::<(&Id, &Ghost)>();
             q.iter(&self.world)
                 .filter(|(_, g)| g.tick < before_tick)
-                .map(|(r, _)| r.id)
+                .map(|(r, _)| r.0)
                 .collect()
         };
         for id in old {

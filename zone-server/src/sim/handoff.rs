@@ -11,12 +11,8 @@ impl Sim {
         out.clear();
         let mut q = self
             .world
-            .query_filtered::<(&CharacterRecord, &Position), (Without<Frozen>, Without<Ghost>)>();
-        out.extend(
-            q.iter(&self.world)
-                .filter(|(r, _)| r.id < NPC_ID_BASE)
-                .map(|(r, p)| (r.id, p.x, p.y)),
-        );
+            .query_filtered::<(&Id, &Position), (With<CharacterRecord>, Without<Frozen>, Without<Ghost>)>();
+        out.extend(q.iter(&self.world).map(|(r, p)| (r.0, p.x, p.y)));
     }
 
     /// Stops simulating a character for a handoff and returns its state (with a new
@@ -93,6 +89,7 @@ impl Sim {
                     player,
                     snapshot::Observer::after_handoff(carried.last_tick_sent),
                     input::InputQueue::default(),
+                    actions::ActionQueue::default(),
                 ));
             }
             None => {

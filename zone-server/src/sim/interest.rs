@@ -7,7 +7,7 @@ use bevy_ecs::prelude::*;
 use worldmesh_protocol::EntityKind;
 use worldmesh_protocol::snapshot::{QEntity, Quantizer};
 
-use super::components::{CharacterRecord, Motion, Position, SimSettings};
+use super::components::{Id, Motion, Position, SimSettings};
 use super::snapshot::HYSTERESIS;
 
 /// One entity as the grid holds it.
@@ -77,7 +77,7 @@ impl Grid {
 pub fn rebuild_grid(
     settings: Res<SimSettings>,
     mut grid: ResMut<Grid>,
-    q: Query<(Entity, &CharacterRecord, &Position, &Motion)>,
+    q: Query<(Entity, &Id, &Position, &Motion)>,
 ) {
     // Buckets must cover the largest radius anyone queries: the view radius plus hysteresis.
     let cell = (settings.view_radius * (1.0 + HYSTERESIS)).max(1.0);
@@ -93,12 +93,12 @@ pub fn rebuild_grid(
     let quantizer = Quantizer::new(b);
     for (entity, rec, &pos, motion) in &q {
         // Characters (players, also detached ones) have ids below the NPC range.
-        let kind = if rec.id < super::NPC_ID_BASE {
+        let kind = if rec.0 < super::NPC_ID_BASE {
             EntityKind::Player
         } else {
             EntityKind::Npc
         };
-        let q = quantizer.quantize(rec.id.0, kind, pos.x, pos.y, motion.heading, motion.speed);
+        let q = quantizer.quantize(rec.0.0, kind, pos.x, pos.y, motion.heading, motion.speed);
         let (kx, ky) = grid.key(pos);
         grid.buckets[(ky * cols + kx) as usize].push(Seen { entity, pos, q });
     }

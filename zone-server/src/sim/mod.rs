@@ -1,20 +1,24 @@
 //! The zone's simulation core: a bevy_ecs world stepped one fixed tick at a time. No I/O and
 //! no clock: the driver calls [`Sim::step`] at the tick rate, tests call it directly.
 //!
-//! Each tick runs the systems in [`TickSet`] order: apply inputs → move → rebuild the interest
-//! grid → build snapshots. Frames for players accumulate in the [`Outbox`]; the driver takes
-//! them after the step and sends them out.
+//! Each tick runs the systems in [`TickSet`] order: apply inputs → apply actions → simulate
+//! (NPCs, the game's rules) → move → rebuild the interest grid → build snapshots → send the
+//! game's events. The game (`worldmesh_game`) is installed into the world when it is built and
+//! adds its systems to those slots. Frames for players accumulate in the [`Outbox`]; the
+//! driver takes them after the step and sends them out.
 //!
 //! # Layout
 //!
 //! - this file: [`Sim`] (the world, its schedule, stepping), the shared resources and types.
-//! - the tick's systems, one file each: [`input`], [`npc`], [`movement`], [`interest`],
-//!   [`snapshot`]; their components in [`components`].
+//! - the tick's systems, one file each: [`input`], [`actions`], [`npc`], [`movement`],
+//!   [`interest`], [`snapshot`], [`events`]; their components in [`components`].
 //! - `Sim`'s operations by concern, each an `impl Sim` block: `roster.rs` (joining, leaving,
 //!   detached players, NPCs, inputs, checkpoints), `handoff.rs` (freeze, arrivals, removal),
 //!   `ghosts.rs` (border visibility), `chat.rs`.
 
+pub mod actions;
 pub mod components;
+pub mod events;
 pub mod input;
 pub mod interest;
 pub mod movement;
@@ -29,24 +33,17 @@ mod roster;
 use std::collections::HashMap;
 
 use bevy_ecs::prelude::*;
+pub use worldmesh_game::TickSet;
+use worldmesh_game::{EngineSystems, GameError, GameRef};
 use worldmesh_protocol::ids::{EntityId, LinkId, PlayerId, ZoneId};
-use worldmesh_protocol::{ChatHeard, Input, ServerMessage, WorldBounds, codec};
+use worldmesh_protocol::{
+    ActionRefusal, ActionRequest, ChatHeard, Input, ServerMessage, WorldBounds, codec,
+};
 
 use crate::character::Character;
 
 use components::*;
 pub use components::{AbsentPlayer, Player};
-
-/// System sets of one tick, in order. Public so that later features can slot systems in.
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TickSet {
-    Input,
-    /// Server-driven behaviour (NPCs).
-    Simulate,
-    Movement,
-    Interest,
-    Snapshot,
-}
 
 /// NPC entity ids start here, far above any character id SQL will hand out.
 pub const NPC_ID_BASE: EntityId = EntityId(1 << 48);
@@ -58,6 +55,10 @@ pub struct PlayerIndex(pub HashMap<PlayerId, Entity>);
 /// Character (entity) id → ECS entity, for handoffs and takeovers.
 #[derive(Resource, Default)]
 pub struct CharIndex(pub HashMap<EntityId, Entity>);
+
+/// NPC id → ECS entity, for actions that target NPCs.
+#[derive(Resource, Default)]
+pub struct NpcIndex(pub HashMap<EntityId, Entity>);
 
 /// Ghost id → ECS entity (border visibility).
 #[derive(Resource, Default)]
@@ -142,6 +143,8 @@ pub struct SimConfig {
     pub chat_radius: f32,
     /// Cells nobody may walk into.
     pub collision: movement::CollisionMap,
+    /// The game the world runs (`NoGame` for bare movement and chat).
+    pub game: GameRef,
 }
 
 /// Where a spawned character stands.
@@ -160,7 +163,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(config: &SimConfig) -> Self {
+    /// A world running `config.game`; fails only when the game's registrations conflict.
+    pub fn new(config: &SimConfig) -> Result<Self, GameError> {
         let mut world = World::new();
         world.insert_resource(SimSettings {
             dt: 1.0 / config.tick_rate_hz.max(1) as f32,
@@ -172,6 +176,7 @@ impl Sim {
         world.insert_resource(PlayerIndex::default());
         world.insert_resource(CharIndex::default());
         world.insert_resource(GhostIndex::default());
+        world.insert_resource(NpcIndex::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
@@ -181,25 +186,34 @@ impl Sim {
         schedule.configure_sets(
             (
                 TickSet::Input,
+                TickSet::Actions,
                 TickSet::Simulate,
                 TickSet::Movement,
                 TickSet::Interest,
                 TickSet::Snapshot,
+                TickSet::Events,
             )
                 .chain(),
         );
+        for slot in TickSet::ORDER {
+            schedule.configure_sets(EngineSystems(slot).in_set(slot));
+        }
+        let engine = |slot| EngineSystems(slot);
         schedule.add_systems((
-            input::apply_inputs.in_set(TickSet::Input),
-            npc::wander.in_set(TickSet::Simulate),
-            movement::integrate.in_set(TickSet::Movement),
-            interest::rebuild_grid.in_set(TickSet::Interest),
-            snapshot::build_snapshots.in_set(TickSet::Snapshot),
+            input::apply_inputs.in_set(engine(TickSet::Input)),
+            actions::apply_actions.in_set(engine(TickSet::Actions)),
+            npc::wander.in_set(engine(TickSet::Simulate)),
+            movement::integrate.in_set(engine(TickSet::Movement)),
+            interest::rebuild_grid.in_set(engine(TickSet::Interest)),
+            snapshot::build_snapshots.in_set(engine(TickSet::Snapshot)),
+            events::send_events.in_set(engine(TickSet::Events)),
         ));
-        Self {
+        worldmesh_game::install(&*config.game, &mut world, &mut schedule)?;
+        Ok(Self {
             world,
             schedule,
             chat_radius: config.chat_radius,
-        }
+        })
     }
 
     /// The last tick run (0 before the first step).
@@ -241,10 +255,10 @@ fn character_components(
     x: f32,
     y: f32,
     speed: f32,
-) -> (CharacterRecord, Position, Motion) {
+) -> (Id, CharacterRecord, Position, Motion) {
     (
+        Id(c.id),
         CharacterRecord {
-            id: c.id,
             name: c.name.clone(),
             epoch: c.epoch,
             version: c.version,
@@ -277,7 +291,9 @@ mod tests {
             snapshot_budget_bytes: 1100,
             chat_radius: 50.0,
             collision: movement::CollisionMap::new(10.0, [(60, 40)]),
+            game: GameRef::default(),
         })
+        .expect("no game to conflict")
     }
 
     /// A player's refusal counts as (flood, stale, speed hack, teleport).

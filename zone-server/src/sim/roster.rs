@@ -11,11 +11,11 @@ impl Sim {
 
     /// Detached characters waiting for a player of the given gateway: (character, player).
     pub fn detached_for(&mut self, gateway: &str) -> Vec<(EntityId, PlayerId)> {
-        let mut q = self.world.query::<(&CharacterRecord, &Detached)>();
+        let mut q = self.world.query::<(&Id, &Detached)>();
         q.iter(&self.world)
-            .filter_map(|(r, d)| {
+            .filter_map(|(&Id(id), d)| {
                 let owner = d.owner.as_ref().filter(|o| o.gateway == gateway)?;
-                Some((r.id, owner.player_id))
+                Some((id, owner.player_id))
             })
             .collect()
     }
@@ -45,6 +45,7 @@ impl Sim {
             Player { player_id, link },
             snapshot::Observer::after_handoff(tick),
             input::InputQueue::default(),
+            actions::ActionQueue::default(),
         ));
         self.world
             .resource_mut::<PlayerIndex>()
@@ -78,7 +79,12 @@ impl Sim {
             self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
             self.world
                 .entity_mut(entity)
-                .remove::<(Player, snapshot::Observer, input::InputQueue)>()
+                .remove::<(
+                    Player,
+                    snapshot::Observer,
+                    input::InputQueue,
+                    actions::ActionQueue,
+                )>()
                 .insert(Detached {
                     owner: Some(AbsentPlayer {
                         player_id: pid,
@@ -96,10 +102,10 @@ impl Sim {
         let ids: Vec<EntityId> = {
             let mut q = self
                 .world
-                .query_filtered::<(&CharacterRecord, &Detached), Without<Frozen>>();
+                .query_filtered::<(&Id, &Detached), Without<Frozen>>();
             q.iter(&self.world)
                 .filter(|(_, d)| d.since < before_tick)
-                .map(|(r, _)| r.id)
+                .map(|(r, _)| r.0)
                 .collect()
         };
         ids.into_iter()
@@ -135,6 +141,7 @@ impl Sim {
                 Player { player_id, link },
                 snapshot::Observer::default(),
                 input::InputQueue::default(),
+                actions::ActionQueue::default(),
             ));
             self.world
                 .resource_mut::<PlayerIndex>()
@@ -169,6 +176,7 @@ impl Sim {
                 Dirty(false),
                 snapshot::Observer::default(),
                 input::InputQueue::default(),
+                actions::ActionQueue::default(),
             ))
             .id();
         self.world
@@ -190,13 +198,17 @@ impl Sim {
     /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
     /// character ids: use [`NPC_ID_BASE`] and up).
     pub fn spawn_npc(&mut self, id: EntityId, x: f32, y: f32) {
-        self.world.spawn((
-            npc::Npc::new(id.0),
-            CharacterRecord::unsaved(id),
-            Position { x, y },
-            Motion::default(),
-            Intent::default(),
-        ));
+        let entity = self
+            .world
+            .spawn((
+                npc::Npc::new(id.0),
+                Id(id),
+                Position { x, y },
+                Motion::default(),
+                Intent::default(),
+            ))
+            .id();
+        self.world.resource_mut::<NpcIndex>().0.insert(id, entity);
     }
 
     /// Removes a player's character and returns its final state, with a new version, to be
@@ -208,8 +220,7 @@ impl Sim {
             .0
             .remove(&player_id)?;
         let state = self.bump_and_read(entity);
-        if let Some(r) = self.world.get::<CharacterRecord>(entity) {
-            let id = r.id;
+        if let Some(&Id(id)) = self.world.get::<Id>(entity) {
             self.world.resource_mut::<CharIndex>().0.remove(&id);
         }
         self.world.despawn(entity);
@@ -282,16 +293,13 @@ impl Sim {
     pub fn character_ids_by_state(&mut self) -> CharacterIds {
         let mut q = self
             .world
-            .query_filtered::<(&CharacterRecord, Has<Frozen>), Without<Ghost>>();
+            .query_filtered::<(&Id, Has<Frozen>), (With<CharacterRecord>, Without<Ghost>)>();
         let mut ids = CharacterIds::default();
-        for (r, is_frozen) in q.iter(&self.world) {
-            if r.id >= NPC_ID_BASE {
-                continue;
-            }
+        for (&Id(id), is_frozen) in q.iter(&self.world) {
             if is_frozen {
-                ids.frozen.push(r.id);
+                ids.frozen.push(id);
             } else {
-                ids.active.push(r.id);
+                ids.active.push(id);
             }
         }
         ids
@@ -308,6 +316,30 @@ impl Sim {
         };
         if let Some(mut q) = self.world.get_mut::<input::InputQueue>(entity) {
             q.push(input);
+        }
+    }
+
+    /// Queues a player's game action for the next tick (see [`actions`]). Refused at once,
+    /// answered on `link`, when the player is not here or has too many waiting.
+    pub fn push_action(&mut self, link: LinkId, player_id: PlayerId, request: ActionRequest) {
+        let entity = self
+            .world
+            .resource::<PlayerIndex>()
+            .0
+            .get(&player_id)
+            .copied();
+        let queued = match entity.and_then(|e| self.world.get_mut::<actions::ActionQueue>(e)) {
+            Some(mut q) => q.push(request).map_err(|r| (r, ActionRefusal::Flood)),
+            None => Err((request, ActionRefusal::NotInPlay)),
+        };
+        if let Err((request, why)) = queued {
+            let kind = self
+                .world
+                .resource::<worldmesh_game::ActionTable>()
+                .get(request.kind)
+                .map_or("unknown", |e| e.name);
+            let mut outbox = self.world.resource_mut::<Outbox>();
+            actions::answer(&mut outbox, link, player_id, kind, request.seq, Some(why));
         }
     }
 
@@ -341,10 +373,11 @@ impl Sim {
         if let Some(mut d) = e.get_mut::<Dirty>() {
             d.0 = false;
         }
+        let Id(id) = *e.get::<Id>()?;
         let mut rec = e.get_mut::<CharacterRecord>()?;
         rec.version += 1;
         Some(Character {
-            id: rec.id,
+            id,
             name: rec.name.clone(),
             x: pos.x,
             y: pos.y,

@@ -1,0 +1,262 @@
+//! The game-logic API: what a game adds to the world the zone servers simulate.
+//!
+//! A game is one type implementing [`Game`]. Its [`Game::register`] is the table of contents:
+//! the actions players may ask for (each with its checks), the events it tells them, its
+//! resources, and its systems in their [`TickSet`] slots. The zone server builds every zone's
+//! world from it ([`install`]); the zone core knows no game. Game code never mentions zones,
+//! epochs or gateways: it reads and writes components on entities, and the engine moves those
+//! entities between servers.
+//!
+//! ```
+//! use bevy_ecs::prelude::*;
+//! use worldmesh_game::prelude::*;
+//!
+//! /// Knocks on a door within 2 m.
+//! #[derive(bincode::Encode, bincode::Decode)]
+//! struct Knock;
+//!
+//! impl Action for Knock {
+//!     const KIND: ActionKind = ActionKind(1);
+//!     const NAME: &'static str = "knock";
+//!     const REACH: Option<f32> = Some(2.0);
+//!     fn apply(self, ctx: &mut ActionCtx<'_>) -> Result<(), ActionRefusal> {
+//!         let door = ctx.target.expect("kinds with a reach have a target");
+//!         ctx.to_observers(door, &Knocked);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! /// Heard by everyone near the door.
+//! #[derive(bincode::Encode)]
+//! struct Knocked;
+//!
+//! impl ServerEvent for Knocked {
+//!     const KIND: EventKind = EventKind(1);
+//!     const NAME: &'static str = "knocked";
+//!     const DELIVERY: Delivery = Delivery::Reliable;
+//! }
+//!
+//! struct Doors;
+//!
+//! impl Game for Doors {
+//!     fn name(&self) -> &'static str {
+//!         "doors"
+//!     }
+//!     fn register(&self, game: &mut GameRegistry) {
+//!         game.action::<Knock>().event::<Knocked>();
+//!     }
+//! }
+//!
+//! let (mut world, mut schedule) = (World::new(), Schedule::default());
+//! worldmesh_game::install(&Doors, &mut world, &mut schedule).unwrap();
+//! assert!(world.resource::<ActionTable>().get(ActionKind(1)).is_some());
+//! ```
+//!
+//! # Layout
+//!
+//! - this file: [`Game`], [`GameRegistry`], [`install`], [`GameError`], [`GameRef`] (a game
+//!   as configurations hold it), [`NoGame`].
+//! - [`world`]: what the engine keeps that games read: [`Id`], [`Position`], [`Motion`],
+//!   [`Tick`], and the tick's [`TickSet`] order.
+//! - [`action`]: client actions: [`Action`], the engine's checks, [`ActionCtx`].
+//! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
+
+pub mod action;
+pub mod event;
+pub mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::ScheduleSystem;
+
+pub use action::{Action, ActionCtx, ActionEntry, ActionKind, ActionRefusal};
+pub use event::{Delivery, EventKind, Events, ServerEvent};
+pub use world::{EngineSystems, Id, Motion, Position, Tick, TickSet};
+
+/// What a game module imports.
+pub mod prelude {
+    pub use crate::action::{Action, ActionCtx, ActionKind, ActionRefusal};
+    pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
+    pub use crate::world::{Id, Motion, Position, Tick, TickSet};
+    pub use crate::{ActionTable, Game, GameRegistry};
+}
+
+/// A game: everything it adds to the world, registered in one place.
+pub trait Game: Send + Sync + 'static {
+    /// Its name, as `--game` selects it and logs show it.
+    fn name(&self) -> &'static str;
+
+    /// Registers the game's actions, events, resources and systems. Called once for every
+    /// world a zone builds.
+    fn register(&self, game: &mut GameRegistry);
+}
+
+/// Why a game could not be installed: a registration the game got wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GameError {
+    #[error("actions {first:?} and {second:?} both use kind {kind}")]
+    DuplicateAction {
+        kind: ActionKind,
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("events {first:?} and {second:?} both use kind {kind}")]
+    DuplicateEvent {
+        kind: EventKind,
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("action {name:?} reaches {reach} m: a reach must be a finite distance ≥ 0")]
+    BadReach { name: &'static str, reach: f32 },
+}
+
+type Deferred<T> = Box<dyn FnOnce(&mut T)>;
+
+/// What a game registers (see [`Game::register`]).
+#[derive(Default)]
+pub struct GameRegistry {
+    actions: BTreeMap<ActionKind, ActionEntry>,
+    events: BTreeMap<EventKind, &'static str>,
+    systems: Vec<Deferred<Schedule>>,
+    resources: Vec<Deferred<World>>,
+    errors: Vec<GameError>,
+}
+
+impl GameRegistry {
+    /// A kind of action players may ask for.
+    pub fn action<A: Action>(&mut self) -> &mut Self {
+        let entry = ActionEntry::of::<A>();
+        if let Some(reach) = entry.reach.filter(|r| !(r.is_finite() && *r >= 0.0)) {
+            self.errors.push(GameError::BadReach {
+                name: entry.name,
+                reach,
+            });
+        }
+        if let Some(first) = self.actions.insert(A::KIND, entry) {
+            self.errors.push(GameError::DuplicateAction {
+                kind: A::KIND,
+                first: first.name,
+                second: A::NAME,
+            });
+        }
+        self
+    }
+
+    /// A kind of event the game raises.
+    pub fn event<E: ServerEvent>(&mut self) -> &mut Self {
+        if let Some(first) = self.events.insert(E::KIND, E::NAME) {
+            self.errors.push(GameError::DuplicateEvent {
+                kind: E::KIND,
+                first,
+                second: E::NAME,
+            });
+        }
+        self
+    }
+
+    /// Systems, run every tick in `slot` (after the engine's own systems of that slot).
+    pub fn system<M>(
+        &mut self,
+        slot: TickSet,
+        systems: impl IntoScheduleConfigs<ScheduleSystem, M> + 'static,
+    ) -> &mut Self {
+        self.systems.push(Box::new(move |schedule: &mut Schedule| {
+            schedule.add_systems(systems.in_set(slot).after(world::EngineSystems(slot)));
+        }));
+        self
+    }
+
+    /// A resource the game's systems and actions share (tuning, spawn tables, …).
+    pub fn resource<R: Resource>(&mut self, resource: R) -> &mut Self {
+        self.resources.push(Box::new(move |world: &mut World| {
+            world.insert_resource(resource);
+        }));
+        self
+    }
+}
+
+/// The actions a world accepts, by kind (a resource in every zone's world).
+#[derive(Resource, Debug, Default)]
+pub struct ActionTable(BTreeMap<ActionKind, ActionEntry>);
+
+impl ActionTable {
+    #[must_use]
+    pub fn get(&self, kind: ActionKind) -> Option<&ActionEntry> {
+        self.0.get(&kind)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ActionEntry> {
+        self.0.values()
+    }
+}
+
+/// Builds `game` into a world and its tick schedule: its resources inserted, its systems
+/// placed in their slots, its actions in [`ActionTable`], its events accepted by [`Events`].
+/// The engine calls it once per world, after adding its own systems.
+pub fn install(
+    game: &dyn Game,
+    world: &mut World,
+    schedule: &mut Schedule,
+) -> Result<(), GameError> {
+    let mut registry = GameRegistry::default();
+    game.register(&mut registry);
+    if let Some(e) = registry.errors.into_iter().next() {
+        return Err(e);
+    }
+    for insert in registry.resources {
+        insert(world);
+    }
+    for add in registry.systems {
+        add(schedule);
+    }
+    world.insert_resource(ActionTable(registry.actions));
+    world.insert_resource(Events::new(
+        registry.events.into_keys().collect::<BTreeSet<_>>(),
+    ));
+    Ok(())
+}
+
+/// A game shared by every world a zone server builds; what configurations hold.
+#[derive(Clone)]
+pub struct GameRef(pub Arc<dyn Game>);
+
+impl GameRef {
+    pub fn new(game: impl Game) -> Self {
+        Self(Arc::new(game))
+    }
+}
+
+impl Default for GameRef {
+    /// [`NoGame`].
+    fn default() -> Self {
+        Self::new(NoGame)
+    }
+}
+
+impl std::fmt::Debug for GameRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GameRef({:?})", self.0.name())
+    }
+}
+
+impl std::ops::Deref for GameRef {
+    type Target = dyn Game;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// No game: bare movement and chat. What a zone runs without `--game`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGame;
+
+impl Game for NoGame {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn register(&self, _game: &mut GameRegistry) {}
+}
