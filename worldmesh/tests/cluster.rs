@@ -343,4 +343,79 @@ mod game {
         cluster.stop().await;
         backend.cleanup().await;
     }
+
+    /// A flood of actions is answered action by action (the excess refused as `Flood`), the
+    /// player stays; an oversized payload is cut off at the gateway; nobody else notices.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_actions_are_refused_and_only_the_offender_is_cut_off() {
+        let (backend, persistence) = Backend::embedded();
+        worldmesh_runtime::init_logging("worldmesh-test", "warn");
+        let mut config = ClusterConfig::new(persistence);
+        config.zones = 1;
+        config.zone.game = GameRef::new(Pokes);
+        let cluster = Cluster::start(config).await.expect("cluster starts");
+        let endpoint = endpoint();
+        let mut flooder = Session::login(&endpoint, cluster.gateway_addr, "flooder")
+            .await
+            .unwrap();
+        let mut bystander = Session::login(&endpoint, cluster.gateway_addr, "bystander")
+            .await
+            .unwrap();
+        let me = flooder.welcome.entity_id;
+        for seq in 1..=50 {
+            flooder
+                .act(request(seq, Some(me), &Poke { strength: 1 }).unwrap())
+                .await
+                .unwrap();
+        }
+        let (done, _) = answers(&mut flooder, 50).await;
+        let mut seqs: Vec<u32> = done.iter().map(|o| o.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "each answered once");
+        let flooded = done
+            .iter()
+            .filter(|o| o.refused == Some(ActionRefusal::Flood))
+            .count();
+        let applied = done.iter().filter(|o| o.refused.is_none()).count();
+        assert_eq!(flooded + applied, 50, "{done:?}");
+        assert!(
+            flooded > 0 && applied >= 4,
+            "{flooded} flooded, {applied} applied"
+        );
+        // Still playing.
+        let (done, _) = {
+            flooder
+                .act(request(51, Some(me), &Poke { strength: 1 }).unwrap())
+                .await
+                .unwrap();
+            answers(&mut flooder, 1).await
+        };
+        assert_eq!(done[0].refused, None);
+
+        // A payload over the limit is no honest client's: a typed kick.
+        let oversized = ActionRequest {
+            seq: 52,
+            kind: ActionKind(1),
+            target: Some(me),
+            payload: vec![0; 257],
+        };
+        flooder.act(oversized).await.unwrap();
+        let kicked = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match flooder.next_control().await {
+                    Some(ServerMessage::Kick(k)) => return Some(k.code),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .expect("kicked within 10 s");
+        assert_eq!(kicked, Some(worldmesh_protocol::ErrorCode::Malformed));
+        let w = walk(&mut bystander, 0.0, 1.0).await;
+        assert!(w.snapshots >= 15, "the bystander plays on: {w:?}");
+        bystander.bye().await.unwrap();
+        cluster.stop().await;
+        backend.cleanup().await;
+    }
 }
