@@ -285,14 +285,22 @@ mod game {
         (done, events)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_game_is_played_over_quic() {
+    /// One zone running [`Pokes`], on embedded storage.
+    async fn start_with_pokes() -> (Backend, Cluster) {
         let (backend, persistence) = Backend::embedded();
         worldmesh_runtime::init_logging("worldmesh-test", "warn");
         let mut config = ClusterConfig::new(persistence);
         config.zones = 1;
         config.zone.game = GameRef::new(Pokes);
-        let cluster = Cluster::start(config).await.expect("cluster starts");
+        (
+            backend,
+            Cluster::start(config).await.expect("cluster starts"),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_game_is_played_over_quic() {
+        let (backend, cluster) = start_with_pokes().await;
         let endpoint = endpoint();
         let mut s = Session::login(&endpoint, cluster.gateway_addr, "poker")
             .await
@@ -348,12 +356,7 @@ mod game {
     /// player stays; an oversized payload is cut off at the gateway; nobody else notices.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hostile_actions_are_refused_and_only_the_offender_is_cut_off() {
-        let (backend, persistence) = Backend::embedded();
-        worldmesh_runtime::init_logging("worldmesh-test", "warn");
-        let mut config = ClusterConfig::new(persistence);
-        config.zones = 1;
-        config.zone.game = GameRef::new(Pokes);
-        let cluster = Cluster::start(config).await.expect("cluster starts");
+        let (backend, cluster) = start_with_pokes().await;
         let endpoint = endpoint();
         let mut flooder = Session::login(&endpoint, cluster.gateway_addr, "flooder")
             .await

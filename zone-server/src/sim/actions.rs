@@ -50,6 +50,38 @@ pub fn answer(
     }
 }
 
+/// Answers every action still queued on `entity` with `why`: its character is leaving this
+/// zone (handed off, fenced), and every action is answered once even when it never runs here.
+pub fn answer_queued(world: &mut World, entity: Entity, why: ActionRefusal) {
+    let Some(player) = world.get::<Player>(entity).copied() else {
+        return;
+    };
+    let Some(queued) = world
+        .get_mut::<ActionQueue>(entity)
+        .map(|mut q| std::mem::take(&mut q.0))
+    else {
+        return;
+    };
+    let answers: Vec<(&'static str, u32)> = {
+        let table = world.resource::<ActionTable>();
+        queued
+            .iter()
+            .map(|r| (table.get(r.kind).map_or("unknown", |e| e.name), r.seq))
+            .collect()
+    };
+    let mut outbox = world.resource_mut::<Outbox>();
+    for (kind, seq) in answers {
+        answer(
+            &mut outbox,
+            player.link,
+            player.player_id,
+            kind,
+            seq,
+            Some(why),
+        );
+    }
+}
+
 /// Applies every queued action, player by player in player-id order (a tick replays the
 /// same), each player's in the order they arrived.
 pub fn apply_actions(world: &mut World) {
@@ -137,11 +169,12 @@ mod tests {
     use worldmesh_game::{Game, GameError, GameRef, GameRegistry, TickSet};
     use worldmesh_protocol::ids::{ActionKind, EntityId, Epoch, EventKind, LinkId, PlayerId};
     use worldmesh_protocol::{
-        ActionOutcome, ActionRefusal, ActionRequest, GameEvent, ServerMessage, WorldBounds, codec,
+        ActionOutcome, ActionRefusal, ActionRequest, GameEvent, ServerMessage, codec,
     };
 
     use crate::character::Character;
-    use crate::sim::{OutFrame, Sim, SimConfig, movement};
+    use crate::sim::tests::config;
+    use crate::sim::{OutFrame, Sim};
 
     /// How often a character was tagged.
     #[derive(Component, Debug, Default)]
@@ -235,23 +268,6 @@ mod tests {
                 .event::<WavedBack>()
                 .resource(Seen::default())
                 .system(TickSet::Simulate, |mut seen: ResMut<Seen>| seen.0 += 1);
-        }
-    }
-
-    fn config(game: GameRef) -> SimConfig {
-        SimConfig {
-            tick_rate_hz: 20,
-            bounds: WorldBounds {
-                min_x: 0.0,
-                min_y: 0.0,
-                max_x: 1000.0,
-                max_y: 1000.0,
-            },
-            view_radius: 100.0,
-            snapshot_budget_bytes: 1100,
-            chat_radius: 50.0,
-            collision: movement::CollisionMap::default(),
-            game,
         }
     }
 
@@ -413,6 +429,31 @@ mod tests {
         assert_eq!(
             received(&sim.take_outbox(), 10).0[0].refused,
             Some(ActionRefusal::Moving)
+        );
+    }
+
+    #[test]
+    fn actions_queued_on_a_character_that_leaves_are_answered_moving() {
+        let mut sim = world();
+        act(&mut sim, 10, 1, tag(Some(101), 1));
+        act(&mut sim, 11, 2, tag(Some(100), 1));
+        // Character 100 is handed to zone 2 before the tick; 101 is fenced.
+        sim.ghostify(EntityId(100), worldmesh_protocol::ZoneId(2));
+        sim.remove_character(EntityId(101));
+        let out = sim.take_outbox();
+        for (player, seq) in [(10, 1), (11, 2)] {
+            assert_eq!(
+                received(&out, player).0,
+                [ActionOutcome {
+                    seq,
+                    refused: Some(ActionRefusal::Moving)
+                }]
+            );
+        }
+        sim.step();
+        assert!(
+            received(&sim.take_outbox(), 10).0.is_empty(),
+            "answered once"
         );
     }
 

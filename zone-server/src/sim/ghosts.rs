@@ -83,6 +83,7 @@ impl Sim {
         let Some(entity) = self.world.resource_mut::<CharIndex>().0.remove(&id) else {
             return;
         };
+        actions::answer_queued(&mut self.world, entity, ActionRefusal::Moving);
         if let Some(pid) = self.world.get::<Player>(entity).map(|p| p.player_id) {
             self.world.resource_mut::<PlayerIndex>().0.remove(&pid);
         }

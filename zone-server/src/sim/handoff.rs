@@ -45,6 +45,7 @@ impl Sim {
     /// Removes a character without saving (handed off, or fenced); `None` if it is not here.
     pub fn remove_character(&mut self, id: EntityId) -> Option<Removed> {
         let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
+        actions::answer_queued(&mut self.world, entity, ActionRefusal::Moving);
         let player = self.world.get::<Player>(entity).copied();
         if let Some(p) = player {
             self.world

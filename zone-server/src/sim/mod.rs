@@ -183,18 +183,9 @@ impl Sim {
         world.insert_resource(snapshot::SnapshotScratch::default());
         world.insert_resource(snapshot::SnapshotStats::default());
         let mut schedule = Schedule::default();
-        schedule.configure_sets(
-            (
-                TickSet::Input,
-                TickSet::Actions,
-                TickSet::Simulate,
-                TickSet::Movement,
-                TickSet::Interest,
-                TickSet::Snapshot,
-                TickSet::Events,
-            )
-                .chain(),
-        );
+        for pair in TickSet::ORDER.windows(2) {
+            schedule.configure_sets(pair[1].after(pair[0]));
+        }
         for slot in TickSet::ORDER {
             schedule.configure_sets(EngineSystems(slot).in_set(slot));
         }
@@ -272,14 +263,15 @@ fn character_components(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use worldmesh_protocol::ids::Epoch;
     use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
     use worldmesh_protocol::{EntityState, codec};
 
-    fn sim() -> Sim {
-        Sim::new(&SimConfig {
+    /// A 1 km world, 100 m view, one blocked 10 m cell at (600, 400), running `game`.
+    pub(crate) fn config(game: GameRef) -> SimConfig {
+        SimConfig {
             tick_rate_hz: 20,
             bounds: WorldBounds {
                 min_x: 0.0,
@@ -291,9 +283,12 @@ mod tests {
             snapshot_budget_bytes: 1100,
             chat_radius: 50.0,
             collision: movement::CollisionMap::new(10.0, [(60, 40)]),
-            game: GameRef::default(),
-        })
-        .expect("no game to conflict")
+            game,
+        }
+    }
+
+    fn sim() -> Sim {
+        Sim::new(&config(GameRef::default())).expect("no game to conflict")
     }
 
     /// A player's refusal counts as (flood, stale, speed hack, teleport).
