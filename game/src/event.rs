@@ -1,9 +1,9 @@
 //! Server events: what the game tells players about an entity (a hit landed, a monster died, a
 //! door opened), beside the snapshots.
 //!
-//! A game raises an event with [`Events::to_observers`] (every player whose view holds the
-//! entity, on either side of a zone border it stands near) or [`Events::to_player`] (the
-//! player of one character), from an action or a system. Events raised during a tick go out
+//! A game raises an event with [`Events::to_observers`] (every player of this zone within
+//! view radius of the entity; players across a zone border do not hear it yet) or
+//! [`Events::to_player`] (the player of one character), from an action or a system. Events raised during a tick go out
 //! at its end ([`TickSet::Events`](crate::TickSet::Events)), after the tick's snapshot: a
 //! client applies the snapshot first, then the events about it. Each kind says how it travels
 //! ([`Delivery`]).
