@@ -350,6 +350,18 @@ impl Session {
         })
     }
 
+    /// The game's replicated components of entity `id` as of the newest snapshot (`None`
+    /// when it is not in view or has none). Read one with
+    /// [`EntityFields::get`](worldmesh_protocol::snapshot::EntityFields::get) and the game's
+    /// type for its kind.
+    pub fn fields(
+        &self,
+        id: worldmesh_protocol::EntityId,
+    ) -> Option<&worldmesh_protocol::snapshot::EntityFields> {
+        let slot = self.decoder.view().iter().find(|(_, e)| e.id == id.0)?.0;
+        self.decoder.fields_of(slot)
+    }
+
     /// The next datagram from the gateway, through the link conditioner.
     async fn next_datagram(&mut self) -> Result<Bytes, ClientError> {
         if self.link.is_perfect() && self.inbound.next_due().is_none() {

@@ -56,12 +56,15 @@
 //!
 //! - this file: [`Game`], [`GameRegistry`], [`install`], [`GameError`], [`GameRef`] (a game
 //!   as configurations hold it), [`NoGame`].
+//! - [`component`]: components that travel: [`GameComponent`], replicated to observers,
+//!   persisted with characters, carried in handoffs ([`Synced`], [`ComponentValues`]).
 //! - [`world`]: what the engine keeps that games read: [`Id`], [`Position`], [`Motion`],
 //!   [`Tick`], and the tick's [`TickSet`] order.
 //! - [`action`]: client actions: [`Action`], the engine's checks, [`ActionCtx`].
 //! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
 
 pub mod action;
+pub mod component;
 pub mod event;
 pub mod world;
 
@@ -72,12 +75,17 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::ScheduleSystem;
 
 pub use action::{Action, ActionCtx, ActionEntry, ActionKind, ActionRefusal};
+pub use component::{
+    ComponentEntry, ComponentKind, ComponentTable, ComponentValues, GameComponent, Persisted,
+    Replicated, SyncPoint, Synced,
+};
 pub use event::{Delivery, EventKind, Events, ServerEvent};
 pub use world::{EngineSystems, Id, Motion, Position, Tick, TickSet};
 
 /// What a game module imports.
 pub mod prelude {
     pub use crate::action::{Action, ActionCtx, ActionKind, ActionRefusal};
+    pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
     pub use crate::world::{Id, Motion, Position, Tick, TickSet};
     pub use crate::{ActionTable, Game, GameRegistry};
@@ -110,6 +118,14 @@ pub enum GameError {
     },
     #[error("action {name:?} reaches {reach} m: a reach must be a finite distance ≥ 0")]
     BadReach { name: &'static str, reach: f32 },
+    #[error("components {first:?} and {second:?} both use kind {kind}")]
+    DuplicateComponent {
+        kind: ComponentKind,
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("{count} replicated components: an entity update carries at most {max}")]
+    TooManyReplicated { count: usize, max: usize },
 }
 
 type Deferred<T> = Box<dyn FnOnce(&mut T)>;
@@ -119,6 +135,7 @@ type Deferred<T> = Box<dyn FnOnce(&mut T)>;
 pub struct GameRegistry {
     actions: BTreeMap<ActionKind, ActionEntry>,
     events: BTreeMap<EventKind, &'static str>,
+    components: BTreeMap<ComponentKind, ComponentEntry>,
     systems: Vec<Deferred<Schedule>>,
     resources: Vec<Deferred<World>>,
     errors: Vec<GameError>,
@@ -156,6 +173,30 @@ impl GameRegistry {
         self
     }
 
+    /// A component of the game's that follows its entity through handoffs, replicated to
+    /// observers and persisted with characters as asked (see [`component`]).
+    pub fn component<T: GameComponent>(
+        &mut self,
+        replicated: Replicated,
+        persisted: Persisted,
+    ) -> &mut Self {
+        let entry = ComponentEntry::of::<T>(replicated, persisted);
+        if let Some(first) = self.components.insert(T::KIND, entry) {
+            self.errors.push(GameError::DuplicateComponent {
+                kind: T::KIND,
+                first: first.name,
+                second: T::NAME,
+            });
+        }
+        self.systems.push(Box::new(|schedule: &mut Schedule| {
+            schedule.add_systems((
+                component::sync::<T>.in_set(SyncPoint::BeforeSnapshot),
+                component::sync::<T>.in_set(SyncPoint::EndOfTick),
+            ));
+        }));
+        self
+    }
+
     /// Systems, run every tick in `slot` (after the engine's own systems of that slot).
     pub fn system<M>(
         &mut self,
@@ -163,7 +204,12 @@ impl GameRegistry {
         systems: impl IntoScheduleConfigs<ScheduleSystem, M> + 'static,
     ) -> &mut Self {
         self.systems.push(Box::new(move |schedule: &mut Schedule| {
-            schedule.add_systems(systems.in_set(slot).after(world::EngineSystems(slot)));
+            schedule.add_systems(
+                systems
+                    .in_set(slot)
+                    .after(world::EngineSystems(slot))
+                    .before(SyncPoint::EndOfTick),
+            );
         }));
         self
     }
@@ -193,8 +239,9 @@ impl ActionTable {
 }
 
 /// Builds `game` into a world and its tick schedule: its resources inserted, its systems
-/// placed in their slots, its actions in [`ActionTable`], its events accepted by [`Events`].
-/// The engine calls it once per world, after adding its own systems.
+/// placed in their slots, its actions in [`ActionTable`], its events accepted by [`Events`],
+/// its components in [`ComponentTable`] with their [`SyncPoint`] systems. The engine calls it
+/// once per world, after adding its own systems.
 pub fn install(
     game: &dyn Game,
     world: &mut World,
@@ -205,6 +252,27 @@ pub fn install(
     if let Some(e) = registry.errors.into_iter().next() {
         return Err(e);
     }
+    let replicated = registry
+        .components
+        .values()
+        .filter(|c| c.replicated)
+        .count();
+    let max = worldmesh_protocol::snapshot::MAX_FIELDS;
+    if replicated > max {
+        return Err(GameError::TooManyReplicated {
+            count: replicated,
+            max,
+        });
+    }
+    schedule.configure_sets((
+        SyncPoint::BeforeSnapshot
+            .in_set(TickSet::Interest)
+            .before(world::EngineSystems(TickSet::Interest)),
+        SyncPoint::EndOfTick
+            .in_set(TickSet::Events)
+            .after(world::EngineSystems(TickSet::Events)),
+    ));
+    world.init_resource::<component::SyncClock>();
     for insert in registry.resources {
         insert(world);
     }
@@ -212,6 +280,7 @@ pub fn install(
         add(schedule);
     }
     world.insert_resource(ActionTable(registry.actions));
+    world.insert_resource(ComponentTable(registry.components));
     world.insert_resource(Events::new(
         registry.events.into_keys().collect::<BTreeSet<_>>(),
     ));
@@ -259,4 +328,66 @@ impl Game for NoGame {
     }
 
     fn register(&self, _game: &mut GameRegistry) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Component, bincode::Encode, bincode::Decode)]
+    struct Hp(u16);
+
+    impl GameComponent for Hp {
+        const KIND: ComponentKind = ComponentKind(1);
+        const NAME: &'static str = "hp";
+    }
+
+    #[derive(Component, bincode::Encode, bincode::Decode)]
+    struct Mana(u16);
+
+    impl GameComponent for Mana {
+        const KIND: ComponentKind = ComponentKind(1);
+        const NAME: &'static str = "mana";
+    }
+
+    struct Clash;
+
+    impl Game for Clash {
+        fn name(&self) -> &'static str {
+            "clash"
+        }
+
+        fn register(&self, game: &mut GameRegistry) {
+            game.component::<Hp>(Replicated::Yes, Persisted::Yes)
+                .component::<Mana>(Replicated::No, Persisted::No);
+        }
+    }
+
+    #[test]
+    fn two_components_of_one_kind_are_refused() {
+        let (mut world, mut schedule) = (World::new(), Schedule::default());
+        assert_eq!(
+            install(&Clash, &mut world, &mut schedule),
+            Err(GameError::DuplicateComponent {
+                kind: ComponentKind(1),
+                first: "hp",
+                second: "mana",
+            })
+        );
+    }
+
+    #[test]
+    fn stored_component_values_round_trip_and_garbage_is_an_error() {
+        let values = ComponentValues(vec![
+            (ComponentKind(1), vec![7]),
+            (ComponentKind(9), vec![]),
+        ]);
+        assert_eq!(ComponentValues::decode(&values.encode()), Ok(values));
+        assert!(
+            ComponentValues::default().encode().is_empty(),
+            "no game, no bytes"
+        );
+        assert!(ComponentValues::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(ComponentValues::decode_or_log(&[0xff], "test").is_empty());
+    }
 }

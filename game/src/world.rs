@@ -11,6 +11,7 @@ use worldmesh_protocol::ids::EntityId;
 /// The entity's id in the cluster: stable across zones and handoffs, what snapshots, actions
 /// and events name it by. On every entity the engine simulates or shows.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[require(crate::component::Synced)]
 pub struct Id(pub EntityId);
 
 /// Where an entity stands, metres.

@@ -82,6 +82,7 @@ fn character(id: u64, version: u64) -> Character {
         heading: 0.0,
         epoch: 0,
         version,
+        game: Vec::new(),
     }
 }
 
@@ -108,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             heading: 0.0,
             epoch: 0,
             version: 0,
+            game: Vec::new(),
         })
         .collect();
     for chunk in rows.chunks(10_000) {

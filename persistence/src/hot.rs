@@ -17,9 +17,10 @@ use crate::store::Character;
 /// 2. writes each character unless its stored `(epoch, version)` is newer (0 = stale, 1 =
 ///    written);
 /// 3. appends the written ones to the checkpoint stream as one entry, field `c`, one line per
-///    character: `id epoch version x y heading name`.
+///    character: `id epoch version x y heading game name`, `game` being the game's components
+///    in hex (`-` when there are none; names never contain spaces).
 ///
-/// KEYS[1] = the stream; ARGV[1] = key prefix; ARGV[2] = max backlog; then 7 values per
+/// KEYS[1] = the stream; ARGV[1] = key prefix; ARGV[2] = max backlog; then 8 values per
 /// character. Character keys are derived inside the script, which is fine on a single Redis
 /// (not Redis Cluster).
 const CHECKPOINT: &str = r#"
@@ -29,9 +30,9 @@ if backlog >= tonumber(ARGV[2]) then
 end
 local out = {}
 local lines = {}
-local n = (#ARGV - 2) / 7
+local n = (#ARGV - 2) / 8
 for i = 1, n do
-  local b = 2 + (i - 1) * 7
+  local b = 2 + (i - 1) * 8
   local key = ARGV[1] .. 'char:' .. ARGV[b + 1]
   local epoch = tonumber(ARGV[b + 2])
   local version = tonumber(ARGV[b + 3])
@@ -44,9 +45,9 @@ for i = 1, n do
   end
   if ok == 1 then
     redis.call('HSET', key, 'epoch', ARGV[b + 2], 'version', ARGV[b + 3], 'name', ARGV[b + 4],
-      'x', ARGV[b + 5], 'y', ARGV[b + 6], 'heading', ARGV[b + 7])
+      'x', ARGV[b + 5], 'y', ARGV[b + 6], 'heading', ARGV[b + 7], 'game', ARGV[b + 8])
     lines[#lines + 1] = ARGV[b + 1] .. ' ' .. ARGV[b + 2] .. ' ' .. ARGV[b + 3] .. ' ' .. ARGV[b + 5] .. ' ' ..
-      ARGV[b + 6] .. ' ' .. ARGV[b + 7] .. ' ' .. ARGV[b + 4]
+      ARGV[b + 6] .. ' ' .. ARGV[b + 7] .. ' ' .. ARGV[b + 8] .. ' ' .. ARGV[b + 4]
   end
   out[i] = ok
 end
@@ -56,11 +57,43 @@ end
 return out
 "#;
 
-/// Parses one stream entry's `c` field back into characters.
+/// The game bytes as the script stores them: hex, `-` for none (never an empty argument).
+fn game_hex(game: &[u8]) -> String {
+    if game.is_empty() {
+        return "-".to_owned();
+    }
+    game.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn game_from_hex(s: &str) -> Option<Vec<u8>> {
+    if s == "-" {
+        return Some(Vec::new());
+    }
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Parses one stream entry's `c` field back into characters. Lines written before characters
+/// had game components (7 fields, no `game`) still parse.
 pub fn parse_stream_entry(c: &str) -> Result<Vec<Character>, String> {
     c.lines()
         .map(|line| {
-            let f: Vec<&str> = line.splitn(7, ' ').collect();
+            let mut f: Vec<&str> = line.splitn(8, ' ').collect();
+            let game = match f.get(6).and_then(|g| game_from_hex(g)) {
+                Some(game) if f.len() == 8 => {
+                    f.remove(6);
+                    game
+                }
+                _ => {
+                    f = line.splitn(7, ' ').collect();
+                    Vec::new()
+                }
+            };
             if f.len() != 7 {
                 return Err(format!("bad checkpoint line {line:?}"));
             }
@@ -80,6 +113,7 @@ pub fn parse_stream_entry(c: &str) -> Result<Vec<Character>, String> {
                 y: num(f[4])?,
                 heading: num(f[5])?,
                 name: f[6].to_owned(),
+                game,
             })
         })
         .collect()
@@ -184,7 +218,8 @@ impl HotTier {
                         .arg(&c.name)
                         .arg(c.x.to_string())
                         .arg(c.y.to_string())
-                        .arg(c.heading.to_string());
+                        .arg(c.heading.to_string())
+                        .arg(game_hex(&c.game));
                 }
                 let written: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
                     if e.to_string().contains("BACKLOG") {
@@ -226,5 +261,34 @@ fn parse_record(id: u64, f: &HashMap<String, String>) -> Result<Character, Error
         heading: num("heading")?,
         epoch: int("epoch")?,
         version: int("version")?,
+        // Records written before characters had game components have no `game`.
+        game: match f.get("game") {
+            None => Vec::new(),
+            Some(g) => game_from_hex(g).ok_or_else(|| Error::CorruptHotRecord {
+                id,
+                why: "field game is not hex".to_owned(),
+            })?,
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lines_carry_game_bytes_and_old_lines_still_parse() {
+        let new = "7 2 9 1.5 -2 0.25 00ff10 ada\n8 1 1 0 0 0 - bob";
+        let chars = parse_stream_entry(new).unwrap();
+        assert_eq!(chars[0].game, vec![0x00, 0xff, 0x10]);
+        assert_eq!((chars[0].id, chars[0].name.as_str()), (7, "ada"));
+        assert_eq!((chars[1].game.len(), chars[1].name.as_str()), (0, "bob"));
+        let old = parse_stream_entry("7 2 9 1.5 -2 0.25 ada").unwrap();
+        assert_eq!((old[0].name.as_str(), old[0].game.len()), ("ada", 0));
+        assert_eq!(
+            game_from_hex(&game_hex(&[1, 2, 254])),
+            Some(vec![1, 2, 254])
+        );
+        assert!(parse_stream_entry("7 2 9 x -2 0.25 - ada").is_err());
+    }
 }

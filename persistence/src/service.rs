@@ -50,6 +50,7 @@ pub fn to_pb(c: Character) -> pb::Character {
         heading: c.heading,
         epoch: c.epoch,
         version: c.version,
+        game: c.game,
     }
 }
 
@@ -62,6 +63,7 @@ pub fn from_pb(c: pb::Character) -> Character {
         heading: c.heading,
         epoch: c.epoch,
         version: c.version,
+        game: c.game,
     }
 }
 

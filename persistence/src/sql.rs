@@ -70,7 +70,7 @@ fn from_hex(hex: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Rows per upsert statement: 7 parameters each, 7,000 in all, under PostgreSQL's 65,535 and
+/// Rows per upsert statement: 8 parameters each, 8,000 in all, under PostgreSQL's 65,535 and
 /// SQLite's 32,766 bound-parameter limits, and large enough that per-statement overhead is
 /// small next to per-row work.
 pub const UPSERT_CHUNK: usize = 1000;
@@ -92,7 +92,7 @@ pub struct Sql {
 macro_rules! select_characters {
     ($where:literal) => {
         concat!(
-            "SELECT id, name, x, y, heading, epoch, version FROM characters ",
+            "SELECT id, name, x, y, heading, epoch, version, game FROM characters ",
             $where
         )
     };
@@ -107,6 +107,7 @@ fn row_to_character(row: &AnyRow) -> Result<Character, sqlx::Error> {
         heading: row.try_get::<f64, _>("heading")? as f32,
         epoch: row.try_get::<i64, _>("epoch")? as u64,
         version: row.try_get::<i64, _>("version")? as u64,
+        game: row.try_get::<Vec<u8>, _>("game")?,
     })
 }
 
@@ -246,7 +247,7 @@ impl Sql {
         let row = sqlx::query(
             "INSERT INTO characters (name, x, y, owner) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING \
-             RETURNING id, name, x, y, heading, epoch, version",
+             RETURNING id, name, x, y, heading, epoch, version, game",
         )
         .bind(name)
         .bind(x as f64)
@@ -310,7 +311,7 @@ impl Sql {
         for c in batch {
             let done = sqlx::query(
                 "UPDATE characters SET x = $1, y = $2, heading = $3, epoch = $4, version = $5, \
-                 updated_at = CURRENT_TIMESTAMP \
+                 game = $7, updated_at = CURRENT_TIMESTAMP \
                  WHERE id = $6 AND (epoch < $4 OR (epoch = $4 AND version <= $5))",
             )
             .bind(c.x as f64)
@@ -319,6 +320,7 @@ impl Sql {
             .bind(c.epoch as i64)
             .bind(c.version as i64)
             .bind(c.id as i64)
+            .bind(c.game.clone())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -342,27 +344,28 @@ impl Sql {
         for chunk in batch.chunks(UPSERT_CHUNK) {
             let mut sql = String::with_capacity(160 + chunk.len() * 40);
             sql.push_str(
-                "INSERT INTO characters (id, name, x, y, heading, epoch, version) VALUES ",
+                "INSERT INTO characters (id, name, x, y, heading, epoch, version, game) VALUES ",
             );
             for i in 0..chunk.len() {
-                let p = i * 7;
+                let p = i * 8;
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${},${},${},${},${},${},${})",
+                    "(${},${},${},${},${},${},${},${})",
                     p + 1,
                     p + 2,
                     p + 3,
                     p + 4,
                     p + 5,
                     p + 6,
-                    p + 7
+                    p + 7,
+                    p + 8
                 ));
             }
             sql.push_str(
                 " ON CONFLICT (id) DO UPDATE SET x = excluded.x, y = excluded.y, heading = excluded.heading, \
-                 epoch = excluded.epoch, version = excluded.version, updated_at = CURRENT_TIMESTAMP \
+                 game = excluded.game, epoch = excluded.epoch, version = excluded.version, updated_at = CURRENT_TIMESTAMP \
                  WHERE characters.epoch < excluded.epoch \
                  OR (characters.epoch = excluded.epoch AND characters.version < excluded.version)",
             );
@@ -376,7 +379,8 @@ impl Sql {
                     .bind(c.y as f64)
                     .bind(c.heading as f64)
                     .bind(c.epoch as i64)
-                    .bind(c.version as i64);
+                    .bind(c.version as i64)
+                    .bind(c.game.clone());
             }
             q.execute(&mut *tx).await?;
         }

@@ -23,6 +23,8 @@ pub struct Character {
     pub epoch: u64,
     /// Bumped by the owning zone on every save within an epoch.
     pub version: u64,
+    /// The game's persisted components, encoded by the zone; opaque here.
+    pub game: Vec<u8>,
 }
 
 impl Character {

@@ -182,6 +182,7 @@ async fn an_old_epoch_is_fenced_in_redis_and_in_sql() {
             heading: 0.0,
             epoch: 0,
             version: 7,
+            game: Vec::new(),
         }])
         .await
         .unwrap();

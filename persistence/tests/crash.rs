@@ -127,6 +127,7 @@ async fn acked_checkpoints_survive_sigkill_twenty_times() {
                             heading: 0.0,
                             epoch: 0,
                             version: *v,
+                            game: Vec::new(),
                         }
                     })
                     .collect();

@@ -1,5 +1,6 @@
 //! The store against real Redis + PostgreSQL and against embedded SQLite: stale writes are
-//! refused in both tiers, loads prefer the newer tier.
+//! refused in both tiers, loads prefer the newer tier, and a game's component bytes travel
+//! with the character in both.
 
 use worldmesh_persistence::{Character, Config, Store};
 use worldmesh_testkit as testing;
@@ -27,9 +28,12 @@ async fn stamps_order_writes(store: &Store) {
     assert!(!created, "a name is created once");
     assert_eq!(again.id, c.id);
 
+    assert!(c.game.is_empty(), "a new character has no game components");
+    // The game bytes change with the version, so a refused write shows in them too.
     let v = |version: u64, x: f32| Character {
         version,
         x,
+        game: vec![version as u8, 0xff, 0, b'\n', b' '],
         ..c.clone()
     };
     assert!(store.save(&[v(2, 11.0)]).await.unwrap().is_empty());
@@ -39,6 +43,7 @@ async fn stamps_order_writes(store: &Store) {
     assert!(store.save(&[v(2, 11.0)]).await.unwrap().is_empty());
     let loaded = store.load(c.id).await.unwrap().unwrap();
     assert_eq!((loaded.x, loaded.version), (11.0, 2));
+    assert_eq!(loaded.game, v(2, 11.0).game);
     // A newer epoch wins over any version of an older one; the old epoch is then fenced.
     let e1 = Character {
         epoch: 1,
@@ -108,11 +113,17 @@ async fn sql_wins_when_redis_lost_data() {
         .save(&[Character {
             version: 3,
             x: 30.0,
+            game: vec![7, 0, 255],
             ..c.clone()
         }])
         .await
         .unwrap();
     wait_durable(&store, c.id, 3).await;
+    assert_eq!(
+        store.sql().load(c.id).await.unwrap().unwrap().game,
+        vec![7, 0, 255],
+        "the flusher carries game bytes to SQL"
+    );
     // Redis loses the key (a restart without persistence): SQL's copy is served.
     let client = redis::Client::open(testing::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -121,7 +132,11 @@ async fn sql_wins_when_redis_lost_data() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(store.load(c.id).await.unwrap().unwrap().x, 30.0);
+    let from_sql = store.load(c.id).await.unwrap().unwrap();
+    assert_eq!(
+        (from_sql.x, from_sql.game.as_slice()),
+        (30.0, &[7, 0, 255][..])
+    );
     // Redis holds an *older* state than SQL (it came back from an old snapshot): SQL wins.
     let _: () = redis::cmd("HSET")
         .arg(format!("{}char:{}", config.redis_prefix, c.id))

@@ -245,7 +245,7 @@ mod tests {
         });
         let mut enc = crate::snapshot::ObserverEncoder::default();
         let e = q.quantize(1, EntityKind::Player, 625.0, 1000.0, 0.0, 0.0);
-        let (snapshot, _) = enc.snapshot(1, 0, &[(e, 1.0)], 1100);
+        let (snapshot, _) = enc.snapshot(1, 0, &[(e, 1.0)], crate::snapshot::no_fields, 1100);
         let frame = encode_to_vec(&ServerMessage::Snapshot(snapshot)).unwrap();
         assert_eq!(
             frame,
@@ -253,7 +253,7 @@ mod tests {
                 1, 14, 0, 0, 0, // header
                 1, 1, 0, 0, 9, // Snapshot, tick 1, baseline 0, last_input_seq 0, 9 body bytes
                 0xac, 0x0c, 0x09, 0xc4, 0x00, 0xfa, 0x00, 0x00,
-                0x00, // body (71 bits + padding)
+                0x01, // body (71 bits, then the empty fields section: 1 bit)
             ]
         );
         let kick = encode_to_vec(&ServerMessage::Kick(Kick {

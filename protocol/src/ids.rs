@@ -65,6 +65,11 @@ id!(
     /// A kind of game event, numbered by the game that registers it.
     EventKind(u16)
 );
+id!(
+    /// A kind of game component (health, level, …) that travels in snapshots, handoffs and
+    /// checkpoints, numbered by the game that registers it.
+    ComponentKind(u16)
+);
 
 impl ZoneId {
     /// No zone: an entity nobody simulates (logged out), a cell nobody owns.

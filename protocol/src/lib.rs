@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - [`ids`]: typed ids ([`PlayerId`], [`EntityId`], [`ZoneId`], [`LinkId`], [`Epoch`],
-//!   [`ActionKind`], [`EventKind`]).
+//!   [`ActionKind`], [`EventKind`], [`ComponentKind`]).
 //! - [`messages`]: every client ↔ gateway message as a Rust type ([`ClientMessage`],
 //!   [`ServerMessage`]), with the validation rules the server applies to them.
 //! - [`codec`]: the *only* place that knows the byte encoding (bincode 2, varint, little endian)
@@ -26,7 +26,7 @@ pub mod messages;
 pub mod snapshot;
 
 pub use codec::{DecodeError, EncodeError, FrameHeader};
-pub use ids::{ActionKind, EntityId, Epoch, EventKind, LinkId, PlayerId, ZoneId};
+pub use ids::{ActionKind, ComponentKind, EntityId, Epoch, EventKind, LinkId, PlayerId, ZoneId};
 pub use messages::*;
 
 /// The version carried in every frame header and in [`Hello::protocol_version`].

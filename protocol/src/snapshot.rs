@@ -17,12 +17,20 @@
 //! keeps its baseline state in the client's view; the server records the view exactly as the
 //! client will rebuild it, so the next delta is again exact.
 //!
+//! A game's replicated components (health, level, …) travel in a *fields* section after the
+//! updates: an entity's changed fields ride with its update, under the same budget and
+//! priority, and unchanged fields cost nothing. The server stamps every field value with a
+//! zone-wide counter when it changes and keeps, per entity, the stamp of its newest change
+//! ([`QEntity::rev`]); the delta against a baseline carries the fields stamped after the
+//! baseline's `rev`. Clients keep the values ([`EntityFields`]) beside each view.
+//!
 //! The bit layout is documented in `PROTOCOL.md` § Snapshots.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
-use crate::{EntityId, EntityKind, EntityState, Snapshot, WorldBounds};
+use crate::{ComponentKind, EntityId, EntityKind, EntityState, Snapshot, WorldBounds, codec};
 
 /// Position quanta per metre.
 pub const POS_SCALE: f32 = 32.0;
@@ -36,6 +44,11 @@ pub const SMALL_DELTA_BITS: u32 = 7;
 pub const HISTORY: usize = 32;
 /// Bits used to say how many bits an id has (ids are up to 64 bits).
 const ID_LEN_BITS: u32 = 7;
+/// Largest encoded value of one replicated component, bytes: a health bar or a level, not a
+/// inventory (those travel as events).
+pub const MAX_FIELD_BYTES: usize = 64;
+/// Most replicated components one entity update may carry.
+pub const MAX_FIELDS: usize = 32;
 
 /// A quantised entity state: what snapshots carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,71 @@ pub struct QEntity {
     pub heading: u8,
     /// Tenths of a m/s.
     pub speed: u8,
+    /// The server's stamp of the newest change to the entity's replicated fields (0: it has
+    /// none). Server side only: decoders leave it 0, clients hold the values themselves.
+    pub rev: u32,
+}
+
+/// Whether field stamp `stamp` is newer than `rev`. Stamps come from one wrapping counter
+/// per zone, compared in serial-number order: a baseline is at most [`HISTORY`] ticks old, so
+/// the newer of two stamps that matter is never 2³¹ changes ahead.
+#[must_use]
+pub fn stamp_after(stamp: u32, rev: u32) -> bool {
+    (stamp.wrapping_sub(rev) as i32) > 0
+}
+
+/// One replicated component of an entity, as the server holds it for encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldValue {
+    pub kind: ComponentKind,
+    /// When it last changed (see [`stamp_after`]).
+    pub stamp: u32,
+    /// Its encoded value (at most [`MAX_FIELD_BYTES`]), `None` once the component is removed.
+    pub value: Option<Box<[u8]>>,
+}
+
+/// An entity's replicated components as a client holds them: encoded values by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntityFields(Vec<(ComponentKind, Box<[u8]>)>);
+
+impl EntityFields {
+    /// The encoded value of component `kind`, if the entity has it.
+    #[must_use]
+    pub fn raw(&self, kind: ComponentKind) -> Option<&[u8]> {
+        self.0
+            .binary_search_by_key(&kind, |(k, _)| *k)
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// Component `kind` decoded as `T` (the game's type for that kind): `None` when the
+    /// entity does not have it, an error when the bytes are not a `T`.
+    pub fn get<T: bincode::Decode<()>>(
+        &self,
+        kind: ComponentKind,
+    ) -> Option<Result<T, codec::DecodeError>> {
+        self.raw(kind)
+            .map(|b| codec::decode_value(b, MAX_FIELD_BYTES))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ComponentKind, &[u8])> {
+        self.0.iter().map(|(k, v)| (*k, &**v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn set(&mut self, kind: ComponentKind, value: Option<Box<[u8]>>) {
+        match (self.0.binary_search_by_key(&kind, |(k, _)| *k), value) {
+            (Ok(i), Some(v)) => self.0[i].1 = v,
+            (Ok(i), None) => {
+                self.0.remove(i);
+            }
+            (Err(i), Some(v)) => self.0.insert(i, (kind, v)),
+            (Err(_), None) => {}
+        }
+    }
 }
 
 /// Converts between world units and quanta for one world.
@@ -93,6 +171,7 @@ impl Quantizer {
             y: Self::pos(y, self.min_y),
             heading: h as u8,
             speed: (speed * 10.0).round().clamp(0.0, 255.0) as u8,
+            rev: 0,
         }
     }
 
@@ -119,6 +198,10 @@ pub enum SnapshotError {
     BadSlot(u64),
     #[error("delta for slot {0}, which the baseline does not hold")]
     DeltaWithoutBase(u16),
+    #[error("fields for slot {0}, which this snapshot does not update")]
+    FieldsWithoutUpdate(u64),
+    #[error("field kind, count or length {0} out of range")]
+    BadField(u64),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +385,41 @@ fn delta_bits(base: &QEntity, e: &QEntity) -> u32 {
     bits
 }
 
+/// Whether `f` is among the fields a client holding `base` lacks: every present one for a new
+/// entity, those stamped after the baseline's `rev` for a delta.
+fn field_due(f: &FieldValue, base: Option<&QEntity>) -> bool {
+    match base {
+        None => f.value.is_some(),
+        Some(b) => stamp_after(f.stamp, b.rev),
+    }
+}
+
+fn field_bits(f: &FieldValue) -> u32 {
+    golomb_bits(f.kind.0 as u64)
+        + match &f.value {
+            None => golomb_bits(0),
+            Some(v) => golomb_bits(v.len() as u64 + 1) + 8 * v.len() as u32,
+        }
+}
+
+fn write_field(w: &mut BitWriter, f: &FieldValue) {
+    w.golomb(f.kind.0 as u64);
+    match &f.value {
+        None => w.golomb(0),
+        Some(v) => {
+            w.golomb(v.len() as u64 + 1);
+            for &b in v.iter() {
+                w.write(b as u64, 8);
+            }
+        }
+    }
+}
+
+/// No replicated fields: for encoders of worlds without a game, and tests.
+pub fn no_fields(_: usize) -> &'static [FieldValue] {
+    &[]
+}
+
 fn sign_extend(v: u64, bits: u32) -> i64 {
     let shift = 64 - bits;
     ((v << shift) as i64) >> shift
@@ -314,12 +432,18 @@ fn sign_extend(v: u64, bits: u32) -> i64 {
 pub type View = Vec<(u16, QEntity)>;
 
 /// Views of the last [`HISTORY`] ticks, by tick; reuses its allocations.
+pub type ViewHistory = History<(u16, QEntity)>;
+
+/// One client view's fields: `(slot, fields)` for the slots whose entity has any, by slot.
+pub type FieldView = Vec<(u16, Arc<EntityFields>)>;
+
+/// Per-tick lists of the last [`HISTORY`] ticks, by tick; reuses its allocations.
 #[derive(Debug)]
-pub struct ViewHistory {
-    ring: Vec<(u32, View)>,
+pub struct History<E> {
+    ring: Vec<(u32, Vec<E>)>,
 }
 
-impl Default for ViewHistory {
+impl<E> Default for History<E> {
     fn default() -> Self {
         Self {
             ring: (0..HISTORY).map(|_| (0, Vec::new())).collect(),
@@ -327,14 +451,14 @@ impl Default for ViewHistory {
     }
 }
 
-impl ViewHistory {
-    pub fn get(&self, tick: u32) -> Option<&View> {
+impl<E> History<E> {
+    pub fn get(&self, tick: u32) -> Option<&Vec<E>> {
         let (t, v) = &self.ring[tick as usize % HISTORY];
         (tick != 0 && *t == tick).then_some(v)
     }
 
     /// The entry to overwrite with the view of `tick`, cleared.
-    fn slot_for(&mut self, tick: u32) -> &mut View {
+    fn slot_for(&mut self, tick: u32) -> &mut Vec<E> {
         let e = &mut self.ring[tick as usize % HISTORY];
         e.0 = tick;
         e.1.clear();
@@ -342,13 +466,13 @@ impl ViewHistory {
     }
 
     /// Takes the buffer for `tick` out (to build it while reading another entry).
-    fn take(&mut self, tick: u32) -> View {
+    fn take(&mut self, tick: u32) -> Vec<E> {
         let mut v = std::mem::take(self.slot_for(tick));
         v.clear();
         v
     }
 
-    fn put(&mut self, tick: u32, view: View) {
+    fn put(&mut self, tick: u32, view: Vec<E>) {
         self.ring[tick as usize % HISTORY] = (tick, view);
     }
 }
@@ -400,6 +524,10 @@ struct Candidate {
     entity: QEntity,
     base: Option<QEntity>,
     bits: u32,
+    /// Its index in the encode call's `visible`, where its fields are found.
+    src: u32,
+    /// How many of its fields go with its update (0: none).
+    fields: u32,
 }
 
 /// One observer's snapshot encoder: slot assignment, the history of what the client holds,
@@ -415,8 +543,8 @@ pub struct ObserverEncoder {
     slot_seen: Vec<u32>,
     free: Vec<u16>,
     priority: Vec<f32>,
-    current: Vec<(u16, QEntity, f32)>,
-    by_slot: Vec<Option<(QEntity, f32)>>,
+    current: Vec<(u16, QEntity, f32, u32)>,
+    by_slot: Vec<Option<(QEntity, f32, u32)>>,
     candidates: Vec<Candidate>,
     removed: Vec<u16>,
     bits: BitWriter,
@@ -466,31 +594,34 @@ impl ObserverEncoder {
     /// Encodes the snapshot of `tick` into `out` (the body only; see [`Self::snapshot`]).
     ///
     /// `visible` is every entity the observer sees now with its priority gain (how fast its
-    /// accumulated priority grows while it is left out). At most `budget_bytes` of body are
-    /// written; removals always fit first.
-    pub fn encode(
+    /// accumulated priority grows while it is left out); `fields(i)` gives the replicated
+    /// fields of `visible[i]` (asked only of entities whose [`QEntity::rev`] is not 0; pass
+    /// [`no_fields`] when there are none). At most `budget_bytes` of body are written;
+    /// removals always fit first.
+    pub fn encode<'f>(
         &mut self,
         tick: u32,
         visible: &[(QEntity, f32)],
+        fields: impl Fn(usize) -> &'f [FieldValue],
         budget_bytes: usize,
         out: &mut Vec<u8>,
     ) -> EncodeStats {
         // 1. Slots: keep the slots of entities still visible, free the others. Entities are
         //    laid out by slot in a dense table, which orders them without sorting.
         self.by_slot.clear();
-        for &(e, gain) in visible {
+        for (i, &(e, gain)) in visible.iter().enumerate() {
             let slot = self.slot(e.id, tick) as usize;
             if self.by_slot.len() <= slot {
                 self.by_slot.resize(slot + 1, None);
             }
-            self.by_slot[slot] = Some((e, gain));
+            self.by_slot[slot] = Some((e, gain, i as u32));
         }
         self.current.clear();
         self.current.extend(
             self.by_slot
                 .iter()
                 .enumerate()
-                .filter_map(|(s, v)| v.map(|(e, g)| (s as u16, e, g))),
+                .filter_map(|(s, v)| v.map(|(e, g, i)| (s as u16, e, g, i))),
         );
         if self.slot_of.len() > self.current.len() {
             let (seen, free) = (&self.slot_seen, &mut self.free);
@@ -522,7 +653,22 @@ impl ObserverEncoder {
         self.candidates.clear();
         self.removed.clear();
         let mut bi = 0;
-        for &(slot, e, gain) in &self.current {
+        // An entity's due fields and their bits (the per-entity header is counted in step 3).
+        let due = |e: &QEntity, base: Option<&QEntity>, src: u32| -> (u32, u32) {
+            let changed = match base {
+                None => e.rev != 0,
+                Some(b) => b.rev != e.rev,
+            };
+            if !changed {
+                return (0, 0);
+            }
+            fields(src as usize)
+                .iter()
+                .filter(|f| field_due(f, base))
+                .take(MAX_FIELDS)
+                .fold((0, 0), |(n, bits), f| (n + 1, bits + field_bits(f)))
+        };
+        for &(slot, e, gain, src) in &self.current {
             while bi < base.len() && base[bi].0 < slot {
                 self.removed.push(base[bi].0);
                 bi += 1;
@@ -535,11 +681,14 @@ impl ObserverEncoder {
                 Some(b) if b == e => {}
                 Some(b) if b.id == e.id => {
                     self.priority[slot as usize] += gain;
+                    let (n, field_bits) = due(&e, Some(&b), src);
                     self.candidates.push(Candidate {
                         slot,
                         entity: e,
                         base: Some(b),
-                        bits: delta_bits(&b, &e),
+                        bits: delta_bits(&b, &e) + field_bits,
+                        src,
+                        fields: n,
                     });
                 }
                 other => {
@@ -548,11 +697,14 @@ impl ObserverEncoder {
                         self.removed.push(slot);
                     }
                     self.priority[slot as usize] += gain;
+                    let (n, field_bits) = due(&e, None, src);
                     self.candidates.push(Candidate {
                         slot,
                         entity: e,
                         base: None,
-                        bits: new_bits(&e),
+                        bits: new_bits(&e) + field_bits,
+                        src,
+                        fields: n,
                     });
                 }
             }
@@ -563,8 +715,16 @@ impl ObserverEncoder {
         // 3. Choose updates by accumulated priority within the budget.
         let max_slot = self.slot_seen.len() as u64;
         let gap_bits = golomb_bits(max_slot) + 1;
-        let mut used =
-            golomb_bits(self.removed.len() as u64) + golomb_bits(self.candidates.len() as u64);
+        // An entity with fields also pays its entry's header in the fields section.
+        for c in &mut self.candidates {
+            if c.fields > 0 {
+                c.bits += gap_bits + golomb_bits(c.fields as u64);
+            }
+        }
+        let with_fields = self.candidates.iter().filter(|c| c.fields > 0).count();
+        let mut used = golomb_bits(self.removed.len() as u64)
+            + golomb_bits(self.candidates.len() as u64)
+            + golomb_bits(with_fields as u64);
         let mut prev: i64 = -1;
         for &s in &self.removed {
             used += golomb_bits((s as i64 - prev - 1) as u64);
@@ -593,7 +753,7 @@ impl ObserverEncoder {
             self.candidates.sort_unstable_by_key(|c| c.slot);
         }
 
-        // 4. Write: removals, then updates in slot order.
+        // 4. Write: removals, then updates in slot order, then their fields.
         let w = &mut self.bits;
         w.clear();
         w.golomb(self.removed.len() as u64);
@@ -618,6 +778,21 @@ impl ObserverEncoder {
                 }
             }
             self.priority[c.slot as usize] = 0.0;
+        }
+        w.golomb(self.candidates.iter().filter(|c| c.fields > 0).count() as u64);
+        let mut prev: i64 = -1;
+        for c in self.candidates.iter().filter(|c| c.fields > 0) {
+            w.golomb((c.slot as i64 - prev - 1) as u64);
+            prev = c.slot as i64;
+            w.golomb(c.fields as u64);
+            let base = c.base.as_ref();
+            for f in fields(c.src as usize)
+                .iter()
+                .filter(|f| field_due(f, base))
+                .take(MAX_FIELDS)
+            {
+                write_field(w, f);
+            }
         }
         let body = w.finish();
         out.extend_from_slice(body);
@@ -665,16 +840,17 @@ impl ObserverEncoder {
         stats
     }
 
-    /// Encodes a whole [`Snapshot`] message for `tick`.
-    pub fn snapshot(
+    /// Encodes a whole [`Snapshot`] message for `tick` (arguments as [`Self::encode`]).
+    pub fn snapshot<'f>(
         &mut self,
         tick: u32,
         last_input_seq: u32,
         visible: &[(QEntity, f32)],
+        fields: impl Fn(usize) -> &'f [FieldValue],
         budget_bytes: usize,
     ) -> (Snapshot, EncodeStats) {
         let mut data = Vec::with_capacity(64);
-        let stats = self.encode(tick, visible, budget_bytes, &mut data);
+        let stats = self.encode(tick, visible, fields, budget_bytes, &mut data);
         (
             Snapshot {
                 tick,
@@ -695,6 +871,8 @@ impl ObserverEncoder {
 #[derive(Default)]
 pub struct SnapshotDecoder {
     history: ViewHistory,
+    /// The replicated fields of each held view.
+    fields: History<(u16, Arc<EntityFields>)>,
     latest: u32,
 }
 
@@ -712,6 +890,19 @@ impl SnapshotDecoder {
     /// The view of a given tick, while it is held.
     pub fn view_at(&self, tick: u32) -> Option<&View> {
         self.history.get(tick)
+    }
+
+    /// The replicated fields of the newest view's entities that have any, by slot.
+    pub fn view_fields(&self) -> &[(u16, Arc<EntityFields>)] {
+        self.fields.get(self.latest).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The replicated fields of the entity in `slot` of the newest view.
+    pub fn fields_of(&self, slot: u16) -> Option<&EntityFields> {
+        let v = self.view_fields();
+        v.binary_search_by_key(&slot, |(s, _)| *s)
+            .ok()
+            .map(|i| &*v[i].1)
     }
 
     /// Applies a snapshot. Returns true if it is now the newest view; an older snapshot (it
@@ -747,6 +938,8 @@ impl SnapshotDecoder {
         }
         let n_updates = r.golomb()?;
         let mut updates: Vec<(u16, QEntity)> = Vec::with_capacity(n_updates.min(1024) as usize);
+        // Slots given a new entity by a full update: they inherit no fields from the baseline.
+        let mut full_slots: Vec<u16> = Vec::new();
         let mut prev: i64 = -1;
         // Updates come in increasing slot order, as do the baseline and the removals: a delta
         // finds its base by walking forward, not by searching (this was the bots' hottest loop).
@@ -758,7 +951,11 @@ impl SnapshotDecoder {
             }
             let slot = slot as u16;
             prev = slot as i64;
-            let e = if r.bit()? {
+            let full = r.bit()?;
+            if full {
+                full_slots.push(slot);
+            }
+            let e = if full {
                 let n = r.read(ID_LEN_BITS)? as u32;
                 if n > 64 {
                     return Err(SnapshotError::Truncated);
@@ -784,6 +981,7 @@ impl SnapshotDecoder {
                     y,
                     heading,
                     speed,
+                    rev: 0,
                 }
             } else {
                 while bc < base.len() && base[bc].0 < slot {
@@ -818,6 +1016,7 @@ impl SnapshotDecoder {
             };
             updates.push((slot, e));
         }
+        let field_updates = read_fields(&mut r, &updates)?;
         // Merge: baseline minus removals, with updates applied (all sorted by slot).
         let mut view = Vec::with_capacity(base.len() + updates.len());
         let (mut bi, mut ui, mut ri) = (0, 0, 0);
@@ -848,6 +1047,46 @@ impl SnapshotDecoder {
                 (None, None) => break,
             }
         }
+        let base_fields: &[(u16, Arc<EntityFields>)] = if s.baseline == 0 {
+            &[]
+        } else {
+            self.fields.get(s.baseline).map_or(&[], |v| v.as_slice())
+        };
+        let mut fields = Vec::new();
+        if !(base_fields.is_empty() && field_updates.is_empty()) {
+            let mut fu = 0;
+            for &(slot, _) in &view {
+                let changes = (field_updates.get(fu).map(|u| u.0) == Some(slot)).then(|| {
+                    fu += 1;
+                    &field_updates[fu - 1].1
+                });
+                let inherited = if full_slots.binary_search(&slot).is_ok() {
+                    None
+                } else {
+                    base_fields
+                        .binary_search_by_key(&slot, |(s, _)| *s)
+                        .ok()
+                        .map(|i| &base_fields[i].1)
+                };
+                match changes {
+                    None => {
+                        if let Some(f) = inherited {
+                            fields.push((slot, Arc::clone(f)));
+                        }
+                    }
+                    Some(changes) => {
+                        let mut f = inherited.map(|f| (**f).clone()).unwrap_or_default();
+                        for (kind, value) in changes {
+                            f.set(*kind, value.clone());
+                        }
+                        if !f.is_empty() {
+                            fields.push((slot, Arc::new(f)));
+                        }
+                    }
+                }
+            }
+        }
+        self.fields.put(s.tick, fields);
         self.history.put(s.tick, view);
         if s.tick > self.latest {
             self.latest = s.tick;
@@ -855,6 +1094,54 @@ impl SnapshotDecoder {
         }
         Ok(false)
     }
+}
+
+/// Changes to one entity's fields: `(kind, value)`, `None` for a removed component.
+type FieldChanges = Vec<(ComponentKind, Option<Box<[u8]>>)>;
+
+/// Reads the fields section: for updated slots (`updates`, by slot), their changed fields.
+fn read_fields(
+    r: &mut BitReader<'_>,
+    updates: &[(u16, QEntity)],
+) -> Result<Vec<(u16, FieldChanges)>, SnapshotError> {
+    let n = r.golomb()?;
+    if n > updates.len() as u64 {
+        return Err(SnapshotError::BadField(n));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    let (mut prev, mut ui): (i64, usize) = (-1, 0);
+    for _ in 0..n {
+        let slot = prev + 1 + r.golomb()?.min(u32::MAX as u64) as i64;
+        while ui < updates.len() && (updates[ui].0 as i64) < slot {
+            ui += 1;
+        }
+        if updates.get(ui).map(|u| u.0 as i64) != Some(slot) {
+            return Err(SnapshotError::FieldsWithoutUpdate(slot as u64));
+        }
+        prev = slot;
+        let count = r.golomb()?;
+        if count > MAX_FIELDS as u64 {
+            return Err(SnapshotError::BadField(count));
+        }
+        let mut changes = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let kind = r.golomb()?;
+            let kind = u16::try_from(kind).map_err(|_| SnapshotError::BadField(kind))?;
+            let len = r.golomb()?;
+            let value = match len {
+                0 => None,
+                n if n - 1 > MAX_FIELD_BYTES as u64 => return Err(SnapshotError::BadField(n - 1)),
+                n => Some(
+                    (0..n - 1)
+                        .map(|_| r.read(8).map(|b| b as u8))
+                        .collect::<Result<Box<[u8]>, _>>()?,
+                ),
+            };
+            changes.push((ComponentKind(kind), value));
+        }
+        out.push((slot as u16, changes));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -904,11 +1191,14 @@ mod tests {
     }
 
     /// A little world of `n` entities wandering; each tick every entity moves or turns with
-    /// some probability, and some go in and out of view.
+    /// some probability, and some go in and out of view. Every other entity has replicated
+    /// fields (a "health" and a "level"), changed, removed and added now and then.
     struct World {
         rng: rand::rngs::StdRng,
         entities: Vec<QEntity>,
         present: Vec<bool>,
+        fields: Vec<Vec<FieldValue>>,
+        clock: u32,
     }
 
     impl World {
@@ -926,13 +1216,55 @@ mod tests {
                     y: rng.random_range(0..60_000),
                     heading: rng.random(),
                     speed: rng.random_range(0..60),
+                    rev: 0,
                 })
                 .collect();
             Self {
                 rng,
                 entities,
                 present: vec![true; n],
+                fields: vec![Vec::new(); n],
+                clock: 0,
             }
+        }
+
+        /// Sets (or with `None` removes) field `kind` of entity `i`, stamping it.
+        fn set_field(&mut self, i: usize, kind: u16, value: Option<Vec<u8>>) {
+            self.clock += 1;
+            let f = FieldValue {
+                kind: ComponentKind(kind),
+                stamp: self.clock,
+                value: value.map(Vec::into_boxed_slice),
+            };
+            let fields = &mut self.fields[i];
+            match fields.iter_mut().find(|x| x.kind == f.kind) {
+                Some(x) => *x = f,
+                None => {
+                    fields.push(f);
+                    fields.sort_by_key(|x| x.kind);
+                }
+            }
+            self.entities[i].rev = self.clock;
+        }
+
+        /// The present fields of the visible entities, in `visible()` order.
+        fn visible_fields(&self) -> Vec<Vec<FieldValue>> {
+            self.fields
+                .iter()
+                .zip(&self.present)
+                .filter(|(_, p)| **p)
+                .map(|(f, _)| f.clone())
+                .collect()
+        }
+
+        /// What a client should hold of entity `id`'s fields.
+        fn truth_fields(&self, id: u64) -> EntityFields {
+            let i = self.entities.iter().position(|e| e.id == id).unwrap();
+            let mut f = EntityFields::default();
+            for v in &self.fields[i] {
+                f.set(v.kind, v.value.clone());
+            }
+            f
         }
 
         fn step(&mut self) {
@@ -954,6 +1286,19 @@ mod tests {
                     *p = !*p;
                 }
             }
+            for i in (0..self.entities.len()).step_by(2) {
+                let r: f32 = self.rng.random();
+                if r < 0.05 {
+                    let hp: u8 = self.rng.random();
+                    self.set_field(i, 1, Some(vec![hp]));
+                } else if r < 0.06 {
+                    let n = self.rng.random_range(0..=MAX_FIELD_BYTES);
+                    let level = (0..n).map(|_| self.rng.random()).collect();
+                    self.set_field(i, 7, Some(level));
+                } else if r < 0.065 {
+                    self.set_field(i, 7, None);
+                }
+            }
         }
 
         fn visible(&self) -> Vec<(QEntity, f32)> {
@@ -966,8 +1311,9 @@ mod tests {
         }
     }
 
+    /// States as a client holds them (no `rev`), by id.
     fn sorted_states(v: &[(u16, QEntity)]) -> Vec<QEntity> {
-        let mut s: Vec<QEntity> = v.iter().map(|(_, e)| *e).collect();
+        let mut s: Vec<QEntity> = v.iter().map(|(_, e)| QEntity { rev: 0, ..*e }).collect();
         s.sort_unstable_by_key(|e| e.id);
         s
     }
@@ -987,7 +1333,8 @@ mod tests {
         let mut held_back: Option<Snapshot> = None;
         for tick in 1..=ticks {
             world.step();
-            let (snap, _) = enc.snapshot(tick, 0, &world.visible(), budget);
+            let fields = world.visible_fields();
+            let (snap, _) = enc.snapshot(tick, 0, &world.visible(), |i| &fields[i], budget);
             // 20% lost; 20% held back one tick (arrives after the next one: reordering).
             let mut deliver = Vec::new();
             let roll: f32 = net.random();
@@ -1016,13 +1363,17 @@ mod tests {
             let mut exact = 0;
             lossy_run(seed, 1 << 20, 1000, |tick, dec, _, world| {
                 if dec.ack_tick() == tick {
-                    let truth: Vec<QEntity> = {
-                        let mut t: Vec<QEntity> =
-                            world.visible().into_iter().map(|(e, _)| e).collect();
-                        t.sort_unstable_by_key(|e| e.id);
-                        t
-                    };
-                    assert_eq!(sorted_states(dec.view()), truth, "seed {seed} tick {tick}");
+                    let truth: Vec<(u16, QEntity)> =
+                        world.visible().into_iter().map(|(e, _)| (0, e)).collect();
+                    assert_eq!(
+                        sorted_states(dec.view()),
+                        sorted_states(&truth),
+                        "seed {seed} tick {tick}"
+                    );
+                    for &(slot, e) in dec.view() {
+                        let held = dec.fields_of(slot).cloned().unwrap_or_default();
+                        assert_eq!(held, world.truth_fields(e.id), "seed {seed} tick {tick}");
+                    }
                     exact += 1;
                 }
             });
@@ -1038,8 +1389,8 @@ mod tests {
         lossy_run(42, 120, 1000, |tick, dec, enc, _| {
             if dec.ack_tick() == tick {
                 assert_eq!(
-                    dec.view(),
-                    enc.history.get(tick).unwrap().as_slice(),
+                    sorted_states(dec.view()),
+                    sorted_states(enc.history.get(tick).unwrap()),
                     "tick {tick}"
                 );
             }
@@ -1057,7 +1408,7 @@ mod tests {
             world.step();
             let before: HashMap<u64, QEntity> =
                 dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
-            let (snap, _) = enc.snapshot(tick, 0, &world.visible(), 200);
+            let (snap, _) = enc.snapshot(tick, 0, &world.visible(), no_fields, 200);
             dec.apply(&snap).unwrap();
             enc.ack(dec.ack_tick());
             for (_, e) in dec.view() {
@@ -1083,15 +1434,67 @@ mod tests {
         let world = World::new(100, 3);
         let mut enc = ObserverEncoder::default();
         let mut dec = SnapshotDecoder::default();
-        let (first, s1) = enc.snapshot(1, 0, &world.visible(), 1 << 20);
+        let (first, s1) = enc.snapshot(1, 0, &world.visible(), no_fields, 1 << 20);
         dec.apply(&first).unwrap();
         enc.ack(1);
-        let (second, s2) = enc.snapshot(2, 0, &world.visible(), 1 << 20);
+        let (second, s2) = enc.snapshot(2, 0, &world.visible(), no_fields, 1 << 20);
         assert!(!s1.delta && s2.delta);
         assert_eq!(s2.written, 0);
-        assert_eq!(second.data.len(), 1, "two empty counts pad to one byte");
+        assert_eq!(second.data.len(), 1, "three empty counts pad to one byte");
         dec.apply(&second).unwrap();
         assert_eq!(dec.view(), dec.view_at(1).unwrap().as_slice());
+    }
+
+    #[test]
+    fn a_changed_field_costs_its_bytes_and_unchanged_fields_nothing() {
+        // 100 still entities, each with a 1-byte health and a 16-byte name tag.
+        let mut world = World::new(100, 4);
+        for i in 0..100 {
+            world.set_field(i, 1, Some(vec![100]));
+            world.set_field(i, 2, Some(vec![b'x'; 16]));
+        }
+        let mut enc = ObserverEncoder::default();
+        let mut dec = SnapshotDecoder::default();
+        fn send(
+            enc: &mut ObserverEncoder,
+            dec: &mut SnapshotDecoder,
+            tick: u32,
+            world: &World,
+        ) -> (usize, usize) {
+            let fields = world.visible_fields();
+            let (snap, stats) = enc.snapshot(tick, 0, &world.visible(), |i| &fields[i], 1 << 20);
+            dec.apply(&snap).unwrap();
+            enc.ack(tick);
+            (snap.data.len(), stats.written)
+        }
+        let (full, _) = send(&mut enc, &mut dec, 1, &world);
+        assert!(
+            full > 100 * 17,
+            "a full update carries every field: {full} bytes"
+        );
+        assert_eq!(
+            send(&mut enc, &mut dec, 2, &world),
+            (1, 0),
+            "nothing changed: nothing sent"
+        );
+        // One entity's health drops: its update carries the health byte, not the name tag.
+        world.set_field(5, 1, Some(vec![42]));
+        let (bytes, written) = send(&mut enc, &mut dec, 3, &world);
+        assert_eq!(written, 1);
+        assert!(bytes <= 5, "one changed health costs a few bytes: {bytes}");
+        let slot = dec
+            .view()
+            .iter()
+            .find(|(_, e)| e.id == world.entities[5].id)
+            .unwrap()
+            .0;
+        let held = dec.fields_of(slot).unwrap();
+        assert_eq!(held.get::<u8>(ComponentKind(1)).unwrap().unwrap(), 42);
+        assert_eq!(held.raw(ComponentKind(2)), Some(&[b'x'; 16][..]));
+        // A removed component is removed on the client too.
+        world.set_field(5, 2, None);
+        send(&mut enc, &mut dec, 4, &world);
+        assert_eq!(dec.fields_of(slot).unwrap().raw(ComponentKind(2)), None);
     }
 
     #[test]
@@ -1101,6 +1504,14 @@ mod tests {
             let mut dec = SnapshotDecoder::default();
             let len = rng.random_range(0..64);
             let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Mostly-zero bodies reach the fields section with plausible counts.
+            let data = if rng.random::<bool>() {
+                data.into_iter()
+                    .map(|b| b & rng.random::<u8>() & rng.random::<u8>())
+                    .collect()
+            } else {
+                data
+            };
             let _ = dec.apply(&Snapshot {
                 tick: 1,
                 baseline: 0,

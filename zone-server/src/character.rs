@@ -2,6 +2,7 @@
 //! `Character` is the wire form persistence and handoff states carry; it is converted here, at
 //! the edge (loads, saves, handoff states), and nowhere inside the core.
 
+use worldmesh_game::ComponentValues;
 use worldmesh_protocol::grpc::persistence as pb;
 use worldmesh_protocol::ids::{EntityId, Epoch};
 
@@ -20,6 +21,8 @@ pub struct Character {
     /// Grows with every state handed to persistence: of two writes at one epoch, the newer
     /// version wins, so a retried or reordered checkpoint never goes back in time.
     pub version: u64,
+    /// The game's persisted components, saved and fenced with the rest.
+    pub game: ComponentValues,
 }
 
 impl Character {
@@ -41,6 +44,7 @@ impl From<pb::Character> for Character {
             heading: c.heading,
             epoch: Epoch(c.epoch),
             version: c.version,
+            game: ComponentValues::decode_or_log(&c.game, "character"),
         }
     }
 }
@@ -55,6 +59,7 @@ impl From<Character> for pb::Character {
             heading: c.heading,
             epoch: c.epoch.0,
             version: c.version,
+            game: c.game.encode(),
         }
     }
 }
@@ -73,6 +78,7 @@ mod tests {
             heading: 0.25,
             epoch: 3,
             version: 9,
+            game: ComponentValues(vec![(worldmesh_game::ComponentKind(2), vec![1, 2])]).encode(),
         };
         let c = Character::from(wire.clone());
         assert_eq!((c.id, c.epoch), (EntityId(7), Epoch(3)));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use worldmesh_game::GameError;
+use worldmesh_game::{ComponentValues, GameError};
 use worldmesh_protocol::grpc::coordinator as coord_pb;
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_world::geometry;
@@ -432,6 +432,7 @@ impl Zone {
                         y: g.y,
                         heading: g.heading,
                         speed: g.speed,
+                        components: ComponentValues::decode_or_log(&g.components, "ghost"),
                     })
                     .collect();
                 let tick = self.sim.tick();
@@ -843,6 +844,7 @@ impl Zone {
             intent_speed: s.intent_speed,
             last_input_seq: s.last_input_seq,
             last_tick_sent: s.last_tick_sent,
+            components: ComponentValues::decode_or_log(&s.components, "handoff state"),
         };
         self.sim.spawn_arrival(&character, &carried);
         self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
@@ -939,6 +941,7 @@ impl Zone {
             last_tick_sent: carried.last_tick_sent,
             frozen_at_unix_us: now.unix_us,
             last_input_seq: carried.last_input_seq,
+            components: carried.components.encode(),
         };
         let bytes = Bytes::from(state.encode_to_vec());
         // The root of the handoff's trace: the coordinator and the target zone continue it
@@ -977,14 +980,15 @@ impl Zone {
         }
         self.sim.visible_characters(&mut self.ghost_scratch);
         let mut batches: BTreeMap<ZoneId, (String, Vec<pb::Ghost>)> = BTreeMap::new();
-        for &GhostState {
-            id,
-            x,
-            y,
-            heading,
-            speed,
-        } in &self.ghost_scratch
-        {
+        for ghost in &self.ghost_scratch {
+            let &GhostState {
+                id,
+                x,
+                y,
+                heading,
+                speed,
+                ..
+            } = ghost;
             let (cx, cy) = (
                 geometry::axis_cell(x, g.min_x, g.cell_size, map.cells_x),
                 geometry::axis_cell(y, g.min_y, g.cell_size, map.cells_y),
@@ -1003,6 +1007,7 @@ impl Zone {
                         y,
                         heading,
                         speed,
+                        components: ghost.components.encode(),
                     });
             }
         }
@@ -1132,6 +1137,7 @@ mod tests {
             heading: 0.0,
             epoch: Epoch(epoch),
             version: 1,
+            game: Default::default(),
         }
     }
 
@@ -1228,6 +1234,7 @@ mod tests {
                 last_tick_sent: 0,
                 frozen_at_unix_us: 0,
                 last_input_seq: 0,
+                components: Vec::new(),
             }
             .encode_to_vec(),
         )

@@ -228,6 +228,7 @@ impl Sim {
                     heading: 0.0,
                     epoch: Epoch(0),
                     version: 0,
+                    game: Default::default(),
                 },
             );
             let heading = if sim.rng.random_bool(0.5) {

@@ -87,6 +87,7 @@ fn main() {
                 heading: 0.0,
                 epoch: Epoch(0),
                 version: 0,
+                game: Default::default(),
             };
             sim.spawn_player(LinkId(0), PlayerId(i as u64 + 1), &c);
             headings.push(next() * std::f32::consts::TAU);

@@ -280,6 +280,7 @@ mod tests {
             heading: 0.0,
             epoch: Epoch(1),
             version: 1,
+            game: Default::default(),
         }
     }
 

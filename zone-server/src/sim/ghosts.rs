@@ -8,15 +8,17 @@ impl Sim {
     /// Characters simulated here (frozen ones too), for border visibility.
     pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
         out.clear();
-        let mut q = self
-            .world
-            .query_filtered::<(&Id, &Position, &Motion), (With<CharacterRecord>, Without<Ghost>)>();
-        out.extend(q.iter(&self.world).map(|(r, p, m)| GhostState {
+        let mut q = self.world.query_filtered::<(&Id, &Position, &Motion, &Synced), (
+            With<CharacterRecord>,
+            Without<Ghost>,
+        )>();
+        out.extend(q.iter(&self.world).map(|(r, p, m, s)| GhostState {
             id: r.0,
             x: p.x,
             y: p.y,
             heading: m.heading,
             speed: m.speed,
+            components: s.replicated_values(),
         }));
     }
 
@@ -34,22 +36,22 @@ impl Sim {
         for id in stale {
             self.remove_ghost(id);
         }
-        for &GhostState {
-            id,
-            x,
-            y,
-            heading,
-            speed,
-        } in ghosts
-        {
+        for g in ghosts {
+            let &GhostState {
+                id,
+                x,
+                y,
+                heading,
+                speed,
+                ..
+            } = g;
             if self.entity_of(id).is_some() {
                 continue;
             }
             let existing = self.world.resource::<GhostIndex>().0.get(&id).copied();
-            match existing {
+            let entity = match existing {
                 Some(e) => {
-                    let mut e = self.world.entity_mut(e);
-                    e.insert((
+                    self.world.entity_mut(e).insert((
                         Position { x, y },
                         Motion { heading, speed },
                         Ghost {
@@ -57,6 +59,7 @@ impl Sim {
                             tick,
                         },
                     ));
+                    e
                 }
                 None => {
                     let e = self
@@ -72,7 +75,16 @@ impl Sim {
                         ))
                         .id();
                     self.world.resource_mut::<GhostIndex>().0.insert(id, e);
+                    e
                 }
+            };
+            // Game systems see a ghost's replicated components as typed components, and its
+            // observers get them in snapshots like any entity's.
+            if !(g.components.is_empty() && existing.is_none()) {
+                self.world
+                    .resource_scope(|world, table: Mut<ComponentTable>| {
+                        table.mirror_replicated(&mut world.entity_mut(entity), &g.components);
+                    });
             }
         }
     }

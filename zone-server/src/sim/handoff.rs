@@ -24,6 +24,7 @@ impl Sim {
         let mut e = self.world.entity_mut(entity);
         e.insert(Frozen);
         let intent = e.get::<Intent>().copied().unwrap_or_default();
+        let components = e.get::<Synced>().map(Synced::all).unwrap_or_default();
         let carried = Carried {
             player: e.get::<Player>().copied(),
             detached: e.get::<Detached>().and_then(|d| d.owner.clone()),
@@ -32,6 +33,7 @@ impl Sim {
             intent_speed: intent.speed,
             last_input_seq: intent.last_seq,
             last_tick_sent: tick,
+            components,
         };
         Some((character, carried))
     }
@@ -101,6 +103,13 @@ impl Sim {
             }
         }
         let entity = e.id();
+        // What the source carried is newest; a restore carries nothing but the checkpoint.
+        let components = if carried.components.is_empty() {
+            &c.game
+        } else {
+            &carried.components
+        };
+        self.insert_components(entity, components);
         self.world
             .resource_mut::<CharIndex>()
             .0

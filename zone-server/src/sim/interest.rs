@@ -9,6 +9,7 @@ use worldmesh_protocol::snapshot::{QEntity, Quantizer};
 
 use super::components::{Id, Motion, Position, SimSettings};
 use super::snapshot::HYSTERESIS;
+use worldmesh_game::Synced;
 
 /// One entity as the grid holds it.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +78,7 @@ impl Grid {
 pub fn rebuild_grid(
     settings: Res<SimSettings>,
     mut grid: ResMut<Grid>,
-    q: Query<(Entity, &Id, &Position, &Motion)>,
+    q: Query<(Entity, &Id, &Position, &Motion, &Synced)>,
 ) {
     // Buckets must cover the largest radius anyone queries: the view radius plus hysteresis.
     let cell = (settings.view_radius * (1.0 + HYSTERESIS)).max(1.0);
@@ -91,14 +92,15 @@ pub fn rebuild_grid(
     grid.buckets.resize_with((cols * rows) as usize, Vec::new);
     grid.buckets.iter_mut().for_each(Vec::clear);
     let quantizer = Quantizer::new(b);
-    for (entity, rec, &pos, motion) in &q {
+    for (entity, rec, &pos, motion, synced) in &q {
         // Characters (players, also detached ones) have ids below the NPC range.
         let kind = if rec.0 < super::NPC_ID_BASE {
             EntityKind::Player
         } else {
             EntityKind::Npc
         };
-        let q = quantizer.quantize(rec.0.0, kind, pos.x, pos.y, motion.heading, motion.speed);
+        let mut q = quantizer.quantize(rec.0.0, kind, pos.x, pos.y, motion.heading, motion.speed);
+        q.rev = synced.rev;
         let (kx, ky) = grid.key(pos);
         grid.buckets[(ky * cols + kx) as usize].push(Seen { entity, pos, q });
     }

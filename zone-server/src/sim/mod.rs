@@ -29,12 +29,14 @@ mod chat;
 mod ghosts;
 mod handoff;
 mod roster;
+#[cfg(test)]
+mod sync_tests;
 
 use std::collections::HashMap;
 
 use bevy_ecs::prelude::*;
 pub use worldmesh_game::TickSet;
-use worldmesh_game::{EngineSystems, GameError, GameRef};
+use worldmesh_game::{ComponentTable, ComponentValues, EngineSystems, GameError, GameRef, Synced};
 use worldmesh_protocol::ids::{EntityId, LinkId, PlayerId, ZoneId};
 use worldmesh_protocol::{
     ActionRefusal, ActionRequest, ChatHeard, Input, ServerMessage, WorldBounds, codec,
@@ -66,13 +68,15 @@ pub struct GhostIndex(pub HashMap<EntityId, Entity>);
 
 /// One character as a neighbouring zone shows it (border visibility), both ways: what we
 /// send of ours and what we receive of theirs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GhostState {
     pub id: EntityId,
     pub x: f32,
     pub y: f32,
     pub heading: f32,
     pub speed: f32,
+    /// Its replicated game components.
+    pub components: ComponentValues,
 }
 
 /// The characters (not NPCs) a zone holds, as audits count them.
@@ -104,6 +108,8 @@ pub struct Carried {
     pub last_input_seq: u32,
     /// Last tick a snapshot went to the player.
     pub last_tick_sent: u32,
+    /// Every registered game component (persisted or not).
+    pub components: ComponentValues,
 }
 
 /// One frame for one player, already encoded.
@@ -238,6 +244,17 @@ impl Sim {
     pub fn snapshot_stats(&self) -> snapshot::SnapshotStats {
         *self.world.resource::<snapshot::SnapshotStats>()
     }
+
+    /// Gives `entity` the game components `values` hold (a login, an arrival).
+    fn insert_components(&mut self, entity: Entity, values: &ComponentValues) {
+        if values.is_empty() {
+            return;
+        }
+        self.world
+            .resource_scope(|world, table: Mut<ComponentTable>| {
+                table.insert_values(&mut world.entity_mut(entity), values);
+            });
+    }
 }
 
 /// The components every character has, from its persistent state.
@@ -306,6 +323,7 @@ pub(crate) mod tests {
             heading: 0.0,
             epoch: Epoch(0),
             version: 3,
+            game: Default::default(),
         }
     }
 

@@ -179,6 +179,7 @@ impl Sim {
                 actions::ActionQueue::default(),
             ))
             .id();
+        self.insert_components(entity, &c.game);
         self.world
             .resource_mut::<PlayerIndex>()
             .0
@@ -351,13 +352,14 @@ impl Sim {
             .map(|q| q.rejected)
     }
 
-    /// States of every character changed since the last checkpoint, each with a new version.
+    /// States of every character changed since the last checkpoint (moved, or a persisted
+    /// game component changed), each with a new version.
     pub fn checkpoint(&mut self) -> Vec<Character> {
         let dirty: Vec<Entity> = {
-            let mut q = self.world.query::<(Entity, &Dirty)>();
+            let mut q = self.world.query::<(Entity, &Dirty, &Synced)>();
             q.iter(&self.world)
-                .filter(|(_, d)| d.0)
-                .map(|(e, _)| e)
+                .filter(|(_, d, s)| d.0 || s.persisted_changed)
+                .map(|(e, _, _)| e)
                 .collect()
         };
         dirty
@@ -367,11 +369,19 @@ impl Sim {
     }
 
     pub(super) fn bump_and_read(&mut self, entity: Entity) -> Option<Character> {
+        let game = {
+            let table = self.world.resource::<ComponentTable>();
+            let synced = self.world.get::<Synced>(entity)?;
+            synced.persisted(table)
+        };
         let mut e = self.world.get_entity_mut(entity).ok()?;
         let pos = *e.get::<Position>()?;
         let heading = e.get::<Motion>()?.heading;
         if let Some(mut d) = e.get_mut::<Dirty>() {
             d.0 = false;
+        }
+        if let Some(mut s) = e.get_mut::<Synced>() {
+            s.persisted_changed = false;
         }
         let Id(id) = *e.get::<Id>()?;
         let mut rec = e.get_mut::<CharacterRecord>()?;
@@ -384,6 +394,7 @@ impl Sim {
             heading,
             epoch: rec.epoch,
             version: rec.version,
+            game,
         })
     }
 }

@@ -7,7 +7,8 @@
 //! the byte budget (see `worldmesh_protocol::snapshot`).
 
 use bevy_ecs::prelude::*;
-use worldmesh_protocol::snapshot::{ObserverEncoder, QEntity};
+use worldmesh_game::Synced;
+use worldmesh_protocol::snapshot::{FieldValue, ObserverEncoder, QEntity};
 use worldmesh_protocol::{ServerMessage, codec};
 
 use super::Outbox;
@@ -58,6 +59,8 @@ pub struct SnapshotStats {
 #[derive(Resource, Default)]
 pub struct SnapshotScratch {
     visible: Vec<(QEntity, f32)>,
+    /// The ECS entity of each `visible` entry, where its replicated fields are.
+    sources: Vec<Entity>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -73,19 +76,22 @@ pub fn build_snapshots(
     // the world. The gateway passes only the routed zone's snapshots, so the source's and the
     // target's never interleave.
     mut observers: Query<(Entity, &Player, &Position, &Intent, &mut Observer)>,
+    synced: Query<&Synced>,
 ) {
     let enter = settings.view_radius;
     let leave = settings.view_radius * (1.0 + HYSTERESIS);
     let body_budget = settings
         .snapshot_budget_bytes
         .saturating_sub(ENVELOPE_BYTES);
-    let visible = &mut scratch.visible;
+    let SnapshotScratch { visible, sources } = &mut *scratch;
+    let no_fields: &[FieldValue] = &[];
     *stats = SnapshotStats::default();
     for (me, player, &at, intent, mut observer) in &mut observers {
         if tick.0 <= observer.floor {
             continue;
         }
         visible.clear();
+        sources.clear();
         let encoder = &observer.encoder;
         grid.for_each_near(at, leave, |seen, d2| {
             let d = d2.sqrt();
@@ -99,11 +105,18 @@ pub fn build_snapshots(
                 (1.0 + seen.q.speed as f32 / 10.0) / (1.0 + d / 10.0)
             };
             visible.push((seen.q, gain));
+            sources.push(seen.entity);
         });
+        let sources = &*sources;
+        let fields = |i: usize| {
+            synced
+                .get(sources[i])
+                .map_or(no_fields, |s| &s.replicated[..])
+        };
         let (snapshot, s) =
             observer
                 .encoder
-                .snapshot(tick.0, intent.last_seq, visible, body_budget);
+                .snapshot(tick.0, intent.last_seq, visible, fields, body_budget);
         match codec::encode_to_vec(&ServerMessage::Snapshot(snapshot)) {
             Ok(frame) => {
                 stats.observers += 1;
