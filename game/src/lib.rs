@@ -58,6 +58,8 @@
 //!   as configurations hold it), [`NoGame`].
 //! - [`component`]: components that travel: [`GameComponent`], replicated to observers,
 //!   persisted with characters, carried in handoffs ([`Synced`], [`ComponentValues`]).
+//! - [`npc`]: NPC kinds: [`NpcKind`] (components at spawn, share, respawn time), [`Npc`],
+//!   [`Defeated`].
 //! - [`world`]: what the engine keeps that games read: [`Id`], [`Position`], [`Motion`],
 //!   [`Tick`], and the tick's [`TickSet`] order.
 //! - [`action`]: client actions: [`Action`], the engine's checks, [`ActionCtx`].
@@ -66,6 +68,7 @@
 pub mod action;
 pub mod component;
 pub mod event;
+pub mod npc;
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,14 +83,20 @@ pub use component::{
     Replicated, SyncPoint, Synced,
 };
 pub use event::{Delivery, EventKind, Events, ServerEvent};
-pub use world::{EngineSystems, Id, Motion, Position, Tick, TickSet};
+pub use npc::{Defeated, Npc, NpcKind, NpcKindEntry, NpcKindId, NpcKinds};
+pub use world::{
+    Character, CollisionMap, EngineSystems, Id, Immobile, Motion, Position, Tick, TickSet,
+};
 
 /// What a game module imports.
 pub mod prelude {
     pub use crate::action::{Action, ActionCtx, ActionKind, ActionRefusal};
     pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
-    pub use crate::world::{Id, Motion, Position, Tick, TickSet};
+    pub use crate::npc::{Defeated, Npc, NpcKind, NpcKindId};
+    pub use crate::world::{
+        Character, CollisionMap, Id, Immobile, Motion, Position, Tick, TickSet,
+    };
     pub use crate::{ActionTable, Game, GameRegistry};
 }
 
@@ -126,6 +135,12 @@ pub enum GameError {
     },
     #[error("{count} replicated components: an entity update carries at most {max}")]
     TooManyReplicated { count: usize, max: usize },
+    #[error("NPC kinds {first:?} and {second:?} both use kind {kind:?}")]
+    DuplicateNpcKind {
+        kind: NpcKindId,
+        first: &'static str,
+        second: &'static str,
+    },
 }
 
 type Deferred<T> = Box<dyn FnOnce(&mut T)>;
@@ -136,6 +151,7 @@ pub struct GameRegistry {
     actions: BTreeMap<ActionKind, ActionEntry>,
     events: BTreeMap<EventKind, &'static str>,
     components: BTreeMap<ComponentKind, ComponentEntry>,
+    npcs: BTreeMap<NpcKindId, NpcKindEntry>,
     systems: Vec<Deferred<Schedule>>,
     resources: Vec<Deferred<World>>,
     errors: Vec<GameError>,
@@ -194,6 +210,20 @@ impl GameRegistry {
                 component::sync::<T>.in_set(SyncPoint::EndOfTick),
             ));
         }));
+        self
+    }
+
+    /// A kind of NPC (see [`npc`]): the engine's NPC population is shared among the
+    /// registered kinds by weight.
+    pub fn npc<K: NpcKind>(&mut self) -> &mut Self {
+        let entry = NpcKindEntry::of::<K>();
+        if let Some(first) = self.npcs.insert(K::KIND, entry) {
+            self.errors.push(GameError::DuplicateNpcKind {
+                kind: K::KIND,
+                first: first.name,
+                second: K::NAME,
+            });
+        }
         self
     }
 
@@ -281,6 +311,7 @@ pub fn install(
     }
     world.insert_resource(ActionTable(registry.actions));
     world.insert_resource(ComponentTable(registry.components));
+    world.insert_resource(NpcKinds::new(registry.npcs.into_values().collect()));
     world.insert_resource(Events::new(
         registry.events.into_keys().collect::<BTreeSet<_>>(),
     ));

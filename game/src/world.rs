@@ -1,9 +1,13 @@
 //! What the engine keeps on every entity and in every zone's world, for games to read: who an
-//! entity is ([`Id`]), where it stands ([`Position`]) and how it moves ([`Motion`]), the tick
-//! being run ([`Tick`]), and the order of a tick ([`TickSet`]).
+//! entity is ([`Id`]), where it stands ([`Position`]) and how it moves ([`Motion`]), whether it
+//! is a player's character simulated here ([`Character`]; NPCs carry
+//! [`Npc`](crate::npc::Npc)), the tick being run ([`Tick`]), the walls ([`CollisionMap`]), and
+//! the order of a tick ([`TickSet`]).
 //!
 //! The engine writes these (inputs move players, handoffs bring entities in and take them
 //! away); a game reads them and adds its own components beside them.
+
+use std::collections::HashSet;
 
 use bevy_ecs::prelude::*;
 use worldmesh_protocol::ids::EntityId;
@@ -26,6 +30,56 @@ impl Position {
     #[must_use]
     pub fn distance(self, other: Position) -> f32 {
         (self.x - other.x).hypot(self.y - other.y)
+    }
+}
+
+/// On a player's character while this zone simulates it (not on ghosts of a neighbour's, not
+/// while it is frozen for a handoff): what a game's systems over players query, so they never
+/// change state that is not theirs to change.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Character;
+
+/// Set by a game on an entity that must not move (stunned, downed): the engine's movement
+/// leaves it where it is; its player's inputs still count for when it is removed.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct Immobile;
+
+/// Square cells nobody may walk into (walls, water), from the zone's configuration: the
+/// engine's movement stops at them, and games check lines of sight against them.
+#[derive(Resource, Debug, Clone, Default)]
+pub struct CollisionMap {
+    cell: f32,
+    blocked: HashSet<(i32, i32)>,
+}
+
+impl CollisionMap {
+    pub fn new(cell: f32, blocked: impl IntoIterator<Item = (i32, i32)>) -> Self {
+        Self {
+            cell: cell.max(0.1),
+            blocked: blocked.into_iter().collect(),
+        }
+    }
+
+    pub fn is_blocked(&self, x: f32, y: f32) -> bool {
+        !self.blocked.is_empty()
+            && self.blocked.contains(&(
+                (x / self.cell).floor() as i32,
+                (y / self.cell).floor() as i32,
+            ))
+    }
+
+    /// Whether the straight line from `a` to `b` crosses no blocked cell (sampled every
+    /// quarter cell, ends included).
+    #[must_use]
+    pub fn line_clear(&self, a: Position, b: Position) -> bool {
+        if self.blocked.is_empty() {
+            return true;
+        }
+        let steps = (a.distance(b) / (self.cell / 4.0)).ceil().max(1.0) as u32;
+        (0..=steps).all(|i| {
+            let t = i as f32 / steps as f32;
+            !self.is_blocked(a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t)
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! One bot: logs in, walks (a random walk that turns gently), chats now and then, measures.
+//! One bot: logs in, walks (a random walk that turns gently) or fights (the example game),
+//! chats now and then, measures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use worldmesh_protocol::{Auth, ErrorCode, Input, ServerMessage};
+use worldmesh_protocol::{Auth, EntityState, ErrorCode, Input, ServerMessage};
+
+use crate::fight::Fighter;
 
 use crate::stats::Stats;
 use worldmesh_client::predict::{Motion, Predictor};
@@ -37,6 +40,10 @@ pub enum Behaviour {
     Crowd,
     /// Per bot, by its seed: 40 % travel, 40 % wander, 10 % crowd, 10 % idle.
     Mixed,
+    /// Plays the example game (`--game arena`): seeks the nearest standing monster or
+    /// player it sees, walks up and strikes it (or shoots it from up to 25 m), backs off when
+    /// badly hurt, lies still while down (see `fight.rs`).
+    Fight,
 }
 
 impl Behaviour {
@@ -173,6 +180,19 @@ async fn play(
     stats: &Stats,
     stop: &CancellationToken,
 ) -> Result<(), ClientError> {
+    let mut fighter = Fighter::new(Instant::now());
+    let result = play_with(session, config, stats, stop, &mut fighter).await;
+    fighter.finish(Instant::now(), result.is_err(), stats);
+    result
+}
+
+async fn play_with(
+    session: &mut Session,
+    config: &BotConfig,
+    stats: &Stats,
+    stop: &CancellationToken,
+    fighter: &mut Fighter,
+) -> Result<(), ClientError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let behaviour = config.behaviour.for_seed(config.seed);
     let mut predictor = Predictor::new(session.welcome.tick_rate_hz, session.welcome.world);
@@ -200,6 +220,8 @@ async fn play(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_chat = next_chat_at(&mut rng, config.chat_every_s);
+    // What a fighting bot saw in the newest snapshot.
+    let mut seen: Vec<EntityState> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -210,7 +232,27 @@ async fn play(
             }
             _ = ticker.tick() => {
                 seq = seq.wrapping_add(1);
+                let mut action = None;
                 let speed = match behaviour {
+                    Behaviour::Fight => {
+                        heading += rng.random_range(-0.3..0.3);
+                        match seen.iter().find(|e| e.id == me) {
+                            Some(mine) => {
+                                let d = fighter.decide(
+                                    Instant::now(),
+                                    mine,
+                                    session.fields(me),
+                                    seen.iter().map(|e| (e, session.fields(e.id))),
+                                    heading,
+                                    stats,
+                                );
+                                heading = d.heading;
+                                action = d.action;
+                                d.speed
+                            }
+                            None => config.speed,
+                        }
+                    }
                     Behaviour::Wander => {
                         heading += rng.random_range(-0.3..0.3);
                         config.speed
@@ -240,6 +282,9 @@ async fn play(
                 predictor.on_input(seq, heading, speed);
                 stats.bytes_up.fetch_add(24, Ordering::Relaxed);
                 sent_at[seq as usize % SENT_RING] = Some((seq, Instant::now()));
+                if let Some(action) = action {
+                    session.act(action).await?;
+                }
                 if next_chat.is_some_and(|at| Instant::now() >= at) {
                     session.say("hello from a bot").await?;
                     next_chat = next_chat_at(&mut rng, config.chat_every_s);
@@ -247,6 +292,7 @@ async fn play(
                 while let Some(msg) = session.try_control() {
                     match msg {
                         ServerMessage::Chat(_) => { stats.chats_heard.fetch_add(1, Ordering::Relaxed); }
+                        ServerMessage::ActionDone(outcome) => fighter.answered(&outcome, stats),
                         ServerMessage::Kick(k) => return Err(ClientError::Kicked { code: k.code, message: k.message }),
                         _ => {}
                     }
@@ -279,6 +325,9 @@ async fn play(
                         stats.record_snapshot_gap(gap);
                         let off = gap.abs_diff(tick);
                         stats.record_jitter_us(off.as_micros() as u64);
+                    }
+                    if behaviour == Behaviour::Fight {
+                        seen.clone_from(&view.entities);
                     }
                     if let Some(e) = view.entities.iter().find(|e| e.id == me) {
                         x_now = e.x;

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod bot;
 pub mod cluster_bench;
 pub mod echo;
+pub mod fight;
 pub mod hostile;
 pub mod plot;
 pub mod stats;

@@ -25,6 +25,12 @@ pub struct Stats {
     /// The longest any bot went without a new snapshot while logged in, microseconds: what a
     /// player sees of a fault (a hung zone, a lost route, a stalled handoff).
     pub longest_snapshot_gap_us: AtomicU64,
+    /// Game actions (fighting bots): sent, answered applied, answered twice, never answered.
+    pub actions_sent: AtomicU64,
+    pub actions_applied: AtomicU64,
+    pub actions_duplicated: AtomicU64,
+    pub actions_lost: AtomicU64,
+    actions_refused: Mutex<BTreeMap<String, u64>>,
     /// Input → first snapshot acknowledging it, microseconds.
     rtt_us: Mutex<Histogram<u64>>,
     /// Distance between the client's predicted position and the reconciled one when a
@@ -51,6 +57,11 @@ impl Default for Stats {
             chats_heard: AtomicU64::new(0),
             handoffs_seen: AtomicU64::new(0),
             longest_snapshot_gap_us: AtomicU64::new(0),
+            actions_sent: AtomicU64::new(0),
+            actions_applied: AtomicU64::new(0),
+            actions_duplicated: AtomicU64::new(0),
+            actions_lost: AtomicU64::new(0),
+            actions_refused: Mutex::new(BTreeMap::new()),
             // 1 µs to 60 s at 3 significant digits.
             rtt_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -69,6 +80,16 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// An action answered with a refusal, by the refusal's name.
+    pub fn action_refused(&self, reason: &str) {
+        *self
+            .actions_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
     pub fn entity_seen(&self, bot: &str, entity: u64) {
         self.entities
             .lock()
@@ -225,6 +246,15 @@ impl Stats {
             snapshot_jitter_ms: self.jitter_ms(),
             longest_snapshot_gap_ms: self.longest_snapshot_gap_us.load(Ordering::Relaxed) as f64
                 / 1000.0,
+            actions_sent: self.actions_sent.load(Ordering::Relaxed),
+            actions_applied: self.actions_applied.load(Ordering::Relaxed),
+            actions_refused: self
+                .actions_refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            actions_duplicated: self.actions_duplicated.load(Ordering::Relaxed),
+            actions_lost: self.actions_lost.load(Ordering::Relaxed),
         }
     }
 }
@@ -275,6 +305,17 @@ impl Report {
             row(
                 "characters lost / duplicated",
                 format!("{lost} / {duplicated}"),
+            );
+        }
+        if self.actions_sent > 0 {
+            row(
+                "actions sent / applied",
+                format!("{} / {}", self.actions_sent, self.actions_applied),
+            );
+            row("actions refused", format!("{:?}", self.actions_refused));
+            row(
+                "actions duplicated / lost",
+                format!("{} / {}", self.actions_duplicated, self.actions_lost),
             );
         }
         row("chat lines heard", self.chats_heard.to_string());
@@ -350,4 +391,20 @@ pub struct Report {
     /// the run ended counts up to then).
     #[serde(default)]
     pub longest_snapshot_gap_ms: f64,
+    /// Game actions the bots sent (`--behaviour fight`).
+    #[serde(default)]
+    pub actions_sent: u64,
+    /// Of those, answered as applied.
+    #[serde(default)]
+    pub actions_applied: u64,
+    /// Answered with a refusal, by reason (`ActionRefusal::name`; `rule_N` for a game's).
+    #[serde(default)]
+    pub actions_refused: BTreeMap<String, u64>,
+    /// Answers received twice for one action (must be 0: every action is answered once).
+    #[serde(default)]
+    pub actions_duplicated: u64,
+    /// Actions never answered: still unanswered 2 s after sending when the bot stopped, or
+    /// sent by a bot whose connection was lost (must be 0 on a clean run).
+    #[serde(default)]
+    pub actions_lost: u64,
 }

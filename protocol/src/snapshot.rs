@@ -228,6 +228,7 @@ impl BitWriter {
     }
 
     /// Writes the low `bits` bits of `v` (bits ≤ 32).
+    #[inline]
     pub fn write(&mut self, v: u64, bits: u32) {
         debug_assert!(bits <= 32);
         if bits == 0 {
@@ -241,6 +242,7 @@ impl BitWriter {
         }
     }
 
+    #[inline]
     pub fn write_wide(&mut self, v: u64, bits: u32) {
         if bits > 32 {
             self.write(v >> 32, bits - 32);
@@ -250,11 +252,13 @@ impl BitWriter {
         }
     }
 
+    #[inline]
     pub fn bit(&mut self, b: bool) {
         self.write(b as u64, 1);
     }
 
     /// Order-0 exponential-Golomb: 0 → `1`, 1–2 → `01x`, 3–6 → `001xx`, …
+    #[inline]
     pub fn golomb(&mut self, v: u64) {
         let v1 = v + 1;
         let n = 63 - v1.leading_zeros();
@@ -273,6 +277,7 @@ impl BitWriter {
 }
 
 /// Bits needed by [`BitWriter::golomb`] for `v`.
+#[inline]
 pub fn golomb_bits(v: u64) -> u32 {
     2 * (63 - (v + 1).leading_zeros()) + 1
 }
@@ -317,10 +322,12 @@ impl<'a> BitReader<'a> {
     }
 }
 
+#[inline]
 fn id_bits(id: u64) -> u32 {
     64 - id.leading_zeros()
 }
 
+#[inline]
 fn write_new(w: &mut BitWriter, e: &QEntity) {
     let n = id_bits(e.id);
     w.write(n as u64, ID_LEN_BITS);
@@ -332,15 +339,18 @@ fn write_new(w: &mut BitWriter, e: &QEntity) {
     w.write(e.speed as u64, 8);
 }
 
+#[inline]
 fn new_bits(e: &QEntity) -> u32 {
     ID_LEN_BITS + id_bits(e.id) + 1 + 2 * POS_BITS + 16
 }
 
+#[inline]
 fn small(d: i64) -> bool {
     let lim = 1i64 << (SMALL_DELTA_BITS - 1);
     (-lim..lim).contains(&d)
 }
 
+#[inline]
 fn write_delta(w: &mut BitWriter, base: &QEntity, e: &QEntity) {
     let moved = base.x != e.x || base.y != e.y;
     w.bit(moved);
@@ -366,6 +376,7 @@ fn write_delta(w: &mut BitWriter, base: &QEntity, e: &QEntity) {
     }
 }
 
+#[inline]
 fn delta_bits(base: &QEntity, e: &QEntity) -> u32 {
     let mut bits = 3;
     if base.x != e.x || base.y != e.y {
@@ -570,10 +581,12 @@ impl ObserverEncoder {
     }
 
     /// Whether an entity was visible to this observer at the last encode (for hysteresis).
+    #[inline]
     pub fn is_visible(&self, id: u64) -> bool {
         self.slot_of.contains_key(&id)
     }
 
+    #[inline]
     fn slot(&mut self, id: u64, tick: u32) -> u16 {
         let slot = match self.slot_of.get(&id) {
             Some(&s) => s,

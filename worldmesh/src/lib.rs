@@ -6,3 +6,4 @@
 //! what runs in production, minus the process boundaries. `worldmesh local` adds bots.
 
 pub mod cluster;
+pub mod games;

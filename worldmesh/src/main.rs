@@ -49,6 +49,10 @@ struct Local {
     /// Wandering NPCs per zone.
     #[arg(long, default_value_t = 0)]
     npcs: usize,
+    /// The game the zones run: `arena` (the example game: health, attacks, monsters, XP) or
+    /// `none` (bare movement and chat).
+    #[arg(long, env = "WORLDMESH_GAME", default_value = "arena")]
+    game: String,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -98,7 +102,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Local(args) => local(args).await,
         Command::Coordinator(args) => worldmesh_coordinator::cli::run(args).await,
-        Command::Zone(args) => worldmesh_zone::cli::run(args).await,
+        Command::Zone(args) => worldmesh_zone::cli::run(args, worldmesh::games::by_name).await,
         Command::Gateway(args) => worldmesh_gateway::cli::run(args).await,
         Command::Persistence(args) => worldmesh_persistence::cli::run(args).await,
     }
@@ -109,6 +113,13 @@ async fn local(args: Local) -> anyhow::Result<()> {
     let mut config = ClusterConfig::new(worldmesh_persistence::Config::embedded(&args.data));
     config.zones = args.zones;
     config.zone.npcs = args.npcs;
+    config.zone.game = worldmesh::games::by_name(&args.game).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown game {:?}: one of {}",
+            args.game,
+            worldmesh::games::NAMES.join(", ")
+        )
+    })?;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
     if args.behaviour == Behaviour::Travel {

@@ -24,6 +24,11 @@ pub struct Args {
     /// Wandering NPCs this zone simulates.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
     npcs: usize,
+    /// The game the zone runs (every zone of a cluster must run the same one). The
+    /// `zone-server` binary knows only `none`; `worldmesh zone` knows the games in the
+    /// repository (`arena`).
+    #[arg(long, env = "WORLDMESH_GAME", default_value = "none")]
+    pub game: String,
     #[command(flatten)]
     cluster: worldmesh_runtime::service::ClusterArgs,
     #[command(flatten)]
@@ -37,7 +42,13 @@ impl Args {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs a zone with the game `args.game` names, as `games` resolves names (`None`: unknown).
+pub async fn run(
+    args: Args,
+    games: impl Fn(&str) -> Option<worldmesh_game::GameRef>,
+) -> anyhow::Result<()> {
+    let game = games(&args.game)
+        .ok_or_else(|| anyhow::anyhow!("unknown game {:?} (--game)", args.game))?;
     let config = crate::Config {
         name: args.name,
         advertise: args.advertise,
@@ -47,6 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
         npcs: args.npcs,
         cluster_secret: args.cluster.cluster_secret,
+        game,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

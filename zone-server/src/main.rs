@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
         "zone-server",
         "info",
         &process,
-        worldmesh_zone::cli::run(args),
+        // This binary runs no game: `worldmesh zone --game …` runs the repository's games.
+        worldmesh_zone::cli::run(args, |name| {
+            (name == "none").then(worldmesh_game::GameRef::default)
+        }),
     )?
 }

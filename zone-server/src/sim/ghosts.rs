@@ -112,6 +112,7 @@ impl Sim {
                 Dirty,
                 Frozen,
                 Detached,
+                worldmesh_game::Character,
             )>()
             .insert(Ghost {
                 from_zone: to,

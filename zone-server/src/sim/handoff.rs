@@ -22,7 +22,8 @@ impl Sim {
         let character = self.bump_and_read(entity)?;
         let tick = self.tick();
         let mut e = self.world.entity_mut(entity);
-        e.insert(Frozen);
+        // Its state has left with the handoff: game systems must not change it meanwhile.
+        e.insert(Frozen).remove::<worldmesh_game::Character>();
         let intent = e.get::<Intent>().copied().unwrap_or_default();
         let components = e.get::<Synced>().map(Synced::all).unwrap_or_default();
         let carried = Carried {
@@ -40,7 +41,10 @@ impl Sim {
 
     pub fn unfreeze(&mut self, id: EntityId) {
         if let Some(entity) = self.entity_of(id) {
-            self.world.entity_mut(entity).remove::<Frozen>();
+            self.world
+                .entity_mut(entity)
+                .remove::<Frozen>()
+                .insert(worldmesh_game::Character);
         }
     }
 
@@ -77,6 +81,7 @@ impl Sim {
         let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
         let tick = self.tick();
         let mut e = self.world.spawn((
+            worldmesh_game::Character,
             character_components(c, x, y, carried.speed),
             Intent {
                 heading: carried.intent_heading,

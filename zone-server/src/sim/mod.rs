@@ -183,6 +183,7 @@ impl Sim {
         world.insert_resource(CharIndex::default());
         world.insert_resource(GhostIndex::default());
         world.insert_resource(NpcIndex::default());
+        world.insert_resource(npc::Graveyard::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
@@ -197,6 +198,9 @@ impl Sim {
         }
         let engine = |slot| EngineSystems(slot);
         schedule.add_systems((
+            npc::respawn
+                .in_set(engine(TickSet::Input))
+                .before(input::apply_inputs),
             input::apply_inputs.in_set(engine(TickSet::Input)),
             actions::apply_actions.in_set(engine(TickSet::Actions)),
             npc::wander.in_set(engine(TickSet::Simulate)),
@@ -204,6 +208,9 @@ impl Sim {
             interest::rebuild_grid.in_set(engine(TickSet::Interest)),
             snapshot::build_snapshots.in_set(engine(TickSet::Snapshot)),
             events::send_events.in_set(engine(TickSet::Events)),
+            npc::reap
+                .in_set(engine(TickSet::Events))
+                .after(events::send_events),
         ));
         worldmesh_game::install(&*config.game, &mut world, &mut schedule)?;
         Ok(Self {

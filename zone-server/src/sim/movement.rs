@@ -2,9 +2,8 @@
 //! blocked cells. Speed changes at most [`MAX_ACCEL`] per second (clients predicting their own
 //! movement must apply the same ramp); heading changes at once.
 
-use std::collections::HashSet;
-
 use bevy_ecs::prelude::*;
+use worldmesh_game::Immobile;
 
 use super::components::{Dirty, Intent, Motion, Position, SimSettings};
 
@@ -12,29 +11,8 @@ use super::components::{Dirty, Intent, Motion, Position, SimSettings};
 /// second, quick enough to feel direct, slow enough to rule out instant dashes.
 pub const MAX_ACCEL: f32 = 30.0;
 
-/// Square cells nobody may walk into (walls, water): a simple collision map from config.
-#[derive(Resource, Debug, Clone, Default)]
-pub struct CollisionMap {
-    cell: f32,
-    blocked: HashSet<(i32, i32)>,
-}
-
-impl CollisionMap {
-    pub fn new(cell: f32, blocked: impl IntoIterator<Item = (i32, i32)>) -> Self {
-        Self {
-            cell: cell.max(0.1),
-            blocked: blocked.into_iter().collect(),
-        }
-    }
-
-    pub fn is_blocked(&self, x: f32, y: f32) -> bool {
-        !self.blocked.is_empty()
-            && self.blocked.contains(&(
-                (x / self.cell).floor() as i32,
-                (y / self.cell).floor() as i32,
-            ))
-    }
-}
+/// The walls: the game crate's, so games check lines of sight against the same map.
+pub use worldmesh_game::CollisionMap;
 
 fn approach(from: f32, to: f32, step: f32) -> f32 {
     if (to - from).abs() <= step {
@@ -44,14 +22,21 @@ fn approach(from: f32, to: f32, step: f32) -> f32 {
     }
 }
 
-pub fn integrate(
-    settings: Res<SimSettings>,
-    map: Res<CollisionMap>,
-    mut q: Query<
-        (&Intent, &mut Position, &mut Motion, Option<&mut Dirty>),
-        Without<super::components::Frozen>,
-    >,
-) {
+/// What moves: everything with an intent, except the frozen (mid-handoff) and the immobile
+/// (a game said so).
+type Moving<'w, 's> = Query<
+    'w,
+    's,
+    (
+        &'static Intent,
+        &'static mut Position,
+        &'static mut Motion,
+        Option<&'static mut Dirty>,
+    ),
+    (Without<super::components::Frozen>, Without<Immobile>),
+>;
+
+pub fn integrate(settings: Res<SimSettings>, map: Res<CollisionMap>, mut q: Moving) {
     let b = settings.bounds;
     for (intent, mut pos, mut motion, mut dirty) in &mut q {
         let new_motion = Motion {

@@ -168,6 +168,7 @@ impl Sim {
             .world
             .spawn((
                 Player { player_id, link },
+                worldmesh_game::Character,
                 character_components(c, x, y, 0.0),
                 Intent {
                     heading: c.heading,
@@ -196,20 +197,19 @@ impl Sim {
         }
     }
 
-    /// Spawns a wandering NPC with the given entity id (NPC ids must not collide with
-    /// character ids: use [`NPC_ID_BASE`] and up).
+    /// Spawns an NPC with the given entity id, of the kind the game gives that id (NPC ids
+    /// must not collide with character ids: use [`NPC_ID_BASE`] and up); `(x, y)` is also
+    /// where it comes back when defeated.
     pub fn spawn_npc(&mut self, id: EntityId, x: f32, y: f32) {
-        let entity = self
-            .world
-            .spawn((
-                npc::Npc::new(id.0),
-                Id(id),
-                Position { x, y },
-                Motion::default(),
-                Intent::default(),
-            ))
-            .id();
-        self.world.resource_mut::<NpcIndex>().0.insert(id, entity);
+        npc::spawn(&mut self.world, id, Position { x, y });
+    }
+
+    /// NPCs in the world, and defeated ones waiting to come back.
+    pub fn npc_count(&self) -> (usize, usize) {
+        (
+            self.world.resource::<NpcIndex>().0.len(),
+            self.world.resource::<npc::Graveyard>().0.len(),
+        )
     }
 
     /// Removes a player's character and returns its final state, with a new version, to be

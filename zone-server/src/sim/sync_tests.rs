@@ -11,6 +11,7 @@ use worldmesh_protocol::{ActionRequest, Input, ServerMessage, codec};
 
 use super::tests::config;
 use super::*;
+use crate::character::Character;
 
 /// Replicated and persisted.
 #[derive(Component, Debug, Clone, Copy, PartialEq, bincode::Encode, bincode::Decode)]

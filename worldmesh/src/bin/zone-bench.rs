@@ -8,12 +8,20 @@
 //!
 //! The first `WARMUP_TICKS` ticks are not measured: every observer starts with full updates
 //! of everything it sees, which is the login cost, not the steady state.
+//!
+//! `--game arena` runs the example game: the NPCs are its monsters (they strike players they
+//! reach), and every player decodes its own snapshots like a client and, once a second,
+//! strikes the nearest monster it sees within melee reach or shoots the nearest within bow
+//! range. Decoding and choosing targets happen between ticks and are not timed. It lives in
+//! the `worldmesh` crate because that one knows the games; it measures the zone's tick alone.
 
 use std::time::Instant;
 
 use clap::Parser;
+use worldmesh_game::action::request;
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
-use worldmesh_protocol::{Input, WorldBounds};
+use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
+use worldmesh_protocol::{EntityKind, Input, ServerMessage, WorldBounds, codec};
 use worldmesh_zone::character::Character;
 use worldmesh_zone::sim::{NPC_ID_BASE, Sim, SimConfig};
 
@@ -40,6 +48,15 @@ struct Args {
     radius: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The game the zone runs: `none` or `arena` (players and monsters fight).
+    #[arg(long, default_value = "none")]
+    game: String,
+}
+
+/// A bench player's client side when it fights: what it sees, and when it acts next.
+struct Fighter {
+    decoder: SnapshotDecoder,
+    seq: u32,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -52,21 +69,32 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 fn main() {
     let args = Args::parse();
     let observers = args.observers.min(args.entities);
+    let Some(game) = worldmesh::games::by_name(&args.game) else {
+        eprintln!(
+            "unknown game {:?}: one of {}",
+            args.game,
+            worldmesh::games::NAMES.join(", ")
+        );
+        std::process::exit(2);
+    };
+    let fights = args.game == "arena";
+    let bounds = WorldBounds {
+        min_x: 0.0,
+        min_y: 0.0,
+        max_x: args.area,
+        max_y: args.area,
+    };
+    let quantizer = Quantizer::new(bounds);
     let mut sim = Sim::new(&SimConfig {
         tick_rate_hz: 20,
-        bounds: WorldBounds {
-            min_x: 0.0,
-            min_y: 0.0,
-            max_x: args.area,
-            max_y: args.area,
-        },
+        bounds,
         view_radius: args.radius,
         snapshot_budget_bytes: 1100,
         chat_radius: 50.0,
         collision: Default::default(),
-        game: Default::default(),
+        game,
     })
-    .expect("no game to conflict");
+    .expect("the repository's games register cleanly");
     let mut rng = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move || {
         // xorshift64*: deterministic for a seed.
@@ -96,6 +124,13 @@ fn main() {
         }
     }
 
+    let mut fighters: Vec<Fighter> = (0..if fights { observers } else { 0 })
+        .map(|_| Fighter {
+            decoder: SnapshotDecoder::default(),
+            seq: 0,
+        })
+        .collect();
+    let (mut strikes, mut shots) = (0u64, 0u64);
     let mut tick_ms = Vec::with_capacity(args.ticks as usize);
     let (mut visible, mut changed, mut bytes, mut observed) = (0u64, 0u64, 0u64, 0u64);
     for t in 1..=args.ticks {
@@ -114,6 +149,47 @@ fn main() {
         sim.step();
         let elapsed = started.elapsed();
         let frames = sim.take_outbox();
+        if fights {
+            for f in &frames {
+                if let Ok(ServerMessage::Snapshot(s)) = codec::decode_frame(&f.frame) {
+                    let _ = fighters[f.player_id.0 as usize - 1].decoder.apply(&s);
+                }
+            }
+            // Once a second each, staggered: the nearest monster in melee reach, else in
+            // bow range.
+            for (i, fighter) in fighters.iter_mut().enumerate() {
+                if !(t as usize + i).is_multiple_of(20) {
+                    continue;
+                }
+                let me = EntityId(i as u64 + 1);
+                let view = fighter.decoder.view();
+                let Some(at) = view.iter().find(|(_, e)| e.id == me.0) else {
+                    continue;
+                };
+                let at = quantizer.dequantize(&at.1);
+                let nearest = view
+                    .iter()
+                    .filter(|(_, e)| e.kind == EntityKind::Npc)
+                    .map(|(_, e)| {
+                        let e = quantizer.dequantize(e);
+                        ((e.x - at.x).hypot(e.y - at.y), e.id)
+                    })
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                let Some((d, target)) = nearest else { continue };
+                fighter.seq += 1;
+                let player = PlayerId(i as u64 + 1);
+                let r = if d <= worldmesh_arena::actions::STRIKE_REACH {
+                    strikes += 1;
+                    request(fighter.seq, Some(target), &worldmesh_arena::Strike)
+                } else if d <= worldmesh_arena::actions::SHOOT_REACH {
+                    shots += 1;
+                    request(fighter.seq, Some(target), &worldmesh_arena::Shoot)
+                } else {
+                    continue;
+                };
+                sim.push_action(LinkId(0), player, r.expect("a unit action encodes"));
+            }
+        }
         drop(frames);
         if t > WARMUP_TICKS {
             tick_ms.push(elapsed.as_secs_f64() * 1000.0);
@@ -139,6 +215,10 @@ fn main() {
         "bytes_per_observer_per_tick_avg": per(bytes, observed),
         "bytes_per_moving_visible_entity_avg": per(bytes, changed),
         "naive_bytes_per_moving_visible_entity": NAIVE_ENTITY_BYTES,
+        "game": args.game,
+        "strikes": strikes,
+        "shots": shots,
+        "npcs_alive_waiting": sim.npc_count(),
     });
     println!("{json}");
 }
