@@ -2,6 +2,7 @@
 //! for players they notice); the arena makes them strike the players they reach.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::world::EntityWorldMut;
@@ -72,7 +73,32 @@ impl NpcKind for Ogre {
 
 /// Standing players, bucketed by position (cells as wide as a monster's reach), so each
 /// monster looks at a few players instead of all.
-type Buckets = HashMap<(i32, i32), Vec<(Entity, Position)>>;
+type Buckets = HashMap<(i32, i32), Vec<(Entity, Position)>, BuildHasherDefault<CellHasher>>;
+
+/// Hashes cell coordinates with a multiply: they are not attacker-chosen, and every monster
+/// looks up nine cells every tick.
+#[derive(Default)]
+pub struct CellHasher(u64);
+
+impl Hasher for CellHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(b as u32);
+        }
+    }
+
+    fn write_i32(&mut self, v: i32) {
+        self.write_u32(v as u32);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0.rotate_left(26) ^ v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 fn cell(p: Position, size: f32) -> (i32, i32) {
     ((p.x / size).floor() as i32, (p.y / size).floor() as i32)
@@ -92,7 +118,8 @@ pub fn strike_players(
     mut buckets: Local<Buckets>,
 ) {
     let reach = rules.monster_reach.max(0.1);
-    buckets.values_mut().for_each(Vec::clear);
+    // Cleared, not kept: players roam, and a map of every cell ever visited would grow.
+    buckets.clear();
     for (entity, &at, health) in &players {
         if health.hp > 0 {
             buckets
@@ -101,7 +128,7 @@ pub fn strike_players(
                 .push((entity, at));
         }
     }
-    if buckets.values().all(Vec::is_empty) {
+    if buckets.is_empty() {
         return;
     }
     let cooldown = Rules::ticks(rules.monster_cooldown, TICK_HZ);

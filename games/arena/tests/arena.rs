@@ -103,17 +103,10 @@ impl Watcher {
     }
 }
 
+/// The XP of character `id` as its next checkpoint saves it.
 fn xp_of(sim: &mut Sim, id: u64) -> u32 {
     let c = sim.checkpoint().into_iter().find(|c| c.id == EntityId(id));
-    let c = c.expect("a character that earned XP is checkpointed");
-    let (_, bytes) = c
-        .game
-        .0
-        .iter()
-        .find(|(k, _)| *k == Xp::KIND)
-        .expect("xp is persisted")
-        .clone();
-    codec::decode_value::<Xp>(&bytes, 64).unwrap().0
+    xp_of_last(&c.expect("a character that earned XP is checkpointed"))
 }
 
 #[test]
@@ -298,11 +291,17 @@ fn xp_level_and_health_survive_logout_and_login() {
     let mut w = Watcher::default();
     w.run(&mut other, 2);
     assert_eq!(w.field::<Health>(101).unwrap().hp, 90, "health kept");
-    assert_eq!(xp_of_last(&winner), 30, "xp kept");
     assert_eq!(w.field::<Level>(100), Some(Level(1)));
+    let again = other.despawn_player(PlayerId(10)).unwrap();
+    assert_eq!(
+        (xp_of_last(&winner), xp_of_last(&again)),
+        (30, 30),
+        "xp saved, loaded, and saved again"
+    );
 }
 
+/// The XP a saved character state holds.
 fn xp_of_last(c: &Character) -> u32 {
-    let (_, bytes) = c.game.0.iter().find(|(k, _)| *k == Xp::KIND).unwrap();
+    let (_, bytes) = c.game.0.iter().find(|(k, _)| *k == Xp::KIND).expect("xp is persisted");
     codec::decode_value::<Xp>(bytes, 64).unwrap().0
 }
