@@ -302,6 +302,11 @@ fn xp_level_and_health_survive_logout_and_login() {
 
 /// The XP a saved character state holds.
 fn xp_of_last(c: &Character) -> u32 {
-    let (_, bytes) = c.game.0.iter().find(|(k, _)| *k == Xp::KIND).expect("xp is persisted");
+    let (_, bytes) = c
+        .game
+        .0
+        .iter()
+        .find(|(k, _)| *k == Xp::KIND)
+        .expect("xp is persisted");
     codec::decode_value::<Xp>(bytes, 64).unwrap().0
 }
