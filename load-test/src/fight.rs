@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use worldmesh_arena::actions::{SHOOT_REACH, STRIKE_REACH};
 use worldmesh_arena::components::Down;
 use worldmesh_arena::{Health, Shoot, Strike};
+use worldmesh_game::GameComponent;
 use worldmesh_game::action::request;
-use worldmesh_game::{ComponentKind, GameComponent};
 use worldmesh_protocol::snapshot::EntityFields;
 use worldmesh_protocol::{ActionOutcome, ActionRefusal, ActionRequest, EntityId, EntityState};
 
@@ -44,7 +44,7 @@ pub struct Fighter {
 }
 
 fn field<T: GameComponent + bincode::Decode<()>>(fields: Option<&EntityFields>) -> Option<T> {
-    fields?.get::<T>(ComponentKind(T::KIND.0))?.ok()
+    fields?.get::<T>(T::KIND)?.ok()
 }
 
 impl Fighter {
