@@ -1,9 +1,14 @@
 //! NPC kinds: what a game's non-player entities are.
 //!
-//! The engine keeps the NPC population (`--npcs N`): it gives each NPC a kind, chosen from the
-//! registered kinds by weight and deterministically from the NPC's id (so every run and every
-//! zone agrees), spawns it with its kind's components, moves it (it wanders, and walks towards
-//! players it notices), and brings it back a while after the game defeats it. A game
+//! The engine keeps the NPC population (`--npcs N`, N in the whole world): it gives each NPC
+//! a kind, chosen from the registered kinds by weight and deterministically from the NPC's id
+//! (so every run and every zone agrees), spawns it with its kind's components at its spawn
+//! point, moves it (it wanders, and walks towards players it notices), hands it to the next
+//! zone when it walks across a border (with every registered component, like a character),
+//! and brings it back a while after the game defeats it. A kind that is
+//! [`PERSISTED`](NpcKind::PERSISTED) is also checkpointed like a character, so its persisted
+//! components survive a zone's failure; any other NPC comes back fresh at its spawn point
+//! when its zone fails. A game
 //! registers kinds ([`GameRegistry::npc`](crate::GameRegistry::npc)) and adds behaviour with
 //! systems over the [`Npc`] component; it never spawns or despawns NPCs itself, so the
 //! population the engine reports is always the one it keeps.
@@ -26,6 +31,9 @@ pub trait NpcKind: Send + Sync + 'static {
     const WEIGHT: u32 = 1;
     /// Seconds between its defeat and its return at its spawn point.
     const RESPAWN_SECONDS: f32 = 10.0;
+    /// Whether NPCs of this kind are checkpointed (a boss whose wounds outlive a crash);
+    /// otherwise a zone failure brings them back fresh. Costs a database row per NPC.
+    const PERSISTED: bool = false;
 
     /// Gives a fresh NPC of this kind its game components (health, what it drops, …). The
     /// engine has already given it [`Id`](crate::Id), [`Position`](crate::Position),
@@ -53,6 +61,7 @@ pub struct NpcKindEntry {
     pub name: &'static str,
     pub weight: u32,
     pub respawn_seconds: f32,
+    pub persisted: bool,
     spawn: fn(&mut EntityWorldMut<'_>),
 }
 
@@ -63,6 +72,7 @@ impl NpcKindEntry {
             name: K::NAME,
             weight: K::WEIGHT.max(1),
             respawn_seconds: K::RESPAWN_SECONDS.max(0.0),
+            persisted: K::PERSISTED,
             spawn: K::spawn,
         }
     }

@@ -1,5 +1,5 @@
 //! Loss and duplicate audits: while the bots play, each bot's character must be in exactly one
-//! zone.
+//! zone, and each of the world's NPCs too.
 //!
 //! Every zone publishes, at the same ticks (those divisible by a fixed period), the characters
 //! it simulates and those it holds frozen mid-handoff. [`AuditCounter`] judges rounds of these
@@ -30,6 +30,24 @@ pub struct ZoneAudit {
     pub simulated: Vec<u64>,
     /// Characters frozen for a handoff in flight.
     pub frozen: Vec<u64>,
+    /// The world's NPCs simulated here.
+    pub npcs: Vec<u64>,
+    /// NPCs held here but not simulated: frozen mid-handoff, or defeated and waiting to come
+    /// back. Present, never duplicates.
+    pub npcs_held: Vec<u64>,
+}
+
+/// What an audit found, over the whole run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Audited {
+    /// Distinct bots' characters lost (see [`AuditCounter`]).
+    pub lost: u64,
+    /// Distinct characters duplicated.
+    pub duplicated: u64,
+    /// The world's NPCs, alive or waiting to come back, in the last round judged.
+    pub npcs: u64,
+    /// Distinct NPCs simulated by two zones at once (two rounds in a row).
+    pub npc_duplicates: u64,
 }
 
 /// Judges rounds of zone audits against the bots' characters. A round is every zone's audit
@@ -37,7 +55,8 @@ pub struct ZoneAudit {
 /// judged, is ignored. A character simulated by two zones is duplicated; a bot's character in
 /// no zone (not even frozen mid-handoff) is lost. Either must hold in two rounds in a row to
 /// count, so a handoff completing between two zones' audits of the same tick is not mistaken
-/// for either. Counts are of distinct characters.
+/// for either. Counts are of distinct characters. NPCs are judged for duplicates the same way,
+/// and counted (the world must keep exactly its N).
 #[derive(Debug, Default, Clone)]
 pub struct AuditCounter {
     /// The tick of the last round judged; 0 (nothing published yet) is never judged.
@@ -47,6 +66,9 @@ pub struct AuditCounter {
     prev_dup: BTreeSet<u64>,
     lost: BTreeSet<u64>,
     duplicated: BTreeSet<u64>,
+    prev_npc_dup: BTreeSet<u64>,
+    npc_duplicated: BTreeSet<u64>,
+    npcs: u64,
 }
 
 impl AuditCounter {
@@ -61,23 +83,12 @@ impl AuditCounter {
         }
         self.last_tick = tick;
         self.rounds += 1;
-        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut present = BTreeSet::new();
-        for ZoneAudit {
-            simulated, frozen, ..
-        } in snaps
-        {
-            for &id in simulated {
-                *count.entry(id).or_default() += 1;
-                present.insert(id);
-            }
-            present.extend(frozen.iter().copied());
-        }
-        let dup_now: BTreeSet<u64> = count
-            .into_iter()
-            .filter(|&(_, n)| n > 1)
-            .map(|(id, _)| id)
-            .collect();
+        let (dup_now, present) = tally(snaps.iter().map(|s| (&s.simulated, &s.frozen)));
+        let (npc_dup_now, npcs) = tally(snaps.iter().map(|s| (&s.npcs, &s.npcs_held)));
+        self.npcs = npcs.len() as u64;
+        self.npc_duplicated
+            .extend(npc_dup_now.intersection(&self.prev_npc_dup).copied());
+        self.prev_npc_dup = npc_dup_now;
         let lost_now: BTreeSet<u64> = bot_entities
             .iter()
             .copied()
@@ -105,6 +116,38 @@ impl AuditCounter {
     pub fn rounds(&self) -> u64 {
         self.rounds
     }
+
+    /// Everything found so far.
+    pub fn audited(&self) -> Audited {
+        Audited {
+            lost: self.lost(),
+            duplicated: self.duplicated(),
+            npcs: self.npcs,
+            npc_duplicates: self.npc_duplicated.len() as u64,
+        }
+    }
+}
+
+/// Over one round's zones, each giving (simulated, otherwise held): the ids simulated by more
+/// than one zone, and every id present anywhere.
+fn tally<'a>(
+    zones: impl Iterator<Item = (&'a Vec<u64>, &'a Vec<u64>)>,
+) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut present = BTreeSet::new();
+    for (simulated, held) in zones {
+        for &id in simulated {
+            *count.entry(id).or_default() += 1;
+            present.insert(id);
+        }
+        present.extend(held.iter().copied());
+    }
+    let dup = count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    (dup, present)
 }
 
 /// How often [`RemoteAuditor`] asks. Zones publish once a second; asking ten times as often
@@ -164,9 +207,9 @@ impl RemoteAuditor {
         })
     }
 
-    /// Audits until `stop`. Returns (lost, duplicated) distinct characters, or `None` when not
-    /// one round could be judged: zero would claim a check that never happened.
-    pub async fn run(mut self, bots: Arc<Stats>, stop: CancellationToken) -> Option<(u64, u64)> {
+    /// Audits until `stop`. Returns what it found, or `None` when not one round could be
+    /// judged: zero would claim a check that never happened.
+    pub async fn run(mut self, bots: Arc<Stats>, stop: CancellationToken) -> Option<Audited> {
         let mut every = tokio::time::interval(POLL_EVERY);
         // A slow round (a zone timing out) is followed by the usual pause, not by a burst of
         // catch-up rounds.
@@ -200,7 +243,7 @@ impl RemoteAuditor {
                 "audit: some rounds were skipped while a zone or the coordinator did not answer"
             );
         }
-        Some((self.counter.lost(), self.counter.duplicated()))
+        Some(self.counter.audited())
     }
 
     /// One round: the map, then every zone in it, all at once. `None` when anything did not
@@ -249,10 +292,14 @@ impl RemoteAuditor {
                 Ok(Ok(reply)) => {
                     self.answered(&address);
                     let a = reply.into_inner();
+                    let mut npcs_held = a.npcs_frozen;
+                    npcs_held.extend(a.npcs_waiting);
                     snaps.push(ZoneAudit {
                         tick: a.tick,
                         simulated: a.simulated,
                         frozen: a.frozen,
+                        npcs: a.npcs,
+                        npcs_held,
                     });
                 }
                 Ok(Err(status)) => {
@@ -316,7 +363,7 @@ pub async fn run_remote(
     cluster_secret: Option<String>,
     bots: Arc<Stats>,
     stop: CancellationToken,
-) -> Result<Option<(u64, u64)>, AuditError> {
+) -> Result<Option<Audited>, AuditError> {
     Ok(RemoteAuditor::new(&coordinator_url, cluster_secret)?
         .run(bots, stop)
         .await)
@@ -331,7 +378,34 @@ mod tests {
             tick,
             simulated: simulated.to_vec(),
             frozen: frozen.to_vec(),
+            ..ZoneAudit::default()
         }
+    }
+
+    #[test]
+    fn npcs_are_counted_waiting_ones_too_and_doubles_found() {
+        let npcs = |tick, simulated: &[u64], held: &[u64]| ZoneAudit {
+            tick,
+            npcs: simulated.to_vec(),
+            npcs_held: held.to_vec(),
+            ..ZoneAudit::default()
+        };
+        let mut c = AuditCounter::default();
+        // 100 simulated in zone 1, 101 waiting there, 102 mid-handoff (frozen in 2, live in 1).
+        for tick in [20, 40] {
+            c.observe(
+                &[npcs(tick, &[100, 102], &[101]), npcs(tick, &[], &[102])],
+                &[],
+            );
+        }
+        assert_eq!(c.audited().npcs, 3);
+        assert_eq!(c.audited().npc_duplicates, 0);
+        // 100 simulated by both zones, two rounds in a row: one duplicate.
+        for tick in [60, 80] {
+            c.observe(&[npcs(tick, &[100], &[]), npcs(tick, &[100], &[])], &[]);
+        }
+        assert_eq!(c.audited().npcs, 1);
+        assert_eq!(c.audited().npc_duplicates, 1);
     }
 
     #[test]

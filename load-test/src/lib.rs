@@ -177,10 +177,7 @@ pub async fn run_with(
     let mut report = stats.report(config.bots, connected, duration_s);
     if let Some(auditing) = auditing {
         match auditing.await {
-            Ok(Some((lost, duplicated))) => {
-                report.lost_entities = Some(lost);
-                report.duplicated_entities = Some(duplicated);
-            }
+            Ok(Some(audited)) => report.set_audit(audited),
             // Nothing could be audited (logged by the auditor): the fields stay absent.
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "the audit task failed; no audit in the report"),

@@ -237,6 +237,8 @@ impl Stats {
             handoff_ms: None,
             lost_entities: None,
             duplicated_entities: None,
+            npcs: None,
+            npc_duplicates: None,
             bytes_down_per_bot_per_s: per_bot_s(self.bytes_down.load(Ordering::Relaxed)),
             bytes_up_per_bot_per_s: per_bot_s(self.bytes_up.load(Ordering::Relaxed)),
             chats_heard: self.chats_heard.load(Ordering::Relaxed),
@@ -260,6 +262,14 @@ impl Stats {
 }
 
 impl Report {
+    /// Fills in what an audit of the zones found.
+    pub fn set_audit(&mut self, a: crate::audit::Audited) {
+        self.lost_entities = Some(a.lost);
+        self.duplicated_entities = Some(a.duplicated);
+        self.npcs = Some(a.npcs);
+        self.npc_duplicates = Some(a.npc_duplicates);
+    }
+
     /// The final table for humans (the JSON is for machines).
     pub fn table(&self) -> String {
         let p = |p: &Percentiles, unit: &str| {
@@ -306,6 +316,9 @@ impl Report {
                 "characters lost / duplicated",
                 format!("{lost} / {duplicated}"),
             );
+        }
+        if let (Some(npcs), Some(duplicated)) = (self.npcs, self.npc_duplicates) {
+            row("NPCs / duplicated", format!("{npcs} / {duplicated}"));
         }
         if self.actions_sent > 0 {
             row(
@@ -373,6 +386,12 @@ pub struct Report {
     /// bots can see the zones: `worldmesh local`, or `load-test run --coordinator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicated_entities: Option<u64>,
+    /// The world's NPCs at the end, alive or waiting to come back (audited like characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npcs: Option<u64>,
+    /// NPCs simulated by two zones at once (two audits in a row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npc_duplicates: Option<u64>,
     pub bytes_down_per_bot_per_s: f64,
     pub bytes_up_per_bot_per_s: f64,
     pub chats_heard: u64,

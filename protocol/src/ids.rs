@@ -76,6 +76,29 @@ impl ZoneId {
     pub const NONE: ZoneId = ZoneId(0);
 }
 
+impl EntityId {
+    /// The first NPC id; the world's `N` NPCs are `NPC_BASE + 0 .. NPC_BASE + N`. Far above
+    /// any character id SQL hands out, so a character and an NPC never share an id.
+    pub const NPC_BASE: EntityId = EntityId(1 << 48);
+
+    /// Whether this names an NPC (a world entity no player plays) rather than a character.
+    pub fn is_npc(self) -> bool {
+        self >= Self::NPC_BASE
+    }
+
+    /// The `index`th NPC of the world.
+    pub fn npc(index: u64) -> EntityId {
+        EntityId(Self::NPC_BASE.0 + index)
+    }
+
+    /// Which of the world's NPCs this is; `None` for a character.
+    pub fn npc_index(self) -> Option<u64> {
+        self.0
+            .checked_sub(Self::NPC_BASE.0)
+            .filter(|_| self.is_npc())
+    }
+}
+
 impl Epoch {
     /// The epoch after this one.
     #[must_use]

@@ -38,6 +38,10 @@ pub struct Args {
     /// at 31 % and 69 % of the width, half way up.
     #[arg(long = "spawn", value_parser = parse_point)]
     spawn_points: Vec<(f32, f32)>,
+    /// NPCs in the whole world (not per zone), spread evenly over it; each belongs to the
+    /// zone whose cell it stands in, like a character.
+    #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
+    npcs: u64,
     #[command(flatten)]
     service: worldmesh_runtime::service::ServiceArgs,
 }
@@ -75,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lease_ttl: Duration::from_millis(args.lease_ttl_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         database_url: (!args.database_url.is_empty()).then_some(args.database_url),
+        npcs: args.npcs,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();

@@ -55,6 +55,9 @@ pub struct Config {
     /// Where the map, leases and authority epochs are kept (`postgres://…` or `sqlite:…`).
     /// `None` keeps them in memory only: a restart then forgets every authority (development).
     pub database_url: Option<String>,
+    /// NPCs in the world (not per zone): the coordinator places each in the zone owning its
+    /// spawn point and keeps it in play through failovers and shutdowns.
+    pub npcs: u64,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(2),
             heartbeat_interval: Duration::from_millis(500),
             database_url: None,
+            npcs: 0,
         }
     }
 }
@@ -116,7 +120,7 @@ pub async fn run(
     let (published_tx, published_rx) = tokio::sync::watch::channel(Arc::new(state::Published {
         map: Default::default(),
     }));
-    let state = state::State::load(map, store, published_tx).await?;
+    let state = state::State::load(map, store, config.npcs, published_tx).await?;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(state::REQUEST_QUEUE);
     // Stops the server on shutdown, or when the state task gives up (its error is returned).
     let stop = shutdown.child_token();

@@ -108,6 +108,7 @@ impl State {
     pub async fn load(
         mut map: WorldMap,
         store: Option<Store>,
+        npcs: u64,
         published: watch::Sender<Arc<Published>>,
     ) -> Result<Self, Error> {
         let now_ms = unix_ms();
@@ -129,7 +130,7 @@ impl State {
         let live: Vec<ZoneId> = map.zones().map(|z| z.id).collect();
         let mut state = Self {
             map,
-            core: Coordinator::new(rows, live),
+            core: Coordinator::new(rows, live).with_npcs(npcs),
             store,
             sessions: HashMap::new(),
             published,
@@ -151,7 +152,9 @@ impl State {
     }
 
     /// Picks who inherits an orphaned entity: spread over live zones that are not draining.
-    /// The heir hands the entity on if it stands elsewhere, so any live zone is correct.
+    /// The heir hands the entity on if it stands elsewhere, so any live zone is correct; an
+    /// NPC goes straight to the zone owning its spawn point (where a restored NPC stands),
+    /// saving that handoff.
     fn survivor_fn(&self) -> impl Fn(EntityId) -> Option<ZoneId> + use<> {
         let mut heirs: Vec<ZoneId> = self
             .map
@@ -162,7 +165,29 @@ impl State {
         if heirs.is_empty() {
             heirs = self.map.zones().map(|z| z.id).collect();
         }
-        move |e| (!heirs.is_empty()).then(|| heirs[e.0 as usize % heirs.len()])
+        let geometry = self.map.geometry().clone();
+        let homes: HashMap<(u32, u32), ZoneId> = {
+            let (cx, cy) = (geometry.cells_x(), geometry.cells_y());
+            (0..cy)
+                .flat_map(|y| (0..cx).map(move |x| (x, y)))
+                .filter_map(|(x, y)| {
+                    let (z, _) = self.map.locate(
+                        geometry.min_x + (x as f32 + 0.5) * geometry.cell_size,
+                        geometry.min_y + (y as f32 + 0.5) * geometry.cell_size,
+                    )?;
+                    (!z.draining && heirs.contains(&z.id)).then_some(((x, y), z.id))
+                })
+                .collect()
+        };
+        move |e| {
+            if let Some(i) = e.npc_index() {
+                let (x, y) = geometry.npc_home(i);
+                if let Some(&z) = homes.get(&geometry.cell_of(x, y)) {
+                    return Some(z);
+                }
+            }
+            (!heirs.is_empty()).then(|| heirs[e.0 as usize % heirs.len()])
+        }
     }
 
     /// Serves requests until `shutdown`. Ends early only with [`Error::AuthorityUnreadable`]:
@@ -306,7 +331,8 @@ impl State {
                     {
                         tracing::error!(zone = zone.0, error = %e, "cannot delete zone row");
                     }
-                    actions.extend(self.core.zone_stopped(zone));
+                    let survivor = self.survivor_fn();
+                    actions.extend(self.core.zone_stopped(zone, Instant::now(), survivor));
                 }
                 let _ = reply.send(known);
             }

@@ -54,6 +54,13 @@ impl Geometry {
         )
     }
 
+    /// Where the world's `index`th NPC is spawned, and comes back when defeated: spread
+    /// evenly over the world by a low-discrepancy sequence (deterministic, no clumps), so the
+    /// coordinator and every zone agree on it without being told.
+    pub fn npc_home(&self, index: u64) -> (f32, f32) {
+        npc_home(self.min_x, self.min_y, self.max_x, self.max_y, index)
+    }
+
     /// The form zones and gateways receive (`GetWorld`, every published map).
     pub fn to_pb(&self, tick_origin_unix_ms: u64) -> pb::WorldGeometry {
         pb::WorldGeometry {
@@ -89,6 +96,22 @@ pub fn axis_cell(v: f32, min: f32, size: f32, n: u32) -> u32 {
     } else {
         c.clamp(0.0, n.saturating_sub(1) as f32) as u32
     }
+}
+
+/// Where the world's `index`th NPC lives in a world spanning `(min_x, min_y)..(max_x, max_y)`
+/// (see [`Geometry::npc_home`]): the additive recurrence of the plastic number's powers, whose
+/// points fill a rectangle evenly for any count.
+pub fn npc_home(min_x: f32, min_y: f32, max_x: f32, max_y: f32, index: u64) -> (f32, f32) {
+    // In f64: an f32 product loses the fraction once index × 0.75 passes 2^24.
+    let i = index as f64;
+    let (fx, fy) = (
+        (0.5 + i * 0.754_877_666_246_692_7).fract(),
+        (0.5 + i * 0.569_840_290_998_053_3).fract(),
+    );
+    (
+        min_x + (fx as f32) * (max_x - min_x),
+        min_y + (fy as f32) * (max_y - min_y),
+    )
 }
 
 /// The cell containing a position in a published map; `None` before the map has a world.

@@ -209,6 +209,8 @@ pub struct Coordinator {
     takeovers: BTreeMap<EntityId, Takeover>,
     /// Restores not yet confirmed: (zone, epoch, next resend).
     restoring: BTreeMap<EntityId, (ZoneId, Epoch, Instant)>,
+    /// The world's NPCs are `EntityId::npc(0 .. npcs)` (see [`Coordinator::with_npcs`]).
+    npcs: u64,
 }
 
 impl Coordinator {
@@ -223,7 +225,35 @@ impl Coordinator {
             sagas: BTreeMap::new(),
             takeovers: BTreeMap::new(),
             restoring: BTreeMap::new(),
+            npcs: 0,
         }
+    }
+
+    /// The world has `n` NPCs, `EntityId::npc(0 .. n)`. Nobody logs them in, so the
+    /// coordinator keeps them in play itself: an NPC nobody holds (never placed yet, or its
+    /// zone stopped) is an orphan like one whose zone died, and goes to a live zone with
+    /// `Restore` (which spawns it afresh, or from its checkpoint if its kind is persisted).
+    /// NPCs beyond `n` (the world was shrunk) are retired: never restored, revoked where held.
+    pub fn with_npcs(mut self, n: u64) -> Self {
+        self.npcs = n;
+        for i in 0..n {
+            self.rows.entry(EntityId::npc(i)).or_insert(Authority {
+                zone: ZoneId::NONE,
+                epoch: Epoch(0),
+                last: None,
+            });
+        }
+        self
+    }
+
+    /// One of the world's NPCs (always kept in play).
+    fn is_world_npc(&self, entity: EntityId) -> bool {
+        entity.npc_index().is_some_and(|i| i < self.npcs)
+    }
+
+    /// An NPC of a larger world than this one: kept out of play.
+    fn is_retired_npc(&self, entity: EntityId) -> bool {
+        entity.npc_index().is_some_and(|i| i >= self.npcs)
     }
 
     pub fn row(&self, entity: EntityId) -> Option<&Authority> {
@@ -334,9 +364,15 @@ impl Coordinator {
         self.settle_takeovers(zone, out);
     }
 
-    /// A zone stopped cleanly, every entity saved: its sagas abort and its entities become
-    /// nobody's (the next login loads them from persistence), instead of failing over.
-    pub fn zone_stopped(&mut self, zone: ZoneId) -> Vec<Action> {
+    /// A zone stopped cleanly, every entity saved: its sagas abort and its characters become
+    /// nobody's (the next login loads them from persistence), instead of failing over. Its
+    /// NPCs, which nobody logs in, go to survivors.
+    pub fn zone_stopped(
+        &mut self,
+        zone: ZoneId,
+        now: Instant,
+        survivor: impl Fn(EntityId) -> Option<ZoneId>,
+    ) -> Vec<Action> {
         self.live.remove(&zone);
         let mut out = Vec::new();
         self.forget_zone(zone, &mut out);
@@ -349,6 +385,7 @@ impl Coordinator {
                 });
             }
         }
+        out.extend(self.reassign_orphans(now, survivor));
         out
     }
 
@@ -360,14 +397,29 @@ impl Coordinator {
         survivor: impl Fn(EntityId) -> Option<ZoneId>,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        let mut orphans: Vec<EntityId> = self
+        let orphans: Vec<EntityId> = self
             .rows
             .iter()
-            .filter(|(_, r)| r.zone != ZoneId::NONE && !self.live.contains(&r.zone))
+            .filter(|(e, r)| {
+                if r.zone == ZoneId::NONE {
+                    self.is_world_npc(**e)
+                } else {
+                    !self.live.contains(&r.zone)
+                }
+            })
             .map(|(e, _)| *e)
             .collect();
-        orphans.sort_unstable();
+        // (A BTreeMap's keys come sorted: the same rows give the same messages in order.)
         for entity in orphans {
+            if self.is_retired_npc(entity) {
+                let row = self.rows.get_mut(&entity).expect("orphan row");
+                row.zone = ZoneId::NONE;
+                out.push(Action::Write {
+                    entity,
+                    row: row.clone(),
+                });
+                continue;
+            }
             let Some(to) = survivor(entity).filter(|z| self.live.contains(z)) else {
                 continue;
             };
@@ -419,6 +471,12 @@ impl Coordinator {
                 }
             }
             ToCoordinator::Query { id, entity } => self.answer(now, from, id, entity, "", &mut out),
+            ToCoordinator::Acquire { .. } | ToCoordinator::Release { .. }
+                if self.is_world_npc(msg_entity(&msg)) =>
+            {
+                // NPCs are the world's, never a login's: no zone acquires or releases one
+                // (persistence never gives a login an NPC's row; this is the second lock).
+            }
             ToCoordinator::Acquire { entity, min_epoch } => {
                 // A repeat from the zone that already owns it (its Granted was lost): grant the
                 // same epoch again, so resending is harmless.
@@ -426,6 +484,7 @@ impl Coordinator {
                     && row.zone == from
                     && row.epoch > min_epoch
                     && !self.sagas.contains_key(&entity)
+                    && !self.takeovers.contains_key(&entity)
                 {
                     out.push(Action::Send(
                         from,
@@ -464,6 +523,17 @@ impl Coordinator {
                             resend_at: now + RESEND_AFTER,
                         },
                     );
+                    // The revoke's epoch is durable before the revoke is sent. The owner
+                    // forgets everything below it when it lets go; a coordinator that
+                    // restarts meanwhile (and forgets the takeover) must then give the entity
+                    // back at that epoch or later, or the owner would ignore it as stale.
+                    if row.epoch < epoch {
+                        row.epoch = epoch;
+                        out.push(Action::Write {
+                            entity,
+                            row: row.clone(),
+                        });
+                    }
                     out.push(Action::Send(old, ToZone::Revoke { entity, epoch }));
                     return out;
                 }
@@ -512,11 +582,22 @@ impl Coordinator {
                 let held: BTreeMap<EntityId, Epoch> = entities.iter().copied().collect();
                 let mut stale = Vec::new();
                 for &(entity, epoch) in &entities {
+                    if self.is_retired_npc(entity)
+                        && let Some(row) = self.rows.get_mut(&entity)
+                        && row.zone == from
+                    {
+                        row.zone = ZoneId::NONE;
+                        out.push(Action::Write {
+                            entity,
+                            row: row.clone(),
+                        });
+                    }
                     let current = self.rows.get(&entity);
                     if let Some(r) = current
                         && r.zone == from
                     {
-                        if r.epoch != epoch {
+                        // Mid-takeover the row's epoch is the revoke's: not a restore.
+                        if r.epoch != epoch && !self.takeovers.contains_key(&entity) {
                             // Ours at a newer epoch (a failover gave it back): restore it.
                             stale.push(entity);
                         }
@@ -536,8 +617,10 @@ impl Coordinator {
                     .iter()
                     .filter(|(e, r)| r.zone == from && (!held.contains_key(e) || stale.contains(e)))
                     .filter(|(e, _)| {
-                        // Entities being handed in are not expected to be held yet.
+                        // Entities being handed in are not expected to be held yet, nor those
+                        // being taken away (the owner may have let go already).
                         self.sagas.get(e).is_none_or(|s| s.to != from)
+                            && !self.takeovers.contains_key(e)
                     })
                     .map(|(e, r)| (*e, r.epoch))
                     .collect();
@@ -568,6 +651,21 @@ impl Coordinator {
         let Some(row) = self.rows.get(&entity) else {
             return decide(out, from, id, entity, Outcome::Fenced, &trace);
         };
+        if row.zone == from && self.takeovers.contains_key(&entity) {
+            // Being taken over by a login elsewhere (the row's epoch already moved to the
+            // revoke's): this handoff never starts, durably (a resent Begin after a restart
+            // must not start it either); the revoke that follows drops the entity.
+            if let Some(outcome) = already_decided(row, id) {
+                return decide(out, from, id, entity, outcome, &trace);
+            }
+            let row = self.rows.get_mut(&entity).expect("row checked above");
+            row.last = Some((id, Outcome::Aborted));
+            out.push(Action::Write {
+                entity,
+                row: row.clone(),
+            });
+            return decide(out, from, id, entity, Outcome::Aborted, &trace);
+        }
         if row.zone != from || row.epoch != id.epoch {
             let outcome = if row.last == Some((id, Outcome::Committed)) {
                 Outcome::Committed
@@ -578,17 +676,6 @@ impl Coordinator {
         }
         if let Some(outcome) = already_decided(row, id) {
             return decide(out, from, id, entity, outcome, &trace);
-        }
-        if self.takeovers.contains_key(&entity) {
-            // Being taken over by a login elsewhere: this handoff never starts, durably (a
-            // resent Begin after a restart must not start it either).
-            let row = self.rows.get_mut(&entity).expect("row checked above");
-            row.last = Some((id, Outcome::Aborted));
-            out.push(Action::Write {
-                entity,
-                row: row.clone(),
-            });
-            return decide(out, from, id, entity, Outcome::Aborted, &trace);
         }
         if let Some(s) = self.sagas.get_mut(&entity) {
             if s.id == id {
@@ -742,6 +829,20 @@ impl Coordinator {
             }
         }
         out
+    }
+}
+
+/// The entity a login message (`Acquire`, `Release`) is about.
+fn msg_entity(msg: &ToCoordinator) -> EntityId {
+    match msg {
+        ToCoordinator::Begin { entity, .. }
+        | ToCoordinator::Prepared { entity, .. }
+        | ToCoordinator::Query { entity, .. }
+        | ToCoordinator::Acquire { entity, .. }
+        | ToCoordinator::Release { entity, .. }
+        | ToCoordinator::Restored { entity, .. }
+        | ToCoordinator::Revoked { entity, .. } => *entity,
+        ToCoordinator::Holding { .. } => EntityId(0),
     }
 }
 
@@ -917,9 +1018,14 @@ impl Participant {
     }
 
     /// Forgets an entity that left the world; returns the `Release` to send.
-    pub fn release(&mut self, entity: EntityId) -> Option<ToCoordinator> {
+    pub fn release(&mut self, now: Instant, entity: EntityId) -> Option<ToCoordinator> {
         match self.held.remove(&entity) {
-            Some(Held::Active { epoch, .. }) => Some(ToCoordinator::Release { entity, epoch }),
+            Some(Held::Active { epoch, .. }) => {
+                // A `Restore` at this epoch the coordinator sent before it heard the release is
+                // late: the coordinator gives the entity out again only at a later epoch.
+                self.gone.insert(entity, (epoch, now));
+                Some(ToCoordinator::Release { entity, epoch })
+            }
             Some(other) => {
                 // Mid-handoff: the saga decides; keep waiting for it.
                 self.held.insert(entity, other);
@@ -1266,6 +1372,98 @@ mod tests {
         let out = c.on_tick(at + PREPARE_TIMEOUT);
         persist(store, &out);
         out
+    }
+
+    /// Restores sent, as (zone, entity, epoch).
+    fn restores(out: &[Action]) -> Vec<(ZoneId, EntityId, Epoch)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send(z, ToZone::Restore { entity, epoch, .. }) => {
+                    Some((*z, *entity, *epoch))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_worlds_npcs_are_placed_kept_in_play_and_never_acquired() {
+        let now = Instant::now();
+        let home = |e: EntityId| Some(if e.0.is_multiple_of(2) { A } else { B });
+        let mut c = Coordinator::new([], []).with_npcs(3);
+        // No zone yet: nowhere to put them.
+        assert!(c.reassign_orphans(now, home).is_empty());
+        let out = c.zone_up(A, now, |_| Some(A));
+        let (n0, n1, n2) = (EntityId::npc(0), EntityId::npc(1), EntityId::npc(2));
+        assert_eq!(
+            restores(&out),
+            [(A, n0, Epoch(1)), (A, n1, Epoch(1)), (A, n2, Epoch(1))],
+            "placed in the only zone, written first: {out:?}"
+        );
+        assert!(matches!(out[0], Action::Write { .. }));
+        c.zone_up(B, now, home);
+        // A login can never take an NPC, nor release one.
+        for msg in [
+            ToCoordinator::Acquire {
+                entity: n0,
+                min_epoch: Epoch(0),
+            },
+            ToCoordinator::Release {
+                entity: n0,
+                epoch: Epoch(1),
+            },
+        ] {
+            assert!(c.on_message(now, B, msg).is_empty());
+        }
+        assert_eq!(c.row(n0).unwrap().zone, A);
+        // A stops cleanly: its NPCs go to B (characters would become nobody's).
+        let out = c.zone_stopped(A, now, |_| Some(B));
+        assert_eq!(
+            restores(&out),
+            [(B, n0, Epoch(2)), (B, n1, Epoch(2)), (B, n2, Epoch(2))]
+        );
+        // And when B dies with no zone left, they wait for the next zone.
+        let out = c.zone_down(B, now, |_| None);
+        assert!(restores(&out).is_empty());
+        let out = c.zone_up(A, now, |_| Some(A));
+        assert_eq!(restores(&out).len(), 3);
+        assert!(
+            restores(&out)
+                .iter()
+                .all(|&(z, _, e)| z == A && e == Epoch(3))
+        );
+    }
+
+    #[test]
+    fn npcs_beyond_a_shrunk_world_are_retired() {
+        let now = Instant::now();
+        let row = |zone| Authority {
+            zone,
+            epoch: Epoch(4),
+            last: None,
+        };
+        let (kept, retired, dead) = (EntityId::npc(0), EntityId::npc(5), EntityId::npc(6));
+        // The world had 7 NPCs; now 1. Zone A still simulates NPC 5; NPC 6's zone C is dead.
+        let rows = [(kept, row(A)), (retired, row(A)), (dead, row(ZoneId(3)))];
+        let mut c = Coordinator::new(rows, [A]).with_npcs(1);
+        let out = c.reassign_orphans(now, |_| Some(A));
+        assert!(restores(&out).is_empty(), "nothing to restore: {out:?}");
+        assert_eq!(c.row(dead).unwrap().zone, ZoneId::NONE);
+        let out = c.on_message(
+            now,
+            A,
+            ToCoordinator::Holding {
+                entities: vec![(kept, Epoch(4)), (retired, Epoch(4))],
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Send(z, ToZone::Revoke { entity, .. }) if *z == A && *entity == retired
+        )));
+        assert_eq!(c.row(retired).unwrap().zone, ZoneId::NONE);
+        assert!(!out.iter().any(
+            |a| matches!(a, Action::Send(_, ToZone::Revoke { entity, .. }) if *entity == kept)
+        ));
     }
 
     /// Mutations caught: skipping the durable write of an abort, or writing it after the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use worldmesh::cluster::{Cluster, ClusterConfig};
-use worldmesh_load_test::audit::{AuditCounter, ZoneAudit};
+use worldmesh_load_test::audit::{AuditCounter, Audited, ZoneAudit};
 use worldmesh_load_test::bot::Behaviour;
 use worldmesh_load_test::stats::Percentiles;
 
@@ -46,9 +46,10 @@ struct Local {
     /// Bots to run against the gateway (0 for none; connect your own client).
     #[arg(long, default_value_t = 50)]
     bots: usize,
-    /// Wandering NPCs per zone.
+    /// NPCs in the whole world (not per zone): each belongs to the zone whose cell it stands
+    /// in, and is handed on at borders like a character.
     #[arg(long, default_value_t = 0)]
-    npcs: usize,
+    npcs: u64,
     /// The game the zones run: `arena` (the example game: health, attacks, monsters, XP) or
     /// `none` (bare movement and chat).
     #[arg(long, env = "WORLDMESH_GAME", default_value = "arena")]
@@ -112,7 +113,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
     let shutdown = worldmesh_runtime::shutdown_token();
     let mut config = ClusterConfig::new(worldmesh_persistence::Config::embedded(&args.data));
     config.zones = args.zones;
-    config.zone.npcs = args.npcs;
+    config.coordinator.npcs = args.npcs;
     config.zone.game = worldmesh::games::by_name(&args.game).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown game {:?}: one of {}",
@@ -197,7 +198,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
         ));
         let mut report = worldmesh_load_test::run_with(bots, stats, shutdown.clone()).await?;
         audit_stop.cancel();
-        let (lost, duplicated) = auditor.await?;
+        let audited = auditor.await?;
         let mut latencies: Vec<u64> = Vec::new();
         let mut handoffs = 0;
         for z in &cluster.zone_stats {
@@ -221,8 +222,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
             p99: at(0.99),
             max: latencies.last().map_or(0.0, |&us| us as f64 / 1000.0),
         });
-        report.lost_entities = Some(lost);
-        report.duplicated_entities = Some(duplicated);
+        report.set_audit(audited);
         Some(report)
     } else {
         match args.duration {
@@ -257,12 +257,12 @@ fn rand_suffix() -> u32 {
 
 /// Audits the in-process zones against the bots while they play (the rules are
 /// [`AuditCounter`]'s). Every 100 ms, so that each once-a-second publication is seen soon
-/// after it. Returns (lost, duplicated) distinct characters.
+/// after it.
 async fn audit(
     zones: Vec<Arc<worldmesh_zone::zone::Stats>>,
     bots: Arc<worldmesh_load_test::Stats>,
     stop: CancellationToken,
-) -> (u64, u64) {
+) -> Audited {
     let mut counter = AuditCounter::default();
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -273,14 +273,23 @@ async fn audit(
         let snaps: Vec<ZoneAudit> = zones
             .iter()
             .filter_map(|z| {
-                z.audit.lock().ok().map(|a| ZoneAudit {
-                    tick: a.tick,
-                    simulated: a.characters.active.iter().map(|e| e.0).collect(),
-                    frozen: a.characters.frozen.iter().map(|e| e.0).collect(),
+                z.audit.lock().ok().map(|a| {
+                    let ids = |v: &[worldmesh_protocol::ids::EntityId]| -> Vec<u64> {
+                        v.iter().map(|e| e.0).collect()
+                    };
+                    let mut npcs_held = ids(&a.npcs.frozen);
+                    npcs_held.extend(ids(&a.npcs_waiting));
+                    ZoneAudit {
+                        tick: a.tick,
+                        simulated: ids(&a.characters.active),
+                        frozen: ids(&a.characters.frozen),
+                        npcs: ids(&a.npcs.active),
+                        npcs_held,
+                    }
                 })
             })
             .collect();
         counter.observe(&snaps, &bots.entities());
     }
-    (counter.lost(), counter.duplicated())
+    counter.audited()
 }

@@ -21,9 +21,6 @@ pub struct Args {
     /// Checkpoint interval in milliseconds.
     #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
     checkpoint_ms: u64,
-    /// Wandering NPCs this zone simulates.
-    #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
-    npcs: usize,
     /// The game the zone runs (every zone of a cluster must run the same one). The
     /// `zone-server` binary knows only `none`; `worldmesh zone` knows the games in the
     /// repository (`arena`).
@@ -56,7 +53,6 @@ pub async fn run(
         persistence_url: args.cluster.persistence,
         view_radius: args.view_radius,
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
-        npcs: args.npcs,
         cluster_secret: args.cluster.cluster_secret,
         game,
         ..Default::default()

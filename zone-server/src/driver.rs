@@ -50,7 +50,6 @@ pub struct DriverConfig {
     pub sim: SimConfig,
     pub checkpoint_interval: Duration,
     pub zone_id: Arc<AtomicU64>,
-    pub npcs: usize,
     pub tick_origin_unix_ms: u64,
     pub capacity: u32,
     /// How far across a border a neighbour's characters are shown (the view radius plus its
@@ -90,7 +89,6 @@ pub fn spawn(
             checkpoint_every: (config.checkpoint_interval.as_secs_f64() / period.as_secs_f64())
                 .round()
                 .max(1.0) as u32,
-            npcs: config.npcs,
             capacity: config.capacity,
             border_margin: config.border_margin,
         },
@@ -165,7 +163,7 @@ impl Driver {
                 .push(took.as_micros().min(u32::MAX as u128) as u32);
         }
         self.drain_commands();
-        self.zone.stop();
+        self.zone.stop(Now::system());
         self.dispatch();
         for job in self.backlog.drain(..) {
             if self.ch.saves.blocking_send(job).is_err() {

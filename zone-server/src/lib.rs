@@ -75,9 +75,6 @@ pub struct Config {
     pub snapshot_budget_bytes: usize,
     pub checkpoint_interval: Duration,
     pub capacity: u32,
-    /// Wandering NPCs this zone simulates (spread over the whole world for now; per-cell
-    /// ownership arrives with handoff).
-    pub npcs: usize,
     /// Cells nobody may walk into.
     pub collision: sim::movement::CollisionMap,
     /// Gateways must present this secret to open a link (`None`: anyone may; development only).
@@ -103,7 +100,6 @@ impl Default for Config {
             snapshot_budget_bytes: 1100,
             checkpoint_interval: Duration::from_secs(1),
             capacity: 1000,
-            npcs: 0,
             collision: sim::movement::CollisionMap::default(),
             cluster_secret: None,
             drain_on_shutdown: true,
@@ -262,7 +258,6 @@ pub async fn run(
             sim: sim_config,
             checkpoint_interval: config.checkpoint_interval,
             zone_id: zone_id.clone(),
-            npcs: config.npcs,
             tick_origin_unix_ms: w.tick_origin_unix_ms,
             capacity: config.capacity,
             border_margin: config.view_radius * (1.0 + sim::snapshot::HYSTERESIS),

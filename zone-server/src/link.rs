@@ -174,6 +174,9 @@ impl ZoneLink for LinkService {
             tick: a.tick,
             simulated: a.characters.active.into_iter().map(|e| e.0).collect(),
             frozen: a.characters.frozen.into_iter().map(|e| e.0).collect(),
+            npcs: a.npcs.active.into_iter().map(|e| e.0).collect(),
+            npcs_frozen: a.npcs.frozen.into_iter().map(|e| e.0).collect(),
+            npcs_waiting: a.npcs_waiting.into_iter().map(|e| e.0).collect(),
         }))
     }
 }

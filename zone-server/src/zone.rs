@@ -30,6 +30,7 @@ use worldmesh_world::handoff::{Event, Participant, ToCoordinator, ToZone};
 use crate::character::Character;
 use crate::command::Command;
 use crate::saver::SaveJob;
+use crate::sim::npc::Wanderer;
 use crate::sim::{
     AbsentPlayer, Carried, CharacterIds, GhostState, Player, Removed, Sim, SimConfig,
 };
@@ -137,6 +138,10 @@ pub struct Audit {
     pub tick: u32,
     /// Simulated and shown to players, and frozen for a handoff in flight.
     pub characters: CharacterIds,
+    /// The world's NPCs held here, the same way.
+    pub npcs: CharacterIds,
+    /// NPCs held here waiting to come back (defeated).
+    pub npcs_waiting: Vec<EntityId>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -155,8 +160,6 @@ pub struct ZoneConfig {
     pub zone_id: ZoneId,
     /// Ticks between two checkpoints.
     pub checkpoint_every: u32,
-    /// Wandering NPCs, spread over the world.
-    pub npcs: usize,
     /// Most characters simulated here: joins and handoffs beyond it are refused.
     pub capacity: u32,
     /// How far across a border a neighbour's characters are shown (the view radius plus its
@@ -224,21 +227,8 @@ pub struct Zone {
 impl Zone {
     /// A zone running `config.sim.game`; fails only when the game's registrations conflict.
     pub fn new(config: &ZoneConfig, stats: Arc<Stats>) -> Result<Self, GameError> {
-        let mut sim = Sim::new(&config.sim)?;
-        let b = config.sim.bounds;
-        for i in 0..config.npcs {
-            // Spread evenly by a low-discrepancy sequence: deterministic, no clumps.
-            let (fx, fy) = (
-                (i as f32 * 0.618_034).fract(),
-                (i as f32 * 0.754_877_7).fract(),
-            );
-            let id = EntityId(crate::sim::NPC_ID_BASE.0 + (config.zone_id.0 << 24) + i as u64);
-            sim.spawn_npc(
-                id,
-                b.min_x + fx * (b.max_x - b.min_x),
-                b.min_y + fy * (b.max_y - b.min_y),
-            );
-        }
+        // NPCs come from the coordinator (`Restore`), like characters restored by failover.
+        let sim = Sim::new(&config.sim)?;
         let hz = config.sim.tick_rate_hz.max(1);
         Ok(Self {
             sim,
@@ -285,6 +275,11 @@ impl Zone {
     /// The characters simulated here and those frozen for a handoff (the audit's view).
     pub fn characters(&mut self) -> CharacterIds {
         self.sim.character_ids_by_state()
+    }
+
+    /// The NPCs held here: simulated or frozen, and waiting to come back (the audit's view).
+    pub fn npcs(&mut self) -> (CharacterIds, Vec<EntityId>) {
+        self.sim.npc_ids_by_state()
     }
 
     /// The latest cell map, to inspect.
@@ -348,7 +343,7 @@ impl Zone {
         if tick.wrapping_sub(last_housekeeping) >= self.tick_rate_hz {
             self.last_housekeeping = Some(tick);
             self.sim.expire_ghosts(tick.saturating_sub(GHOST_TTL_TICKS));
-            self.expire_detached(tick.saturating_sub(self.grace_ticks));
+            self.expire_detached(now, tick.saturating_sub(self.grace_ticks));
         }
         let s = &self.stats;
         s.players
@@ -370,7 +365,7 @@ impl Zone {
             } => self.join(now, link, player_id, character),
             Command::Leave { link, player_id } => match self.sim.despawn_player(player_id) {
                 Some(c) => {
-                    self.release(c.id);
+                    self.release(now, c.id);
                     self.save(SaveJob {
                         characters: vec![c],
                         leaving: vec![Player { player_id, link }],
@@ -465,7 +460,7 @@ impl Zone {
                     new = zone_id.0,
                     "lease lost: dropping every character (others own them now)"
                 );
-                for id in self.sim.character_ids() {
+                for id in self.sim.held_ids() {
                     self.drop_character(id);
                 }
                 self.participant.clear();
@@ -481,12 +476,15 @@ impl Zone {
         }
     }
 
-    /// Shutdown: despawn and save everyone, releasing them to the coordinator.
-    pub fn stop(&mut self) {
+    /// Shutdown: despawn and save everyone, releasing the characters to the coordinator (it
+    /// moves the NPCs, whose persisted kinds are saved here too, to the zones that remain).
+    pub fn stop(&mut self, now: Now) {
         let mut all = self.sim.checkpoint();
         all.extend(self.sim.despawn_all());
         for c in &all {
-            self.release(c.id);
+            if !c.id.is_npc() {
+                self.release(now, c.id);
+            }
         }
         if !all.is_empty() {
             self.save(SaveJob {
@@ -517,7 +515,7 @@ impl Zone {
             }
             return;
         }
-        if self.sim.character_count() >= self.capacity as usize {
+        if self.sim.player_character_count() >= self.capacity as usize {
             self.join_failed(link, player_id, "zone full");
             return;
         }
@@ -572,6 +570,17 @@ impl Zone {
                 "character restored from the copy held here"
             );
             metrics::counter!("worldmesh_zone_restores_total").increment(1);
+        } else if entity.is_npc() {
+            let home = self.npc_home(entity);
+            match character {
+                Some(mut c) => {
+                    c.epoch = epoch;
+                    self.sim.restore_npc(&c, home);
+                }
+                // Never checkpointed yet (or the checkpoint is unreadable): a fresh one.
+                None => self.sim.spawn_npc_at(entity, home.0, home.1, epoch, 0),
+            }
+            metrics::counter!("worldmesh_zone_restores_total").increment(1);
         } else if let Some(mut c) = character {
             c.epoch = epoch;
             self.sim.spawn_arrival(&c, &Carried::default());
@@ -596,6 +605,40 @@ impl Zone {
             }
         }
         self.serve_pending_join(entity);
+    }
+
+    /// The world's NPC `entity` is ours at `epoch` (placed by the coordinator, or failed over
+    /// to us): a copy still held here goes on; one waiting to come back keeps waiting; a
+    /// persisted kind loads its checkpoint; any other NPC starts fresh at its spawn point.
+    fn restore_npc(&mut self, now: Now, entity: EntityId, epoch: Epoch) {
+        if self.sim.npc_waiting(entity) {
+            self.sim.set_waiting_epoch(entity, epoch);
+            return;
+        }
+        if self.sim.has_character(entity) {
+            // A copy still here (a handoff out that never took) is at least as new as any
+            // checkpoint: it goes on, as a character's would.
+            self.loaded(now, entity, epoch, None);
+            return;
+        }
+        if self.sim.npc_kind_persisted(entity) {
+            self.out.push_back(Output::Load { entity, epoch });
+            return;
+        }
+        let (x, y) = self.npc_home(entity);
+        self.sim.spawn_npc_at(entity, x, y, epoch, 0);
+    }
+
+    /// Where the world's NPC `entity` is spawned (the coordinator computes the same).
+    fn npc_home(&self, entity: EntityId) -> (f32, f32) {
+        let b = self.sim.bounds();
+        geometry::npc_home(
+            b.min_x,
+            b.min_y,
+            b.max_x,
+            b.max_y,
+            entity.npc_index().unwrap_or(0),
+        )
     }
 
     /// A join still asking the coordinator for a character that became ours another way (a
@@ -674,7 +717,7 @@ impl Zone {
     }
 
     /// Saves and releases characters whose player has been gone since `before` (a tick).
-    fn expire_detached(&mut self, before: u32) {
+    fn expire_detached(&mut self, now: Now, before: u32) {
         let expired = self.sim.expire_detached(before);
         if expired.is_empty() {
             return;
@@ -684,7 +727,7 @@ impl Zone {
             "detached characters' grace period over; saving and releasing them"
         );
         for c in &expired {
-            self.release(c.id);
+            self.release(now, c.id);
         }
         self.save(SaveJob {
             characters: expired,
@@ -694,8 +737,14 @@ impl Zone {
 
     fn publish_audit(&mut self, tick: u32) {
         let characters = self.sim.character_ids_by_state();
+        let (npcs, npcs_waiting) = self.sim.npc_ids_by_state();
         if let Ok(mut a) = self.stats.audit.lock() {
-            *a = Audit { tick, characters };
+            *a = Audit {
+                tick,
+                characters,
+                npcs,
+                npcs_waiting,
+            };
         }
     }
 
@@ -742,16 +791,19 @@ impl Zone {
         let _entered = span.enter();
         let map = self.map.clone();
         let me = self.zone_id;
-        let room = self.sim.character_count() < self.capacity as usize;
-        let (events, replies) = self.participant.on_message(now.at, msg, |_, state| {
-            // Take an entity only if it stands in a cell we own, and we have room.
+        let room = self.sim.player_character_count() < self.capacity as usize;
+        let (events, replies) = self.participant.on_message(now.at, msg, |entity, state| {
+            // Take an entity only if it stands in a cell we own, and (a character) we have
+            // room: capacity counts players' characters, and an NPC refused would walk on
+            // regardless, into a cell nobody takes it in.
             let Ok(s) = pb::HandoffState::decode(state.as_ref()) else {
                 return false;
             };
             let Some(c) = s.character else { return false };
-            room && map
-                .as_ref()
-                .is_none_or(|m| owner_at(m, c.x, c.y) == Some(me))
+            (room || entity.is_npc())
+                && map
+                    .as_ref()
+                    .is_none_or(|m| owner_at(m, c.x, c.y) == Some(me))
         });
         for r in replies {
             self.tell_coordinator(r);
@@ -763,6 +815,12 @@ impl Zone {
                     epoch,
                     state: Some(state),
                 } => self.activate(entity, epoch, &state),
+                // An NPC placed here by the coordinator, or failed over.
+                Event::Activate {
+                    entity,
+                    epoch,
+                    state: None,
+                } if entity.is_npc() => self.restore_npc(now, entity, epoch),
                 // Failover: restore from the last checkpoint.
                 Event::Activate {
                     entity,
@@ -791,7 +849,7 @@ impl Zone {
                             self.sim.set_epoch(entity, epoch);
                         } else {
                             // Nobody waits for it any more: give it straight back.
-                            self.release(entity);
+                            self.release(now, entity);
                         }
                         continue;
                     };
@@ -845,6 +903,15 @@ impl Zone {
             last_input_seq: s.last_input_seq,
             last_tick_sent: s.last_tick_sent,
             components: ComponentValues::decode_or_log(&s.components, "handoff state"),
+            npc: s.npc.map(|n| Wanderer {
+                kind: worldmesh_game::NpcKindId(n.kind as u16),
+                rng: n.rng,
+                next_turn: n.next_turn,
+                home: worldmesh_game::Position {
+                    x: n.home_x,
+                    y: n.home_y,
+                },
+            }),
         };
         self.sim.spawn_arrival(&character, &carried);
         self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
@@ -942,6 +1009,13 @@ impl Zone {
             frozen_at_unix_us: now.unix_us,
             last_input_seq: carried.last_input_seq,
             components: carried.components.encode(),
+            npc: carried.npc.map(|w| pb::NpcState {
+                kind: u32::from(w.kind.0),
+                rng: w.rng,
+                next_turn: w.next_turn,
+                home_x: w.home.x,
+                home_y: w.home.y,
+            }),
         };
         let bytes = Bytes::from(state.encode_to_vec());
         // The root of the handoff's trace: the coordinator and the target zone continue it
@@ -1030,8 +1104,8 @@ impl Zone {
         }
     }
 
-    fn release(&mut self, id: EntityId) {
-        if let Some(m) = self.participant.release(id) {
+    fn release(&mut self, now: Now, id: EntityId) {
+        if let Some(m) = self.participant.release(now.at, id) {
             self.tell_coordinator(m);
         }
     }
@@ -1095,7 +1169,6 @@ mod tests {
             },
             zone_id: ZoneId(zone_id),
             checkpoint_every: 20,
-            npcs: 0,
             capacity: 10,
             border_margin: 30.0,
         }
@@ -1235,6 +1308,7 @@ mod tests {
                 frozen_at_unix_us: 0,
                 last_input_seq: 0,
                 components: Vec::new(),
+                npc: None,
             }
             .encode_to_vec(),
         )
@@ -1961,12 +2035,130 @@ mod tests {
         assert_eq!(z.participant().active_epoch(EntityId(100)), Some(Epoch(3)));
     }
 
+    /// The first of the world's NPCs whose spawn point is in zone 2's cells (x ≥ 110).
+    fn npc_homed_in_zone_2() -> (EntityId, (f32, f32)) {
+        (0..)
+            .map(|i| {
+                (
+                    EntityId::npc(i),
+                    geometry::npc_home(0.0, 0.0, 200.0, 100.0, i),
+                )
+            })
+            .find(|(_, (x, _))| *x >= 110.0)
+            .unwrap()
+    }
+
+    #[test]
+    fn an_npc_placed_by_the_coordinator_starts_at_its_spawn_point_and_walks_on_across_borders() {
+        let (mut z1, mut clock) = zone(1);
+        let (npc, home) = npc_homed_in_zone_2();
+        // Placed in zone 1 (zone 2's cells were zone 1's when it was placed, say).
+        z1.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Restore {
+                entity: npc,
+                epoch: Epoch(1),
+                committed: None,
+            }),
+        );
+        let out = drain(&mut z1);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Load { .. })),
+            "an NPC of a kind nobody persists starts fresh: no load"
+        );
+        assert_eq!(z1.npcs().0.active, [npc]);
+        assert_eq!(z1.characters().active, [], "NPCs are not characters");
+        // It stands in zone 2's cell: handed over at the next tick, its walk going along.
+        z1.tick(clock.advance(Duration::from_millis(50)), 1);
+        let state = to_coordinator(&drain(&mut z1))
+            .into_iter()
+            .find_map(|m| match m {
+                ToCoordinator::Begin { entity, state, .. } if *entity == npc => Some(state.clone()),
+                _ => None,
+            })
+            .expect("a handoff of the NPC");
+        let carried = pb::HandoffState::decode(state.as_ref()).unwrap();
+        let walk = carried.npc.expect("an NPC's walk travels");
+        assert_eq!((walk.home_x, walk.home_y), home);
+        assert_eq!(carried.player_id, 0);
+        assert_eq!(z1.npcs().0.frozen, [npc]);
+
+        let (mut z2, _) = zone(2);
+        z2.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Prepare {
+                id: HandoffId {
+                    epoch: Epoch(1),
+                    attempt: 1,
+                },
+                entity: npc,
+                epoch: Epoch(2),
+                from: ZoneId(1),
+                state: state.clone(),
+                trace: String::new(),
+            }),
+        );
+        assert!(matches!(
+            to_coordinator(&drain(&mut z2))[..],
+            [ToCoordinator::Prepared { ok: true, .. }]
+        ));
+        for (z, outcome) in [(&mut z2, Outcome::Committed), (&mut z1, Outcome::Committed)] {
+            z.handle(
+                clock.0,
+                Command::Coordinator(ToZone::Decided {
+                    id: HandoffId {
+                        epoch: Epoch(1),
+                        attempt: 1,
+                    },
+                    entity: npc,
+                    outcome,
+                    trace: String::new(),
+                }),
+            );
+        }
+        assert_eq!(z2.npcs().0.active, [npc]);
+        assert_eq!(z2.participant().active_epoch(npc), Some(Epoch(2)));
+        assert!(z1.npcs().0.active.is_empty() && z1.npcs().0.frozen.is_empty());
+        assert_eq!(
+            z1.sim().ghost_count(),
+            1,
+            "zone 1 still shows it, as a ghost"
+        );
+        // Zone 2 shows it back to zone 1 (it stands near the border).
+        z2.tick(clock.advance(Duration::from_millis(50)), 2);
+        let shown = drain(&mut z2).into_iter().any(
+            |o| matches!(o, Output::Ghosts(g) if g.batch.ghosts.iter().any(|g| g.id == npc.0)),
+        );
+        assert!(
+            shown || home.0 >= 150.0,
+            "a border NPC is ghosted to the neighbour"
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_drops_the_npcs_too() {
+        let (mut z, clock) = zone(1);
+        let npc = EntityId::npc(0);
+        z.handle(
+            clock.0,
+            Command::Coordinator(ToZone::Restore {
+                entity: npc,
+                epoch: Epoch(1),
+                committed: None,
+            }),
+        );
+        assert_eq!(z.npcs().0.active, [npc]);
+        z.handle(clock.0, Command::LeaseLost { zone_id: ZoneId(9) });
+        assert!(z.npcs().0.active.is_empty());
+        assert!(z.participant().is_empty());
+    }
+
     #[test]
     fn stopping_saves_and_releases_everyone() {
         let (mut z, clock) = zone(1);
         join(&mut z, clock.0, 7, 100, 50.0, 2);
         join(&mut z, clock.0, 8, 101, 60.0, 2);
-        z.stop();
+        z.stop(clock.0);
         let out = drain(&mut z);
         let mut ids: Vec<u64> = saved(&out)
             .iter()

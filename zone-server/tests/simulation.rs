@@ -15,17 +15,22 @@
 //! - players log in again elsewhere (a takeover by `Acquire`), and every `Acquire` may be
 //!   repeated (by the zone's own resend, or by network duplication of the login).
 //!
+//! The world also has NPCs, which nobody logs in: the coordinator places them, they wander
+//! across borders (handed off like characters), and a zone's crash, drain or lapsed lease
+//! sends them to survivors, which start them again at their spawn points.
+//!
 //! Invariants, after every step:
-//! - an entity is *active* (simulated and shown to players) in at most one zone at any
-//!   moment, whatever its epoch, except in a zone whose lease has lapsed, until that zone's
-//!   next contact with the coordinator (its heartbeat, which makes it drop everything);
-//! - a character active in a zone is `Active` in that zone's handoff participant;
+//! - an entity (character or NPC) is *active* (simulated and shown to players) in at most one
+//!   zone at any moment, whatever its epoch, except in a zone whose lease has lapsed, until
+//!   that zone's next contact with the coordinator (its heartbeat, which makes it drop
+//!   everything);
+//! - a character or NPC active in a zone is `Active` in that zone's handoff participant;
 //! - durable authority epochs only grow; persistence refuses every state older than the one it
 //!   holds and fences its writer.
 //!
 //! At the end of each run the faults stop and the world settles: every entity is then active
 //! in exactly one live zone, the one the durable record names, at the durable epoch, with its
-//! player attached. None lost, none duplicated.
+//! player attached (a character). None lost, none duplicated: every NPC of the world too.
 //!
 //! Mutations this suite must catch, each tried by hand (change the code, run the suite, see a
 //! seed fail; 2026-12-03, at the default 4,000 seeds):
@@ -46,6 +51,17 @@
 //!   scripted case `an_abort_is_written_before_it_is_told_and_survives_a_restart` in
 //!   `world/src/handoff.rs` builds exactly that sequence and catches it, as it catches writing
 //!   the abort after telling the zones.
+//!
+//! Two bugs of the authority rules themselves it found on 2026-12-03, when NPCs joined the
+//! world (and with them, new interleavings), both fixed in `world/src/handoff.rs`:
+//! - a zone released a character (nobody waited for its grant) and then accepted the
+//!   `Restore` the coordinator had sent just before it heard the release: two zones simulated
+//!   it (seed 2416). A release now leaves a tombstone at the released epoch;
+//! - a login elsewhere revoked a character at epoch e + 1, its owner let go (forgetting
+//!   everything at e and below), and the coordinator restarted before writing the takeover: it
+//!   restored the character to that owner at e, which ignored it as stale, so the character
+//!   was simulated nowhere (seed 3863). A takeover now writes the revoke's epoch before it
+//!   sends the revoke.
 //!
 //! The scripted cases in `world/src/handoff.rs` also catch the first two mutations above
 //! directly (`a_late_begin_of_an_earlier_attempt_is_aborted`,
@@ -78,6 +94,8 @@ const CELLS: u32 = 12;
 const CELL_SIZE: f32 = 20.0;
 const WIDTH: f32 = CELLS as f32 * CELL_SIZE;
 const ENTITIES: u64 = 16;
+/// The world's NPCs (`EntityId::npc(0 .. NPCS)`).
+const NPCS: u64 = 6;
 /// One scheduler step; zones tick every [`TICK_EVERY`] steps (20 Hz).
 const STEP: Duration = Duration::from_millis(10);
 const TICK_EVERY: u32 = 5;
@@ -180,7 +198,6 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
         },
         zone_id: id,
         checkpoint_every: 10,
-        npcs: 0,
         capacity: 1000,
         border_margin: 10.0,
     }
@@ -198,7 +215,7 @@ impl Sim {
             start,
             now: start,
             step: 0,
-            coord: Some(Coordinator::new([], [])),
+            coord: Some(Coordinator::new([], []).with_npcs(NPCS)),
             coord_down_until: None,
             durable: BTreeMap::new(),
             leases: BTreeMap::new(),
@@ -522,10 +539,9 @@ impl Sim {
         for t in self.leases.values_mut() {
             *t = self.now;
         }
-        self.coord = Some(Coordinator::new(
-            self.durable.clone(),
-            self.leases.keys().copied(),
-        ));
+        self.coord = Some(
+            Coordinator::new(self.durable.clone(), self.leases.keys().copied()).with_npcs(NPCS),
+        );
         self.coord_down_until = None;
         self.log(|| "coordinator restarted; zones re-sync".into());
         let survivor = self.survivor_fn();
@@ -784,14 +800,16 @@ impl Sim {
             }
             let id = self.nodes[&s].id;
             self.log(|| format!("zone {id} stops"));
-            self.nodes.get_mut(&s).unwrap().core.stop();
+            let clock = self.clock();
+            self.nodes.get_mut(&s).unwrap().core.stop(clock);
             self.dispatch(s);
             self.nodes.remove(&s);
             self.players_sent_away(id);
             if self.leases.remove(&id).is_some() {
                 self.map_version += 1;
+                let survivor = self.survivor_fn();
                 if let Some(c) = self.coord.as_mut() {
-                    let actions = c.zone_stopped(id);
+                    let actions = c.zone_stopped(id, now, survivor);
                     self.perform(actions);
                 }
                 // With the coordinator down the deregistration fails: the lease lapses later
@@ -1089,7 +1107,8 @@ impl Sim {
     fn check(&mut self) -> Check {
         let mut active_in: BTreeMap<EntityId, Vec<ZoneId>> = BTreeMap::new();
         for n in self.nodes.values_mut() {
-            let active = n.core.characters().active;
+            let mut active = n.core.characters().active;
+            active.extend(n.core.npcs().0.active);
             for e in active {
                 if n.core.participant().active_epoch(e).is_none() {
                     return Err(format!(
@@ -1158,6 +1177,26 @@ impl Sim {
                 return Ok(false);
             }
         }
+        for npc in (0..NPCS).map(EntityId::npc) {
+            let Some(row) = self.durable.get(&npc).cloned() else {
+                return Ok(false);
+            };
+            let copies: Vec<(ZoneId, Held)> = self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.participant().held(npc).map(|h| (n.id, h.clone())))
+                .collect();
+            let settled = copies.len() == 1
+                && copies[0].0 == row.zone
+                && matches!(copies[0].1, Held::Active { epoch, .. } if epoch == row.epoch);
+            let Some(s) = self.slot_of(row.zone).filter(|_| settled) else {
+                return Ok(false);
+            };
+            let (npcs, waiting) = self.nodes.get_mut(&s).unwrap().core.npcs();
+            if !npcs.active.contains(&npc) && !waiting.contains(&npc) {
+                return Ok(false);
+            }
+        }
         let attached: usize = self
             .nodes
             .values()
@@ -1214,6 +1253,22 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
             "\n  entity {entity}: durable {:?}, held {copies:?}, player attached in {attached_in:?}, {:?}",
             sim.durable.get(&EntityId(entity)),
             sim.players[&(PLAYER_BASE + entity)]
+        );
+    }
+    for npc in (0..NPCS).map(EntityId::npc) {
+        let copies: Vec<(ZoneId, Held)> = sim
+            .nodes
+            .values()
+            .filter_map(|n| n.core.participant().held(npc).map(|h| (n.id, h.clone())))
+            .collect();
+        let simulated_in: Vec<ZoneId> = sim
+            .nodes
+            .values_mut()
+            .filter_map(|n| n.core.npcs().0.active.contains(&npc).then_some(n.id))
+            .collect();
+        why += &format!(
+            "\n  NPC {npc}: durable {:?}, held {copies:?}, simulated in {simulated_in:?}",
+            sim.durable.get(&npc)
         );
     }
     let attached: usize = sim

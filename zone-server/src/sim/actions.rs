@@ -13,7 +13,7 @@ use worldmesh_protocol::ids::{LinkId, PlayerId};
 use worldmesh_protocol::{ActionOutcome, ActionRefusal, ActionRequest, ServerMessage, codec};
 
 use super::components::{Frozen, Player, Position};
-use super::{CharIndex, NpcIndex, Outbox};
+use super::{CharIndex, Outbox};
 
 /// A player's actions waiting for the next tick.
 #[derive(Component, Debug, Default)]
@@ -130,7 +130,6 @@ fn apply(
                 .resource::<CharIndex>()
                 .0
                 .get(&id)
-                .or_else(|| world.resource::<NpcIndex>().0.get(&id))
                 .copied()
                 .ok_or(refuse(ActionRefusal::NoTarget))?;
             if world.get::<Frozen>(target).is_some() {

@@ -5,7 +5,7 @@
 use super::*;
 
 impl Sim {
-    /// Characters simulated here (frozen ones too), for border visibility.
+    /// Characters and NPCs simulated here (frozen ones too), for border visibility.
     pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
         out.clear();
         let mut q = self.world.query_filtered::<(&Id, &Position, &Motion, &Synced), (
@@ -113,6 +113,8 @@ impl Sim {
                 Frozen,
                 Detached,
                 worldmesh_game::Character,
+                worldmesh_game::Npc,
+                npc::Wanderer,
             )>()
             .insert(Ghost {
                 from_zone: to,

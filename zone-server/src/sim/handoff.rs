@@ -6,7 +6,7 @@ use super::*;
 use worldmesh_protocol::ids::Epoch;
 
 impl Sim {
-    /// Characters (not NPCs) being simulated, not frozen: (id, x, y). For border checks.
+    /// Characters and NPCs being simulated, not frozen: (id, x, y). For border checks.
     pub fn character_positions(&mut self, out: &mut Vec<(EntityId, f32, f32)>) {
         out.clear();
         let mut q = self
@@ -23,7 +23,8 @@ impl Sim {
         let tick = self.tick();
         let mut e = self.world.entity_mut(entity);
         // Its state has left with the handoff: game systems must not change it meanwhile.
-        e.insert(Frozen).remove::<worldmesh_game::Character>();
+        e.insert(Frozen)
+            .remove::<(worldmesh_game::Character, worldmesh_game::Npc)>();
         let intent = e.get::<Intent>().copied().unwrap_or_default();
         let components = e.get::<Synced>().map(Synced::all).unwrap_or_default();
         let carried = Carried {
@@ -35,21 +36,28 @@ impl Sim {
             last_input_seq: intent.last_seq,
             last_tick_sent: tick,
             components,
+            npc: e.get::<npc::Wanderer>().copied(),
         };
         Some((character, carried))
     }
 
     pub fn unfreeze(&mut self, id: EntityId) {
         if let Some(entity) = self.entity_of(id) {
-            self.world
-                .entity_mut(entity)
-                .remove::<Frozen>()
-                .insert(worldmesh_game::Character);
+            let mut e = self.world.entity_mut(entity);
+            e.remove::<Frozen>();
+            match e.get::<npc::Wanderer>().map(|w| w.kind) {
+                Some(kind) => e.insert(worldmesh_game::Npc { kind }),
+                None => e.insert(worldmesh_game::Character),
+            };
         }
     }
 
-    /// Removes a character without saving (handed off, or fenced); `None` if it is not here.
+    /// Removes a character or NPC without saving (handed off, fenced, revoked); `None` if it
+    /// is not here. An NPC waiting to come back is forgotten too.
     pub fn remove_character(&mut self, id: EntityId) -> Option<Removed> {
+        if self.world.resource_mut::<npc::Graveyard>().remove(id) {
+            return Some(Removed { player: None });
+        }
         let entity = self.world.resource_mut::<CharIndex>().0.remove(&id)?;
         actions::answer_queued(&mut self.world, entity, ActionRefusal::Moving);
         let player = self.world.get::<Player>(entity).copied();
@@ -73,12 +81,39 @@ impl Sim {
     }
 
     /// Spawns a character that arrives by handoff or restore, with a player if one is
-    /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise.
+    /// attached (its snapshots continue after `carried.last_tick_sent`), detached otherwise;
+    /// or an NPC handed in, walking on as it walked there.
     pub fn spawn_arrival(&mut self, c: &Character, carried: &Carried) -> Spawned {
         self.remove_ghost(c.id);
         self.remove_character(c.id);
         let b = self.world.resource::<SimSettings>().bounds;
         let (x, y) = (c.x.clamp(b.min_x, b.max_x), c.y.clamp(b.min_y, b.max_y));
+        let spawned = Spawned {
+            entity_id: c.id,
+            x,
+            y,
+            heading: c.heading,
+        };
+        if let Some(walk) = carried.npc {
+            let motion = Motion {
+                heading: c.heading,
+                speed: carried.speed,
+            };
+            let entity = npc::spawn_with(
+                &mut self.world,
+                c.id,
+                Position { x, y },
+                motion,
+                walk,
+                c.epoch,
+                c.version,
+            );
+            if let Some(mut i) = self.world.get_mut::<Intent>(entity) {
+                (i.heading, i.speed) = (carried.intent_heading, carried.intent_speed);
+            }
+            self.insert_components(entity, &carried.components);
+            return spawned;
+        }
         let tick = self.tick();
         let mut e = self.world.spawn((
             worldmesh_game::Character,
@@ -125,11 +160,6 @@ impl Sim {
                 .0
                 .insert(p.player_id, entity);
         }
-        Spawned {
-            entity_id: c.id,
-            x,
-            y,
-            heading: c.heading,
-        }
+        spawned
     }
 }

@@ -49,6 +49,11 @@ impl Grid {
         self.buckets.get((ky * self.cols + kx) as usize)
     }
 
+    /// The largest radius [`Grid::for_each_near`] answers: a bucket's side.
+    pub fn max_radius(&self) -> f32 {
+        self.cell
+    }
+
     /// Calls `f` with every entity within `radius` (at most the bucket size) of `at`, with its
     /// squared distance.
     pub fn for_each_near(&self, at: Position, radius: f32, mut f: impl FnMut(&Seen, f32)) {

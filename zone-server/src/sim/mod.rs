@@ -48,19 +48,16 @@ use components::*;
 pub use components::{AbsentPlayer, Player};
 
 /// NPC entity ids start here, far above any character id SQL will hand out.
-pub const NPC_ID_BASE: EntityId = EntityId(1 << 48);
+pub const NPC_ID_BASE: EntityId = EntityId::NPC_BASE;
 
 /// Player id → entity, for routing inputs and leaves.
 #[derive(Resource, Default)]
 pub struct PlayerIndex(pub HashMap<PlayerId, Entity>);
 
-/// Character (entity) id → ECS entity, for handoffs and takeovers.
+/// Entity id → ECS entity for everything this zone holds (characters and NPCs; not ghosts),
+/// for handoffs, takeovers and action targets.
 #[derive(Resource, Default)]
 pub struct CharIndex(pub HashMap<EntityId, Entity>);
-
-/// NPC id → ECS entity, for actions that target NPCs.
-#[derive(Resource, Default)]
-pub struct NpcIndex(pub HashMap<EntityId, Entity>);
 
 /// Ghost id → ECS entity (border visibility).
 #[derive(Resource, Default)]
@@ -110,6 +107,8 @@ pub struct Carried {
     pub last_tick_sent: u32,
     /// Every registered game component (persisted or not).
     pub components: ComponentValues,
+    /// An NPC's walk (kind, generator, spawn point); `None` for a character.
+    pub npc: Option<npc::Wanderer>,
 }
 
 /// One frame for one player, already encoded.
@@ -182,7 +181,6 @@ impl Sim {
         world.insert_resource(PlayerIndex::default());
         world.insert_resource(CharIndex::default());
         world.insert_resource(GhostIndex::default());
-        world.insert_resource(NpcIndex::default());
         world.insert_resource(npc::Graveyard::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());

@@ -3,6 +3,7 @@
 //! the characters simulated here.
 
 use super::*;
+use worldmesh_protocol::ids::Epoch;
 
 impl Sim {
     pub fn has_character(&self, id: EntityId) -> bool {
@@ -198,18 +199,123 @@ impl Sim {
     }
 
     /// Spawns an NPC with the given entity id, of the kind the game gives that id (NPC ids
-    /// must not collide with character ids: use [`NPC_ID_BASE`] and up); `(x, y)` is also
-    /// where it comes back when defeated.
+    /// must not collide with character ids: `EntityId::npc(i)`); `(x, y)` is also where it
+    /// comes back when defeated. Held at `epoch` (0 outside a cluster: benches, tests).
     pub fn spawn_npc(&mut self, id: EntityId, x: f32, y: f32) {
-        npc::spawn(&mut self.world, id, Position { x, y });
+        self.spawn_npc_at(id, x, y, Epoch(0), 0);
+    }
+
+    /// [`Sim::spawn_npc`] at an authority epoch (a restore), with its checkpoint version.
+    pub fn spawn_npc_at(&mut self, id: EntityId, x: f32, y: f32, epoch: Epoch, version: u64) {
+        self.remove_ghost(id);
+        self.remove_character(id);
+        npc::spawn(&mut self.world, id, Position { x, y }, epoch, version);
+    }
+
+    /// Restores a persisted NPC from its checkpoint: where it stood, its persisted components
+    /// (the rest fresh from its kind), coming back to `home` when defeated.
+    pub fn restore_npc(&mut self, c: &Character, home: (f32, f32)) {
+        self.remove_ghost(c.id);
+        self.remove_character(c.id);
+        let b = self.world.resource::<SimSettings>().bounds;
+        let at = Position {
+            x: c.x.clamp(b.min_x, b.max_x),
+            y: c.y.clamp(b.min_y, b.max_y),
+        };
+        let entity = npc::spawn(&mut self.world, c.id, at, c.epoch, c.version);
+        if let Some(mut w) = self.world.get_mut::<npc::Wanderer>(entity) {
+            w.home = Position {
+                x: home.0,
+                y: home.1,
+            };
+        }
+        if let Some(mut m) = self.world.get_mut::<Motion>(entity) {
+            m.heading = c.heading;
+        }
+        self.insert_components(entity, &c.game);
+    }
+
+    /// Whether the game checkpoints NPCs of `id`'s kind.
+    pub fn npc_kind_persisted(&self, id: EntityId) -> bool {
+        self.world
+            .resource::<worldmesh_game::NpcKinds>()
+            .kind_of(id.0)
+            .is_some_and(|k| k.persisted)
+    }
+
+    /// The world's rectangle.
+    pub fn bounds(&self) -> WorldBounds {
+        self.world.resource::<SimSettings>().bounds
     }
 
     /// NPCs in the world, and defeated ones waiting to come back.
-    pub fn npc_count(&self) -> (usize, usize) {
+    pub fn npc_count(&mut self) -> (usize, usize) {
+        let mut q = self.world.query_filtered::<(), With<npc::Wanderer>>();
         (
-            self.world.resource::<NpcIndex>().0.len(),
+            q.iter(&self.world).count(),
             self.world.resource::<npc::Graveyard>().0.len(),
         )
+    }
+
+    /// Whether NPC `id` is held here waiting to come back (defeated).
+    pub fn npc_waiting(&self, id: EntityId) -> bool {
+        self.world
+            .resource::<npc::Graveyard>()
+            .0
+            .iter()
+            .any(|w| w.id == id)
+    }
+
+    /// Sets the epoch a waiting NPC comes back at (a restore found it waiting here).
+    pub fn set_waiting_epoch(&mut self, id: EntityId, epoch: Epoch) {
+        for w in &mut self.world.resource_mut::<npc::Graveyard>().0 {
+            if w.id == id {
+                w.epoch = epoch;
+            }
+        }
+    }
+
+    /// The NPCs held here: simulated, frozen for a handoff, and waiting to come back.
+    pub fn npc_ids_by_state(&mut self) -> (CharacterIds, Vec<EntityId>) {
+        let mut q = self
+            .world
+            .query_filtered::<(&Id, Has<Frozen>), (With<npc::Wanderer>, Without<Ghost>)>();
+        let mut ids = CharacterIds::default();
+        for (&Id(id), is_frozen) in q.iter(&self.world) {
+            if is_frozen {
+                ids.frozen.push(id);
+            } else {
+                ids.active.push(id);
+            }
+        }
+        let waiting = self
+            .world
+            .resource::<npc::Graveyard>()
+            .0
+            .iter()
+            .map(|w| w.id)
+            .collect();
+        (ids, waiting)
+    }
+
+    /// Ids of everything held here — characters, NPCs, waiting NPCs — in id order.
+    pub fn held_ids(&self) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = self
+            .world
+            .resource::<CharIndex>()
+            .0
+            .keys()
+            .copied()
+            .chain(
+                self.world
+                    .resource::<npc::Graveyard>()
+                    .0
+                    .iter()
+                    .map(|w| w.id),
+            )
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Removes a player's character and returns its final state, with a new version, to be
@@ -251,7 +357,7 @@ impl Sim {
             .0
             .keys()
             .copied()
-            .filter(|&id| id < NPC_ID_BASE)
+            .filter(|id| !id.is_npc())
             .collect();
         // In id order: the caller releases them one message each, and the same world must
         // give the same messages in the same order (seeded simulations replay).
@@ -274,7 +380,7 @@ impl Sim {
             .0
             .keys()
             .copied()
-            .filter(|&id| id < NPC_ID_BASE)
+            .filter(|id| !id.is_npc())
             .collect();
         ids.sort_unstable();
         ids
@@ -286,15 +392,17 @@ impl Sim {
             .resource::<CharIndex>()
             .0
             .keys()
-            .filter(|&&id| id < NPC_ID_BASE)
+            .filter(|id| !id.is_npc())
             .count()
     }
 
     /// Character ids, simulated and frozen for a handoff (in no particular order).
     pub fn character_ids_by_state(&mut self) -> CharacterIds {
-        let mut q = self
-            .world
-            .query_filtered::<(&Id, Has<Frozen>), (With<CharacterRecord>, Without<Ghost>)>();
+        let mut q = self.world.query_filtered::<(&Id, Has<Frozen>), (
+            With<CharacterRecord>,
+            Without<Ghost>,
+            Without<npc::Wanderer>,
+        )>();
         let mut ids = CharacterIds::default();
         for (&Id(id), is_frozen) in q.iter(&self.world) {
             if is_frozen {
@@ -304,10 +412,6 @@ impl Sim {
             }
         }
         ids
-    }
-
-    pub fn character_count(&self) -> usize {
-        self.world.resource::<CharIndex>().0.len()
     }
 
     /// Queues a player's input for the next tick (bounded; see [`input`]).
