@@ -17,12 +17,20 @@
 //! [`ActionRefusal::Rule`]) and changes the world. Every action is answered with an
 //! [`ActionOutcome`](worldmesh_protocol::ActionOutcome) and counted by kind and outcome.
 //! Actions run in [`TickSet::Actions`](crate::TickSet::Actions), in the order they arrived.
+//!
+//! An action runs where its actor is simulated. Its target may be simulated by a neighbouring
+//! zone (the player sees it across the border, as a ghost): the action then reads the target
+//! as this zone sees it (position, replicated components), and changes it only through an
+//! [`Effect`] ([`ActionCtx::affect`]), which the engine applies where the target lives,
+//! exactly once. The action's answer waits for that effect's outcome. Writing a component of
+//! a ghost target directly changes nothing that lasts (the next border batch overwrites it).
 
 use bevy_ecs::prelude::*;
 use worldmesh_protocol::codec::{self, EncodeError};
 use worldmesh_protocol::ids::EntityId;
 pub use worldmesh_protocol::{ActionKind, ActionRefusal, ActionRequest, MAX_GAME_PAYLOAD};
 
+use crate::effect::{Answer, Effect, Effects};
 use crate::event::{Events, ServerEvent};
 use crate::world::Tick;
 
@@ -50,8 +58,72 @@ pub struct ActionCtx<'w> {
     pub world: &'w mut World,
     /// The acting character.
     pub actor: Entity,
-    /// The target, for kinds with a reach: it exists and stands within reach.
+    /// The target, for kinds with a reach: it exists and stands within reach. Simulated here,
+    /// or a ghost of an entity a neighbour simulates (change it through [`ActionCtx::affect`]).
     pub target: Option<Entity>,
+    ids: (EntityId, Option<EntityId>),
+    answer: Option<Answer>,
+}
+
+impl<'w> ActionCtx<'w> {
+    /// The context the engine gives an action: the actor and target as entities of `world`
+    /// and by id, and the player waiting for the answer.
+    pub fn new(
+        world: &'w mut World,
+        actor: (Entity, EntityId),
+        target: Option<(Entity, EntityId)>,
+        answer: Answer,
+    ) -> Self {
+        Self {
+            world,
+            actor: actor.0,
+            target: target.map(|t| t.0),
+            ids: (actor.1, target.map(|t| t.1)),
+            answer: Some(answer),
+        }
+    }
+
+    /// Sends `effect` to the target, wherever it is simulated (here: applied at once; a
+    /// neighbour: at its next tick), exactly once. The action's answer waits for the effect's
+    /// outcome: applied, or the effect's refusal. Only the first call of an action does that;
+    /// later ones are plain [`Effects::send`]s.
+    pub fn affect<E: Effect>(&mut self, effect: &E) {
+        let Some(target) = self.ids.1 else {
+            tracing::error!(
+                effect = E::NAME,
+                "affect() in an action without a target; dropped"
+            );
+            return;
+        };
+        let answer = self.answer.take();
+        let actor = self.ids.0;
+        let sent = self
+            .world
+            .resource_mut::<Effects>()
+            .push(actor, target, effect, answer);
+        if !sent {
+            // Not sent (the game's mistake, logged): the engine answers as usual.
+            self.answer = answer;
+        }
+    }
+
+    /// Whether the answer now waits for an effect (the engine then does not answer).
+    #[must_use]
+    pub fn answer_deferred(&self) -> bool {
+        self.answer.is_none()
+    }
+
+    /// The acting character's id.
+    #[must_use]
+    pub fn actor_id(&self) -> EntityId {
+        self.ids.0
+    }
+
+    /// The target's id, for kinds with a reach.
+    #[must_use]
+    pub fn target_id(&self) -> Option<EntityId> {
+        self.ids.1
+    }
 }
 
 impl ActionCtx<'_> {

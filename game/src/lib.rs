@@ -63,10 +63,13 @@
 //! - [`world`]: what the engine keeps that games read: [`Id`], [`Position`], [`Motion`],
 //!   [`Tick`], and the tick's [`TickSet`] order.
 //! - [`action`]: client actions: [`Action`], the engine's checks, [`ActionCtx`].
+//! - [`effect`]: what one entity does to another, applied where the target is simulated
+//!   (across zone borders, exactly once): [`Effect`], [`Effects`], [`EffectCtx`].
 //! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
 
 pub mod action;
 pub mod component;
+pub mod effect;
 pub mod event;
 pub mod npc;
 pub mod world;
@@ -82,6 +85,7 @@ pub use component::{
     ComponentEntry, ComponentKind, ComponentTable, ComponentValues, GameComponent, Persisted,
     Replicated, SyncPoint, Synced,
 };
+pub use effect::{Effect, EffectCtx, EffectEntry, EffectKind, EffectTable, Effects};
 pub use event::{Delivery, EventKind, Events, ServerEvent};
 pub use npc::{Defeated, Npc, NpcKind, NpcKindEntry, NpcKindId, NpcKinds};
 pub use world::{
@@ -92,12 +96,14 @@ pub use world::{
 pub mod prelude {
     pub use crate::action::{Action, ActionCtx, ActionKind, ActionRefusal};
     pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
+    pub use crate::effect::{Effect, EffectCtx, EffectKind, Effects};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
     pub use crate::npc::{Defeated, Npc, NpcKind, NpcKindId};
     pub use crate::world::{
         Character, CollisionMap, Id, Immobile, Motion, Position, Tick, TickSet,
     };
     pub use crate::{ActionTable, Game, GameRegistry};
+    pub use worldmesh_protocol::ids::EntityId;
 }
 
 /// A game: everything it adds to the world, registered in one place.
@@ -135,6 +141,12 @@ pub enum GameError {
     },
     #[error("{count} replicated components: an entity update carries at most {max}")]
     TooManyReplicated { count: usize, max: usize },
+    #[error("effects {first:?} and {second:?} both use kind {kind}")]
+    DuplicateEffect {
+        kind: EffectKind,
+        first: &'static str,
+        second: &'static str,
+    },
     #[error("NPC kinds {first:?} and {second:?} both use kind {kind:?}")]
     DuplicateNpcKind {
         kind: NpcKindId,
@@ -150,6 +162,7 @@ type Deferred<T> = Box<dyn FnOnce(&mut T)>;
 pub struct GameRegistry {
     actions: BTreeMap<ActionKind, ActionEntry>,
     events: BTreeMap<EventKind, &'static str>,
+    effects: BTreeMap<EffectKind, EffectEntry>,
     components: BTreeMap<ComponentKind, ComponentEntry>,
     npcs: BTreeMap<NpcKindId, NpcKindEntry>,
     systems: Vec<Deferred<Schedule>>,
@@ -183,6 +196,18 @@ impl GameRegistry {
             self.errors.push(GameError::DuplicateEvent {
                 kind: E::KIND,
                 first,
+                second: E::NAME,
+            });
+        }
+        self
+    }
+
+    /// A kind of effect the game's actions and systems send (see [`effect`]).
+    pub fn effect<E: Effect>(&mut self) -> &mut Self {
+        if let Some(first) = self.effects.insert(E::KIND, EffectEntry::of::<E>()) {
+            self.errors.push(GameError::DuplicateEffect {
+                kind: E::KIND,
+                first: first.name,
                 second: E::NAME,
             });
         }
@@ -278,6 +303,8 @@ pub fn install(
     schedule: &mut Schedule,
 ) -> Result<(), GameError> {
     let mut registry = GameRegistry::default();
+    // The engine's own: which forwarded effects each entity has seen (exactly-once).
+    registry.component::<effect::Applied>(Replicated::No, Persisted::Yes);
     game.register(&mut registry);
     if let Some(e) = registry.errors.into_iter().next() {
         return Err(e);
@@ -315,6 +342,8 @@ pub fn install(
     world.insert_resource(Events::new(
         registry.events.into_keys().collect::<BTreeSet<_>>(),
     ));
+    world.insert_resource(Effects::new(registry.effects.keys().copied().collect()));
+    world.insert_resource(EffectTable(registry.effects));
     Ok(())
 }
 

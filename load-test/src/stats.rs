@@ -257,6 +257,7 @@ impl Stats {
                 .clone(),
             actions_duplicated: self.actions_duplicated.load(Ordering::Relaxed),
             actions_lost: self.actions_lost.load(Ordering::Relaxed),
+            cross_zone_actions: None,
         }
     }
 }
@@ -330,6 +331,9 @@ impl Report {
                 "actions duplicated / lost",
                 format!("{} / {}", self.actions_duplicated, self.actions_lost),
             );
+            if let Some(n) = self.cross_zone_actions {
+                row("effects across zone borders", n.to_string());
+            }
         }
         row("chat lines heard", self.chats_heard.to_string());
         row("duration", format!("{:.1} s", self.duration_s));
@@ -426,4 +430,9 @@ pub struct Report {
     /// sent by a bot whose connection was lost (must be 0 on a clean run).
     #[serde(default)]
     pub actions_lost: u64,
+    /// Game effects the zones forwarded to another zone (an action on an entity across a
+    /// border, XP for a kill across one), each counted once however often retried. Filled in
+    /// by `worldmesh local`, which sees inside the zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_zone_actions: Option<u64>,
 }

@@ -66,6 +66,11 @@ id!(
     EventKind(u16)
 );
 id!(
+    /// A kind of game effect (what one entity does to another, applied where the target is
+    /// simulated), numbered by the game that registers it. Travels between zones only.
+    EffectKind(u16)
+);
+id!(
     /// A kind of game component (health, level, …) that travels in snapshots, handoffs and
     /// checkpoints, numbered by the game that registers it.
     ComponentKind(u16)

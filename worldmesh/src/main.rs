@@ -200,9 +200,12 @@ async fn local(args: Local) -> anyhow::Result<()> {
         audit_stop.cancel();
         let audited = auditor.await?;
         let mut latencies: Vec<u64> = Vec::new();
-        let mut handoffs = 0;
+        let (mut handoffs, mut forwarded) = (0, 0);
         for z in &cluster.zone_stats {
             handoffs += z.handoffs_in.load(std::sync::atomic::Ordering::Relaxed);
+            forwarded += z
+                .effects_forwarded
+                .load(std::sync::atomic::Ordering::Relaxed);
             latencies.extend(
                 z.handoff_latency_us
                     .lock()
@@ -217,6 +220,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
                 .map_or(0.0, |&us| us as f64 / 1000.0)
         };
         report.handoffs = handoffs;
+        report.cross_zone_actions = Some(forwarded);
         report.handoff_ms = Some(Percentiles {
             p50: at(0.5),
             p99: at(0.99),

@@ -30,6 +30,7 @@ use worldmesh_world::handoff::{Event, Participant, ToCoordinator, ToZone};
 use crate::character::Character;
 use crate::command::Command;
 use crate::saver::SaveJob;
+use crate::sim::effects;
 use crate::sim::npc::Wanderer;
 use crate::sim::{
     AbsentPlayer, Carried, CharacterIds, GhostState, Player, Removed, Sim, SimConfig,
@@ -125,6 +126,10 @@ pub struct Stats {
     pub handoffs_in: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoffs_aborted: AtomicU64,
+    /// Game effects sent to another zone (actions across a border, mostly), each counted once.
+    pub effects_forwarded: AtomicU64,
+    /// Forwarded effects asked again and answered from the target's record, not applied again.
+    pub effect_repeats: AtomicU64,
     /// Handoff latencies (freeze at the source → first snapshot from here), microseconds.
     pub handoff_latency_us: std::sync::Mutex<Vec<u64>>,
     /// The characters here, published every [`AUDIT_EVERY_TICKS`] at ticks divisible by it
@@ -228,7 +233,8 @@ impl Zone {
     /// A zone running `config.sim.game`; fails only when the game's registrations conflict.
     pub fn new(config: &ZoneConfig, stats: Arc<Stats>) -> Result<Self, GameError> {
         // NPCs come from the coordinator (`Restore`), like characters restored by failover.
-        let sim = Sim::new(&config.sim)?;
+        let mut sim = Sim::new(&config.sim)?;
+        sim.set_origin(config.zone_id);
         let hz = config.sim.tick_rate_hz.max(1);
         Ok(Self {
             sim,
@@ -352,6 +358,9 @@ impl Zone {
             .store(self.sim.entity_count() as u32, Ordering::Relaxed);
         s.characters
             .store(self.sim.player_character_count() as u32, Ordering::Relaxed);
+        let e = self.sim.effect_stats();
+        s.effects_forwarded.store(e.forwarded, Ordering::Relaxed);
+        s.effect_repeats.store(e.repeats, Ordering::Relaxed);
     }
 
     /// Handles one command from the tasks around the zone (gateway links, the coordinator
@@ -431,7 +440,15 @@ impl Zone {
                     })
                     .collect();
                 let tick = self.sim.tick();
-                self.sim.set_ghosts(ZoneId(batch.from_zone), tick, &ghosts);
+                let from = ZoneId(batch.from_zone);
+                self.sim.set_ghosts(from, tick, &ghosts);
+                let forwards = batch.effects.into_iter().map(forward_from_pb).collect();
+                let replies = batch
+                    .answers
+                    .into_iter()
+                    .filter_map(reply_from_pb)
+                    .collect();
+                self.sim.receive_border_traffic(from, forwards, replies);
             }
             Command::Loaded {
                 entity,
@@ -469,6 +486,7 @@ impl Zone {
                     self.join_failed(w.link, w.player_id, "zone lost its lease; retry");
                 }
                 self.zone_id = zone_id;
+                self.sim.set_origin(zone_id);
                 if let Some(map) = &self.map {
                     self.near = geometry::near_zones(map, zone_id, self.border_margin);
                 }
@@ -1049,11 +1067,35 @@ impl Zone {
     fn send_ghosts(&mut self, tick: u32) {
         let Some(map) = self.map.clone() else { return };
         let Some(g) = map.world.as_ref() else { return };
-        if self.near.is_empty() || map.cells_x == 0 || map.cells_y == 0 {
-            return;
-        }
-        self.sim.visible_characters(&mut self.ghost_scratch);
         let mut batches: BTreeMap<ZoneId, (String, Vec<pb::Ghost>)> = BTreeMap::new();
+        // Effects for entities the neighbours simulate, and answers to theirs, ride in the
+        // same batches (a zone that left the map gets nothing: the effect is retried to
+        // wherever its target shows up next).
+        let (forwards, replies) = self.sim.take_border_traffic();
+        let address = |zone: ZoneId| {
+            map.zones
+                .iter()
+                .find(|z| z.zone_id == zone.0)
+                .map(|z| z.address.clone())
+        };
+        let mut traffic: BTreeMap<ZoneId, (Vec<pb::ForwardedEffect>, Vec<pb::EffectAnswer>)> =
+            BTreeMap::new();
+        for (zone, f) in forwards {
+            traffic.entry(zone).or_default().0.push(forward_to_pb(f));
+        }
+        for (zone, r) in replies {
+            traffic.entry(zone).or_default().1.push(reply_to_pb(r));
+        }
+        for &zone in traffic.keys() {
+            if let Some(a) = address(zone) {
+                batches.entry(zone).or_insert_with(|| (a, Vec::new()));
+            }
+        }
+        if self.near.is_empty() || map.cells_x == 0 || map.cells_y == 0 {
+            self.ghost_scratch.clear();
+        } else {
+            self.sim.visible_characters(&mut self.ghost_scratch);
+        }
         for ghost in &self.ghost_scratch {
             let &GhostState {
                 id,
@@ -1092,6 +1134,7 @@ impl Zone {
             if !ghosts.is_empty() {
                 self.ghosted.push((zone_id, address.clone()));
             }
+            let (effects, answers) = traffic.remove(&zone_id).unwrap_or_default();
             self.out.push_back(Output::Ghosts(GhostsOut {
                 zone_id,
                 address,
@@ -1099,6 +1142,8 @@ impl Zone {
                     from_zone: self.zone_id.0,
                     tick,
                     ghosts,
+                    effects,
+                    answers,
                 },
             }));
         }
@@ -1131,6 +1176,77 @@ impl Zone {
     fn save(&mut self, job: SaveJob) {
         self.out.push_back(Output::Save(job));
     }
+}
+
+fn forward_to_pb(f: effects::Forward) -> pb::ForwardedEffect {
+    pb::ForwardedEffect {
+        origin_zone: f.key.zone.0,
+        seq: f.key.seq,
+        source: f.source.0,
+        target: f.target.0,
+        kind: u32::from(f.kind.0),
+        payload: f.payload,
+    }
+}
+
+fn forward_from_pb(f: pb::ForwardedEffect) -> effects::Forward {
+    effects::Forward {
+        key: effects::EffectKey {
+            zone: ZoneId(f.origin_zone),
+            seq: f.seq,
+        },
+        source: EntityId(f.source),
+        target: EntityId(f.target),
+        // A kind beyond u16 is no kind: refused as unknown where it is applied.
+        kind: worldmesh_protocol::ids::EffectKind(u16::try_from(f.kind).unwrap_or(u16::MAX)),
+        payload: f.payload,
+    }
+}
+
+/// Largest encoded `ActionRefusal` (a tag and a u16).
+const MAX_REFUSAL_BYTES: usize = 8;
+
+fn reply_to_pb(r: effects::Reply) -> pb::EffectAnswer {
+    let (outcome, refusal) = match r.answered {
+        effects::Answered::Applied => (0, Vec::new()),
+        effects::Answered::Refused(why) => (
+            1,
+            worldmesh_protocol::codec::encode_value(&why, MAX_REFUSAL_BYTES).unwrap_or_default(),
+        ),
+        effects::Answered::NotHere => (2, Vec::new()),
+    };
+    pb::EffectAnswer {
+        origin_zone: r.key.zone.0,
+        seq: r.key.seq,
+        outcome,
+        refusal,
+    }
+}
+
+/// `None` for an answer that makes no sense (logged): the effect is asked about again.
+fn reply_from_pb(a: pb::EffectAnswer) -> Option<effects::Reply> {
+    let answered = match a.outcome {
+        0 => effects::Answered::Applied,
+        1 => match worldmesh_protocol::codec::decode_value(&a.refusal, MAX_REFUSAL_BYTES) {
+            Ok(why) => effects::Answered::Refused(why),
+            Err(_) => {
+                tracing::warn!("undecodable effect refusal from a neighbour");
+                return None;
+            }
+        },
+        2 => effects::Answered::NotHere,
+        other => {
+            tracing::warn!(outcome = other, "unknown effect answer from a neighbour");
+            return None;
+        }
+    };
+    Some(effects::Reply {
+        key: effects::EffectKey {
+            zone: ZoneId(a.origin_zone),
+            seq: a.seq,
+        },
+        answered,
+    })
 }
 
 /// The zone owning the cell at a position, per the latest map.
@@ -1229,8 +1345,15 @@ mod tests {
 
     /// Zone `id` with the map, its coordinator session up and gateway link 1 open.
     fn zone(id: u64) -> (Zone, Clock) {
+        zone_running(id, GameRef::default())
+    }
+
+    /// [`zone`], running `game`.
+    fn zone_running(id: u64, game: GameRef) -> (Zone, Clock) {
         let clock = Clock::new();
-        let mut z = Zone::new(&config(id), Arc::default()).unwrap();
+        let mut config = config(id);
+        config.sim.game = game;
+        let mut z = Zone::new(&config, Arc::default()).unwrap();
         z.handle(clock.0, Command::Map(map()));
         z.handle(clock.0, Command::SessionUp);
         z.handle(
@@ -2151,6 +2274,155 @@ mod tests {
         z.handle(clock.0, Command::LeaseLost { zone_id: ZoneId(9) });
         assert!(z.npcs().0.active.is_empty());
         assert!(z.participant().is_empty());
+    }
+
+    /// A game of poking across borders: `Poke` (reach 20 m) sends `Poked`, which counts.
+    mod poking {
+        use bevy_ecs::prelude::*;
+        use worldmesh_game::prelude::*;
+
+        #[derive(Component, Debug, Clone, Copy, Default, bincode::Encode, bincode::Decode)]
+        pub struct Pokes(pub u32);
+
+        impl GameComponent for Pokes {
+            const KIND: ComponentKind = ComponentKind(1);
+            const NAME: &'static str = "pokes";
+        }
+
+        #[derive(bincode::Encode, bincode::Decode)]
+        pub struct Poke;
+
+        impl Action for Poke {
+            const KIND: ActionKind = ActionKind(1);
+            const NAME: &'static str = "poke";
+            const REACH: Option<f32> = Some(20.0);
+
+            fn apply(self, ctx: &mut ActionCtx<'_>) -> Result<(), ActionRefusal> {
+                ctx.affect(&Poked);
+                Ok(())
+            }
+        }
+
+        #[derive(bincode::Encode, bincode::Decode)]
+        pub struct Poked;
+
+        impl Effect for Poked {
+            const KIND: EffectKind = EffectKind(1);
+            const NAME: &'static str = "poked";
+
+            fn apply(self, ctx: &mut EffectCtx<'_>) -> Result<(), ActionRefusal> {
+                let mut e = ctx.world.entity_mut(ctx.target);
+                let n = e.get::<Pokes>().map_or(0, |p| p.0);
+                e.insert(Pokes(n + 1));
+                Ok(())
+            }
+        }
+
+        pub struct Poking;
+
+        impl Game for Poking {
+            fn name(&self) -> &'static str {
+                "poking"
+            }
+
+            fn register(&self, game: &mut GameRegistry) {
+                game.component::<Pokes>(Replicated::Yes, Persisted::Yes)
+                    .action::<Poke>()
+                    .effect::<Poked>();
+            }
+        }
+    }
+
+    /// The ActionDone answers player `player` got in `out`.
+    fn answers(out: &[Output], player: u64) -> Vec<worldmesh_protocol::ActionOutcome> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Frames { frames, .. } => Some(frames),
+                _ => None,
+            })
+            .flat_map(|f| f.frames.iter())
+            .filter(|f| f.player_id == player && f.reliable)
+            .filter_map(
+                |f| match worldmesh_protocol::codec::decode_frame(&f.frame) {
+                    Ok(worldmesh_protocol::ServerMessage::ActionDone(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
+    /// The border batch a zone sent to `to` in `out`.
+    fn batch_to(out: Vec<Output>, to: u64) -> pb::GhostBatch {
+        out.into_iter()
+            .find_map(|o| match o {
+                Output::Ghosts(g) if g.zone_id == ZoneId(to) => Some(g.batch),
+                _ => None,
+            })
+            .expect("a border batch")
+    }
+
+    #[test]
+    fn an_action_on_a_ghost_lands_in_the_zone_that_simulates_it_once_and_is_answered_once() {
+        let game = || GameRef::new(poking::Poking);
+        let (mut z1, mut clock) = zone_running(1, game());
+        let (mut z2, _) = zone_running(2, game());
+        // Player 7 at x 95 in zone 1; character 200 (player 8) at x 105 in zone 2.
+        join(&mut z1, clock.0, 7, 100, 95.0, 2);
+        join(&mut z2, clock.0, 8, 200, 105.0, 2);
+        let mut tick = 1;
+        let mut step = |z1: &mut Zone, z2: &mut Zone, clock: &mut Clock| {
+            let now = clock.advance(Duration::from_millis(50));
+            z1.tick(now, tick);
+            z2.tick(now, tick);
+            tick += 1;
+            (drain(z1), drain(z2))
+        };
+        // Zone 2 shows 200 to zone 1.
+        let (_, out2) = step(&mut z1, &mut z2, &mut clock);
+        z1.handle(clock.0, Command::Ghosts(batch_to(out2, 1)));
+        z1.handle(
+            clock.0,
+            Command::Action {
+                link: LinkId(1),
+                player_id: PlayerId(7),
+                request: worldmesh_game::action::request(1, Some(EntityId(200)), &poking::Poke)
+                    .unwrap(),
+            },
+        );
+        let (out1, out2) = step(&mut z1, &mut z2, &mut clock);
+        assert!(answers(&out1, 7).is_empty(), "answered once zone 2 has");
+        let to_z2 = batch_to(out1, 2);
+        assert_eq!(to_z2.effects.len(), 1, "forwarded to the target's zone");
+        assert_eq!(z1.stats.effects_forwarded.load(Ordering::Relaxed), 1);
+        // The batch arrives twice (a retry racing the first answer): applied once.
+        z2.handle(clock.0, Command::Ghosts(batch_to(out2, 1)));
+        z2.handle(clock.0, Command::Ghosts(to_z2.clone()));
+        z2.handle(clock.0, Command::Ghosts(to_z2));
+        let (_, out2) = step(&mut z1, &mut z2, &mut clock);
+        let back = batch_to(out2, 1);
+        assert_eq!(back.answers.len(), 2);
+        assert!(back.answers.iter().all(|a| a.outcome == 0), "{back:?}");
+        // The pokes show on the ghost zone 1 keeps of 200 (replicated), and zone 1 answers
+        // its player: applied, once.
+        z1.handle(clock.0, Command::Ghosts(back.clone()));
+        let ghost = back.ghosts.iter().find(|g| g.id == 200).unwrap();
+        let values = ComponentValues::decode_or_log(&ghost.components, "test");
+        let pokes = values
+            .0
+            .iter()
+            .find(|(k, _)| *k == worldmesh_protocol::ids::ComponentKind(1))
+            .map(|(_, v)| v.clone());
+        assert_eq!(pokes, Some(vec![1]), "poked once, not twice");
+        assert_eq!(z2.stats.effect_repeats.load(Ordering::Relaxed), 1);
+        let (out1, _) = step(&mut z1, &mut z2, &mut clock);
+        assert_eq!(
+            answers(&out1, 7),
+            [worldmesh_protocol::ActionOutcome {
+                seq: 1,
+                refused: None
+            }]
+        );
+        assert_eq!(z1.sim().effects_in_flight(), 0);
     }
 
     #[test]

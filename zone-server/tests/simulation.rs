@@ -19,6 +19,12 @@
 //! across borders (handed off like characters), and a zone's crash, drain or lapsed lease
 //! sends them to survivors, which start them again at their spawn points.
 //!
+//! And the zones run a small game: players poke entities near them — characters and NPCs,
+//! simulated by their own zone or shown there as ghosts of a neighbour's — and each poke is an
+//! effect the engine applies where its target is simulated, forwarded in the border batches
+//! (lost, delayed, reordered with everything else), retried to the target's new zone when it
+//! was handed on or failed over. Each poke carries a unique nonce that its target records.
+//!
 //! Invariants, after every step:
 //! - an entity (character or NPC) is *active* (simulated and shown to players) in at most one
 //!   zone at any moment, whatever its epoch, except in a zone whose lease has lapsed, until
@@ -26,7 +32,9 @@
 //!   everything);
 //! - a character or NPC active in a zone is `Active` in that zone's handoff participant;
 //! - durable authority epochs only grow; persistence refuses every state older than the one it
-//!   holds and fences its writer.
+//!   holds and fences its writer;
+//! - no entity ever holds the same poke twice (an effect is applied at most once), and no
+//!   action is answered twice.
 //!
 //! At the end of each run the faults stop and the world settles: every entity is then active
 //! in exactly one live zone, the one the durable record names, at the durable epoch, with its
@@ -62,6 +70,11 @@
 //!   restored the character to that owner at e, which ignored it as stale, so the character
 //!   was simulated nowhere (seed 3863). A takeover now writes the revoke's epoch before it
 //!   sends the revoke.
+//!
+//! - applying a forwarded effect without consulting the target's record of applied keys
+//!   (`effects::apply_here` ignoring `Applied`): caught at once (seeds 0, 1, 4 of the first
+//!   400: a poke recorded twice). The 4,000 seeds forward about 30,000 effects and answer
+//!   about 2,700 repeats from the record.
 //!
 //! The scripted cases in `world/src/handoff.rs` also catch the first two mutations above
 //! directly (`a_late_begin_of_an_earlier_attempt_is_aborted`,
@@ -109,6 +122,81 @@ const DRAIN_FOR: Duration = Duration::from_millis(600);
 const GATEWAY: &str = "gateway-0";
 const LINK: LinkId = LinkId(1);
 const PLAYER_BASE: u64 = 1000;
+/// How likely a player is to poke something on a given tick.
+const POKE_CHANCE: f64 = 0.05;
+
+/// Forwarded effects and repeats answered from a target's record, over every seed: the run
+/// must have exercised both.
+static FORWARDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REPEATS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The game the zones run: pokes, carried across borders as effects.
+mod poking {
+    use bevy_ecs::prelude::*;
+    use worldmesh_game::prelude::*;
+
+    /// The nonces of the pokes an entity received lately (persisted, so they travel with it
+    /// in handoffs and survive in checkpoints).
+    #[derive(Component, Debug, Clone, Default, bincode::Encode, bincode::Decode)]
+    pub struct PokedBy(pub Vec<u64>);
+
+    impl GameComponent for PokedBy {
+        const KIND: ComponentKind = ComponentKind(1);
+        const NAME: &'static str = "poked_by";
+    }
+
+    #[derive(bincode::Encode, bincode::Decode)]
+    pub struct Poke {
+        pub nonce: u64,
+    }
+
+    impl Action for Poke {
+        const KIND: ActionKind = ActionKind(1);
+        const NAME: &'static str = "poke";
+        const REACH: Option<f32> = Some(1000.0);
+
+        fn apply(self, ctx: &mut ActionCtx<'_>) -> Result<(), ActionRefusal> {
+            ctx.affect(&Poked { nonce: self.nonce });
+            Ok(())
+        }
+    }
+
+    #[derive(bincode::Encode, bincode::Decode)]
+    pub struct Poked {
+        pub nonce: u64,
+    }
+
+    impl Effect for Poked {
+        const KIND: EffectKind = EffectKind(1);
+        const NAME: &'static str = "poked";
+
+        fn apply(self, ctx: &mut EffectCtx<'_>) -> Result<(), ActionRefusal> {
+            let mut e = ctx.world.entity_mut(ctx.target);
+            let mut by = e.get::<PokedBy>().cloned().unwrap_or_default();
+            // The last 60: a persisted component stays under a kilobyte.
+            if by.0.len() >= 60 {
+                by.0.remove(0);
+            }
+            by.0.push(self.nonce);
+            e.insert(by);
+            Ok(())
+        }
+    }
+
+    pub struct Poking;
+
+    impl Game for Poking {
+        fn name(&self) -> &'static str {
+            "poking"
+        }
+
+        fn register(&self, game: &mut GameRegistry) {
+            game.component::<PokedBy>(Replicated::No, Persisted::Yes)
+                .action::<Poke>()
+                .effect::<Poked>();
+        }
+    }
+}
 
 /// One zone process: the real core, and what the scheduler knows about it.
 struct Node {
@@ -172,6 +260,8 @@ struct Sim {
     /// Persistence: entity → the newest accepted state.
     store: BTreeMap<EntityId, Character>,
     players: BTreeMap<u64, Player>,
+    /// Answers each (player, action seq) got.
+    answered: BTreeMap<(u64, u32), u32>,
     net: Vec<(Instant, u64, Msg)>,
     net_seq: u64,
     faults: bool,
@@ -194,7 +284,7 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
             snapshot_budget_bytes: 1100,
             chat_radius: 10.0,
             collision: Default::default(),
-            game: Default::default(),
+            game: worldmesh_game::GameRef::new(poking::Poking),
         },
         zone_id: id,
         checkpoint_every: 10,
@@ -225,6 +315,7 @@ impl Sim {
             map_version: 0,
             store: BTreeMap::new(),
             players: BTreeMap::new(),
+            answered: BTreeMap::new(),
             net: Vec::new(),
             net_seq: 0,
             faults: false,
@@ -898,6 +989,28 @@ impl Sim {
                         input,
                     },
                 );
+                if self.rng.random_bool(POKE_CHANCE) {
+                    // Any entity: near ones land (here or across the border), far ones are
+                    // refused as no target.
+                    let target = if self.rng.random_bool(0.5) {
+                        EntityId(self.rng.random_range(1..=ENTITIES))
+                    } else {
+                        EntityId::npc(self.rng.random_range(0..NPCS))
+                    };
+                    let seq = self.players[&pid].seq;
+                    let nonce = pid * 1_000_000 + u64::from(seq);
+                    let request =
+                        worldmesh_game::action::request(seq, Some(target), &poking::Poke { nonce })
+                            .expect("a poke encodes");
+                    self.deliver_to(
+                        s,
+                        Command::Action {
+                            link: LINK,
+                            player_id: PlayerId(pid),
+                            request,
+                        },
+                    );
+                }
             }
         }
         let now = self.clock();
@@ -971,7 +1084,15 @@ impl Sim {
                         self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));
                     }
                 }
-                Output::Frames { .. } => {}
+                Output::Frames { frames, .. } => {
+                    for f in frames.frames.iter().filter(|f| f.reliable) {
+                        if let Ok(worldmesh_protocol::ServerMessage::ActionDone(o)) =
+                            worldmesh_protocol::codec::decode_frame(&f.frame)
+                        {
+                            *self.answered.entry((f.player_id, o.seq)).or_default() += 1;
+                        }
+                    }
+                }
             }
         }
     }
@@ -1105,11 +1226,26 @@ impl Sim {
     }
 
     fn check(&mut self) -> Check {
+        if let Some(((player, seq), n)) = self.answered.iter().find(|(_, n)| **n > 1) {
+            return Err(format!(
+                "action {seq} of player {player} answered {n} times"
+            ));
+        }
         let mut active_in: BTreeMap<EntityId, Vec<ZoneId>> = BTreeMap::new();
         for n in self.nodes.values_mut() {
             let mut active = n.core.characters().active;
             active.extend(n.core.npcs().0.active);
             for e in active {
+                if let Some(by) = n.core.sim().get::<poking::PokedBy>(e) {
+                    let mut nonces = by.0.clone();
+                    nonces.sort_unstable();
+                    if let Some(w) = nonces.windows(2).find(|w| w[0] == w[1]) {
+                        return Err(format!(
+                            "entity {e} in zone {} was poked twice by poke {}",
+                            n.id, w[0]
+                        ));
+                    }
+                }
                 if n.core.participant().active_epoch(e).is_none() {
                     return Err(format!(
                         "zone {} simulates {e} without holding it active ({:?})",
@@ -1223,6 +1359,11 @@ fn run_seed(seed: u64, verbose: bool) -> Result<u32, String> {
     for _ in 0..SETTLE_STEPS {
         sim.step().map_err(|e| format!("step {}: {e}", sim.step))?;
         if sim.settled()? {
+            for n in sim.nodes.values() {
+                let e = n.core.sim().effect_stats();
+                FORWARDED.fetch_add(e.forwarded, std::sync::atomic::Ordering::Relaxed);
+                REPEATS.fetch_add(e.repeats, std::sync::atomic::Ordering::Relaxed);
+            }
             return Ok(sim.step);
         }
     }
@@ -1345,4 +1486,17 @@ fn zones_and_coordinator_keep_one_authority_through_loss_partitions_pauses_crash
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The pokes crossed borders, and some were asked about again and answered from the
+    // target's record (zones that crashed took their counts with them: these are lower bounds).
+    let (forwarded, repeats) = (
+        FORWARDED.load(std::sync::atomic::Ordering::Relaxed),
+        REPEATS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    println!("{seeds} seeds: {forwarded} effects forwarded, {repeats} repeats answered");
+    if seeds >= 100 {
+        assert!(
+            forwarded > 0 && repeats > 0,
+            "{forwarded} forwarded, {repeats} repeats"
+        );
+    }
 }

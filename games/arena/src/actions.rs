@@ -1,6 +1,7 @@
 //! What players may do: strike (melee) and shoot (ranged). The engine has checked the kind,
-//! the payload, that the target exists here and is within the kind's reach; the arena checks
-//! the rest and answers with its own refusals.
+//! the payload, that the target exists (here, or as a ghost across a border) and is within
+//! the kind's reach; the arena checks the attacker's side and sends a [`Hit`], which lands
+//! where the target is simulated.
 
 use bevy_ecs::prelude::*;
 use worldmesh_game::prelude::*;
@@ -52,6 +53,9 @@ impl Action for Shoot {
     }
 }
 
+/// The attacker's side: down or not, the target worth hitting (as this zone sees it: it may
+/// be a ghost across a border), the cooldown, the line of sight. What lands on the target is a
+/// [`Hit`], applied where the target is simulated.
 fn attack(ctx: &mut ActionCtx<'_>, ranged: bool) -> Result<(), ActionRefusal> {
     let (actor, target) = (ctx.actor, ctx.target.expect("both kinds have a reach"));
     let tick = ctx.tick();
@@ -59,10 +63,7 @@ fn attack(ctx: &mut ActionCtx<'_>, ranged: bool) -> Result<(), ActionRefusal> {
     if world.get::<Down>(actor).is_some() {
         return Err(YOU_ARE_DOWN);
     }
-    let hittable = target != actor
-        && world.get::<Down>(target).is_none()
-        && world.get::<Health>(target).is_some_and(|h| h.hp > 0);
-    if !hittable {
+    if target == actor || !hittable(world, target) {
         return Err(NOT_A_FOE);
     }
     let cooldowns = world.get::<Cooldowns>(actor).copied().unwrap_or_default();
@@ -104,13 +105,6 @@ fn attack(ctx: &mut ActionCtx<'_>, ranged: bool) -> Result<(), ActionRefusal> {
     };
     let damage = base.saturating_add(per.saturating_mul(level - 1));
     let next = tick + Rules::ticks(cooldown, TICK_HZ);
-    let by = world.get::<Id>(actor).map_or(0, |id| id.0.0);
-    let hp = {
-        let mut health = world.get_mut::<Health>(target).expect("checked above");
-        health.hp = health.hp.saturating_sub(damage);
-        health.hp
-    };
-    world.entity_mut(target).insert(LastHitBy(by));
     let mut cooldowns = cooldowns;
     if ranged {
         cooldowns.shoot_ready = next;
@@ -118,14 +112,48 @@ fn attack(ctx: &mut ActionCtx<'_>, ranged: bool) -> Result<(), ActionRefusal> {
         cooldowns.strike_ready = next;
     }
     world.entity_mut(actor).insert(cooldowns);
-    ctx.to_observers(
-        target,
-        &Struck {
-            by,
-            damage,
-            hp,
-            ranged,
-        },
-    );
+    ctx.affect(&Hit { damage, ranged });
     Ok(())
+}
+
+/// Standing, with health left: worth a blow.
+fn hittable(world: &World, target: Entity) -> bool {
+    world.get::<Down>(target).is_none() && world.get::<Health>(target).is_some_and(|h| h.hp > 0)
+}
+
+/// A blow landing: applied where the target is simulated (here, or the zone across the
+/// border), which checks again that it is worth hitting (it may have gone down meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Hit {
+    pub damage: u16,
+    pub ranged: bool,
+}
+
+impl Effect for Hit {
+    const KIND: EffectKind = EffectKind(1);
+    const NAME: &'static str = "hit";
+
+    fn apply(self, ctx: &mut EffectCtx<'_>) -> Result<(), ActionRefusal> {
+        let target = ctx.target;
+        if !hittable(ctx.world, target) {
+            return Err(NOT_A_FOE);
+        }
+        let by = ctx.source.0;
+        let hp = {
+            let mut health = ctx.world.get_mut::<Health>(target).expect("checked above");
+            health.hp = health.hp.saturating_sub(self.damage);
+            health.hp
+        };
+        ctx.world.entity_mut(target).insert(LastHitBy(by));
+        ctx.to_observers(
+            target,
+            &Struck {
+                by,
+                damage: self.damage,
+                hp,
+                ranged: self.ranged,
+            },
+        );
+        Ok(())
+    }
 }

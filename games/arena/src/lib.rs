@@ -10,10 +10,12 @@
 //!
 //! - this file: [`Arena`] (the one registration), [`Rules`] (every number of the game).
 //! - [`components`]: [`Health`], [`Level`], [`Xp`] and the server-side state.
-//! - [`actions`]: [`Strike`] and [`Shoot`], and the refusals they add.
+//! - [`actions`]: [`Strike`] and [`Shoot`], the refusals they add, and the [`Hit`] they land
+//!   (an effect: applied where the target is simulated, across a zone border too).
 //! - [`events`]: what players are told: [`Struck`], [`WentDown`], [`LevelUp`].
 //! - [`monsters`]: the NPC kinds ([`Goblin`], [`Ogre`]) and what they do.
-//! - [`rules`]: the systems every tick: falling, getting up, XP and levels.
+//! - [`rules`]: the systems every tick: falling, getting up; XP and levels ([`rules::Reward`],
+//!   an effect on the winner wherever it is).
 
 // A system's signature is its queries: spelled out where it is declared, they say what it
 // touches; type aliases would hide exactly that.
@@ -28,7 +30,7 @@ pub mod rules;
 use bevy_ecs::prelude::*;
 use worldmesh_game::prelude::*;
 
-pub use actions::{Shoot, Strike};
+pub use actions::{Hit, Shoot, Strike};
 pub use components::{Health, Level, Xp};
 pub use events::{LevelUp, Struck, WentDown};
 pub use monsters::{Goblin, Ogre};
@@ -52,6 +54,8 @@ impl Game for Arena {
             .component::<monsters::Monster>(Replicated::No, Persisted::No)
             .action::<Strike>()
             .action::<Shoot>()
+            .effect::<actions::Hit>()
+            .effect::<rules::Reward>()
             .event::<Struck>()
             .event::<WentDown>()
             .event::<LevelUp>()

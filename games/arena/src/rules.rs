@@ -33,35 +33,33 @@ pub fn newcomers(
 
 /// Whoever is at 0 health falls: a player lies down (and cannot move) until it gets up, a
 /// monster is defeated (the engine takes it away and brings it back later). The last attacker
-/// earns XP: the monster's bounty, or per level of the downed player.
+/// earns XP — the monster's bounty, or per level of the downed player — as a [`Reward`],
+/// wherever that attacker is simulated now.
 pub fn fall(
     tick: Res<Tick>,
     rules: Res<Rules>,
     mut events: ResMut<Events>,
+    mut effects: ResMut<Effects>,
     mut commands: Commands,
-    mut sides: ParamSet<(
-        Query<
-            (
-                Entity,
-                &Health,
-                Option<&LastHitBy>,
-                Option<&Monster>,
-                Option<&Level>,
-                Has<Npc>,
-            ),
-            (
-                Without<Down>,
-                Without<Defeated>,
-                Or<(With<Character>, With<Npc>)>,
-            ),
-        >,
-        Query<(Entity, &Id, &mut Xp, &mut Level), With<Character>>,
-    )>,
+    fallen: Query<
+        (
+            Entity,
+            &Id,
+            &Health,
+            Option<&LastHitBy>,
+            Option<&Monster>,
+            Option<&Level>,
+            Has<Npc>,
+        ),
+        (
+            Without<Down>,
+            Without<Defeated>,
+            Or<(With<Character>, With<Npc>)>,
+        ),
+    >,
 ) {
     let down_ticks = Rules::ticks(rules.down_seconds, TICK_HZ);
-    // (attacker id, XP earned) for each fall this tick.
-    let mut earned: Vec<(u64, u32)> = Vec::new();
-    for (entity, health, hit_by, monster, level, is_npc) in &sides.p0() {
+    for (entity, &Id(id), health, hit_by, monster, level, is_npc) in &fallen {
         if health.hp > 0 {
             continue;
         }
@@ -81,23 +79,41 @@ pub fn fall(
             Some(m) => m.bounty,
             None => rules.xp_per_player_level * level.map_or(1, |l| l.0.max(1)) as u32,
         };
-        earned.push((by, xp));
-    }
-    for (by, xp_earned) in earned {
-        if let Some((winner, _, mut xp, mut level)) =
-            sides.p1().iter_mut().find(|(_, id, _, _)| id.0.0 == by)
-        {
-            xp.0 = xp.0.saturating_add(xp_earned);
-            level.0 = level.0.max(rules.level_for(xp.0));
-            events.to_player(
-                winner,
-                winner,
-                &LevelUp {
-                    xp: xp.0,
-                    level: level.0,
-                },
-            );
+        if by != 0 {
+            effects.send(id, EntityId(by), &Reward { xp });
         }
+    }
+}
+
+/// XP for downing someone: applied to the winner wherever it is simulated (a monster may fall
+/// in one zone to an arrow shot from the next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Reward {
+    pub xp: u32,
+}
+
+impl Effect for Reward {
+    const KIND: EffectKind = EffectKind(2);
+    const NAME: &'static str = "reward";
+
+    fn apply(self, ctx: &mut EffectCtx<'_>) -> Result<(), ActionRefusal> {
+        let winner = ctx.target;
+        // Monsters earn nothing.
+        let Some(mut xp) = ctx.world.get_mut::<Xp>(winner) else {
+            return Ok(());
+        };
+        xp.0 = xp.0.saturating_add(self.xp);
+        let total = xp.0;
+        let earned = ctx.world.resource::<Rules>().level_for(total);
+        let level = match ctx.world.get_mut::<Level>(winner) {
+            Some(mut level) => {
+                level.0 = level.0.max(earned);
+                level.0
+            }
+            None => earned,
+        };
+        ctx.to_player(winner, winner, &LevelUp { xp: total, level });
+        Ok(())
     }
 }
 

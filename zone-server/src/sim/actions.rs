@@ -7,13 +7,14 @@
 use std::collections::VecDeque;
 
 use bevy_ecs::prelude::*;
-use worldmesh_game::ActionTable;
 use worldmesh_game::action::{ActionCtx, MAX_ACTIONS_PER_TICK};
+use worldmesh_game::effect::Answer;
+use worldmesh_game::{ActionTable, Effects, Id};
 use worldmesh_protocol::ids::{LinkId, PlayerId};
 use worldmesh_protocol::{ActionOutcome, ActionRefusal, ActionRequest, ServerMessage, codec};
 
 use super::components::{Frozen, Player, Position};
-use super::{CharIndex, Outbox};
+use super::{CharIndex, GhostIndex, Outbox};
 
 /// A player's actions waiting for the next tick.
 #[derive(Component, Debug, Default)]
@@ -95,8 +96,10 @@ pub fn apply_actions(world: &mut World) {
     queued.sort_unstable_by_key(|(p, ..)| *p);
     for (player_id, link, actor, requests) in queued {
         for request in requests {
-            let (kind, refused) = match apply(world, actor, &request) {
-                Ok(kind) => (kind, None),
+            let (kind, refused) = match apply(world, actor, link, player_id, &request) {
+                // Its effect on the target answers it, where the target is simulated.
+                Ok(Applied::Deferred) => continue,
+                Ok(Applied::Now(kind)) => (kind, None),
                 Err((kind, why)) => (kind, Some(why)),
             };
             let mut outbox = world.resource_mut::<Outbox>();
@@ -105,13 +108,22 @@ pub fn apply_actions(world: &mut World) {
     }
 }
 
-/// The engine's checks (see `worldmesh_game::action`), then the game's. Returns the kind's
-/// name for the metric.
+/// An action the game accepted.
+enum Applied {
+    /// Done: answer it now (with the kind's name, for the metric).
+    Now(&'static str),
+    /// It sent an effect to its target, whose outcome answers it.
+    Deferred,
+}
+
+/// The engine's checks (see `worldmesh_game::action`), then the game's.
 fn apply(
     world: &mut World,
     actor: Entity,
+    link: LinkId,
+    player: PlayerId,
     request: &ActionRequest,
-) -> Result<&'static str, (&'static str, ActionRefusal)> {
+) -> Result<Applied, (&'static str, ActionRefusal)> {
     let Some(entry) = world.resource::<ActionTable>().get(request.kind).copied() else {
         return Err(("unknown", ActionRefusal::UnknownKind));
     };
@@ -124,12 +136,13 @@ fn apply(
         None => None,
         Some(reach) => {
             let id = request.target.ok_or(refuse(ActionRefusal::NoTarget))?;
-            // Characters and NPCs simulated here. A ghost (simulated by a neighbour) is not a
-            // target yet: forwarding actions across borders comes with the next step.
+            // Characters and NPCs simulated here, or ghosts of those a neighbour simulates
+            // (the game changes those through effects, which the engine forwards).
             let target = world
                 .resource::<CharIndex>()
                 .0
                 .get(&id)
+                .or_else(|| world.resource::<GhostIndex>().0.get(&id))
                 .copied()
                 .ok_or(refuse(ActionRefusal::NoTarget))?;
             if world.get::<Frozen>(target).is_some() {
@@ -143,18 +156,32 @@ fn apply(
             if from.distance(to) > reach {
                 return Err(refuse(ActionRefusal::OutOfReach));
             }
-            Some(target)
+            Some((target, id))
         }
     };
-    let mut ctx = ActionCtx {
-        world,
-        actor,
-        target,
+    let Some(&Id(actor_id)) = world.get::<Id>(actor) else {
+        return Err(refuse(ActionRefusal::NotInPlay));
     };
-    entry
-        .run(&request.payload, &mut ctx)
-        .map(|()| entry.name)
-        .map_err(refuse)
+    let waiting = Answer {
+        link,
+        player,
+        seq: request.seq,
+        action: entry.name,
+    };
+    let mut ctx = ActionCtx::new(world, (actor, actor_id), target, waiting);
+    let outcome = entry.run(&request.payload, &mut ctx);
+    let deferred = ctx.answer_deferred();
+    match outcome {
+        Ok(()) if deferred => Ok(Applied::Deferred),
+        Ok(()) => Ok(Applied::Now(entry.name)),
+        Err(why) => {
+            // Refused after it sent its effect: the effect is not sent after all.
+            if deferred {
+                world.resource_mut::<Effects>().retract(waiting);
+            }
+            Err(refuse(why))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //! # Layout
 //!
 //! - this file: [`Sim`] (the world, its schedule, stepping), the shared resources and types.
-//! - the tick's systems, one file each: [`input`], [`actions`], [`npc`], [`movement`],
+//! - the tick's systems, one file each: [`input`], [`actions`], [`effects`] (a game's effects
+//!   routed to where their targets are simulated, exactly once), [`npc`], [`movement`],
 //!   [`interest`], [`snapshot`], [`events`]; their components in [`components`].
 //! - `Sim`'s operations by concern, each an `impl Sim` block: `roster.rs` (joining, leaving,
 //!   detached players, NPCs, inputs, checkpoints), `handoff.rs` (freeze, arrivals, removal),
@@ -18,6 +19,7 @@
 
 pub mod actions;
 pub mod components;
+pub mod effects;
 pub mod events;
 pub mod input;
 pub mod interest;
@@ -182,6 +184,11 @@ impl Sim {
         world.insert_resource(CharIndex::default());
         world.insert_resource(GhostIndex::default());
         world.insert_resource(npc::Graveyard::default());
+        world.insert_resource(effects::Origin::default());
+        world.insert_resource(effects::Outgoing::default());
+        world.insert_resource(effects::Incoming::default());
+        world.insert_resource(effects::InFlight::default());
+        world.insert_resource(effects::EffectStats::default());
         world.insert_resource(Outbox::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
@@ -201,10 +208,16 @@ impl Sim {
                 .before(input::apply_inputs),
             input::apply_inputs.in_set(engine(TickSet::Input)),
             actions::apply_actions.in_set(engine(TickSet::Actions)),
+            effects::route
+                .in_set(engine(TickSet::Actions))
+                .after(actions::apply_actions),
             npc::wander.in_set(engine(TickSet::Simulate)),
             movement::integrate.in_set(engine(TickSet::Movement)),
             interest::rebuild_grid.in_set(engine(TickSet::Interest)),
             snapshot::build_snapshots.in_set(engine(TickSet::Snapshot)),
+            effects::route
+                .in_set(engine(TickSet::Events))
+                .before(events::send_events),
             events::send_events.in_set(engine(TickSet::Events)),
             npc::reap
                 .in_set(engine(TickSet::Events))
@@ -236,6 +249,11 @@ impl Sim {
         self.schedule.run(&mut self.world);
     }
 
+    /// A component of an entity held here (a character or an NPC), to inspect.
+    pub fn get<T: Component>(&self, id: EntityId) -> Option<&T> {
+        self.world.get::<T>(self.entity_of(id)?)
+    }
+
     fn entity_of(&self, id: EntityId) -> Option<Entity> {
         self.world.resource::<CharIndex>().0.get(&id).copied()
     }
@@ -248,6 +266,48 @@ impl Sim {
     /// Totals of the last tick's snapshots.
     pub fn snapshot_stats(&self) -> snapshot::SnapshotStats {
         *self.world.resource::<snapshot::SnapshotStats>()
+    }
+
+    /// Names this zone in the keys of the effects it routes (its registration id).
+    pub fn set_origin(&mut self, zone: ZoneId) {
+        self.world.resource_mut::<effects::Origin>().zone = zone;
+    }
+
+    /// Effects for other zones and answers to theirs, produced since the last call, by zone.
+    #[allow(clippy::type_complexity)]
+    pub fn take_border_traffic(
+        &mut self,
+    ) -> (
+        Vec<(ZoneId, effects::Forward)>,
+        Vec<(ZoneId, effects::Reply)>,
+    ) {
+        let out = std::mem::take(&mut *self.world.resource_mut::<effects::Outgoing>());
+        (out.forwards, out.replies)
+    }
+
+    /// Effects zone `from` sent for entities simulated here, and its answers to ours: handled
+    /// at the next tick.
+    pub fn receive_border_traffic(
+        &mut self,
+        from: ZoneId,
+        forwards: Vec<effects::Forward>,
+        replies: Vec<effects::Reply>,
+    ) {
+        let mut incoming = self.world.resource_mut::<effects::Incoming>();
+        incoming
+            .forwards
+            .extend(forwards.into_iter().map(|f| (from, f)));
+        incoming.replies.extend(replies);
+    }
+
+    /// Effect counts since the zone started.
+    pub fn effect_stats(&self) -> effects::EffectStats {
+        *self.world.resource::<effects::EffectStats>()
+    }
+
+    /// Effects routed from here still waiting for an answer.
+    pub fn effects_in_flight(&self) -> usize {
+        self.world.resource::<effects::InFlight>().len()
     }
 
     /// Gives `entity` the game components `values` hold (a login, an arrival).
