@@ -74,7 +74,8 @@ struct Local {
     #[arg(long, default_value_t = 5)]
     status_every: u64,
     /// How bots move. `travel`: new characters spawn on zone borders and run back and forth
-    /// across them, so handoffs happen all the time.
+    /// across them, so handoffs happen all the time. `fight`: new characters spawn on zone
+    /// borders (a skirmish line either side of each), and fight whatever is nearest.
     #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
     behaviour: Behaviour,
     /// Admin HTTP address of the whole local cluster (`/metrics`, `/healthz`, `/readyz`).
@@ -123,14 +124,30 @@ async fn local(args: Local) -> anyhow::Result<()> {
     })?;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
-    if args.behaviour == Behaviour::Travel {
-        // Spawn on the borders between the zones' stripes of columns.
+    if matches!(args.behaviour, Behaviour::Travel | Behaviour::Fight) {
+        // Spawn on the borders between the zones' stripes of columns: travellers cross them
+        // all the time. Fighters spawn in a skirmish line along each border, zigzagging 2.5 m
+        // either side of it every 4 m, so the nearest foe often stands in the other zone:
+        // their blows across it are effects forwarded to the zone that simulates the target.
         let g = &mut config.coordinator.geometry;
         let (cells, n) = (g.cells_x() as usize, args.zones.max(1));
         let mid_y = (g.min_y + g.max_y) / 2.0;
+        let line: Vec<(f32, f32)> = if args.behaviour == Behaviour::Fight {
+            (0..24)
+                .map(|k| {
+                    let side = if k % 2 == 0 { -2.5 } else { 2.5 };
+                    (side, (k as f32 - 12.0) * 4.0)
+                })
+                .collect()
+        } else {
+            vec![(0.0, 0.0)]
+        };
         g.spawn_points = (1..n)
             .filter_map(|k| (0..cells).find(|c| c * n / cells >= k))
-            .map(|c| (g.min_x + c as f32 * g.cell_size, mid_y))
+            .flat_map(|c| {
+                let x = g.min_x + c as f32 * g.cell_size;
+                line.iter().map(move |(dx, dy)| (x + dx, mid_y + dy))
+            })
             .collect();
         if g.spawn_points.is_empty() {
             g.spawn_points = vec![((g.min_x + g.max_x) / 2.0, mid_y)];
