@@ -629,8 +629,7 @@ impl Zone {
     /// to us): a copy still held here goes on; one waiting to come back keeps waiting; a
     /// persisted kind loads its checkpoint; any other NPC starts fresh at its spawn point.
     fn restore_npc(&mut self, now: Now, entity: EntityId, epoch: Epoch) {
-        if self.sim.npc_waiting(entity) {
-            self.sim.set_waiting_epoch(entity, epoch);
+        if self.sim.set_waiting_epoch(entity, epoch) {
             return;
         }
         if self.sim.has_character(entity) {

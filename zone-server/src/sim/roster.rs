@@ -257,22 +257,17 @@ impl Sim {
         )
     }
 
-    /// Whether NPC `id` is held here waiting to come back (defeated).
-    pub fn npc_waiting(&self, id: EntityId) -> bool {
-        self.world
-            .resource::<npc::Graveyard>()
-            .0
-            .iter()
-            .any(|w| w.id == id)
-    }
-
-    /// Sets the epoch a waiting NPC comes back at (a restore found it waiting here).
-    pub fn set_waiting_epoch(&mut self, id: EntityId, epoch: Epoch) {
+    /// Sets the epoch a waiting (defeated) NPC comes back at, a restore having found it waiting
+    /// here; `false` if it is not waiting here.
+    pub fn set_waiting_epoch(&mut self, id: EntityId, epoch: Epoch) -> bool {
+        let mut found = false;
         for w in &mut self.world.resource_mut::<npc::Graveyard>().0 {
             if w.id == id {
                 w.epoch = epoch;
+                found = true;
             }
         }
+        found
     }
 
     /// The NPCs held here: simulated, frozen for a handoff, and waiting to come back.
@@ -370,20 +365,6 @@ impl Sim {
                 c
             })
             .collect()
-    }
-
-    /// Ids of the characters (not NPCs) in this world.
-    pub fn character_ids(&self) -> Vec<EntityId> {
-        let mut ids: Vec<EntityId> = self
-            .world
-            .resource::<CharIndex>()
-            .0
-            .keys()
-            .copied()
-            .filter(|id| !id.is_npc())
-            .collect();
-        ids.sort_unstable();
-        ids
     }
 
     /// How many characters (not NPCs) are here: per tick, so no list and no sort.
