@@ -400,7 +400,7 @@ async fn play(
             )
         })?
         .clone();
-    let spawn = spawn_point(&world.spawn_points, &name);
+    let spawn = spawn_point(&world.spawn_points, world.spawn_spread, &name);
     let login = gateway
         .persistence
         .clone()
@@ -759,6 +759,7 @@ async fn leave(gateway: &Arc<Gateway>, link: &ZoneLink, player_id: u64) {
 /// to ±20 m of offset, both stable for a given name.
 fn spawn_point(
     points: &[worldmesh_protocol::grpc::coordinator::SpawnPoint],
+    spread: f32,
     name: &str,
 ) -> (f32, f32) {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -767,9 +768,17 @@ fn spawn_point(
     let (x, y) = points
         .get((h % points.len().max(1) as u64) as usize)
         .map_or((0.0, 0.0), |p| (p.x, p.y));
-    let jx = ((h >> 16) % 4001) as f32 / 100.0 - 20.0;
-    let jy = ((h >> 32) % 4001) as f32 / 100.0 - 20.0;
-    (x + jx, y + jy)
+    // 0 (a coordinator from before the field) or nonsense: the old fixed 20 m.
+    let spread = if spread.is_finite() && spread > 0.0 {
+        spread
+    } else {
+        20.0
+    };
+    // Two slices of the hash, each to -1..=1 in 4,000 steps (at the default 20 m, the
+    // centimetre grid every name has always been placed on: the same name, the same place).
+    let jx = ((h >> 16) % 4001) as f32 / 2000.0 - 1.0;
+    let jy = ((h >> 32) % 4001) as f32 / 2000.0 - 1.0;
+    (x + jx * spread, y + jy * spread)
 }
 
 /// Reads frames off the control stream: the header first, checked before the payload is read
@@ -848,12 +857,17 @@ mod tests {
             SpawnPoint { x: 100.0, y: 100.0 },
             SpawnPoint { x: 900.0, y: 100.0 },
         ];
-        let a = spawn_point(&points, "alice");
-        assert_eq!(a, spawn_point(&points, "alice"));
-        assert!(
+        let a = spawn_point(&points, 0.0, "alice");
+        assert_eq!(a, spawn_point(&points, 0.0, "alice"));
+        let near = |a: (f32, f32), r: f32| {
             points
                 .iter()
-                .any(|p| (p.x - a.0).abs() <= 20.0 && (p.y - a.1).abs() <= 20.0)
-        );
+                .any(|p| (p.x - a.0).abs() <= r && (p.y - a.1).abs() <= r)
+        };
+        assert!(near(a, 20.0), "0 spread means the old 20 m");
+        for name in ["alice", "bob", "carol", "dave", "eve"] {
+            assert!(near(spawn_point(&points, 1.5, name), 1.5), "{name}");
+        }
+        assert!(near(spawn_point(&points, f32::NAN, "bob"), 20.0));
     }
 }

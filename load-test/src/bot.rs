@@ -38,7 +38,8 @@ pub enum Behaviour {
     /// Mills around within 15 m of where it started, at a walk: spawn points become dense
     /// crowds, the worst case for snapshot size and interest management.
     Crowd,
-    /// Per bot, by its seed: 40 % travel, 40 % wander, 10 % crowd, 10 % idle.
+    /// Per bot, by its seed: 30 % travel, 30 % wander, 20 % fight, 10 % crowd, 10 % idle
+    /// (fighters with no game to play wander).
     Mixed,
     /// Plays the example game (`--game arena`): seeks the nearest standing monster or
     /// player it sees, walks up and strikes it (or shoots it from up to 25 m), backs off when
@@ -51,8 +52,9 @@ impl Behaviour {
     pub fn for_seed(self, seed: u64) -> Behaviour {
         match self {
             Behaviour::Mixed => match seed % 10 {
-                0..=3 => Behaviour::Travel,
-                4..=7 => Behaviour::Wander,
+                0..=2 => Behaviour::Travel,
+                3..=5 => Behaviour::Wander,
+                6..=7 => Behaviour::Fight,
                 8 => Behaviour::Crowd,
                 _ => Behaviour::Idle,
             },

@@ -3,7 +3,7 @@
 //!
 //! Starts the cluster as separate processes on loopback (`worldmesh coordinator`,
 //! `persistence` on real Redis and PostgreSQL, four `zone`s, the gateway(s)), then for each
-//! bot count: ramps the bots up (a travel/wander/crowd/idle mix, spawned on a 4 × 4 grid of
+//! bot count: ramps the bots up (the `mixed` blend of behaviours, spawned on a 4 × 4 grid of
 //! spawn points so they spread like a live game's players), measures a fixed window
 //! (RTT, snapshots, bytes, the cluster's CPU from `/proc`), logs them out, and runs the bare
 //! quinn datagram echo ([`crate::echo`]) with the same connection count, 20 Hz each way and
@@ -40,6 +40,9 @@ pub struct BenchConfig {
     pub log_dir: PathBuf,
     /// Tokio worker threads of every cluster process (`WORLDMESH_THREADS`; 1 = current-thread).
     pub service_threads: usize,
+    /// The game the zones run (`--game`).
+    pub game: String,
+    pub behaviour: crate::bot::Behaviour,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -213,6 +216,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 coordinator.clone(),
                 "--persistence".into(),
                 persistence.clone(),
+                "--game".into(),
+                config.game.clone(),
             ],
             &secret,
             config.service_threads,
@@ -256,7 +261,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 name_prefix: format!("cb{n}x{suffix}-"),
                 chat_every_s: 30.0,
                 status_every: None,
-                behaviour: crate::bot::Behaviour::Mixed,
+                behaviour: config.behaviour,
                 ..Default::default()
             },
             stats.clone(),

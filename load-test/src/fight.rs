@@ -1,6 +1,6 @@
 //! A fighting bot's mind (`--behaviour fight`), for the example game (`games/arena`): seek
 //! the nearest standing monster or player it sees, walk up and strike it (or shoot it from
-//! afar), back off when badly hurt, lie still while down. Sans-IO: the bot's loop feeds it what
+//! afar), back off when badly hurt (drinking a potion if it has one), lie still while down. Sans-IO: the bot's loop feeds it what
 //! the client sees and sends what it decides; it also keeps the books on every action (each
 //! must be answered exactly once).
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use worldmesh_arena::actions::{SHOOT_REACH, STRIKE_REACH};
 use worldmesh_arena::components::Down;
-use worldmesh_arena::{Health, Shoot, Strike};
+use worldmesh_arena::{Drink, Health, Potions, Shoot, Strike};
 use worldmesh_game::GameComponent;
 use worldmesh_game::action::request;
 use worldmesh_protocol::snapshot::EntityFields;
@@ -37,6 +37,7 @@ pub struct Fighter {
     seq: u32,
     strike_ready: Instant,
     shoot_ready: Instant,
+    drink_ready: Instant,
     /// Sent, not yet answered: seq → when.
     pending: HashMap<u32, Instant>,
     answered: HashSet<u32>,
@@ -53,6 +54,7 @@ impl Fighter {
             seq: 0,
             strike_ready: now,
             shoot_ready: now,
+            drink_ready: now,
             pending: HashMap::new(),
             answered: HashSet::new(),
             answered_order: VecDeque::new(),
@@ -94,20 +96,26 @@ impl Fighter {
         let hurt = field::<Health>(my_fields)
             .is_some_and(|h| (h.hp as f32) < RETREAT_BELOW * h.max.max(1) as f32);
         if hurt {
+            // One potion at a time: the next snapshot shows whether it worked.
+            let potions = field::<Potions>(my_fields).map_or(0, |p| p.0);
+            let action = (potions > 0 && now >= self.drink_ready).then(|| {
+                self.drink_ready = now + Duration::from_secs(1);
+                self.send(None, &Drink, now, stats)
+            });
             return Decision {
                 heading: towards + std::f32::consts::PI,
                 speed: 9.0,
-                action: None,
+                action,
             };
         }
         let mut action = None;
         // A little inside the reach: positions in view are a tick or two old.
         if distance <= STRIKE_REACH - 0.3 && now >= self.strike_ready {
             self.strike_ready = now + Duration::from_millis(850);
-            action = Some(self.send(foe.id, &Strike, now, stats));
+            action = Some(self.send(Some(foe.id), &Strike, now, stats));
         } else if distance <= SHOOT_REACH - 1.0 && now >= self.shoot_ready {
             self.shoot_ready = now + Duration::from_millis(1550);
-            action = Some(self.send(foe.id, &Shoot, now, stats));
+            action = Some(self.send(Some(foe.id), &Shoot, now, stats));
         }
         Decision {
             heading: towards,
@@ -118,7 +126,7 @@ impl Fighter {
 
     fn send<A: worldmesh_game::Action + bincode::Encode>(
         &mut self,
-        target: EntityId,
+        target: Option<EntityId>,
         action: &A,
         now: Instant,
         stats: &Stats,
@@ -128,7 +136,7 @@ impl Fighter {
         stats
             .actions_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        request(self.seq, Some(target), action).expect("unit actions encode")
+        request(self.seq, target, action).expect("unit actions encode")
     }
 
     /// Books an answer: applied, refused (by reason), or a second answer to one action.
@@ -271,9 +279,14 @@ mod tests {
         let stats = Stats::default();
         let now = Instant::now();
         let mut fighter = Fighter::new(now);
-        let a = fighter.send(EntityId(5), &Strike, now, &stats);
-        let _unanswered = fighter.send(EntityId(5), &Shoot, now, &stats);
-        let _late = fighter.send(EntityId(5), &Shoot, now + Duration::from_secs(9), &stats);
+        let a = fighter.send(Some(EntityId(5)), &Strike, now, &stats);
+        let _unanswered = fighter.send(Some(EntityId(5)), &Shoot, now, &stats);
+        let _late = fighter.send(
+            Some(EntityId(5)),
+            &Shoot,
+            now + Duration::from_secs(9),
+            &stats,
+        );
         fighter.answered(
             &ActionOutcome {
                 seq: a.seq,

@@ -142,6 +142,13 @@ struct BenchArgs {
     /// here, see BENCHMARKS.md; 0: one per core).
     #[arg(long, default_value_t = 1)]
     service_threads: usize,
+    /// The game the zones run (`worldmesh zone --game`): `none`, `arena`, `paint`.
+    #[arg(long, default_value = "none")]
+    game: String,
+    /// What the bots do (`mixed`: the blend `--behaviour mixed` of `run` has; `fight` with
+    /// `--game arena` for a fighting load).
+    #[arg(long, value_enum, default_value_t = worldmesh_load_test::bot::Behaviour::Mixed)]
+    behaviour: worldmesh_load_test::bot::Behaviour,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -212,6 +219,8 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                     plot: Some(args.plot),
                     log_dir: args.logs,
                     service_threads: args.service_threads,
+                    game: args.game,
+                    behaviour: args.behaviour,
                 },
             )
             .await?;

@@ -292,22 +292,31 @@ pub fn metric(text: &str, series: &str) -> f64 {
 
 /// A zone process named `zone-{i}` on a free port.
 pub fn zone(i: usize, coordinator: &str, persistence: &str, secret: &str) -> Proc {
+    zone_with(i, coordinator, persistence, secret, &[])
+}
+
+/// A zone process named `zone-{i}` on a free port, `extra` flags appended (`--game arena`).
+pub fn zone_with(
+    i: usize,
+    coordinator: &str,
+    persistence: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Proc {
     let port = free_tcp_port();
-    Proc::start(
-        &format!("zone-{i}"),
-        &[
-            "zone".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--name".into(),
-            format!("zone-{i}"),
-            "--coordinator".into(),
-            coordinator.into(),
-            "--persistence".into(),
-            persistence.into(),
-        ],
-        secret,
-    )
+    let mut args: Vec<String> = vec![
+        "zone".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--name".into(),
+        format!("zone-{i}"),
+        "--coordinator".into(),
+        coordinator.into(),
+        "--persistence".into(),
+        persistence.into(),
+    ];
+    args.extend(extra.iter().map(std::string::ToString::to_string));
+    Proc::start(&format!("zone-{i}"), &args, secret)
 }
 
 /// How many zones the coordinator's map lists (0 while it does not answer).
@@ -340,6 +349,16 @@ impl Core {
         persistence: &worldmesh_persistence::Config,
         zones: usize,
         coordinator_args: &[&str],
+    ) -> Self {
+        Self::start_with(persistence, zones, coordinator_args, &[]).await
+    }
+
+    /// [`Core::start`] with `zone_args` appended to every zone's flags (`--game arena`).
+    pub async fn start_with(
+        persistence: &worldmesh_persistence::Config,
+        zones: usize,
+        coordinator_args: &[&str],
+        zone_args: &[&str],
     ) -> Self {
         let secret = worldmesh_runtime::random_secret();
         let db = persistence.database_url.clone();
@@ -380,7 +399,7 @@ impl Core {
         ];
         let mut persistence = Proc::start("persistence", &persistence_args, &secret);
         let mut zones: Vec<Proc> = (0..zones)
-            .map(|i| zone(i, &coordinator_url, &persistence_url, &secret))
+            .map(|i| zone_with(i, &coordinator_url, &persistence_url, &secret, zone_args))
             .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while live_zones(&coordinator_url).await < zones.len() {

@@ -38,6 +38,9 @@ pub struct Args {
     /// at 31 % and 69 % of the width, half way up.
     #[arg(long = "spawn", value_parser = parse_point)]
     spawn_points: Vec<(f32, f32)>,
+    /// A new character appears within this many metres of its spawn point, in x and in y.
+    #[arg(long, env = "WORLDMESH_SPAWN_SPREAD", default_value_t = worldmesh_world::geometry::DEFAULT_SPAWN_SPREAD)]
+    spawn_spread: f32,
     /// NPCs in the whole world (not per zone), spread evenly over it; each belongs to the
     /// zone whose cell it stands in, like a character.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
@@ -74,6 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 args.spawn_points
             },
+            spawn_spread: args.spawn_spread,
             ..Geometry::default()
         },
         lease_ttl: Duration::from_millis(args.lease_ttl_ms),

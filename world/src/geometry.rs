@@ -7,6 +7,10 @@
 use worldmesh_protocol::grpc::coordinator as pb;
 use worldmesh_protocol::ids::ZoneId;
 
+/// Metres around a spawn point a new character may appear (and what a `WorldGeometry` without
+/// the field means).
+pub const DEFAULT_SPAWN_SPREAD: f32 = 20.0;
+
 /// The world's shape, fixed for the life of a cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Geometry {
@@ -19,6 +23,9 @@ pub struct Geometry {
     pub tick_rate_hz: u32,
     /// Where new characters appear; a character's spawn point is picked by its name.
     pub spawn_points: Vec<(f32, f32)>,
+    /// A new character appears within this many metres of its spawn point, in x and in y:
+    /// players who pick the same point do not stand on each other.
+    pub spawn_spread: f32,
 }
 
 impl Default for Geometry {
@@ -33,6 +40,7 @@ impl Default for Geometry {
             cell_size: 250.0,
             tick_rate_hz: 20,
             spawn_points: vec![(625.0, 1000.0), (1375.0, 1000.0)],
+            spawn_spread: DEFAULT_SPAWN_SPREAD,
         }
     }
 }
@@ -76,6 +84,7 @@ impl Geometry {
                 .map(|&(x, y)| pb::SpawnPoint { x, y })
                 .collect(),
             tick_origin_unix_ms,
+            spawn_spread: self.spawn_spread,
         }
     }
 }

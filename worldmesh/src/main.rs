@@ -50,7 +50,8 @@ struct Local {
     /// in, and is handed on at borders like a character.
     #[arg(long, default_value_t = 0)]
     npcs: u64,
-    /// The game the zones run: `arena` (the example game: health, attacks, monsters, XP) or
+    /// The game the zones run: `arena` (the example game: health, attacks, monsters, XP),
+    /// `paint` (the smallest: splash colours on each other) or
     /// `none` (bare movement and chat).
     #[arg(long, env = "WORLDMESH_GAME", default_value = "arena")]
     game: String,
@@ -126,17 +127,20 @@ async fn local(args: Local) -> anyhow::Result<()> {
     config.gateway_listen = args.listen;
     if matches!(args.behaviour, Behaviour::Travel | Behaviour::Fight) {
         // Spawn on the borders between the zones' stripes of columns: travellers cross them
-        // all the time. Fighters spawn in a skirmish line along each border, zigzagging 2.5 m
-        // either side of it every 4 m, so the nearest foe often stands in the other zone:
-        // their blows across it are effects forwarded to the zone that simulates the target.
+        // all the time. Fighters spawn in a skirmish line along each border, a point per
+        // fighter, zigzagging 1.5 m either side of it every 3 m (and within 1 m of their point,
+        // not the usual 20), so the nearest foe usually stands in the other zone: their blows
+        // across it are effects forwarded to the zone that simulates the target.
         let g = &mut config.coordinator.geometry;
         let (cells, n) = (g.cells_x() as usize, args.zones.max(1));
         let mid_y = (g.min_y + g.max_y) / 2.0;
         let line: Vec<(f32, f32)> = if args.behaviour == Behaviour::Fight {
-            (0..24)
+            g.spawn_spread = 1.0;
+            let per_border = args.bots.div_ceil(n.saturating_sub(1).max(1)).max(2);
+            (0..per_border)
                 .map(|k| {
-                    let side = if k % 2 == 0 { -2.5 } else { 2.5 };
-                    (side, (k as f32 - 12.0) * 4.0)
+                    let side = if k % 2 == 0 { -1.5 } else { 1.5 };
+                    (side, (k as f32 - per_border as f32 / 2.0) * 3.0)
                 })
                 .collect()
         } else {

@@ -23,7 +23,7 @@ pub struct Args {
     checkpoint_ms: u64,
     /// The game the zone runs (every zone of a cluster must run the same one). The
     /// `zone-server` binary knows only `none`; `worldmesh zone` knows the games in the
-    /// repository (`arena`).
+    /// repository (`arena`, `paint`).
     #[arg(long, env = "WORLDMESH_GAME", default_value = "none")]
     pub game: String,
     #[command(flatten)]

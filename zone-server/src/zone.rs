@@ -31,6 +31,7 @@ use crate::character::Character;
 use crate::command::Command;
 use crate::saver::SaveJob;
 use crate::sim::effects;
+use crate::sim::events::BorderEvent;
 use crate::sim::npc::Wanderer;
 use crate::sim::{
     AbsentPlayer, Carried, CharacterIds, GhostState, Player, Removed, Sim, SimConfig,
@@ -449,6 +450,22 @@ impl Zone {
                     .filter_map(reply_from_pb)
                     .collect();
                 self.sim.receive_border_traffic(from, forwards, replies);
+                let events = batch
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        Some(BorderEvent {
+                            entity: EntityId(e.entity),
+                            x: e.x,
+                            y: e.y,
+                            // A kind beyond u16 is no event any game registers: dropped.
+                            kind: worldmesh_protocol::ids::EventKind(u16::try_from(e.kind).ok()?),
+                            payload: e.payload,
+                            reliable: e.reliable,
+                        })
+                    })
+                    .collect();
+                self.sim.receive_border_events(events);
             }
             Command::Loaded {
                 entity,
@@ -1090,6 +1107,36 @@ impl Zone {
                 batches.entry(zone).or_insert_with(|| (a, Vec::new()));
             }
         }
+        let cell_of = |x: f32, y: f32| {
+            (
+                geometry::axis_cell(x, g.min_x, g.cell_size, map.cells_x),
+                geometry::axis_cell(y, g.min_y, g.cell_size, map.cells_y),
+            )
+        };
+        // Events about what the neighbours show as ghosts, for their players near it.
+        let mut events: BTreeMap<ZoneId, Vec<pb::BorderEvent>> = BTreeMap::new();
+        let raised = self.sim.take_border_events();
+        if !self.near.is_empty() && map.cells_x > 0 && map.cells_y > 0 {
+            for e in raised {
+                let (cx, cy) = cell_of(e.x, e.y);
+                let Some(zones) = self.near.get((cy * map.cells_x + cx) as usize) else {
+                    continue;
+                };
+                for (zone, address) in zones {
+                    batches
+                        .entry(*zone)
+                        .or_insert_with(|| (address.clone(), Vec::new()));
+                    events.entry(*zone).or_default().push(pb::BorderEvent {
+                        entity: e.entity.0,
+                        x: e.x,
+                        y: e.y,
+                        kind: u32::from(e.kind.0),
+                        payload: e.payload.clone(),
+                        reliable: e.reliable,
+                    });
+                }
+            }
+        }
         if self.near.is_empty() || map.cells_x == 0 || map.cells_y == 0 {
             self.ghost_scratch.clear();
         } else {
@@ -1104,10 +1151,7 @@ impl Zone {
                 speed,
                 ..
             } = ghost;
-            let (cx, cy) = (
-                geometry::axis_cell(x, g.min_x, g.cell_size, map.cells_x),
-                geometry::axis_cell(y, g.min_y, g.cell_size, map.cells_y),
-            );
+            let (cx, cy) = cell_of(x, y);
             let Some(zones) = self.near.get((cy * map.cells_x + cx) as usize) else {
                 continue;
             };
@@ -1143,6 +1187,7 @@ impl Zone {
                     ghosts,
                     effects,
                     answers,
+                    events: events.remove(&zone_id).unwrap_or_default(),
                 },
             }));
         }
@@ -1307,6 +1352,7 @@ mod tests {
                 tick_rate_hz: 20,
                 spawn_points: Vec::new(),
                 tick_origin_unix_ms: 0,
+                spawn_spread: 0.0,
             }),
             zones: vec![zone(1), zone(2)],
             cell_owners: vec![1, 1, 2, 2, 1, 1, 2, 2],
@@ -2275,7 +2321,8 @@ mod tests {
         assert!(z.participant().is_empty());
     }
 
-    /// A game of poking across borders: `Poke` (reach 20 m) sends `Poked`, which counts.
+    /// A game of poking across borders: `Poke` (reach 20 m) sends `Poked`, which counts and
+    /// tells the target's observers `Ouch`.
     mod poking {
         use bevy_ecs::prelude::*;
         use worldmesh_game::prelude::*;
@@ -2313,8 +2360,19 @@ mod tests {
                 let mut e = ctx.world.entity_mut(ctx.target);
                 let n = e.get::<Pokes>().map_or(0, |p| p.0);
                 e.insert(Pokes(n + 1));
+                let target = ctx.target;
+                ctx.to_observers(target, &Ouch);
                 Ok(())
             }
+        }
+
+        #[derive(bincode::Encode, bincode::Decode)]
+        pub struct Ouch;
+
+        impl ServerEvent for Ouch {
+            const KIND: EventKind = EventKind(1);
+            const NAME: &'static str = "ouch";
+            const DELIVERY: Delivery = Delivery::Reliable;
         }
 
         pub struct Poking;
@@ -2327,7 +2385,8 @@ mod tests {
             fn register(&self, game: &mut GameRegistry) {
                 game.component::<Pokes>(Replicated::Yes, Persisted::Yes)
                     .action::<Poke>()
-                    .effect::<Poked>();
+                    .effect::<Poked>()
+                    .event::<Ouch>();
             }
         }
     }
@@ -2401,6 +2460,11 @@ mod tests {
         let back = batch_to(out2, 1);
         assert_eq!(back.answers.len(), 2);
         assert!(back.answers.iter().all(|a| a.outcome == 0), "{back:?}");
+        assert_eq!(
+            back.events.iter().map(|e| e.entity).collect::<Vec<_>>(),
+            [200],
+            "the Ouch of 200's observers, for zone 1's players near its ghost"
+        );
         // The pokes show on the ghost zone 1 keeps of 200 (replicated), and zone 1 answers
         // its player: applied, once.
         z1.handle(clock.0, Command::Ghosts(back.clone()));
@@ -2421,6 +2485,22 @@ mod tests {
                 refused: None
             }]
         );
+        let told: Vec<u64> = out1
+            .iter()
+            .filter_map(|o| match o {
+                Output::Frames { frames, .. } => Some(frames),
+                _ => None,
+            })
+            .flat_map(|f| f.frames.iter())
+            .filter(|f| f.player_id == 7)
+            .filter_map(
+                |f| match worldmesh_protocol::codec::decode_frame(&f.frame) {
+                    Ok(worldmesh_protocol::ServerMessage::Event(e)) => Some(e.entity.0),
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(told, [200], "player 7 is told across the border");
         assert_eq!(z1.sim().effects_in_flight(), 0);
     }
 

@@ -447,6 +447,7 @@ impl Sim {
                 tick_rate_hz: 20,
                 spawn_points: Vec::new(),
                 tick_origin_unix_ms: 0,
+                spawn_spread: 0.0,
             }),
             zones,
             cell_owners,

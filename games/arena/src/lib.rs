@@ -14,6 +14,8 @@
 //!   (an effect: applied where the target is simulated, across a zone border too).
 //! - [`events`]: what players are told: [`Struck`], [`WentDown`], [`LevelUp`].
 //! - [`monsters`]: the NPC kinds ([`Goblin`], [`Ogre`]) and what they do.
+//! - [`potions`]: [`Potions`] carried, [`Drink`] to heal, [`potions::Drank`] told, refilled
+//!   over time: a whole feature in one file (built step by step in `docs/game-api.md`).
 //! - [`rules`]: the systems every tick: falling, getting up; XP and levels ([`rules::Reward`],
 //!   an effect on the winner wherever it is).
 
@@ -25,6 +27,7 @@ pub mod actions;
 pub mod components;
 pub mod events;
 pub mod monsters;
+pub mod potions;
 pub mod rules;
 
 use bevy_ecs::prelude::*;
@@ -34,6 +37,7 @@ pub use actions::{Hit, Shoot, Strike};
 pub use components::{Health, Level, Xp};
 pub use events::{LevelUp, Struck, WentDown};
 pub use monsters::{Goblin, Ogre};
+pub use potions::{Drink, Potions};
 
 /// The arena game: register it with `GameRef::new(Arena)`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,6 +60,9 @@ impl Game for Arena {
             .action::<Shoot>()
             .effect::<actions::Hit>()
             .effect::<rules::Reward>()
+            .component::<Potions>(Replicated::Yes, Persisted::Yes)
+            .action::<Drink>()
+            .event::<potions::Drank>()
             .event::<Struck>()
             .event::<WentDown>()
             .event::<LevelUp>()
@@ -71,7 +78,8 @@ impl Game for Arena {
                     rules::get_up,
                 )
                     .chain(),
-            );
+            )
+            .system(TickSet::Simulate, potions::refill);
     }
 }
 
@@ -99,6 +107,10 @@ pub struct Rules {
     /// Monsters strike players this close (m), this often (s).
     pub monster_reach: f32,
     pub monster_cooldown: f32,
+    /// Potions: at most this many carried, each heals this much, one comes back this often (s).
+    pub potions_max: u8,
+    pub potion_heal: u16,
+    pub potion_refill_seconds: f32,
 }
 
 impl Default for Rules {
@@ -116,6 +128,9 @@ impl Default for Rules {
             xp_per_level: 50,
             monster_reach: 2.0,
             monster_cooldown: 1.2,
+            potions_max: 3,
+            potion_heal: 40,
+            potion_refill_seconds: 30.0,
         }
     }
 }

@@ -51,6 +51,7 @@ fn character(id: u64, x: f32, y: f32) -> Character {
 struct Watcher {
     decoder: SnapshotDecoder,
     answers: Vec<(u32, Option<ActionRefusal>)>,
+    events: Vec<worldmesh_protocol::GameEvent>,
     seq: u32,
 }
 
@@ -68,6 +69,7 @@ impl Watcher {
                         self.decoder.apply(&s).unwrap();
                     }
                     Ok(ServerMessage::ActionDone(a)) => self.answers.push((a.seq, a.refused)),
+                    Ok(ServerMessage::Event(e)) => self.events.push(e),
                     _ => {}
                 }
             }
@@ -81,7 +83,8 @@ impl Watcher {
         action: &A,
     ) -> u32 {
         self.seq += 1;
-        let r = request(self.seq, Some(EntityId(target)), action).unwrap();
+        let target = (target != 0).then_some(EntityId(target));
+        let r = request(self.seq, target, action).unwrap();
         sim.push_action(LinkId(1), PlayerId(10), r);
         self.seq
     }
@@ -309,4 +312,86 @@ fn xp_of_last(c: &Character) -> u32 {
         .find(|(k, _)| *k == Xp::KIND)
         .expect("xp is persisted");
     codec::decode_value::<Xp>(bytes, 64).unwrap().0
+}
+
+#[test]
+fn a_potion_heals_is_told_and_comes_back_and_potions_are_saved() {
+    use worldmesh_arena::potions::{Drank, HEALTHY, NO_POTIONS};
+    use worldmesh_arena::{Drink, Potions};
+    use worldmesh_game::ServerEvent;
+    let mut sim = sim();
+    sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
+    sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 502.0, 500.0));
+    let mut w = Watcher::default();
+    w.run(&mut sim, 2);
+    assert_eq!(
+        w.field::<Potions>(100),
+        Some(Potions(3)),
+        "a full set to start"
+    );
+    let healthy = w.act(&mut sim, 0, &Drink);
+    w.run(&mut sim, 1);
+    assert_eq!(w.answer(healthy), Some(Some(HEALTHY)), "nothing to heal");
+
+    // 101 strikes 100 three times (player 11's actions), then 100 drinks: 70 + 40, capped.
+    let mut seq = 0;
+    for _ in 0..3 {
+        seq += 1;
+        let r = request(seq, Some(EntityId(100)), &Strike).unwrap();
+        sim.push_action(LinkId(1), PlayerId(11), r);
+        w.run(&mut sim, 17);
+    }
+    assert_eq!(w.field::<Health>(100).map(|h| h.hp), Some(70));
+    let drink = w.act(&mut sim, 0, &Drink);
+    w.run(&mut sim, 2);
+    assert_eq!(w.answer(drink), Some(None));
+    assert_eq!(w.field::<Health>(100).map(|h| h.hp), Some(100));
+    assert_eq!(w.field::<Potions>(100), Some(Potions(2)));
+    let drank: Vec<Drank> = w
+        .events
+        .iter()
+        .filter(|e| e.kind == Drank::KIND && e.entity == EntityId(100))
+        .map(|e| codec::decode_value(&e.payload, 64).unwrap())
+        .collect();
+    assert_eq!(
+        drank,
+        [Drank {
+            healed: 30,
+            hp: 100
+        }]
+    );
+
+    // Saved with the character, loaded with it.
+    let saved = sim.despawn_player(PlayerId(10)).unwrap();
+    let mut other = self::sim();
+    other.spawn_player(LinkId(1), PlayerId(10), &saved);
+    let mut w = Watcher::default();
+    w.run(&mut other, 2);
+    assert_eq!(w.field::<Potions>(100), Some(Potions(2)), "potions kept");
+
+    // A character with none left (and hurt) is refused; one comes back every 30 s (600 ticks).
+    let mut sim = self::sim();
+    let mut dry = saved.clone();
+    dry.game
+        .0
+        .retain(|(k, _)| *k != Potions::KIND && *k != Health::KIND);
+    dry.game
+        .0
+        .push((Potions::KIND, codec::encode_value(&Potions(0), 64).unwrap()));
+    dry.game.0.push((
+        Health::KIND,
+        codec::encode_value(&Health { hp: 50, max: 100 }, 64).unwrap(),
+    ));
+    sim.spawn_player(LinkId(1), PlayerId(10), &dry);
+    let mut w = Watcher::default();
+    w.run(&mut sim, 2);
+    let none = w.act(&mut sim, 0, &Drink);
+    w.run(&mut sim, 1);
+    assert_eq!(w.answer(none), Some(Some(NO_POTIONS)));
+    w.run(&mut sim, 600);
+    assert_eq!(
+        w.field::<Potions>(100),
+        Some(Potions(1)),
+        "one back in 30 s"
+    );
 }

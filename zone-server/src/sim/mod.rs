@@ -190,6 +190,7 @@ impl Sim {
         world.insert_resource(effects::InFlight::default());
         world.insert_resource(effects::EffectStats::default());
         world.insert_resource(Outbox::default());
+        world.insert_resource(events::BorderEvents::default());
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
         world.insert_resource(snapshot::SnapshotScratch::default());
@@ -298,6 +299,18 @@ impl Sim {
             .forwards
             .extend(forwards.into_iter().map(|f| (from, f)));
         incoming.replies.extend(replies);
+    }
+
+    /// Events of the last tick about entities simulated here, for the neighbours that show
+    /// them (see [`events`]).
+    pub fn take_border_events(&mut self) -> Vec<events::BorderEvent> {
+        std::mem::take(&mut self.world.resource_mut::<events::BorderEvents>().0)
+    }
+
+    /// Events a neighbour raised about entities shown here as ghosts: told to the players
+    /// near them now, with the next frames out.
+    pub fn receive_border_events(&mut self, events: Vec<events::BorderEvent>) {
+        events::deliver_border_events(&mut self.world, events);
     }
 
     /// Effect counts since the zone started.
