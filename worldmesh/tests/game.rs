@@ -407,7 +407,7 @@ async fn fighters_strike_across_borders_while_a_zone_dies_and_no_blow_lands_twic
             gateways: vec![([127, 0, 0, 1], gport).into()],
             bots: FIGHTERS,
             ramp_per_s: 60.0,
-            duration: Some(Duration::from_secs(30)),
+            duration: Some(Duration::from_secs(22)),
             name_prefix: format!("fk{}-", testing::unique_suffix()),
             behaviour: worldmesh_load_test::bot::Behaviour::Fight,
             chat_every_s: 0.0,
@@ -418,7 +418,7 @@ async fn fighters_strike_across_borders_while_a_zone_dies_and_no_blow_lands_twic
         stats.clone(),
         tokio_util::sync::CancellationToken::new(),
     ));
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     // The middle zone holds a side of both borders.
     let (_, middle) = owners_beside(&core.coordinator_url, borders[0]).await;
     let victim = process_of(&core, middle).await;
@@ -446,7 +446,7 @@ async fn fighters_strike_across_borders_while_a_zone_dies_and_no_blow_lands_twic
     );
     // Actions the killed zone took and never answered die with it, as do those its players
     // sent before the gateway moved them (the clients time them out): a few per fighter of
-    // the killed zone (59 of 1,802 in the run that set this bound), never a steady loss.
+    // the killed zone (59 of 1,802 and 70 of 1,696 in two runs), never a steady loss.
     assert!(
         report.actions_lost * 10 < report.actions_sent,
         "lost actions are only the killed zone's last: {report:?}"
