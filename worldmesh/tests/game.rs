@@ -153,7 +153,7 @@ impl Player {
         self.s.fields(id)?.get::<T>(T::KIND)?.ok()
     }
 
-    /// The XP of the newest `LevelUp` this player was told.
+    /// The newest `LevelUp` this player was told.
     fn last_level_up(&self) -> Option<LevelUp> {
         self.events
             .iter()
@@ -163,24 +163,42 @@ impl Player {
     }
 }
 
-/// Runs both players for `ticks` ticks, `a` walking as `walk` says (heading, speed) and `b`
-/// standing still, or until `done` holds.
+/// Runs both players, standing, until `done` holds (true) or for `limit` (false).
 async fn play(
     a: &mut Player,
     b: &mut Player,
     limit: Duration,
-    walk: (f32, f32),
     mut done: impl FnMut(&Player, &Player) -> bool,
 ) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        a.tick(walk.0, walk.1).await;
+        a.tick(0.0, 0.0).await;
         b.tick(0.0, 0.0).await;
         if done(a, b) {
             return true;
         }
     }
     false
+}
+
+/// Both players stand and play for `time`.
+async fn idle(a: &mut Player, b: &mut Player, time: Duration) {
+    play(a, b, time, |_, _| false).await;
+}
+
+/// Plays (standing) until the coordinator says zone `zone` holds both players' characters,
+/// bounded by `limit`.
+async fn both_held_by(core: &Core, a: &mut Player, b: &mut Player, zone: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while owner(&core.coordinator_url, a.id.0).await.0 != zone
+        || owner(&core.coordinator_url, b.id.0).await.0 != zone
+    {
+        assert!(
+            Instant::now() < deadline,
+            "both held by zone {zone} within {limit:?}"
+        );
+        idle(a, b, Duration::from_millis(200)).await;
+    }
 }
 
 /// `a` strikes `b` (every 0.85 s: the cooldown is 0.8 s) until `b`'s health is `hp` as `a`
@@ -232,13 +250,9 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     let mut a = Player::login(gport, &format!("xa{suffix}")).await;
     let mut b = Player::login(gport, &format!("xb{suffix}")).await;
     assert!(
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_secs(5),
-            (0.0, 0.0),
-            |a, b| { a.field::<Health>(b.id).is_some() }
-        )
+        play(&mut a, &mut b, Duration::from_secs(5), |a, b| {
+            a.field::<Health>(b.id).is_some()
+        })
         .await,
         "a sees b's health"
     );
@@ -247,13 +261,9 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     // West of the border: a downs b (30 XP), and once b is up again, hits it twice.
     strike_until(&mut a, &mut b, None, 30).await;
     assert!(
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_secs(10),
-            (0.0, 0.0),
-            |a, b| { a.field::<Health>(b.id).is_some_and(|h| h.hp == h.max) }
-        )
+        play(&mut a, &mut b, Duration::from_secs(10), |a, b| {
+            a.field::<Health>(b.id).is_some_and(|h| h.hp == h.max)
+        })
         .await,
         "b gets up at full health"
     );
@@ -276,28 +286,8 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
             other.tick(0.0, 0.0).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while owner(&core.coordinator_url, a.id.0).await.0 != east
-        || owner(&core.coordinator_url, b.id.0).await.0 != east
-    {
-        assert!(Instant::now() < deadline, "both handed off east");
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_millis(200),
-            (0.0, 0.0),
-            |_, _| false,
-        )
-        .await;
-    }
-    play(
-        &mut a,
-        &mut b,
-        Duration::from_millis(500),
-        (0.0, 0.0),
-        |_, _| false,
-    )
-    .await;
+    both_held_by(&core, &mut a, &mut b, east, Duration::from_secs(10)).await;
+    idle(&mut a, &mut b, Duration::from_millis(500)).await;
     assert_eq!(
         b.field::<Health>(b.id).map(|h| h.hp),
         Some(80),
@@ -305,37 +295,13 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     );
 
     // Longer than one checkpoint interval (1 s), then the east zone dies.
-    play(
-        &mut a,
-        &mut b,
-        Duration::from_secs(3),
-        (0.0, 0.0),
-        |_, _| false,
-    )
-    .await;
+    idle(&mut a, &mut b, Duration::from_secs(3)).await;
     process_of(&core, east).await.signal("-KILL");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while owner(&core.coordinator_url, a.id.0).await.0 != west
-        || owner(&core.coordinator_url, b.id.0).await.0 != west
-    {
-        assert!(Instant::now() < deadline, "both failed over west");
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_millis(200),
-            (0.0, 0.0),
-            |_, _| false,
-        )
-        .await;
-    }
+    both_held_by(&core, &mut a, &mut b, west, Duration::from_secs(20)).await;
     assert!(
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_secs(5),
-            (0.0, 0.0),
-            |a, b| { b.field::<Health>(b.id).is_some() && a.field::<Level>(a.id).is_some() }
-        )
+        play(&mut a, &mut b, Duration::from_secs(5), |a, b| {
+            b.field::<Health>(b.id).is_some() && a.field::<Level>(a.id).is_some()
+        })
         .await,
         "both see the game again after failover"
     );
@@ -353,13 +319,9 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     a.s.bye().await.unwrap();
     let mut a = Player::login(gport, &name).await;
     assert!(
-        play(
-            &mut a,
-            &mut b,
-            Duration::from_secs(5),
-            (0.0, 0.0),
-            |a, _| { a.field::<Level>(a.id).is_some() }
-        )
+        play(&mut a, &mut b, Duration::from_secs(5), |a, _| {
+            a.field::<Level>(a.id).is_some()
+        })
         .await
     );
     assert_eq!(a.field::<Level>(a.id), Some(Level(2)), "level after login");

@@ -23,6 +23,7 @@
 //!   tests read.
 //! - [`saver`]: the checkpoint writer: batches to persistence with bounded retries.
 //! - [`run`]: wires them together and registers with the coordinator.
+//! - [`testing`]: for a game's tests: a [`sim::Sim`] watched through one player's client.
 
 pub mod character;
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod link;
 pub mod peers;
 pub mod saver;
 pub mod sim;
+pub mod testing;
 pub mod zone;
 
 use std::net::SocketAddr;

@@ -8,11 +8,11 @@ use worldmesh_arena::{Arena, Goblin, Health, Level, Shoot, Strike, Xp};
 use worldmesh_game::action::request;
 use worldmesh_game::{ComponentValues, GameComponent, GameRef, NpcKind, NpcKinds};
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
-use worldmesh_protocol::snapshot::SnapshotDecoder;
-use worldmesh_protocol::{ActionRefusal, ServerMessage, WorldBounds, codec};
+use worldmesh_protocol::{ActionRefusal, WorldBounds, codec};
 use worldmesh_zone::character::Character;
 use worldmesh_zone::sim::movement::CollisionMap;
 use worldmesh_zone::sim::{NPC_ID_BASE, Sim, SimConfig};
+use worldmesh_zone::testing::Watcher;
 
 fn sim() -> Sim {
     Sim::new(&SimConfig {
@@ -46,66 +46,6 @@ fn character(id: u64, x: f32, y: f32) -> Character {
     }
 }
 
-/// What player 10's client sees, and the answers it gets.
-#[derive(Default)]
-struct Watcher {
-    decoder: SnapshotDecoder,
-    answers: Vec<(u32, Option<ActionRefusal>)>,
-    events: Vec<worldmesh_protocol::GameEvent>,
-    seq: u32,
-}
-
-impl Watcher {
-    /// Runs `n` ticks, reading player 10's frames.
-    fn run(&mut self, sim: &mut Sim, n: u32) {
-        for _ in 0..n {
-            sim.step();
-            for f in sim.take_outbox() {
-                if f.player_id != PlayerId(10) {
-                    continue;
-                }
-                match codec::decode_frame::<ServerMessage>(&f.frame) {
-                    Ok(ServerMessage::Snapshot(s)) => {
-                        self.decoder.apply(&s).unwrap();
-                    }
-                    Ok(ServerMessage::ActionDone(a)) => self.answers.push((a.seq, a.refused)),
-                    Ok(ServerMessage::Event(e)) => self.events.push(e),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn act<A: worldmesh_game::Action + bincode::Encode>(
-        &mut self,
-        sim: &mut Sim,
-        target: u64,
-        action: &A,
-    ) -> u32 {
-        self.seq += 1;
-        let target = (target != 0).then_some(EntityId(target));
-        let r = request(self.seq, target, action).unwrap();
-        sim.push_action(LinkId(1), PlayerId(10), r);
-        self.seq
-    }
-
-    fn answer(&self, seq: u32) -> Option<Option<ActionRefusal>> {
-        self.answers
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, r)| *r)
-    }
-
-    fn field<T: GameComponent>(&self, id: u64) -> Option<T> {
-        let slot = self.decoder.view().iter().find(|(_, e)| e.id == id)?.0;
-        self.decoder.fields_of(slot)?.get(T::KIND)?.ok()
-    }
-
-    fn sees(&self, id: u64) -> bool {
-        self.decoder.view().iter().any(|(_, e)| e.id == id)
-    }
-}
-
 /// The XP of character `id` as its next checkpoint saves it.
 fn xp_of(sim: &mut Sim, id: u64) -> u32 {
     let c = sim.checkpoint().into_iter().find(|c| c.id == EntityId(id));
@@ -117,18 +57,18 @@ fn players_strike_fall_get_up_and_earn_xp() {
     let mut sim = sim();
     sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
     sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 502.0, 500.0));
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
-    assert_eq!(w.field::<Health>(101), Some(Health::full(100)));
-    assert_eq!(w.field::<Level>(100), Some(Level(1)));
+    assert_eq!(w.field::<Health>(EntityId(101)), Some(Health::full(100)));
+    assert_eq!(w.field::<Level>(EntityId(100)), Some(Level(1)));
 
-    let first = w.act(&mut sim, 101, &Strike);
-    let too_soon = w.act(&mut sim, 101, &Strike);
+    let first = w.act(&mut sim, Some(EntityId(101)), &Strike);
+    let too_soon = w.act(&mut sim, Some(EntityId(101)), &Strike);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(first), Some(None));
     assert_eq!(w.answer(too_soon), Some(Some(COOLING_DOWN)));
-    assert_eq!(w.field::<Health>(101).unwrap().hp, 90);
-    let myself = w.act(&mut sim, 100, &Strike);
+    assert_eq!(w.field::<Health>(EntityId(101)).unwrap().hp, 90);
+    let myself = w.act(&mut sim, Some(EntityId(100)), &Strike);
     w.run(&mut sim, 1);
     assert_eq!(
         w.answer(myself),
@@ -139,16 +79,16 @@ fn players_strike_fall_get_up_and_earn_xp() {
     // Nine more strikes, each after its cooldown (0.8 s = 16 ticks): down.
     for _ in 0..9 {
         w.run(&mut sim, 16);
-        let s = w.act(&mut sim, 101, &Strike);
+        let s = w.act(&mut sim, Some(EntityId(101)), &Strike);
         w.run(&mut sim, 1);
         assert_eq!(w.answer(s), Some(None));
     }
     w.run(&mut sim, 1);
-    assert_eq!(w.field::<Health>(101).unwrap().hp, 0);
-    assert!(w.field::<Down>(101).is_some(), "lies down");
+    assert_eq!(w.field::<Health>(EntityId(101)).unwrap().hp, 0);
+    assert!(w.field::<Down>(EntityId(101)).is_some(), "lies down");
     assert_eq!(xp_of(&mut sim, 100), 30, "30 XP per level of the downed");
     w.run(&mut sim, 16);
-    let s = w.act(&mut sim, 101, &Strike);
+    let s = w.act(&mut sim, Some(EntityId(101)), &Strike);
     w.run(&mut sim, 1);
     assert_eq!(
         w.answer(s),
@@ -158,8 +98,8 @@ fn players_strike_fall_get_up_and_earn_xp() {
 
     // Five seconds later it is up again, at full health, where it fell.
     w.run(&mut sim, 100);
-    assert_eq!(w.field::<Health>(101), Some(Health::full(100)));
-    assert!(w.field::<Down>(101).is_none());
+    assert_eq!(w.field::<Health>(EntityId(101)), Some(Health::full(100)));
+    assert!(w.field::<Down>(EntityId(101)).is_none());
 }
 
 #[test]
@@ -169,16 +109,20 @@ fn a_shot_needs_a_clear_line_and_the_downed_cannot_act() {
     sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 595.0, 505.0));
     sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 615.0, 505.0));
     sim.spawn_player(LinkId(1), PlayerId(12), &character(102, 595.0, 520.0));
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
-    let blocked = w.act(&mut sim, 101, &Shoot);
+    let blocked = w.act(&mut sim, Some(EntityId(101)), &Shoot);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(blocked), Some(Some(NO_LINE_OF_SIGHT)));
-    let clear = w.act(&mut sim, 102, &Shoot);
+    let clear = w.act(&mut sim, Some(EntityId(102)), &Shoot);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(clear), Some(None));
-    assert_eq!(w.field::<Health>(102).unwrap().hp, 94, "a level-1 arrow: 6");
-    let far = w.act(&mut sim, 102, &Strike);
+    assert_eq!(
+        w.field::<Health>(EntityId(102)).unwrap().hp,
+        94,
+        "a level-1 arrow: 6"
+    );
+    let far = w.act(&mut sim, Some(EntityId(102)), &Strike);
     w.run(&mut sim, 1);
     assert_eq!(
         w.answer(far),
@@ -192,8 +136,11 @@ fn a_shot_needs_a_clear_line_and_the_downed_cannot_act() {
         sim.push_action(LinkId(1), PlayerId(13), r);
         w.run(&mut sim, 17);
     }
-    assert!(w.field::<Down>(100).is_some(), "player 10 is down");
-    let downed = w.act(&mut sim, 103, &Strike);
+    assert!(
+        w.field::<Down>(EntityId(100)).is_some(),
+        "player 10 is down"
+    );
+    let downed = w.act(&mut sim, Some(EntityId(103)), &Strike);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(downed), Some(Some(YOU_ARE_DOWN)));
 }
@@ -217,9 +164,9 @@ fn monsters_fight_back_are_defeated_and_come_back() {
     let goblin = a_goblin(&kinds);
     sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
     sim.spawn_npc(EntityId(goblin), 501.5, 500.0);
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
-    assert_eq!(w.field::<Health>(goblin), Some(Health::full(30)));
+    assert_eq!(w.field::<Health>(EntityId(goblin)), Some(Health::full(30)));
     // Chase it (it wanders) and strike whenever it is in reach; it strikes back. Three blows
     // of ours down it.
     let q = worldmesh_protocol::snapshot::Quantizer::new(WorldBounds {
@@ -229,10 +176,10 @@ fn monsters_fight_back_are_defeated_and_come_back() {
         max_y: 1000.0,
     });
     let (mut blows, mut tick) = (Vec::new(), 0);
-    while w.sees(goblin) && tick < 600 {
+    while w.sees(EntityId(goblin)) && tick < 600 {
         tick += 1;
         let at = |id: u64| {
-            let (_, e) = w.decoder.view().iter().find(|(_, e)| e.id == id)?;
+            let (_, e) = w.decoder().view().iter().find(|(_, e)| e.id == id)?;
             Some(q.dequantize(e))
         };
         let (Some(me), Some(it)) = (at(100), at(goblin)) else {
@@ -243,31 +190,34 @@ fn monsters_fight_back_are_defeated_and_come_back() {
             PlayerId(10),
             worldmesh_protocol::Input {
                 seq: tick,
-                ack_tick: w.decoder.ack_tick(),
+                ack_tick: w.decoder().ack_tick(),
                 heading: (it.y - me.y).atan2(it.x - me.x),
                 speed: if d > 1.5 { 5.0 } else { 0.0 },
                 actions: 0,
             },
         );
         if d < 2.2 {
-            blows.push(w.act(&mut sim, goblin, &Strike));
+            blows.push(w.act(&mut sim, Some(EntityId(goblin)), &Strike));
         }
         w.run(&mut sim, 1);
     }
     let landed = blows.iter().filter(|s| w.answer(**s) == Some(None)).count();
     assert_eq!(landed, 3, "three blows land (others were cooling down)");
-    assert!(!w.sees(goblin), "defeated: taken out of the world");
+    assert!(
+        !w.sees(EntityId(goblin)),
+        "defeated: taken out of the world"
+    );
     assert_eq!(sim.npc_count(), (0, 1), "and waiting to come back");
     assert_eq!(xp_of(&mut sim, 100), 20, "a goblin's bounty");
     assert!(
-        w.field::<Health>(100).unwrap().hp < 100,
+        w.field::<Health>(EntityId(100)).unwrap().hp < 100,
         "the goblin hit back"
     );
     // Ten seconds after its defeat it is back, fresh, where it first stood.
     w.run(&mut sim, 200);
     assert_eq!(sim.npc_count(), (1, 0));
-    assert!(w.sees(goblin));
-    assert_eq!(w.field::<Health>(goblin), Some(Health::full(30)));
+    assert!(w.sees(EntityId(goblin)));
+    assert_eq!(w.field::<Health>(EntityId(goblin)), Some(Health::full(30)));
 }
 
 #[test]
@@ -275,15 +225,15 @@ fn xp_level_and_health_survive_logout_and_login() {
     let mut sim = sim();
     sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
     sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 502.0, 500.0));
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
     for _ in 0..10 {
-        w.act(&mut sim, 101, &Strike);
+        w.act(&mut sim, Some(EntityId(101)), &Strike);
         w.run(&mut sim, 17);
     }
     // 101 got up again; 100 struck it down once: 30 XP; now hit 101 once more.
     w.run(&mut sim, 100);
-    w.act(&mut sim, 101, &Strike);
+    w.act(&mut sim, Some(EntityId(101)), &Strike);
     w.run(&mut sim, 1);
     let hurt = sim.despawn_player(PlayerId(11)).unwrap();
     let winner = sim.despawn_player(PlayerId(10)).unwrap();
@@ -291,10 +241,14 @@ fn xp_level_and_health_survive_logout_and_login() {
     let mut other = self::sim();
     other.spawn_player(LinkId(1), PlayerId(10), &winner);
     other.spawn_player(LinkId(1), PlayerId(11), &hurt);
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut other, 2);
-    assert_eq!(w.field::<Health>(101).unwrap().hp, 90, "health kept");
-    assert_eq!(w.field::<Level>(100), Some(Level(1)));
+    assert_eq!(
+        w.field::<Health>(EntityId(101)).unwrap().hp,
+        90,
+        "health kept"
+    );
+    assert_eq!(w.field::<Level>(EntityId(100)), Some(Level(1)));
     let again = other.despawn_player(PlayerId(10)).unwrap();
     assert_eq!(
         (xp_of_last(&winner), xp_of_last(&again)),
@@ -318,18 +272,17 @@ fn xp_of_last(c: &Character) -> u32 {
 fn a_potion_heals_is_told_and_comes_back_and_potions_are_saved() {
     use worldmesh_arena::potions::{Drank, HEALTHY, NO_POTIONS};
     use worldmesh_arena::{Drink, Potions};
-    use worldmesh_game::ServerEvent;
     let mut sim = sim();
     sim.spawn_player(LinkId(1), PlayerId(10), &character(100, 500.0, 500.0));
     sim.spawn_player(LinkId(1), PlayerId(11), &character(101, 502.0, 500.0));
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
     assert_eq!(
-        w.field::<Potions>(100),
+        w.field::<Potions>(EntityId(100)),
         Some(Potions(3)),
         "a full set to start"
     );
-    let healthy = w.act(&mut sim, 0, &Drink);
+    let healthy = w.act(&mut sim, None, &Drink);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(healthy), Some(Some(HEALTHY)), "nothing to heal");
 
@@ -341,20 +294,14 @@ fn a_potion_heals_is_told_and_comes_back_and_potions_are_saved() {
         sim.push_action(LinkId(1), PlayerId(11), r);
         w.run(&mut sim, 17);
     }
-    assert_eq!(w.field::<Health>(100).map(|h| h.hp), Some(70));
-    let drink = w.act(&mut sim, 0, &Drink);
+    assert_eq!(w.field::<Health>(EntityId(100)).map(|h| h.hp), Some(70));
+    let drink = w.act(&mut sim, None, &Drink);
     w.run(&mut sim, 2);
     assert_eq!(w.answer(drink), Some(None));
-    assert_eq!(w.field::<Health>(100).map(|h| h.hp), Some(100));
-    assert_eq!(w.field::<Potions>(100), Some(Potions(2)));
-    let drank: Vec<Drank> = w
-        .events
-        .iter()
-        .filter(|e| e.kind == Drank::KIND && e.entity == EntityId(100))
-        .map(|e| codec::decode_value(&e.payload, 64).unwrap())
-        .collect();
+    assert_eq!(w.field::<Health>(EntityId(100)).map(|h| h.hp), Some(100));
+    assert_eq!(w.field::<Potions>(EntityId(100)), Some(Potions(2)));
     assert_eq!(
-        drank,
+        w.events::<Drank>(EntityId(100)),
         [Drank {
             healed: 30,
             hp: 100
@@ -365,9 +312,13 @@ fn a_potion_heals_is_told_and_comes_back_and_potions_are_saved() {
     let saved = sim.despawn_player(PlayerId(10)).unwrap();
     let mut other = self::sim();
     other.spawn_player(LinkId(1), PlayerId(10), &saved);
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut other, 2);
-    assert_eq!(w.field::<Potions>(100), Some(Potions(2)), "potions kept");
+    assert_eq!(
+        w.field::<Potions>(EntityId(100)),
+        Some(Potions(2)),
+        "potions kept"
+    );
 
     // A character with none left (and hurt) is refused; one comes back every 30 s (600 ticks).
     let mut sim = self::sim();
@@ -383,14 +334,14 @@ fn a_potion_heals_is_told_and_comes_back_and_potions_are_saved() {
         codec::encode_value(&Health { hp: 50, max: 100 }, 64).unwrap(),
     ));
     sim.spawn_player(LinkId(1), PlayerId(10), &dry);
-    let mut w = Watcher::default();
+    let mut w = Watcher::new(PlayerId(10));
     w.run(&mut sim, 2);
-    let none = w.act(&mut sim, 0, &Drink);
+    let none = w.act(&mut sim, None, &Drink);
     w.run(&mut sim, 1);
     assert_eq!(w.answer(none), Some(Some(NO_POTIONS)));
     w.run(&mut sim, 600);
     assert_eq!(
-        w.field::<Potions>(100),
+        w.field::<Potions>(EntityId(100)),
         Some(Potions(1)),
         "one back in 30 s"
     );
