@@ -10,16 +10,22 @@ pub struct ItemId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ItemKind(pub u16);
 
-/// A trade's id, unique in the whole world: the host zone's id in the high 24 bits, its
-/// counter in the low 40, so zones never need to agree on one.
+/// A trade's id, unique in the whole world for ever: taken from a block of ids persistence
+/// reserved for the host zone (so zones never need to agree on one, and a restarted zone
+/// never reuses one). Trades, inventory changes and items share that id space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TradeId(pub u64);
 
-impl TradeId {
-    #[must_use]
-    pub fn new(zone: u64, counter: u64) -> Self {
-        Self((zone << 40) | (counter & ((1 << 40) - 1)))
-    }
+/// An inventory change's id (see [`crate::ledger::Ledger::change`]), from the same blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangeId(pub u64);
+
+/// A party to a trade: the character and the epoch its zone claimed its inventory with when
+/// the trade opened (a commit after another zone took it over is stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Party {
+    pub who: Holder,
+    pub epoch: u64,
 }
 
 /// One item instance: a stack of `count` of a kind. `version` grows with every change of its

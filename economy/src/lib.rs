@@ -12,17 +12,20 @@
 //! # Layout
 //!
 //! - [`item`]: typed ids, an item instance (kind, count, version), an [`item::Offer`].
-//! - [`ledger`]: the commit rule over holdings, first-writer-wins outcomes. Persistence runs
-//!   the same rule as one SQL transaction; [`ledger::Ledger`] is its in-memory model, for the
-//!   deterministic tests and the embedded mode.
+//! - [`ledger`]: the rules over holdings: a trade's commit, an inventory change (loot, gold,
+//!   use, drop, pick up), the claim that fences a zombie zone, first-writer-wins outcomes.
+//!   Persistence runs the same rules as SQL transactions; [`ledger::Ledger`] is their
+//!   in-memory model, for the deterministic tests.
 //! - [`trade`]: the saga: [`trade::Trade`] (the host's state machine: offers, revisions,
 //!   acceptances, commit, timeouts) and [`trade::Guest`] (the other side's watch over a host it
 //!   cannot see die). Every call takes `now` and returns what to send.
+//! - [`wire`]: the ledger's requests as persistence's gRPC messages, and back.
 
 pub mod item;
 pub mod ledger;
 pub mod trade;
+pub mod wire;
 
-pub use item::{Item, ItemId, ItemKind, Offer, TradeId};
-pub use ledger::{AbortReason, Commit, Ledger, Outcome};
+pub use item::{ChangeId, Item, ItemId, ItemKind, Offer, Party, TradeId};
+pub use ledger::{AbortReason, Change, Commit, Inventory, Ledger, Outcome, Place};
 pub use trade::{Guest, Output, Side, Trade, TradeError, View};

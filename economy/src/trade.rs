@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::item::{Holder, Offer, TradeId};
+use crate::item::{Holder, Offer, Party, TradeId};
 use crate::ledger::{AbortReason, Commit, Outcome};
 
 /// The two parties: `A` opened the trade (its zone hosts it), `B` was asked.
@@ -90,7 +90,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct Trade {
     id: TradeId,
-    parties: [Holder; 2],
+    parties: [Party; 2],
     offers: [Offer; 2],
     revision: u32,
     accepted: [Option<u32>; 2],
@@ -111,11 +111,11 @@ impl Trade {
     /// [`TradeError::WithSelf`] if `a` is `b`.
     pub fn open(
         id: TradeId,
-        a: Holder,
-        b: Holder,
+        a: Party,
+        b: Party,
         now: Instant,
     ) -> Result<(Self, Vec<Output>), TradeError> {
-        if a == b {
+        if a.who == b.who {
             return Err(TradeError::WithSelf);
         }
         let t = Self {
@@ -139,9 +139,9 @@ impl Trade {
     /// Which side `who` is, if a party.
     #[must_use]
     pub fn side(&self, who: Holder) -> Option<Side> {
-        if who == self.parties[0] {
+        if who == self.parties[0].who {
             Some(Side::A)
-        } else if who == self.parties[1] {
+        } else if who == self.parties[1].who {
             Some(Side::B)
         } else {
             None
@@ -358,6 +358,8 @@ mod tests {
 
     const A: Holder = EntityId(1);
     const B: Holder = EntityId(2);
+    const PA: Party = Party { who: A, epoch: 1 };
+    const PB: Party = Party { who: B, epoch: 1 };
 
     fn offer(item: u64, gold: u64) -> Offer {
         Offer {
@@ -369,7 +371,7 @@ mod tests {
     #[test]
     fn both_accept_one_revision_then_it_commits_once() {
         let t0 = Instant::now();
-        let (mut t, shown) = Trade::open(TradeId(1), A, B, t0).unwrap();
+        let (mut t, shown) = Trade::open(TradeId(1), PA, PB, t0).unwrap();
         assert_eq!(shown.len(), 2);
         t.offer(t0, A, offer(10, 5)).unwrap();
         t.offer(t0, B, offer(20, 0)).unwrap();
@@ -414,10 +416,10 @@ mod tests {
     fn strangers_oneself_and_bad_offers_are_refused() {
         let t0 = Instant::now();
         assert!(matches!(
-            Trade::open(TradeId(1), A, A, t0),
+            Trade::open(TradeId(1), PA, PA, t0),
             Err(TradeError::WithSelf)
         ));
-        let (mut t, _) = Trade::open(TradeId(1), A, B, t0).unwrap();
+        let (mut t, _) = Trade::open(TradeId(1), PA, PB, t0).unwrap();
         assert_eq!(
             t.offer(t0, EntityId(3), offer(1, 0)),
             Err(TradeError::NotAParty)
@@ -433,7 +435,7 @@ mod tests {
     #[test]
     fn an_idle_trade_times_out_and_a_silent_host_sends_the_guest_to_the_ledger() {
         let t0 = Instant::now();
-        let (mut t, _) = Trade::open(TradeId(1), A, B, t0).unwrap();
+        let (mut t, _) = Trade::open(TradeId(1), PA, PB, t0).unwrap();
         assert!(t.poll(t0 + Duration::from_secs(59)).is_empty());
         let idle = t0 + Trade::IDLE_TIMEOUT;
         let abort = Output::Abort(TradeId(1), AbortReason::TimedOut);

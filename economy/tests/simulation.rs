@@ -20,7 +20,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use worldmesh_economy::trade::{Output, Side, View};
 use worldmesh_economy::{
-    AbortReason, Commit, Guest, Item, ItemId, ItemKind, Ledger, Offer, Outcome, Trade, TradeId,
+    AbortReason, Commit, Guest, Item, ItemId, ItemKind, Ledger, Offer, Outcome, Party, Place,
+    Trade, TradeId,
 };
 use worldmesh_protocol::ids::EntityId;
 
@@ -210,7 +211,7 @@ impl World {
     fn deliver(&mut self, to: To, msg: Msg, lossy: bool) {
         match (to, msg) {
             (To::Ledger, Msg::Commit(c)) => {
-                if matches!(self.ledger.outcome(c.id), Some(Outcome::Aborted(_))) {
+                if matches!(self.ledger.outcome(c.id.0), Some(Outcome::Aborted(_))) {
                     self.late_commits += 1;
                 }
                 let o = self.ledger.commit(&c);
@@ -265,6 +266,14 @@ impl World {
                 }
             }
             (to, msg) => unreachable!("{msg:?} to {to:?}"),
+        }
+    }
+
+    /// A player as a party to a trade opened now: with the claim in force.
+    fn party(&self, who: EntityId) -> Party {
+        Party {
+            who,
+            epoch: self.ledger.epoch(who),
         }
     }
 
@@ -343,14 +352,23 @@ impl World {
                 self.trades.get_mut(id).unwrap().guest_lost = true;
             }
         }
+        // A player is taken over by a zone (a handoff, a failover, a new login): a claim with
+        // a later epoch, which makes any trade it is in stale at commit.
+        if self.rng.random_bool(0.005) {
+            let who = EntityId(self.rng.random_range(1..=PLAYERS));
+            let epoch = self.ledger.epoch(who) + 1;
+            self.log.push(format!("{who:?} taken over, epoch {epoch}"));
+            self.ledger.claim(who, epoch).expect("a later epoch");
+        }
         // Someone opens a trade.
         if self.rng.random_bool(0.05) {
             let a = EntityId(self.rng.random_range(1..=PLAYERS));
             let b = EntityId(self.rng.random_range(1..=PLAYERS));
             let (host, guest) = (self.zone_of[&a], self.zone_of[&b]);
             self.counter += 1;
-            let id = TradeId::new(host as u64 + 1, self.counter);
-            if let Ok((t, out)) = Trade::open(id, a, b, now) {
+            let id = TradeId(self.counter);
+            let (pa, pb) = (self.party(a), self.party(b));
+            if let Ok((t, out)) = Trade::open(id, pa, pb, now) {
                 self.log.push(format!("{a:?} opens {id:?} with {b:?}"));
                 self.trades.insert(
                     id,
@@ -439,7 +457,7 @@ fn run(seed: u64) -> Result<(u64, u64, u64), String> {
     }
     let mut committed = 0;
     for (id, meta) in &w.trades {
-        let ledger = w.ledger.outcome(*id);
+        let ledger = w.ledger.outcome(id.0);
         committed += u64::from(ledger == Some(Outcome::Committed));
         for (party, lost) in [(meta.a, meta.host_lost), (meta.b, meta.guest_lost)] {
             let told = w.told.get(&(*id, party)).cloned().unwrap_or_default();
@@ -502,8 +520,14 @@ fn a_commit_late_after_the_guests_abort_moves_nothing() {
     );
     ledger.set_gold(b, 50);
     let t0 = Instant::now();
-    let id = TradeId::new(1, 1);
-    let (mut host, _) = Trade::open(id, a, b, t0).unwrap();
+    let id = TradeId(1);
+    let (mut host, _) = Trade::open(
+        id,
+        Party { who: a, epoch: 0 },
+        Party { who: b, epoch: 0 },
+        t0,
+    )
+    .unwrap();
     let mut guest = Guest::new(id, t0);
     host.offer(
         t0,
@@ -542,6 +566,9 @@ fn a_commit_late_after_the_guests_abort_moves_nothing() {
     let late = ledger.commit(&commit);
     assert_eq!(late, first);
     assert_eq!(host.on_outcome(late), [Output::Done(first)]);
-    assert_eq!(ledger.item(ItemId(10)).map(|(h, _)| h), Some(a));
+    assert_eq!(
+        ledger.item(ItemId(10)).map(|(p, _)| p),
+        Some(Place::Carried(a))
+    );
     assert_eq!((ledger.gold(a), ledger.gold(b)), (0, 50));
 }

@@ -25,6 +25,8 @@
 //! - [`accounts`]: accounts and logins: argon2id hashes, registration, token revocation.
 //! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
 //! - [`flusher`]: the consumer-group reader moving checkpoints from the Redis stream into SQL.
+//! - [`ledger`]: the economy's ledger in SQL (items, gold, inventory claims, trades), written
+//!   through: the rules of `worldmesh_economy::Ledger`, each as one transaction.
 //! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
@@ -32,6 +34,7 @@ pub mod accounts;
 pub mod cli;
 pub mod flusher;
 pub mod hot;
+pub mod ledger;
 pub mod service;
 pub mod sql;
 pub mod store;

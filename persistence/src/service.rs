@@ -8,6 +8,9 @@ use tonic::{Request, Response, Status, Streaming};
 use worldmesh_protocol::grpc::persistence::{self as pb, persistence_server::Persistence};
 use worldmesh_protocol::validate_name;
 
+use worldmesh_economy::wire::{self, Malformed};
+use worldmesh_economy::{AbortReason, ChangeId, Outcome, TradeId};
+
 use crate::Error;
 use crate::store::{Character, Store};
 
@@ -39,6 +42,28 @@ fn status(e: Error) -> Status {
     tracing::error!(error = %e, "persistence backend error");
     metrics::counter!("worldmesh_persistence_backend_errors_total").increment(1);
     Status::unavailable("persistence backend unavailable")
+}
+
+/// A malformed ledger request: `INVALID_ARGUMENT`, counted, nothing stored.
+fn malformed(m: Malformed) -> Status {
+    metrics::counter!("worldmesh_persistence_ledger_malformed_total").increment(1);
+    Status::invalid_argument(m.to_string())
+}
+
+/// Counts a ledger answer by request kind and outcome.
+fn ledger_outcome(kind: &'static str, outcome: Outcome) {
+    let outcome = match outcome {
+        Outcome::Committed => "committed",
+        Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
+        Outcome::Aborted(AbortReason::TimedOut) => "timed_out",
+        Outcome::Aborted(AbortReason::HostLost) => "host_lost",
+        Outcome::Aborted(AbortReason::Stale) => "stale",
+        Outcome::Aborted(AbortReason::NotEnoughGold) => "not_enough_gold",
+        Outcome::Aborted(AbortReason::Invalid) => "invalid",
+        Outcome::Aborted(AbortReason::Fenced) => "fenced",
+    };
+    metrics::counter!("worldmesh_persistence_ledger_requests_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
 }
 
 pub fn to_pb(c: Character) -> pb::Character {
@@ -197,6 +222,132 @@ impl Persistence for PersistenceService {
         Ok(Response::new(pb::RevokeTokensReply {
             found: generation.is_some(),
             token_generation: generation.unwrap_or(0),
+        }))
+    }
+
+    async fn reserve_ids(
+        &self,
+        req: Request<pb::ReserveIdsRequest>,
+    ) -> Result<Response<pb::ReserveIdsReply>, Status> {
+        let count = req.into_inner().count;
+        if count == 0 || count > crate::ledger::MAX_ID_BLOCK {
+            return Err(malformed(Malformed("id block size")));
+        }
+        let first = self
+            .store
+            .ledger()
+            .reserve_ids(count)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReserveIdsReply { first, count }))
+    }
+
+    async fn claim_inventory(
+        &self,
+        req: Request<pb::ClaimInventoryRequest>,
+    ) -> Result<Response<pb::InventoryReply>, Status> {
+        let req = req.into_inner();
+        let claimed = self
+            .store
+            .ledger()
+            .claim(req.character, req.epoch)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match claimed {
+            Ok(inventory) => wire::inventory_to_pb(&inventory),
+            Err(_) => {
+                tracing::warn!(
+                    character = req.character,
+                    epoch = req.epoch,
+                    "inventory claim fenced: a later claim is in force"
+                );
+                ledger_outcome("claim", Outcome::Aborted(AbortReason::Fenced));
+                pb::InventoryReply {
+                    fenced: true,
+                    ..Default::default()
+                }
+            }
+        }))
+    }
+
+    async fn change_inventory(
+        &self,
+        req: Request<pb::ChangeInventoryRequest>,
+    ) -> Result<Response<pb::LedgerReply>, Status> {
+        let req = req.into_inner();
+        let steps = wire::steps_from_pb(&req.steps).map_err(malformed)?;
+        let outcome = self
+            .store
+            .ledger()
+            .change(ChangeId(req.id), req.character, req.epoch, &steps)
+            .await
+            .map_err(status)?;
+        ledger_outcome("change", outcome);
+        Ok(Response::new(wire::outcome_to_pb(outcome)))
+    }
+
+    async fn commit_trade(
+        &self,
+        req: Request<pb::CommitTradeRequest>,
+    ) -> Result<Response<pb::LedgerReply>, Status> {
+        let commit = wire::commit_from_pb(&req.into_inner()).map_err(malformed)?;
+        let outcome = self.store.ledger().commit(&commit).await.map_err(status)?;
+        ledger_outcome("trade", outcome);
+        Ok(Response::new(wire::outcome_to_pb(outcome)))
+    }
+
+    async fn abort_trade(
+        &self,
+        req: Request<pb::AbortTradeRequest>,
+    ) -> Result<Response<pb::LedgerReply>, Status> {
+        let req = req.into_inner();
+        let why = wire::reason_from_code(req.reason).map_err(malformed)?;
+        let outcome = self
+            .store
+            .ledger()
+            .abort(TradeId(req.id), why)
+            .await
+            .map_err(status)?;
+        ledger_outcome("abort", outcome);
+        Ok(Response::new(wire::outcome_to_pb(outcome)))
+    }
+
+    async fn ledger_outcome(
+        &self,
+        req: Request<pb::LedgerOutcomeRequest>,
+    ) -> Result<Response<pb::LedgerReply>, Status> {
+        let id = req.into_inner().id;
+        let outcome = self.store.ledger().outcome(id).await.map_err(status)?;
+        Ok(Response::new(match outcome {
+            Some(o) => wire::outcome_to_pb(o),
+            None => pb::LedgerReply::default(),
+        }))
+    }
+
+    async fn ground_items(
+        &self,
+        req: Request<pb::GroundItemsRequest>,
+    ) -> Result<Response<pb::GroundItemsReply>, Status> {
+        let r = req.into_inner();
+        let rect = [r.x0, r.y0, r.x1, r.y1];
+        if !rect.iter().all(|c| c.is_finite()) {
+            return Err(malformed(Malformed("rectangle")));
+        }
+        let items = self
+            .store
+            .ledger()
+            .ground_items(rect)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GroundItemsReply {
+            items: items
+                .iter()
+                .map(|(i, [x, y])| pb::GroundItem {
+                    item: Some(wire::item_to_pb(i)),
+                    x: *x,
+                    y: *y,
+                })
+                .collect(),
         }))
     }
 

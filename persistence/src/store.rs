@@ -159,6 +159,11 @@ impl Store {
     }
 
     /// The SQL tier alone (tests and benchmarks compare against it).
+    /// The economy's ledger (written through to SQL, whatever the hot tier).
+    pub fn ledger(&self) -> crate::ledger::SqlLedger {
+        crate::ledger::SqlLedger::new(self.sql.pool().clone())
+    }
+
     pub fn sql(&self) -> &Sql {
         &self.sql
     }
