@@ -14,6 +14,12 @@
 //!
 //! `--rate` paces the zones to an offered load (checkpoints per second) instead of as fast as
 //! acks allow; the lag target is stated at half the throughput target.
+//!
+//! `--trades` measures the economy's ledger instead: `--pairs` pairs of characters, each pair
+//! trading an item and some gold back and forth as fast as answers come (`CommitTrade` over
+//! gRPC to the service on Redis + PostgreSQL), against a plain SQL transaction making the same
+//! row updates from as many connections as the service's pool, with nothing checked:
+//! `trades_per_s`, `baseline_sql_tx_per_s`, their ratio, and the commit latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +62,12 @@ struct Args {
     database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
+    /// Measure trades through the ledger instead of checkpoints.
+    #[arg(long)]
+    trades: bool,
+    /// Pairs of characters trading at once (`--trades`).
+    #[arg(long, default_value_t = 64)]
+    pairs: usize,
 }
 
 fn now_ms() -> u64 {
@@ -99,6 +111,12 @@ async fn main() -> anyhow::Result<()> {
         ..Config::embedded(std::path::Path::new("unused"))
     };
     let store = Store::connect(&config).await?;
+    if args.trades {
+        let result = trades(&args, &db, &store).await;
+        store.close().await;
+        testing::drop_postgres_database(&args.database_url, &db).await;
+        return result;
+    }
     // The rows exist before the run, as characters do.
     let rows: Vec<worldmesh_persistence::Character> = (1..=args.entities as u64)
         .map(|id| worldmesh_persistence::Character {
@@ -340,6 +358,199 @@ async fn main() -> anyhow::Result<()> {
             "baseline_redis_writes_per_s": baseline_redis,
             "ratio_to_sql_baseline": durable / baseline_sql,
             "batches_refused_backlog": refused,
+        })
+    );
+    Ok(())
+}
+
+/// One side of a pair: a character and the item it holds now.
+#[derive(Clone, Copy)]
+struct Trader {
+    id: u64,
+    epoch: u64,
+}
+
+/// `--trades`: the ledger's commits against a plain SQL transaction of the same row updates.
+async fn trades(args: &Args, db: &str, store: &Store) -> anyhow::Result<()> {
+    use worldmesh_economy::{Change, ChangeId, Commit, Item, ItemId, ItemKind, Offer, Party};
+    use worldmesh_economy::{Outcome, TradeId, wire};
+
+    let ledger = store.ledger();
+    let mut traders = Vec::new();
+    let first = ledger.reserve_ids(4 * args.pairs as u64 + 10).await?;
+    for n in 0..2 * args.pairs as u64 {
+        let (c, _) = store.load_or_create(&format!("t{n}"), (0.0, 0.0)).await?;
+        ledger
+            .claim(c.id, 1)
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let loot = [
+            Change::Gold(1_000_000),
+            Change::Grant(Item {
+                id: ItemId(first + n),
+                kind: ItemKind(1),
+                count: 1,
+                version: 1,
+            }),
+        ];
+        let outcome = ledger
+            .change(ChangeId(first + 2 * args.pairs as u64 + n), c.id, 1, &loot)
+            .await?;
+        anyhow::ensure!(outcome == Outcome::Committed, "set-up: {outcome:?}");
+        traders.push(Trader { id: c.id, epoch: 1 });
+    }
+    let items = |pair: usize| {
+        (
+            ItemId(first + 2 * pair as u64),
+            ItemId(first + 2 * pair as u64 + 1),
+        )
+    };
+    let seconds = Duration::from_secs(args.seconds);
+
+    // Baseline: the same row updates in a plain transaction, nothing checked, as many
+    // connections as the service's pool.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(db)
+        .await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for pair in 0..args.pairs {
+        let (pool, done) = (pool.clone(), done.clone());
+        let (a, b) = (traders[2 * pair], traders[2 * pair + 1]);
+        let (ia, ib) = items(pair);
+        tasks.push(tokio::spawn(async move {
+            let mut flip = false;
+            while started.elapsed() < seconds {
+                let (x, y) = if flip { (b, a) } else { (a, b) };
+                let mut tx = pool.begin().await?;
+                for (who, delta) in [(x.id, 1i64), (y.id, -1)] {
+                    sqlx::query("UPDATE wallets SET gold = gold + $1 WHERE character_id = $2")
+                        .bind(delta)
+                        .bind(who as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (item, to) in [(ia, y.id), (ib, x.id)] {
+                    sqlx::query(
+                        "UPDATE items SET holder = $1, version = version + 1 WHERE id = $2",
+                    )
+                    .bind(to as i64)
+                    .bind(item.0 as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                flip = !flip;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let baseline = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    // Back to where the ledger's run starts: every item with its first owner, version known.
+    for pair in 0..args.pairs {
+        let (ia, ib) = items(pair);
+        for (item, who) in [(ia, traders[2 * pair].id), (ib, traders[2 * pair + 1].id)] {
+            sqlx::query("UPDATE items SET holder = $1, version = 1 WHERE id = $2")
+                .bind(who as i64)
+                .bind(item.0 as i64)
+                .execute(&pool)
+                .await?;
+        }
+    }
+    let gold_before: i64 = sqlx::query_scalar("SELECT SUM(gold)::bigint FROM wallets")
+        .fetch_one(&pool)
+        .await?;
+
+    // The ledger: CommitTrade over gRPC.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(worldmesh_persistence::serve(
+        listener,
+        store.clone(),
+        shutdown.clone(),
+    ));
+    let client =
+        PersistenceClient::new(worldmesh_runtime::grpc_channel(&url).map_err(anyhow::Error::msg)?);
+    let ids = ledger.reserve_ids(1 << 20).await?;
+    let next = Arc::new(AtomicU64::new(ids));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for pair in 0..args.pairs {
+        let (mut client, next) = (client.clone(), next.clone());
+        let (a, b) = (traders[2 * pair], traders[2 * pair + 1]);
+        let (ia, ib) = items(pair);
+        tasks.push(tokio::spawn(async move {
+            let (mut version, mut flip, mut latencies) = (1u64, false, Vec::new());
+            while started.elapsed() < seconds {
+                let (x, y) = if flip { (b, a) } else { (a, b) };
+                let party = |t: Trader, item: ItemId, gold: u64| {
+                    (
+                        Party {
+                            who: worldmesh_protocol::ids::EntityId(t.id),
+                            epoch: t.epoch,
+                        },
+                        Offer {
+                            items: vec![(item, version)],
+                            gold,
+                        },
+                    )
+                };
+                let commit = Commit {
+                    id: TradeId(next.fetch_add(1, Ordering::Relaxed)),
+                    a: party(x, ia, 2),
+                    b: party(y, ib, 1),
+                };
+                let sent = Instant::now();
+                let reply = client
+                    .commit_trade(wire::commit_to_pb(&commit))
+                    .await?
+                    .into_inner();
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                let outcome = wire::outcome_from_pb(&reply)?;
+                anyhow::ensure!(outcome == Some(Outcome::Committed), "{outcome:?}");
+                version += 1;
+                flip = !flip;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let trades = latencies.len() as f64 / elapsed;
+    shutdown.cancel();
+    let _ = server.await;
+
+    // Nothing made or lost.
+    let gold_after: i64 = sqlx::query_scalar("SELECT SUM(gold)::bigint FROM wallets")
+        .fetch_one(&pool)
+        .await?;
+    let item_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "pairs": args.pairs,
+            "seconds": args.seconds,
+            "trades_committed": latencies.len(),
+            "trades_per_s": trades,
+            "commit_latency_ms": { "p50": pct(&latencies, 0.5), "p99": pct(&latencies, 0.99) },
+            "baseline_sql_tx_per_s": baseline,
+            "ratio_to_sql_baseline": trades / baseline,
+            "gold_delta": gold_after - gold_before,
+            "items": item_rows,
         })
     );
     Ok(())
