@@ -16,8 +16,8 @@ use crate::conditioner::{DelayQueue, LinkConditions};
 use worldmesh_protocol::codec::{self, FrameHeader, HEADER_LEN};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
 use worldmesh_protocol::{
-    ActionRequest, Auth, ChatSay, ClientMessage, EntityState, ErrorCode, Hello, Input, Login,
-    PROTOCOL_VERSION, ServerMessage, SessionToken, Welcome,
+    ActionRequest, Auth, ChatChannel, ChatSay, ChatTo, ClientMessage, EntityState, ErrorCode,
+    Hello, Input, Login, Mute, PROTOCOL_VERSION, ServerMessage, SessionToken, Welcome,
 };
 
 /// Why a client operation failed.
@@ -387,6 +387,29 @@ impl Session {
     pub async fn say(&mut self, text: &str) -> Result<(), ClientError> {
         let frame = codec::encode_to_vec(&ClientMessage::Chat(ChatSay {
             text: text.to_owned(),
+        }))
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.send.write_all(&frame).await?)
+    }
+
+    /// A line to a channel (say, zone, world, whisper). Lines the gateway accepts come back on
+    /// their channel as [`ServerMessage::ChatLine`] (`say`: [`ServerMessage::Chat`]); refused
+    /// ones as [`ServerMessage::ChatRefused`]. At most `CHAT_RATE_PER_S` lines a second, in
+    /// bursts of `CHAT_BURST`.
+    pub async fn chat(&mut self, channel: ChatChannel, text: &str) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::ChatTo(ChatTo {
+            channel,
+            text: text.to_owned(),
+        }))
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.send.write_all(&frame).await?)
+    }
+
+    /// Stops (`muted`) or resumes hearing `name` on every channel, for this session.
+    pub async fn mute(&mut self, name: &str, muted: bool) -> Result<(), ClientError> {
+        let frame = codec::encode_to_vec(&ClientMessage::Mute(Mute {
+            name: name.to_owned(),
+            muted,
         }))
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(self.send.write_all(&frame).await?)

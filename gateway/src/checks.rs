@@ -4,8 +4,9 @@
 
 use worldmesh_protocol::codec::{self, DecodeError};
 use worldmesh_protocol::{
-    ActionRequest, Auth, ClientMessage, ErrorCode, Input, MAX_CHAT_LEN, MAX_GAME_PAYLOAD,
-    MAX_PASSWORD_LEN, MAX_TOKEN_LEN, MIN_PASSWORD_LEN, PROTOCOL_VERSION, validate_name,
+    ActionRequest, Auth, ChatChannel, ChatRefusal, ChatTo, ClientMessage, ErrorCode, Input,
+    MAX_CHAT_LEN, MAX_GAME_PAYLOAD, MAX_PASSWORD_LEN, MAX_TOKEN_LEN, MIN_PASSWORD_LEN, Mute,
+    PROTOCOL_VERSION, validate_name,
 };
 
 /// Why a client is cut off: the code it is kicked with and a message for it and the log.
@@ -89,6 +90,10 @@ pub fn check_datagram(bytes: &[u8]) -> Result<Input, Rejection> {
 #[derive(Debug, PartialEq)]
 pub enum InPlay {
     Chat(String),
+    /// A line to a channel; its length and recipient are checked by [`check_chat_to`], and
+    /// answered with a refusal rather than a kick.
+    ChatTo(ChatTo),
+    Mute(Mute),
     Action(ActionRequest),
     Bye,
 }
@@ -106,6 +111,8 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
                 Ok(InPlay::Chat(c.text))
             }
         }
+        Ok(ClientMessage::ChatTo(c)) => Ok(InPlay::ChatTo(c)),
+        Ok(ClientMessage::Mute(m)) => Ok(InPlay::Mute(m)),
         Ok(ClientMessage::Action(a)) => {
             if a.payload.len() > MAX_GAME_PAYLOAD {
                 Err(reject(
@@ -120,6 +127,17 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
             ErrorCode::UnexpectedMessage,
             "Hello and Input are not valid here",
         )),
+    }
+}
+
+/// A channel line's text and recipient: 1-256 bytes, a whisper to a well-formed name.
+pub fn check_chat_to(c: &ChatTo) -> Result<(), ChatRefusal> {
+    if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
+        return Err(ChatRefusal::Length);
+    }
+    match &c.channel {
+        ChatChannel::Whisper(name) if !validate_name(name) => Err(ChatRefusal::BadRecipient),
+        _ => Ok(()),
     }
 }
 

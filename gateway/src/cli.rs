@@ -32,6 +32,13 @@ pub struct Args {
     /// On SIGTERM, seconds clients get to leave before the gateway exits anyway.
     #[arg(long, env = "WORLDMESH_DRAIN_TIMEOUT_S", default_value_t = 15)]
     drain_timeout_s: u64,
+    /// `redis://…` for chat between gateways (a stream every gateway reads); without it chat
+    /// beyond `say` reaches this gateway's players only.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key (the chat stream is `{prefix}chat`).
+    #[arg(long, env = "WORLDMESH_REDIS_PREFIX", default_value = "wm:")]
+    redis_prefix: String,
     #[command(flatten)]
     cluster: worldmesh_runtime::service::ClusterArgs,
     #[command(flatten)]
@@ -60,6 +67,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         allow_guests: args.allow_guests,
         token_ttl: Duration::from_secs(args.token_ttl_s),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        chat_bus: match &args.redis_url {
+            Some(url) => crate::chat::bus::ChatBus::redis(url, &args.redis_prefix),
+            None => {
+                tracing::warn!(
+                    "no REDIS_URL: zone, world and whisper chat reach this gateway's players only"
+                );
+                crate::chat::bus::ChatBus::local()
+            }
+        },
         ..Default::default()
     };
     let addr = tokio::net::lookup_host(&args.listen)

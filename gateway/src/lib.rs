@@ -26,11 +26,14 @@
 //! - [`checks`]: what a client may send and when, as pure functions (fuzzed in `fuzz/`).
 //! - [`token`]: session tokens (HMAC-SHA256 with the cluster secret), verified locally.
 //! - [`tls`]: certificates (PEM files or a generated development certificate).
+//! - [`chat`]: zone, world and whisper chat through a bus every gateway reads (Redis
+//!   streams in a cluster, in-process otherwise); mutes and the chat rate limit.
 //! - [`zones`]: the zone links (one per zone, opened for every zone in the map), routing of
 //!   zone frames to sessions, re-routing and relocation.
 //! - [`session`]: one task per client connection: login, relay, logout.
 //! - [`run`]: the accept loop with its connection limit.
 
+pub mod chat;
 pub mod checks;
 pub mod cli;
 pub mod session;
@@ -93,6 +96,9 @@ pub struct Config {
     /// On shutdown, how long clients get to leave (their characters saved) before the gateway
     /// exits anyway.
     pub drain_timeout: Duration,
+    /// Where zone, world and whisper chat travels between gateways: Redis in a cluster; by
+    /// default an in-process bus, which reaches this process's gateways only.
+    pub chat_bus: chat::bus::ChatBus,
 }
 
 impl Default for Config {
@@ -116,6 +122,7 @@ impl Default for Config {
             allow_guests: false,
             token_ttl: Duration::from_secs(24 * 3600),
             drain_timeout: Duration::from_secs(15),
+            chat_bus: chat::bus::ChatBus::local(),
         }
     }
 }
@@ -153,6 +160,8 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Origin of [`Gateway::clock_ms`].
     pub started: std::time::Instant,
+    /// Chat lines on their way to the bus ([`chat::publish`]).
+    pub chat_out: tokio::sync::mpsc::Sender<chat::Outgoing>,
 }
 
 impl Gateway {
@@ -258,6 +267,9 @@ pub async fn run(
     socket.set_nonblocking(true)?;
     let addr = socket.local_addr()?;
     let endpoint = endpoint(socket, &config)?;
+    let (chat_out, chat_queue) = tokio::sync::mpsc::channel(chat::PUBLISH_QUEUE);
+    let chat_lines = chat::bus::subscribe(&config.chat_bus, shutdown.clone());
+    let publisher = chat::bus::Publisher::new(&config.chat_bus);
     let gateway = Arc::new(Gateway {
         coordinator: CoordinatorClient::new(channel(&config.coordinator_url)?),
         persistence: PersistenceClient::new(channel(&config.persistence_url)?),
@@ -275,8 +287,11 @@ pub async fn run(
         world: tokio::sync::OnceCell::new(),
         shutdown: shutdown.clone(),
         started: std::time::Instant::now(),
+        chat_out,
         config,
     });
+    tokio::spawn(chat::publish(gateway.clone(), publisher, chat_queue));
+    tokio::spawn(chat::deliver(gateway.clone(), chat_lines));
     tokio::spawn(zones::link_all_zones(gateway.clone()));
     tokio::spawn(zones::watch_starved(gateway.clone()));
     // Ready once the coordinator has answered: before that no login can succeed.

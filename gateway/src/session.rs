@@ -18,7 +18,8 @@ use worldmesh_protocol::grpc::coordinator::LocateZoneRequest;
 use worldmesh_protocol::grpc::persistence as pb_persistence;
 use worldmesh_protocol::grpc::zone::{self as pb, gateway_to_zone};
 use worldmesh_protocol::{
-    Auth, ClientMessage, ErrorCode, Kick, ServerMessage, SessionToken, Welcome, WorldBounds,
+    Auth, ChatChannel, ChatRefusal, ChatTo, ClientMessage, ErrorCode, Kick, ServerMessage,
+    SessionToken, Welcome, WorldBounds, validate_name,
 };
 
 use crate::Gateway;
@@ -100,9 +101,47 @@ pub struct SessionHandle {
     pub last_snapshot_ms: std::sync::atomic::AtomicU64,
     control: mpsc::Sender<Bytes>,
     kick: mpsc::Sender<(ErrorCode, String)>,
+    /// Players this one does not want to hear (names; this session only).
+    muted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// Most players one session may mute.
+pub const MAX_MUTES: usize = 256;
+
 impl SessionHandle {
+    /// Whether this player muted `name`.
+    pub fn mutes(&self, name: &str) -> bool {
+        self.muted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
+
+    /// Mutes or unmutes `name`; `false` when the mute list is full.
+    pub fn set_muted(&self, name: &str, muted: bool) -> bool {
+        let mut list = self
+            .muted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !muted {
+            list.remove(name);
+            return true;
+        }
+        if list.len() >= MAX_MUTES && !list.contains(name) {
+            return false;
+        }
+        list.insert(name.to_owned());
+        true
+    }
+
+    /// Queues a chat frame; a client not reading its stream misses the line (counted), and
+    /// is not kicked for it: chat is the one reliable message others decide the volume of.
+    pub fn send_chat(&self, frame: Bytes) {
+        if self.control.try_send(frame).is_err() {
+            metrics::counter!("worldmesh_gateway_chat_dropped_total").increment(1);
+        }
+    }
+
     pub fn zone_id(&self) -> u64 {
         self.route.borrow().zone
     }
@@ -482,6 +521,7 @@ async fn play(
             last_snapshot_ms: 0.into(),
             control: control.clone(),
             kick: kick_tx,
+            muted: Default::default(),
         },
     );
     let joined = join(gateway, &link, player_id, character.id, &name)
@@ -617,6 +657,7 @@ async fn relay(
     player_id: u64,
 ) -> Result<(), Refusal> {
     let mut limiter = InputLimiter::new(gateway.config.input_burst);
+    let mut chat_limiter = crate::chat::ChatLimiter::new(std::time::Instant::now());
     loop {
         tokio::select! {
             r = route.changed() => {
@@ -652,7 +693,21 @@ async fn relay(
                 Some(m) => match crate::checks::check_in_play(m)? {
                     crate::checks::InPlay::Bye => return Ok(()),
                     crate::checks::InPlay::Chat(text) => {
-                        link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text })).await;
+                        if chat_limiter.admit(std::time::Instant::now()) {
+                            link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text })).await;
+                        } else {
+                            crate::chat::refuse(gateway, player_id, ChatRefusal::RateLimited);
+                        }
+                    }
+                    crate::checks::InPlay::ChatTo(c) => {
+                        chat_to(gateway, link, player_id, &mut chat_limiter, c).await;
+                    }
+                    crate::checks::InPlay::Mute(m) => {
+                        let accepted = validate_name(&m.name)
+                            && gateway.sessions.get(&player_id).is_some_and(|s| s.set_muted(&m.name, m.muted));
+                        if !accepted {
+                            crate::chat::refuse(gateway, player_id, ChatRefusal::BadRecipient);
+                        }
                     }
                     crate::checks::InPlay::Action(a) => {
                         let action = pb::PlayerAction {
@@ -667,6 +722,52 @@ async fn relay(
                 },
             },
         }
+    }
+}
+
+/// A line to a channel: checked, limited, then to the zone (`say`) or onto the bus.
+async fn chat_to(
+    gateway: &Arc<Gateway>,
+    link: &ZoneLink,
+    player_id: u64,
+    limiter: &mut crate::chat::ChatLimiter,
+    c: ChatTo,
+) {
+    use crate::chat::{Audience, Outgoing, refuse};
+    if let Err(why) = crate::checks::check_chat_to(&c) {
+        return refuse(gateway, player_id, why);
+    }
+    if !limiter.admit(std::time::Instant::now()) {
+        return refuse(gateway, player_id, ChatRefusal::RateLimited);
+    }
+    let Some((from, zone)) = gateway
+        .sessions
+        .get(&player_id)
+        .map(|s| (s.name.clone(), s.zone_id()))
+    else {
+        return;
+    };
+    let to = match c.channel {
+        ChatChannel::Say => {
+            let chat = pb::PlayerChat {
+                player_id,
+                text: c.text,
+            };
+            link.send(gateway_to_zone::Msg::Chat(chat)).await;
+            return;
+        }
+        ChatChannel::Zone => Audience::Zone(zone),
+        ChatChannel::World => Audience::World,
+        ChatChannel::Whisper(name) => Audience::Whisper(name),
+    };
+    let out = Outgoing {
+        player_id,
+        to,
+        from,
+        text: c.text,
+    };
+    if gateway.chat_out.try_send(out).is_err() {
+        refuse(gateway, player_id, ChatRefusal::Unavailable);
     }
 }
 

@@ -15,6 +15,10 @@ pub const MAX_NAME_LEN: usize = 32;
 pub const MAX_CHAT_LEN: usize = 256;
 /// Fastest a client may ask to move, in metres per second; faster requests are clamped.
 pub const MAX_SPEED: f32 = 10.0;
+/// Chat lines a player may send per second on the zone, world and whisper channels, sustained.
+pub const CHAT_RATE_PER_S: f64 = 2.0;
+/// Chat lines a player may send at once above [`CHAT_RATE_PER_S`].
+pub const CHAT_BURST: f64 = 8.0;
 /// Largest game payload of an [`ActionRequest`] or a [`GameEvent`], bytes.
 pub const MAX_GAME_PAYLOAD: usize = 256;
 
@@ -35,6 +39,11 @@ pub enum ClientMessage {
     /// Something the player asks the game to do (attack, use, open…), on the control stream:
     /// applied at most once, answered by [`ServerMessage::ActionDone`].
     Action(ActionRequest),
+    /// A line of chat on a channel. Accepted lines come back on their channel (the speaker is
+    /// in its audience); refused ones are answered by [`ServerMessage::ChatRefused`].
+    ChatTo(ChatTo),
+    /// Stop (or start again) hearing a player on every channel, for this session.
+    Mute(Mute),
 }
 
 /// Everything the server may send.
@@ -56,6 +65,65 @@ pub enum ServerMessage {
     /// Something the game tells this player (a hit landed, a door opened), about one entity.
     /// On the control stream or as a datagram, as the game chose for the event's kind.
     Event(GameEvent),
+    /// A line of chat on a zone, world or whisper channel (`say` lines come as [`Chat`]).
+    ///
+    /// [`Chat`]: ServerMessage::Chat
+    ChatLine(ChatLine),
+    /// A [`ClientMessage::ChatTo`] that was not sent, and why.
+    ChatRefused(ChatRefusal),
+}
+
+/// Where a chat line goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ChatChannel {
+    /// Players within 50 m of the speaker in the same zone (as [`ClientMessage::Chat`]).
+    Say,
+    /// Every player the speaker's zone simulates.
+    Zone,
+    /// Every player in the world.
+    World,
+    /// One player, by character name, on whichever gateway it plays (and the speaker).
+    Whisper(String),
+}
+
+/// A line of chat to a channel (see [`ClientMessage::ChatTo`]).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ChatTo {
+    pub channel: ChatChannel,
+    /// 1..=[`MAX_CHAT_LEN`] bytes.
+    pub text: String,
+}
+
+/// See [`ClientMessage::Mute`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Mute {
+    pub name: String,
+    /// `true` mutes, `false` unmutes.
+    pub muted: bool,
+}
+
+/// See [`ServerMessage::ChatLine`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ChatLine {
+    pub channel: ChatChannel,
+    /// The line's place in the cluster's one order of chat: grows with every line, the same
+    /// number for every recipient (a client drops a line whose `seq` it has seen).
+    pub seq: u64,
+    pub from: String,
+    pub text: String,
+}
+
+/// Why a chat line was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ChatRefusal {
+    /// 0: the text is empty or longer than [`MAX_CHAT_LEN`] bytes.
+    Length,
+    /// 1: more lines than the chat rate allows (2 per second, bursts of 8).
+    RateLimited,
+    /// 2: a whisper to a name that breaks the naming rules.
+    BadRecipient,
+    /// 3: the chat bus is unreachable; try again.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

@@ -1,0 +1,221 @@
+//! Chat channels end to end, over real QUIC: two gateways in front of four zones, the chat
+//! bus on real Redis. World lines reach everyone once, in one order; whispers reach their
+//! player on the other gateway (and echo to the speaker) and nobody else; zone lines reach
+//! the players of the speaker's zone only; a mute silences one speaker for one player; bad
+//! lines and floods are refused with a reason, and nobody is cut off.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use worldmesh_client::Session;
+use worldmesh_protocol::{ChatChannel, ChatLine, ChatRefusal, ServerMessage};
+
+/// What a player heard over `wait`: chat lines and refusals, in arrival order.
+async fn heard(s: &mut Session, wait: Duration) -> (Vec<ChatLine>, Vec<ChatRefusal>) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut lines, mut refusals) = (Vec::new(), Vec::new());
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, s.next_control()).await {
+        match m {
+            ServerMessage::ChatLine(l) => lines.push(l),
+            ServerMessage::ChatRefused(r) => refusals.push(r),
+            ServerMessage::Kick(k) => panic!("kicked: {k:?}"),
+            _ => {}
+        }
+    }
+    (lines, refusals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_reach_whom_they_should_once_in_one_order_across_gateways() {
+    let (backend, persistence) = Backend::tiered().await;
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
+    let mut config = worldmesh::cluster::ClusterConfig::new(persistence.clone());
+    config.zones = 4;
+    config.gateways = 2;
+    config.gateway.chat_bus = worldmesh_gateway::chat::bus::ChatBus::redis(
+        &worldmesh_testkit::redis_url(),
+        &persistence.redis_prefix,
+    );
+    let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
+    let endpoint = endpoint();
+    let names = [
+        "chat_ann", "chat_bob", "chat_cid", "chat_dan", "chat_eve", "chat_fay",
+    ];
+    let mut players = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let gw = cluster.gateway_addrs[i % 2];
+        players.push(Session::login(&endpoint, gw, name).await.unwrap());
+    }
+    let mut zones = Vec::new();
+    for p in &players {
+        zones.push(
+            owner(&cluster.coordinator_url, p.welcome.entity_id.0)
+                .await
+                .0,
+        );
+    }
+
+    // World lines from three speakers on both gateways, interleaved: everyone hears all 12,
+    // once, in the same order.
+    for round in 0..4 {
+        for speaker in [0, 1, 3] {
+            players[speaker]
+                .chat(
+                    ChatChannel::World,
+                    &format!("{} says {round}", names[speaker]),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut orders = Vec::new();
+    let all = futures_join(players.iter_mut().map(|p| heard(p, Duration::from_secs(2)))).await;
+    for (lines, refusals) in all {
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert_eq!(lines.len(), 12, "{lines:?}");
+        assert!(lines.iter().all(|l| l.channel == ChatChannel::World));
+        assert!(
+            lines.windows(2).all(|w| w[0].seq < w[1].seq),
+            "in order, no repeat"
+        );
+        orders.push(lines.iter().map(|l| l.seq).collect::<Vec<_>>());
+        // Each speaker's own lines keep the order it sent them in.
+        let own: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.from == names[0])
+            .map(|l| l.text.as_str())
+            .collect();
+        assert_eq!(
+            own,
+            [
+                "chat_ann says 0",
+                "chat_ann says 1",
+                "chat_ann says 2",
+                "chat_ann says 3"
+            ]
+        );
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "one order for everyone"
+    );
+
+    // A whisper from gateway 0 to a player on gateway 1: the player and the echo, nobody else.
+    players[0]
+        .chat(ChatChannel::Whisper(names[3].into()), "psst")
+        .await
+        .unwrap();
+    // A zone line from ann: the players of ann's zone.
+    players[0]
+        .chat(ChatChannel::Zone, "zone hello")
+        .await
+        .unwrap();
+    let all = futures_join(
+        players
+            .iter_mut()
+            .map(|p| heard(p, Duration::from_millis(1500))),
+    )
+    .await;
+    for (i, (lines, _)) in all.into_iter().enumerate() {
+        let whispers = lines
+            .iter()
+            .filter(|l| matches!(&l.channel, ChatChannel::Whisper(to) if to == names[3]))
+            .count();
+        assert_eq!(
+            whispers,
+            usize::from(i == 0 || i == 3),
+            "{} heard {lines:?}",
+            names[i]
+        );
+        let zone_lines = lines
+            .iter()
+            .filter(|l| l.channel == ChatChannel::Zone)
+            .count();
+        assert_eq!(
+            zone_lines,
+            usize::from(zones[i] == zones[0]),
+            "{} in zone {}",
+            names[i],
+            zones[i]
+        );
+    }
+
+    // Bob mutes ann: her next world line reaches everyone but bob; unmuted, bob hears her.
+    players[1].mute(names[0], true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    players[0]
+        .chat(ChatChannel::World, "can you hear me")
+        .await
+        .unwrap();
+    players[2]
+        .chat(ChatChannel::World, "cid here")
+        .await
+        .unwrap();
+    let (bob, _) = heard(&mut players[1], Duration::from_millis(1500)).await;
+    assert_eq!(
+        bob.iter().map(|l| l.from.as_str()).collect::<Vec<_>>(),
+        [names[2]]
+    );
+    players[1].mute(names[0], false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    players[0]
+        .chat(ChatChannel::World, "and now")
+        .await
+        .unwrap();
+    let (bob, _) = heard(&mut players[1], Duration::from_millis(1500)).await;
+    assert_eq!(bob.len(), 1);
+    for p in players.iter_mut().skip(2) {
+        heard(p, Duration::from_millis(100)).await;
+    }
+
+    // Refusals: an empty line, a long one, a whisper to a malformed name, then a flood (the
+    // burst goes out, the rest is refused). Nobody is cut off.
+    let eve = &mut players[4];
+    // Let the allowance refill from the lines above.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    eve.chat(ChatChannel::World, "").await.unwrap();
+    eve.chat(ChatChannel::World, &"x".repeat(257))
+        .await
+        .unwrap();
+    eve.chat(ChatChannel::Whisper("no such!".into()), "hi")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        eve.chat(ChatChannel::World, &format!("flood {i}"))
+            .await
+            .unwrap();
+    }
+    let (lines, refusals) = heard(eve, Duration::from_secs(2)).await;
+    assert_eq!(
+        refusals[..3],
+        [
+            ChatRefusal::Length,
+            ChatRefusal::Length,
+            ChatRefusal::BadRecipient
+        ]
+    );
+    let limited = refusals
+        .iter()
+        .filter(|r| **r == ChatRefusal::RateLimited)
+        .count();
+    assert_eq!(
+        lines.len() + limited,
+        20,
+        "every flood line sent or refused"
+    );
+    assert!(
+        (8..=10).contains(&lines.len()),
+        "the burst went out: {}",
+        lines.len()
+    );
+    let (fay, _) = heard(&mut players[5], Duration::from_millis(500)).await;
+    assert_eq!(fay.len(), lines.len(), "others hear what was sent, once");
+
+    for p in players {
+        p.bye().await.unwrap();
+    }
+    cluster.stop().await;
+    backend.cleanup().await;
+}
