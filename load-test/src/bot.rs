@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use worldmesh_protocol::{Auth, EntityState, ErrorCode, Input, ServerMessage};
+use worldmesh_protocol::{Auth, ChatChannel, EntityState, ErrorCode, Input, ServerMessage};
 
 use crate::fight::Fighter;
 
@@ -157,8 +157,10 @@ pub async fn run(
     stats.logins.fetch_add(1, Ordering::Relaxed);
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stats.entity_seen(&config.name, session.welcome.entity_id.into());
+    let chatter = stats.chat.online(&config.name);
     let since = Instant::now();
-    let result = play(&mut session, &config, &stats, &stop).await;
+    let result = play(&mut session, &config, &stats, &stop, chatter).await;
+    stats.chat.offline(chatter);
     stats.entity_gone(&config.name);
     stats.connected.fetch_sub(1, Ordering::Relaxed);
     stats
@@ -181,9 +183,10 @@ async fn play(
     config: &BotConfig,
     stats: &Stats,
     stop: &CancellationToken,
+    chatter: usize,
 ) -> Result<(), ClientError> {
     let mut fighter = Fighter::new(Instant::now());
-    let result = play_with(session, config, stats, stop, &mut fighter).await;
+    let result = play_with(session, config, stats, stop, &mut fighter, chatter).await;
     fighter.finish(Instant::now(), result.is_err(), stats);
     result
 }
@@ -194,6 +197,7 @@ async fn play_with(
     stats: &Stats,
     stop: &CancellationToken,
     fighter: &mut Fighter,
+    chatter: usize,
 ) -> Result<(), ClientError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let behaviour = config.behaviour.for_seed(config.seed);
@@ -222,6 +226,7 @@ async fn play_with(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_chat = next_chat_at(&mut rng, config.chat_every_s);
+    let mut lines_said = 0u64;
     // What a fighting bot saw in the newest snapshot.
     let mut seen: Vec<EntityState> = Vec::new();
     loop {
@@ -288,12 +293,23 @@ async fn play_with(
                     session.act(action).await?;
                 }
                 if next_chat.is_some_and(|at| Instant::now() >= at) {
-                    session.say("hello from a bot").await?;
+                    // On the world channel, audited: unique text, recorded before it is sent.
+                    lines_said += 1;
+                    let text = format!("{} #{lines_said}", config.name);
+                    stats.chat.sent(&text, Instant::now());
+                    session.chat(ChatChannel::World, &text).await?;
                     next_chat = next_chat_at(&mut rng, config.chat_every_s);
                 }
                 while let Some(msg) = session.try_control() {
                     match msg {
                         ServerMessage::Chat(_) => { stats.chats_heard.fetch_add(1, Ordering::Relaxed); }
+                        ServerMessage::ChatLine(l) => {
+                            stats.chats_heard.fetch_add(1, Ordering::Relaxed);
+                            if l.channel == ChatChannel::World {
+                                stats.chat.heard(chatter, &l.text, Instant::now());
+                            }
+                        }
+                        ServerMessage::ChatRefused(why) => stats.record_error(format!("chat_refused_{why:?}")),
                         ServerMessage::ActionDone(outcome) => fighter.answered(&outcome, stats),
                         ServerMessage::Kick(k) => return Err(ClientError::Kicked { code: k.code, message: k.message }),
                         _ => {}

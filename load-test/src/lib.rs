@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod bot;
+pub mod chat_audit;
 pub mod cluster_bench;
 pub mod echo;
 pub mod fight;
@@ -169,6 +170,7 @@ pub async fn run_with(
     }
     let connected = stats.connected.load(std::sync::atomic::Ordering::Relaxed);
     let duration_s = started.elapsed().as_secs_f64();
+    stats.chat.end(Instant::now());
     stop.cancel();
     while bots.join_next().await.is_some() {}
     if let Some(s) = status {

@@ -41,6 +41,8 @@ pub struct Stats {
     errors_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Bot name → its character's entity id, while logged in.
     entities: Mutex<BTreeMap<String, u64>>,
+    /// World chat: sent, owed, heard.
+    pub chat: crate::chat_audit::ChatAudit,
 }
 
 impl Default for Stats {
@@ -75,6 +77,7 @@ impl Default for Stats {
             ),
             errors_by_reason: Mutex::new(BTreeMap::new()),
             entities: Mutex::new(BTreeMap::new()),
+            chat: Default::default(),
         }
     }
 }
@@ -221,6 +224,7 @@ impl Stats {
     pub fn report(&self, bots_target: usize, bots_connected: u64, duration_s: f64) -> Report {
         let secs = self.connected_us.load(Ordering::Relaxed) as f64 / 1e6;
         let per_bot_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let chat = self.chat.findings();
         Report {
             bots_target,
             bots_connected,
@@ -258,6 +262,10 @@ impl Stats {
             actions_duplicated: self.actions_duplicated.load(Ordering::Relaxed),
             actions_lost: self.actions_lost.load(Ordering::Relaxed),
             cross_zone_actions: None,
+            chat_sent: chat.sent,
+            chat_delivered_ratio: chat.delivered_ratio,
+            chat_duplicates: chat.duplicates,
+            chat_latency_ms: chat.latency_ms,
         }
     }
 }
@@ -336,6 +344,14 @@ impl Report {
             }
         }
         row("chat lines heard", self.chats_heard.to_string());
+        row(
+            "world chat sent / delivered",
+            format!(
+                "{} / {:.4} (duplicates {})",
+                self.chat_sent, self.chat_delivered_ratio, self.chat_duplicates
+            ),
+        );
+        row("world chat latency", p(&self.chat_latency_ms, "ms"));
         row("duration", format!("{:.1} s", self.duration_s));
         t
     }
@@ -435,4 +451,17 @@ pub struct Report {
     /// by `worldmesh local`, which sees inside the zones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_zone_actions: Option<u64>,
+    /// World chat lines the bots sent (each bot about every 30 s).
+    #[serde(default)]
+    pub chat_sent: u64,
+    /// World lines heard by bots online when they were sent and still online at the end, over
+    /// all such (line, bot) pairs; lines of the last second not judged (1.0: all delivered).
+    #[serde(default)]
+    pub chat_delivered_ratio: f64,
+    /// World lines a bot heard twice (must be 0).
+    #[serde(default)]
+    pub chat_duplicates: u64,
+    /// A world line's send → heard, over every bot that heard it.
+    #[serde(default)]
+    pub chat_latency_ms: Percentiles,
 }
