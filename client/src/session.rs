@@ -415,6 +415,29 @@ impl Session {
         Ok(self.send.write_all(&frame).await?)
     }
 
+    /// Invites `name` into this player's party (making one if it has none); the invitee gets a
+    /// [`ServerMessage::PartyInvite`], members a [`ServerMessage::PartyMember`] when it joins.
+    pub async fn party_invite(&mut self, name: &str) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::PartyInvite(name.to_owned()))
+            .await
+    }
+
+    /// Joins the party `from` invited this player into (leaving any other).
+    pub async fn party_accept(&mut self, from: &str) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::PartyAccept(from.to_owned()))
+            .await
+    }
+
+    pub async fn party_leave(&mut self) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::PartyLeave).await
+    }
+
+    async fn send_control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        let frame =
+            codec::encode_to_vec(message).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self.send.write_all(&frame).await?)
+    }
+
     /// Asks the game to do something (see `PROTOCOL.md`, Action); the answer comes back as
     /// a [`ServerMessage::ActionDone`] with the same `seq`. Build the request with
     /// `worldmesh_game::action::request` from the game's action type, or by hand.

@@ -94,6 +94,9 @@ pub enum InPlay {
     /// answered with a refusal rather than a kick.
     ChatTo(ChatTo),
     Mute(Mute),
+    PartyInvite(String),
+    PartyAccept(String),
+    PartyLeave,
     Action(ActionRequest),
     Bye,
 }
@@ -113,6 +116,9 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
         }
         Ok(ClientMessage::ChatTo(c)) => Ok(InPlay::ChatTo(c)),
         Ok(ClientMessage::Mute(m)) => Ok(InPlay::Mute(m)),
+        Ok(ClientMessage::PartyInvite(name)) => Ok(InPlay::PartyInvite(name)),
+        Ok(ClientMessage::PartyAccept(from)) => Ok(InPlay::PartyAccept(from)),
+        Ok(ClientMessage::PartyLeave) => Ok(InPlay::PartyLeave),
         Ok(ClientMessage::Action(a)) => {
             if a.payload.len() > MAX_GAME_PAYLOAD {
                 Err(reject(

@@ -23,6 +23,7 @@ use worldmesh_protocol::{
 };
 
 use crate::Gateway;
+use crate::chat::{Audience, Kind};
 use crate::zones::ZoneLink;
 use worldmesh_protocol::ids::{EntityId, PlayerId};
 
@@ -103,7 +104,14 @@ pub struct SessionHandle {
     kick: mpsc::Sender<(ErrorCode, String)>,
     /// Players this one does not want to hear (names; this session only).
     muted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The party this player is in (0: none).
+    party: std::sync::atomic::AtomicU64,
+    /// The latest invitations: (who, which party).
+    invites: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
 }
+
+/// Invitations a session remembers (the oldest go first).
+const MAX_INVITES: usize = 8;
 
 /// Most players one session may mute.
 pub const MAX_MUTES: usize = 256;
@@ -132,6 +140,39 @@ impl SessionHandle {
         }
         list.insert(name.to_owned());
         true
+    }
+
+    /// The party this player is in (0: none).
+    pub fn party(&self) -> u64 {
+        self.party.load(Ordering::Relaxed)
+    }
+
+    /// Puts the player in `party` (0: none); returns the one it was in.
+    pub fn set_party(&self, party: u64) -> u64 {
+        self.party.swap(party, Ordering::Relaxed)
+    }
+
+    /// `from` invited this player into `party`.
+    pub fn invited(&self, from: &str, party: u64) {
+        let mut invites = self
+            .invites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        invites.retain(|(who, _)| who != from);
+        if invites.len() >= MAX_INVITES {
+            invites.pop_front();
+        }
+        invites.push_back((from.to_owned(), party));
+    }
+
+    /// Takes `from`'s invitation, if there is one.
+    pub fn take_invite(&self, from: &str) -> Option<u64> {
+        let mut invites = self
+            .invites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = invites.iter().position(|(who, _)| who == from)?;
+        invites.remove(at).map(|(_, party)| party)
     }
 
     /// Queues a chat frame; a client not reading its stream misses the line (counted), and
@@ -522,6 +563,8 @@ async fn play(
             control: control.clone(),
             kick: kick_tx,
             muted: Default::default(),
+            party: 0.into(),
+            invites: Default::default(),
         },
     );
     let joined = join(gateway, &link, player_id, character.id, &name)
@@ -594,8 +637,20 @@ async fn play(
     )
     .await;
 
-    // 6. Logout: stop routing, save the character, then release the name.
-    gateway.sessions.remove(&player_id);
+    // 6. Logout: leave the party, stop routing, save the character, then release the name.
+    if let Some((_, session)) = gateway.sessions.remove(&player_id) {
+        let party = session.party();
+        if party != 0 {
+            crate::chat::send(
+                gateway,
+                player_id,
+                Audience::Party(party),
+                Kind::Left,
+                &session.name,
+                String::new(),
+            );
+        }
+    }
     leave(gateway, &link, player_id).await;
     tracing::info!("player logged out");
     result
@@ -702,6 +757,16 @@ async fn relay(
                     crate::checks::InPlay::ChatTo(c) => {
                         chat_to(gateway, link, player_id, &mut chat_limiter, c).await;
                     }
+                    crate::checks::InPlay::PartyInvite(name) => party_invite(gateway, player_id, &name),
+                    crate::checks::InPlay::PartyAccept(from) => party_accept(gateway, player_id, &from),
+                    crate::checks::InPlay::PartyLeave => {
+                        if let Some(s) = gateway.sessions.get(&player_id) {
+                            let old = s.set_party(0);
+                            if old != 0 {
+                                crate::chat::send(gateway, player_id, Audience::Party(old), Kind::Left, &s.name, String::new());
+                            }
+                        }
+                    }
                     crate::checks::InPlay::Mute(m) => {
                         let accepted = validate_name(&m.name)
                             && gateway.sessions.get(&player_id).is_some_and(|s| s.set_muted(&m.name, m.muted));
@@ -733,17 +798,17 @@ async fn chat_to(
     limiter: &mut crate::chat::ChatLimiter,
     c: ChatTo,
 ) {
-    use crate::chat::{Audience, Outgoing, refuse};
+    use crate::chat::refuse;
     if let Err(why) = crate::checks::check_chat_to(&c) {
         return refuse(gateway, player_id, why);
     }
     if !limiter.admit(std::time::Instant::now()) {
         return refuse(gateway, player_id, ChatRefusal::RateLimited);
     }
-    let Some((from, zone)) = gateway
+    let Some((from, zone, party)) = gateway
         .sessions
         .get(&player_id)
-        .map(|s| (s.name.clone(), s.zone_id()))
+        .map(|s| (s.name.clone(), s.zone_id(), s.party()))
     else {
         return;
     };
@@ -759,16 +824,79 @@ async fn chat_to(
         ChatChannel::Zone => Audience::Zone(zone),
         ChatChannel::World => Audience::World,
         ChatChannel::Whisper(name) => Audience::Whisper(name),
+        ChatChannel::Party if party == 0 => {
+            return refuse(gateway, player_id, ChatRefusal::NoParty);
+        }
+        ChatChannel::Party => Audience::Party(party),
     };
-    let out = Outgoing {
+    crate::chat::send(gateway, player_id, to, Kind::Text, &from, c.text);
+}
+
+/// Invites `name` into the player's party, making one (with the player in it) if it has none.
+fn party_invite(gateway: &Arc<Gateway>, player_id: u64, name: &str) {
+    use crate::chat::{refuse, send};
+    if !validate_name(name) {
+        return refuse(gateway, player_id, ChatRefusal::BadRecipient);
+    }
+    let Some(session) = gateway.sessions.get(&player_id) else {
+        return;
+    };
+    let mut party = session.party();
+    if party == 0 {
+        // Random: gateways make parties without asking anyone; 64 bits do not collide.
+        party = rand::random::<u64>() | 1;
+        session.set_party(party);
+        send(
+            gateway,
+            player_id,
+            Audience::Party(party),
+            Kind::Joined,
+            &session.name,
+            String::new(),
+        );
+    }
+    let to = Audience::Whisper(name.to_owned());
+    send(
+        gateway,
         player_id,
         to,
-        from,
-        text: c.text,
+        Kind::Invite(party),
+        &session.name,
+        String::new(),
+    );
+}
+
+/// Joins the party `from` invited the player into, leaving the one it was in.
+fn party_accept(gateway: &Arc<Gateway>, player_id: u64, from: &str) {
+    use crate::chat::{refuse, send};
+    let Some(session) = gateway.sessions.get(&player_id) else {
+        return;
     };
-    if gateway.chat_out.try_send(out).is_err() {
-        refuse(gateway, player_id, ChatRefusal::Unavailable);
+    let Some(party) = session.take_invite(from) else {
+        return refuse(gateway, player_id, ChatRefusal::NoParty);
+    };
+    let old = session.set_party(party);
+    if old == party {
+        return;
     }
+    if old != 0 {
+        send(
+            gateway,
+            player_id,
+            Audience::Party(old),
+            Kind::Left,
+            &session.name,
+            String::new(),
+        );
+    }
+    send(
+        gateway,
+        player_id,
+        Audience::Party(party),
+        Kind::Joined,
+        &session.name,
+        String::new(),
+    );
 }
 
 async fn claim_name(

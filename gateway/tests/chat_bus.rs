@@ -6,8 +6,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use worldmesh_gateway::chat::bus::{ChatBus, Publisher, subscribe};
-use worldmesh_gateway::chat::{Audience, Line};
+use worldmesh_gateway::chat::{Audience, Kind, Line};
 use worldmesh_testkit::redis::RedisServer;
+
+fn text_line(to: Audience, from: &str, text: &str) -> Line {
+    Line {
+        seq: 0,
+        to,
+        kind: Kind::Text,
+        from: from.to_owned(),
+        text: text.to_owned(),
+    }
+}
 
 async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Line>, n: usize) -> Vec<Line> {
     let mut got = Vec::new();
@@ -61,7 +71,7 @@ async fn a_reader_cut_off_again_and_again_catches_up_without_repeats() {
         let mut sent = false;
         for _ in 0..3 {
             if publisher
-                .publish(&to, "ann", &format!("line {i}"))
+                .publish(&text_line(to.clone(), "ann", &format!("line {i}")))
                 .await
                 .is_ok()
             {
@@ -108,7 +118,11 @@ async fn the_local_bus_gives_every_reader_the_same_order() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 publisher
-                    .publish(&Audience::World, &format!("s{speaker}"), &format!("{i}"))
+                    .publish(&text_line(
+                        Audience::World,
+                        &format!("s{speaker}"),
+                        &format!("{i}"),
+                    ))
                     .await
                     .unwrap();
             }

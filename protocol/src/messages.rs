@@ -44,6 +44,12 @@ pub enum ClientMessage {
     ChatTo(ChatTo),
     /// Stop (or start again) hearing a player on every channel, for this session.
     Mute(Mute),
+    /// Invites a player (by character name) into this player's party, making one if needed.
+    PartyInvite(String),
+    /// Joins the party of a player who invited this one (leaving any other).
+    PartyAccept(String),
+    /// Leaves the party.
+    PartyLeave,
 }
 
 /// Everything the server may send.
@@ -71,6 +77,17 @@ pub enum ServerMessage {
     ChatLine(ChatLine),
     /// A [`ClientMessage::ChatTo`] that was not sent, and why.
     ChatRefused(ChatRefusal),
+    /// A player invites this one into its party (answer with [`ClientMessage::PartyAccept`]).
+    PartyInvite(String),
+    /// Someone joined (`joined`) or left this player's party; this player included.
+    PartyMember(PartyMember),
+}
+
+/// See [`ServerMessage::PartyMember`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct PartyMember {
+    pub name: String,
+    pub joined: bool,
 }
 
 /// Where a chat line goes.
@@ -84,6 +101,8 @@ pub enum ChatChannel {
     World,
     /// One player, by character name, on whichever gateway it plays (and the speaker).
     Whisper(String),
+    /// The speaker's party.
+    Party,
 }
 
 /// A line of chat to a channel (see [`ClientMessage::ChatTo`]).
@@ -120,10 +139,13 @@ pub enum ChatRefusal {
     Length,
     /// 1: more lines than the chat rate allows (2 per second, bursts of 8).
     RateLimited,
-    /// 2: a whisper to a name that breaks the naming rules.
+    /// 2: a whisper, mute or party invitation naming a name that breaks the naming rules (or
+    /// a full mute list).
     BadRecipient,
     /// 3: the chat bus is unreachable; try again.
     Unavailable,
+    /// 4: party chat without a party, or accepting an invitation nobody sent.
+    NoParty,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

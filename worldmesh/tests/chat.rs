@@ -14,17 +14,31 @@ use worldmesh_protocol::{ChatChannel, ChatLine, ChatRefusal, ServerMessage};
 
 /// What a player heard over `wait`: chat lines and refusals, in arrival order.
 async fn heard(s: &mut Session, wait: Duration) -> (Vec<ChatLine>, Vec<ChatRefusal>) {
+    let (lines, refusals, _) = heard_all(s, wait).await;
+    (lines, refusals)
+}
+
+/// The same, with party news (invitations as `("invite", from)`, members as
+/// `("joined" | "left", name)`).
+async fn heard_all(
+    s: &mut Session,
+    wait: Duration,
+) -> (Vec<ChatLine>, Vec<ChatRefusal>, Vec<(&'static str, String)>) {
     let deadline = tokio::time::Instant::now() + wait;
-    let (mut lines, mut refusals) = (Vec::new(), Vec::new());
+    let (mut lines, mut refusals, mut party) = (Vec::new(), Vec::new(), Vec::new());
     while let Ok(Some(m)) = tokio::time::timeout_at(deadline, s.next_control()).await {
         match m {
             ServerMessage::ChatLine(l) => lines.push(l),
             ServerMessage::ChatRefused(r) => refusals.push(r),
+            ServerMessage::PartyInvite(from) => party.push(("invite", from)),
+            ServerMessage::PartyMember(m) => {
+                party.push((if m.joined { "joined" } else { "left" }, m.name));
+            }
             ServerMessage::Kick(k) => panic!("kicked: {k:?}"),
             _ => {}
         }
     }
-    (lines, refusals)
+    (lines, refusals, party)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +183,65 @@ async fn channels_reach_whom_they_should_once_in_one_order_across_gateways() {
     for p in players.iter_mut().skip(2) {
         heard(p, Duration::from_millis(100)).await;
     }
+
+    // A party across gateways: ann invites dan (gateway 1) and cid; dan accepts, cid does not.
+    // Party lines reach ann and dan only; bob, in no party, is refused; dan leaves.
+    players[0].party_invite(names[3]).await.unwrap();
+    players[0].party_invite(names[2]).await.unwrap();
+    let (_, _, news) = heard_all(&mut players[3], Duration::from_millis(700)).await;
+    assert_eq!(news, [("invite", names[0].to_owned())]);
+    players[3].party_accept(names[0]).await.unwrap();
+    players[1].party_accept(names[0]).await.unwrap(); // never invited
+    players[1]
+        .chat(ChatChannel::Party, "me too?")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    players[0]
+        .chat(ChatChannel::Party, "welcome")
+        .await
+        .unwrap();
+    let all = futures_join(
+        players
+            .iter_mut()
+            .map(|p| heard_all(p, Duration::from_millis(1500))),
+    )
+    .await;
+    for (i, (lines, refusals, news)) in all.into_iter().enumerate() {
+        let party_lines = lines
+            .iter()
+            .filter(|l| l.channel == ChatChannel::Party)
+            .count();
+        assert_eq!(
+            party_lines,
+            usize::from(i == 0 || i == 3),
+            "{}: {lines:?}",
+            names[i]
+        );
+        match i {
+            0 => assert_eq!(
+                news,
+                [
+                    ("joined", names[0].to_owned()),
+                    ("joined", names[3].to_owned())
+                ],
+                "ann made the party, then dan joined"
+            ),
+            1 => assert_eq!(refusals, [ChatRefusal::NoParty, ChatRefusal::NoParty]),
+            2 => assert!(news.iter().all(|(what, _)| *what == "invite")),
+            3 => assert_eq!(news, [("joined", names[3].to_owned())]),
+            _ => assert!(news.is_empty() && refusals.is_empty()),
+        }
+    }
+    players[3].party_leave().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    players[0].chat(ChatChannel::Party, "alone").await.unwrap();
+    let (ann, _, news) = heard_all(&mut players[0], Duration::from_millis(800)).await;
+    assert_eq!(news, [("left", names[3].to_owned())]);
+    assert_eq!(ann.len(), 1);
+    let (dan, _, news) = heard_all(&mut players[3], Duration::from_millis(300)).await;
+    assert!(dan.is_empty(), "dan left: {dan:?}");
+    assert_eq!(news, [("left", names[3].to_owned())]);
 
     // Refusals: an empty line, a long one, a whisper to a malformed name, then a flood (the
     // burst goes out, the rest is refused). Nobody is cut off.

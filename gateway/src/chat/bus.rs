@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Audience, Line};
+use super::{Audience, Kind, Line};
 
 /// About this many lines stay in the Redis stream: how far back a reconnecting gateway can
 /// catch up (minutes of a busy world's chat).
@@ -90,7 +90,7 @@ impl LocalBus {
         }
     }
 
-    fn publish(&self, to: Audience, from: &str, text: &str) {
+    fn publish(&self, line: &Line) {
         let mut seq = self
             .seq
             .lock()
@@ -99,9 +99,7 @@ impl LocalBus {
         // No subscriber (no gateway yet) is not an error: nobody is there to hear it.
         let _ = self.tx.send(Line {
             seq: *seq,
-            to,
-            from: from.to_owned(),
-            text: text.to_owned(),
+            ..line.clone()
         });
     }
 }
@@ -121,11 +119,12 @@ impl Publisher {
         }
     }
 
-    /// Puts a line on the bus; it comes back to every gateway's reader, this one's included.
-    pub async fn publish(&self, to: &Audience, from: &str, text: &str) -> Result<(), BusError> {
+    /// Puts a line on the bus (its `seq` is the bus's to give); it comes back to every
+    /// gateway's reader, this one's included.
+    pub async fn publish(&self, line: &Line) -> Result<(), BusError> {
         let (url, stream) = match &self.bus {
             ChatBus::Local(bus) => {
-                bus.publish(to.clone(), from, text);
+                bus.publish(line);
                 return Ok(());
             }
             ChatBus::Redis { url, stream } => (url, stream),
@@ -144,11 +143,13 @@ impl Publisher {
             .arg(HISTORY)
             .arg("*")
             .arg("to")
-            .arg(encode_audience(to))
+            .arg(encode_audience(&line.to))
+            .arg("k")
+            .arg(encode_kind(line.kind))
             .arg("f")
-            .arg(from)
+            .arg(&line.from)
             .arg("t")
-            .arg(text)
+            .arg(&line.text)
             .query_async(conn)
             .await;
         if let Err(e) = sent {
@@ -174,6 +175,30 @@ fn encode_audience(to: &Audience) -> String {
         Audience::World => "w".into(),
         Audience::Zone(z) => format!("z:{z}"),
         Audience::Whisper(name) => format!("p:{name}"),
+        Audience::Party(id) => format!("g:{id}"),
+    }
+}
+
+fn encode_kind(kind: Kind) -> String {
+    match kind {
+        Kind::Text => "t".into(),
+        Kind::Invite(party) => format!("i:{party}"),
+        Kind::Joined => "j".into(),
+        Kind::Left => "l".into(),
+    }
+}
+
+fn decode_kind(s: &str) -> Option<Kind> {
+    match s {
+        "t" => Some(Kind::Text),
+        "j" => Some(Kind::Joined),
+        "l" => Some(Kind::Left),
+        _ => s
+            .strip_prefix("i:")?
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(Kind::Invite),
     }
 }
 
@@ -181,6 +206,7 @@ fn decode_audience(s: &str) -> Option<Audience> {
     match s.split_once(':') {
         None if s == "w" => Some(Audience::World),
         Some(("z", z)) => z.parse().ok().map(Audience::Zone),
+        Some(("g", g)) => g.parse().ok().filter(|g| *g != 0).map(Audience::Party),
         Some(("p", name)) if worldmesh_protocol::validate_name(name) => {
             Some(Audience::Whisper(name.to_owned()))
         }
@@ -287,15 +313,13 @@ async fn read_redis(
                 for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                     last = Some(entry.id.clone());
                     let field = |k: &str| entry.get::<String>(k);
-                    let line = match (
-                        seq_of(&entry.id),
-                        field("to").as_deref().and_then(decode_audience),
-                        field("f"),
-                        field("t"),
-                    ) {
-                        (Some(seq), Some(to), Some(from), Some(text)) => Line {
+                    let to = field("to").as_deref().and_then(decode_audience);
+                    let kind = field("k").as_deref().and_then(decode_kind);
+                    let line = match (seq_of(&entry.id), to, kind, field("f"), field("t")) {
+                        (Some(seq), Some(to), Some(kind), Some(from), Some(text)) => Line {
                             seq,
                             to,
+                            kind,
                             from,
                             text,
                         },
@@ -335,11 +359,18 @@ mod tests {
             Audience::World,
             Audience::Zone(7),
             Audience::Whisper("bob_1".into()),
+            Audience::Party(u64::MAX),
         ] {
             assert_eq!(decode_audience(&encode_audience(&a)), Some(a));
         }
-        for junk in ["", "x", "z:", "z:-1", "p:", "p:a b", "w:1"] {
+        for junk in ["", "x", "z:", "z:-1", "p:", "p:a b", "w:1", "g:0", "g:x"] {
             assert_eq!(decode_audience(junk), None, "{junk:?}");
+        }
+        for k in [Kind::Text, Kind::Invite(9), Kind::Joined, Kind::Left] {
+            assert_eq!(decode_kind(&encode_kind(k)), Some(k));
+        }
+        for junk in ["", "i:", "i:0", "x", "tt"] {
+            assert_eq!(decode_kind(junk), None, "{junk:?}");
         }
         assert!(seq_of("1700000000000-0") < seq_of("1700000000000-1"));
         assert!(seq_of("1700000000000-99999999") < seq_of("1700000000001-0"));

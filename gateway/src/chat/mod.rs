@@ -11,10 +11,14 @@
 //!
 //! # Layout
 //!
-//! - this file: what a line is and whom it reaches, the per-player rate limit.
+//! - this file: what a line is and whom it reaches, the per-player rate limit, the fan-out.
+//!
+//! Parties ride the same bus: an invitation is a line to one player, joining and leaving are
+//! lines to the party, and each session remembers its party's id and the invitations it got.
+//! A party lives as long as its members play: it is not stored, and a member who logs out
+//! leaves it.
 //! - [`bus`]: the bus: Redis streams in a cluster, an in-process bus for one process, one
 //!   interface; the reader that catches up after a lost connection without repeats.
-//! - [`deliver`]: the gateway's fan-out of the lines it reads to its sessions.
 
 pub mod bus;
 
@@ -23,7 +27,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use worldmesh_protocol::{
-    CHAT_BURST, CHAT_RATE_PER_S, ChatChannel, ChatLine, ChatRefusal, ServerMessage, codec,
+    CHAT_BURST, CHAT_RATE_PER_S, ChatChannel, ChatLine, ChatRefusal, PartyMember, ServerMessage,
+    codec,
 };
 
 use crate::Gateway;
@@ -36,36 +41,57 @@ pub enum Audience {
     World,
     /// One player by character name.
     Whisper(String),
+    /// The members of a party, by its id.
+    Party(u64),
 }
 
-/// One line of chat as the bus carries it.
+/// What a line on the bus says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Chat: its `text`.
+    Text,
+    /// `from` invites the `Whisper` audience into party `.0`.
+    Invite(u64),
+    /// `from` joined the `Party` audience.
+    Joined,
+    /// `from` left the `Party` audience.
+    Left,
+}
+
+/// One line as the bus carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
-    /// The bus's order: grows with every line.
+    /// The bus's order: grows with every line (0 until the bus gives it one).
     pub seq: u64,
     pub to: Audience,
+    pub kind: Kind,
     pub from: String,
     pub text: String,
 }
 
 impl Line {
-    /// Whether the player `name`, routed to `zone`, hears this line (mutes aside). The speaker
-    /// of a whisper hears it too: the echo tells it the line went out.
-    pub fn reaches(&self, name: &str, zone: u64) -> bool {
-        match &self.to {
-            Audience::World => true,
-            Audience::Zone(z) => *z == zone,
-            Audience::Whisper(to) => to == name || self.from == name,
+    /// Whether the player `name`, routed to `zone`, in party `party` (0: none), is this
+    /// line's audience (mutes aside). The speaker of a whisper hears it too (the echo tells it
+    /// the line went out), and one who left a party hears its own leaving.
+    pub fn reaches(&self, name: &str, zone: u64, party: u64) -> bool {
+        match (&self.to, self.kind) {
+            (Audience::World, _) => true,
+            (Audience::Zone(z), _) => *z == zone,
+            (Audience::Whisper(to), Kind::Text) => to == name || self.from == name,
+            (Audience::Whisper(to), _) => to == name,
+            (Audience::Party(p), Kind::Left) => *p == party || self.from == name,
+            (Audience::Party(p), _) => *p == party,
         }
     }
 
-    /// The message a client receives.
+    /// The message a client receives for a [`Kind::Text`] line.
     pub fn message(&self) -> ServerMessage {
         ServerMessage::ChatLine(ChatLine {
             channel: match &self.to {
                 Audience::Zone(_) => ChatChannel::Zone,
                 Audience::World => ChatChannel::World,
                 Audience::Whisper(to) => ChatChannel::Whisper(to.clone()),
+                Audience::Party(_) => ChatChannel::Party,
             },
             seq: self.seq,
             from: self.from.clone(),
@@ -105,9 +131,7 @@ impl ChatLimiter {
 /// A line a session asked to send, on its way to the bus.
 pub struct Outgoing {
     pub player_id: u64,
-    pub to: Audience,
-    pub from: String,
-    pub text: String,
+    pub line: Line,
 }
 
 /// Lines waiting for the bus, per gateway; beyond, lines are refused as `Unavailable`.
@@ -122,13 +146,31 @@ pub async fn publish(
     mut out: tokio::sync::mpsc::Receiver<Outgoing>,
 ) {
     while let Some(o) = out.recv().await {
-        match publisher.publish(&o.to, &o.from, &o.text).await {
+        match publisher.publish(&o.line).await {
             Ok(()) => metrics::counter!("worldmesh_gateway_chat_sent_total").increment(1),
             Err(e) => {
                 tracing::warn!(error = %e, "chat line not published");
                 refuse(&gateway, o.player_id, ChatRefusal::Unavailable);
             }
         }
+    }
+}
+
+/// Queues a line from `player_id` for the bus; a full queue refuses it (`Unavailable`).
+pub fn send(gateway: &Gateway, player_id: u64, to: Audience, kind: Kind, from: &str, text: String) {
+    let line = Line {
+        seq: 0,
+        to,
+        kind,
+        from: from.to_owned(),
+        text,
+    };
+    if gateway
+        .chat_out
+        .try_send(Outgoing { player_id, line })
+        .is_err()
+    {
+        refuse(gateway, player_id, ChatRefusal::Unavailable);
     }
 }
 
@@ -139,6 +181,7 @@ pub fn refuse(gateway: &Gateway, player_id: u64, why: ChatRefusal) {
         ChatRefusal::RateLimited => "rate_limited",
         ChatRefusal::BadRecipient => "bad_recipient",
         ChatRefusal::Unavailable => "unavailable",
+        ChatRefusal::NoParty => "no_party",
     };
     metrics::counter!("worldmesh_gateway_chat_refused_total", "reason" => reason).increment(1);
     if let (Some(session), Ok(frame)) = (
@@ -152,16 +195,31 @@ pub fn refuse(gateway: &Gateway, player_id: u64, why: ChatRefusal) {
 /// Hands every line the bus delivers to the sessions it reaches, until the bus ends.
 pub async fn deliver(gateway: Arc<Gateway>, mut lines: tokio::sync::mpsc::Receiver<Line>) {
     while let Some(line) = lines.recv().await {
-        let Ok(frame) = codec::encode_to_vec(&line.message()) else {
+        let message = match line.kind {
+            Kind::Text => line.message(),
+            Kind::Invite(_) => ServerMessage::PartyInvite(line.from.clone()),
+            Kind::Joined | Kind::Left => ServerMessage::PartyMember(PartyMember {
+                name: line.from.clone(),
+                joined: line.kind == Kind::Joined,
+            }),
+        };
+        let Ok(frame) = codec::encode_to_vec(&message) else {
             continue;
         };
         let frame = Bytes::from(frame);
         let mut delivered = 0u64;
         for session in gateway.sessions.iter() {
-            if line.reaches(&session.name, session.zone_id()) && !session.mutes(&line.from) {
-                session.send_chat(frame.clone());
-                delivered += 1;
+            if !line.reaches(&session.name, session.zone_id(), session.party()) {
+                continue;
             }
+            if line.kind == Kind::Text && session.mutes(&line.from) {
+                continue;
+            }
+            if let Kind::Invite(party) = line.kind {
+                session.invited(&line.from, party);
+            }
+            session.send_chat(frame.clone());
+            delivered += 1;
         }
         metrics::counter!("worldmesh_gateway_chat_delivered_total").increment(delivered);
     }
@@ -176,6 +234,7 @@ mod tests {
         Line {
             seq: 1,
             to,
+            kind: Kind::Text,
             from: "ann".into(),
             text: "hi".into(),
         }
@@ -183,15 +242,30 @@ mod tests {
 
     #[test]
     fn a_line_reaches_its_channel_only() {
-        assert!(line(Audience::World).reaches("bob", 3));
-        assert!(line(Audience::Zone(3)).reaches("bob", 3));
-        assert!(!line(Audience::Zone(3)).reaches("bob", 4));
+        assert!(line(Audience::World).reaches("bob", 3, 0));
+        assert!(line(Audience::Zone(3)).reaches("bob", 3, 0));
+        assert!(!line(Audience::Zone(3)).reaches("bob", 4, 0));
         let w = line(Audience::Whisper("bob".into()));
         assert!(
-            w.reaches("bob", 9) && w.reaches("ann", 1),
+            w.reaches("bob", 9, 0) && w.reaches("ann", 1, 0),
             "the recipient and the echo"
         );
-        assert!(!w.reaches("cid", 9));
+        assert!(!w.reaches("cid", 9, 0));
+        let invite = Line {
+            kind: Kind::Invite(5),
+            ..w
+        };
+        assert!(
+            invite.reaches("bob", 9, 0) && !invite.reaches("ann", 1, 0),
+            "no echo"
+        );
+        let p = line(Audience::Party(5));
+        assert!(p.reaches("bob", 1, 5) && !p.reaches("cid", 1, 6) && !p.reaches("dan", 1, 0));
+        let left = Line {
+            kind: Kind::Left,
+            ..p
+        };
+        assert!(left.reaches("ann", 1, 0), "the one who left hears it");
     }
 
     #[test]
