@@ -94,3 +94,57 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::run(socket, config, shutdown).await?;
     Ok(())
 }
+
+/// `worldmesh chat …`: operators' chat tools, through the cluster's chat bus (Redis).
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    #[command(subcommand)]
+    command: ChatCommand,
+    /// The Redis the gateways' chat bus runs on.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: String,
+    /// The gateways' key prefix.
+    #[arg(long, env = "WORLDMESH_REDIS_PREFIX", default_value = "wm:")]
+    redis_prefix: String,
+    #[command(flatten)]
+    pub process: worldmesh_runtime::service::ProcessArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ChatCommand {
+    /// Silences a player on every channel, on any gateway, for a while (logged, with who).
+    Silence {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Who is doing it, for the log.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
+    /// Lifts a silence.
+    Unsilence {
+        name: String,
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
+}
+
+pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let bus = crate::chat::bus::ChatBus::redis(&args.redis_url, &args.redis_prefix);
+    let publisher = crate::chat::bus::Publisher::new(&bus);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let (name, until, by) = match args.command {
+        ChatCommand::Silence { name, minutes, by } => {
+            (name, now.as_secs() + minutes.saturating_mul(60), by)
+        }
+        ChatCommand::Unsilence { name, by } => (name, 0, by),
+    };
+    anyhow::ensure!(
+        worldmesh_protocol::validate_name(&name),
+        "{name:?} is not a character name"
+    );
+    publisher.silence(&name, until).await?;
+    tracing::info!(%name, until, %by, "chat silence set");
+    println!("{name}: silenced until {until} (Unix seconds; 0 = not silenced)");
+    Ok(())
+}

@@ -162,6 +162,8 @@ pub struct Gateway {
     pub started: std::time::Instant,
     /// Chat lines on their way to the bus ([`chat::publish`]).
     pub chat_out: tokio::sync::mpsc::Sender<chat::Outgoing>,
+    /// The bus, for what is not a line (silences).
+    pub chat: Arc<chat::bus::Publisher>,
 }
 
 impl Gateway {
@@ -269,7 +271,7 @@ pub async fn run(
     let endpoint = endpoint(socket, &config)?;
     let (chat_out, chat_queue) = tokio::sync::mpsc::channel(chat::PUBLISH_QUEUE);
     let chat_lines = chat::bus::subscribe(&config.chat_bus, shutdown.clone());
-    let publisher = chat::bus::Publisher::new(&config.chat_bus);
+    let publisher = Arc::new(chat::bus::Publisher::new(&config.chat_bus));
     let gateway = Arc::new(Gateway {
         coordinator: CoordinatorClient::new(channel(&config.coordinator_url)?),
         persistence: PersistenceClient::new(channel(&config.persistence_url)?),
@@ -288,6 +290,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started: std::time::Instant::now(),
         chat_out,
+        chat: publisher.clone(),
         config,
     });
     tokio::spawn(chat::publish(gateway.clone(), publisher, chat_queue));

@@ -108,6 +108,8 @@ pub struct SessionHandle {
     party: std::sync::atomic::AtomicU64,
     /// The latest invitations: (who, which party).
     invites: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
+    /// An operator silenced this player until then (Unix seconds; 0: never).
+    silenced_until: std::sync::atomic::AtomicU64,
 }
 
 /// Invitations a session remembers (the oldest go first).
@@ -140,6 +142,19 @@ impl SessionHandle {
         }
         list.insert(name.to_owned());
         true
+    }
+
+    /// An operator silenced this player until `until` (Unix seconds).
+    pub fn silence(&self, until: u64) {
+        self.silenced_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether the player is silenced now.
+    pub fn is_silenced(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.silenced_until.load(Ordering::Relaxed) > now
     }
 
     /// The party this player is in (0: none).
@@ -565,8 +580,26 @@ async fn play(
             muted: Default::default(),
             party: 0.into(),
             invites: Default::default(),
+            silenced_until: 0.into(),
         },
     );
+    // An operator's silence outlives sessions: look it up, without holding up the login.
+    tokio::spawn({
+        let (gateway, name) = (gateway.clone(), name.clone());
+        async move {
+            let lookup = gateway.chat.silenced_until(&name);
+            match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+                Ok(Ok(until)) if until > 0 => {
+                    if let Some(s) = gateway.sessions.get(&player_id) {
+                        s.silence(until);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot look up a chat silence"),
+                Err(_) => tracing::warn!("chat silence lookup timed out"),
+            }
+        }
+    });
     let joined = join(gateway, &link, player_id, character.id, &name)
         .instrument(login_span.clone())
         .await;
@@ -748,7 +781,9 @@ async fn relay(
                 Some(m) => match crate::checks::check_in_play(m)? {
                     crate::checks::InPlay::Bye => return Ok(()),
                     crate::checks::InPlay::Chat(text) => {
-                        if chat_limiter.admit(std::time::Instant::now()) {
+                        if gateway.sessions.get(&player_id).is_some_and(|s| s.is_silenced()) {
+                            crate::chat::refuse(gateway, player_id, ChatRefusal::Silenced);
+                        } else if chat_limiter.admit(std::time::Instant::now()) {
                             link.send(gateway_to_zone::Msg::Chat(pb::PlayerChat { player_id, text })).await;
                         } else {
                             crate::chat::refuse(gateway, player_id, ChatRefusal::RateLimited);
@@ -805,13 +840,16 @@ async fn chat_to(
     if !limiter.admit(std::time::Instant::now()) {
         return refuse(gateway, player_id, ChatRefusal::RateLimited);
     }
-    let Some((from, zone, party)) = gateway
+    let Some((from, zone, party, silenced)) = gateway
         .sessions
         .get(&player_id)
-        .map(|s| (s.name.clone(), s.zone_id(), s.party()))
+        .map(|s| (s.name.clone(), s.zone_id(), s.party(), s.is_silenced()))
     else {
         return;
     };
+    if silenced {
+        return refuse(gateway, player_id, ChatRefusal::Silenced);
+    }
     let to = match c.channel {
         ChatChannel::Say => {
             let chat = pb::PlayerChat {

@@ -146,6 +146,8 @@ pub enum ChatRefusal {
     Unavailable,
     /// 4: party chat without a party, or accepting an invitation nobody sent.
     NoParty,
+    /// 5: an operator silenced this player for a while.
+    Silenced,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

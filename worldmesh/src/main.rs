@@ -33,6 +33,8 @@ enum Command {
     Gateway(worldmesh_gateway::cli::Args),
     /// Run the persistence service (same flags as `persistence`).
     Persistence(worldmesh_persistence::cli::Args),
+    /// Operators' chat tools: `silence NAME --minutes N`, `unsilence NAME` (cluster: REDIS_URL).
+    Chat(worldmesh_gateway::cli::ChatArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Zone(a) => ("zone-server", "info", &a.service().process),
         Command::Gateway(a) => ("gateway", "info", &a.service().process),
         Command::Persistence(a) => ("persistence", "info", &a.service().process),
+        Command::Chat(a) => ("worldmesh-chat", "info", &a.process),
     };
     let process = process.clone();
     let result = worldmesh_runtime::service::block_on(service, filter, &process, run(args.command));
@@ -108,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Zone(args) => worldmesh_zone::cli::run(args, worldmesh::games::by_name).await,
         Command::Gateway(args) => worldmesh_gateway::cli::run(args).await,
         Command::Persistence(args) => worldmesh_persistence::cli::run(args).await,
+        Command::Chat(args) => worldmesh_gateway::cli::chat(args).await,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Chat channels end to end, over real QUIC: two gateways in front of four zones, the chat
 //! bus on real Redis. World lines reach everyone once, in one order; whispers reach their
 //! player on the other gateway (and echo to the speaker) and nobody else; zone lines reach
-//! the players of the speaker's zone only; a mute silences one speaker for one player; bad
-//! lines and floods are refused with a reason, and nobody is cut off.
+//! the players of the speaker's zone only; parties span gateways; a mute silences one speaker
+//! for one player; bad lines and floods are refused with a reason, and nobody is cut off; an
+//! operator's silence (`worldmesh chat silence`) holds across logins until lifted.
 
 mod common;
 
@@ -285,6 +286,63 @@ async fn channels_reach_whom_they_should_once_in_one_order_across_gateways() {
     );
     let (fay, _) = heard(&mut players[5], Duration::from_millis(500)).await;
     assert_eq!(fay.len(), lines.len(), "others hear what was sent, once");
+
+    // An operator silences fay with the command line tool: her lines on every channel, `say`
+    // included, are refused, also after she logs in again; lifted, she is heard again.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worldmesh"))
+        .args([
+            "chat",
+            "silence",
+            names[5],
+            "--minutes",
+            "5",
+            "--by",
+            "test",
+        ])
+        .env("REDIS_URL", worldmesh_testkit::redis_url())
+        .env("WORLDMESH_REDIS_PREFIX", &persistence.redis_prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fay = players.pop().unwrap();
+    fay.chat(ChatChannel::World, "am I muted").await.unwrap();
+    fay.say("and here").await.unwrap();
+    let (lines, refusals) = heard(&mut fay, Duration::from_millis(700)).await;
+    assert!(lines.is_empty());
+    assert_eq!(refusals, [ChatRefusal::Silenced, ChatRefusal::Silenced]);
+    fay.bye().await.unwrap();
+    let mut fay = Session::login(&endpoint, cluster.gateway_addrs[1], names[5])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fay.chat(ChatChannel::World, "now?").await.unwrap();
+    let (_, refusals) = heard(&mut fay, Duration::from_millis(700)).await;
+    assert_eq!(
+        refusals,
+        [ChatRefusal::Silenced],
+        "a silence outlives the session"
+    );
+    let bus = worldmesh_gateway::chat::bus::ChatBus::redis(
+        &worldmesh_testkit::redis_url(),
+        &persistence.redis_prefix,
+    );
+    worldmesh_gateway::chat::bus::Publisher::new(&bus)
+        .silence(names[5], 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fay.chat(ChatChannel::World, "back").await.unwrap();
+    let (lines, refusals) = heard(&mut fay, Duration::from_millis(700)).await;
+    assert!(
+        refusals.is_empty() && lines.len() == 1,
+        "{lines:?} {refusals:?}"
+    );
+    players.push(fay);
 
     for p in players {
         p.bye().await.unwrap();

@@ -43,8 +43,12 @@ const BLOCK: Duration = Duration::from_millis(1000);
 pub enum ChatBus {
     /// In this process only.
     Local(Arc<LocalBus>),
-    /// Through a Redis stream.
-    Redis { url: String, stream: String },
+    /// Through a Redis stream (`stream`); operators' silences in the hash `silences`.
+    Redis {
+        url: String,
+        stream: String,
+        silences: String,
+    },
 }
 
 impl ChatBus {
@@ -53,11 +57,12 @@ impl ChatBus {
         ChatBus::Local(Arc::new(LocalBus::new()))
     }
 
-    /// The Redis stream `{prefix}chat` at `url`.
+    /// The Redis stream `{prefix}chat` (and the hash `{prefix}chat:silenced`) at `url`.
     pub fn redis(url: &str, prefix: &str) -> Self {
         ChatBus::Redis {
             url: url.to_owned(),
             stream: format!("{prefix}chat"),
+            silences: format!("{prefix}chat:silenced"),
         }
     }
 }
@@ -74,6 +79,8 @@ pub enum BusError {
 pub struct LocalBus {
     tx: broadcast::Sender<Line>,
     seq: std::sync::Mutex<u64>,
+    /// Name → silenced until (Unix seconds).
+    silences: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Default for LocalBus {
@@ -87,6 +94,7 @@ impl LocalBus {
         Self {
             tx: broadcast::channel(READ_QUEUE).0,
             seq: std::sync::Mutex::new(0),
+            silences: Default::default(),
         }
     }
 
@@ -127,7 +135,7 @@ impl Publisher {
                 bus.publish(line);
                 return Ok(());
             }
-            ChatBus::Redis { url, stream } => (url, stream),
+            ChatBus::Redis { url, stream, .. } => (url, stream),
         };
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
@@ -160,6 +168,73 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// An operator silences `name` until `until` (Unix seconds; a time past lifts it): stored
+    /// for the player's later logins on any gateway, and announced on the bus to the gateway
+    /// it plays on now.
+    pub async fn silence(&self, name: &str, until: u64) -> Result<(), BusError> {
+        match &self.bus {
+            ChatBus::Local(bus) => {
+                bus.silences
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_owned(), until);
+            }
+            ChatBus::Redis { url, silences, .. } => {
+                let mut conn = connect(url).await?;
+                let _: () = redis::cmd("HSET")
+                    .arg(silences)
+                    .arg(name)
+                    .arg(until)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        self.publish(&Line {
+            seq: 0,
+            to: Audience::World,
+            kind: Kind::Silence(until),
+            from: name.to_owned(),
+            text: String::new(),
+        })
+        .await
+    }
+
+    /// Until when `name` is silenced (Unix seconds; 0: never was).
+    pub async fn silenced_until(&self, name: &str) -> Result<u64, BusError> {
+        match &self.bus {
+            ChatBus::Local(bus) => Ok(bus
+                .silences
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(name)
+                .copied()
+                .unwrap_or(0)),
+            ChatBus::Redis { silences, .. } => {
+                let mut guard = self.conn.lock().await;
+                let conn = match guard.as_mut() {
+                    Some(c) => c,
+                    None => guard.insert(connect(self.url()).await?),
+                };
+                let until: Option<u64> = redis::cmd("HGET")
+                    .arg(silences)
+                    .arg(name)
+                    .query_async(conn)
+                    .await
+                    .inspect_err(|_| *guard = None)?;
+                Ok(until.unwrap_or(0))
+            }
+        }
+    }
+
+    fn url(&self) -> &str {
+        match &self.bus {
+            ChatBus::Redis { url, .. } => url,
+            ChatBus::Local(_) => "",
+        }
+    }
+}
+
 async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, BusError> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -185,6 +260,7 @@ fn encode_kind(kind: Kind) -> String {
         Kind::Invite(party) => format!("i:{party}"),
         Kind::Joined => "j".into(),
         Kind::Left => "l".into(),
+        Kind::Silence(until) => format!("s:{until}"),
     }
 }
 
@@ -193,12 +269,11 @@ fn decode_kind(s: &str) -> Option<Kind> {
         "t" => Some(Kind::Text),
         "j" => Some(Kind::Joined),
         "l" => Some(Kind::Left),
-        _ => s
-            .strip_prefix("i:")?
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .map(Kind::Invite),
+        _ => match s.split_once(':')? {
+            ("i", party) => party.parse().ok().filter(|p| *p != 0).map(Kind::Invite),
+            ("s", until) => until.parse().ok().map(Kind::Silence),
+            _ => None,
+        },
     }
 }
 
@@ -249,7 +324,7 @@ pub fn subscribe(bus: &ChatBus, shutdown: CancellationToken) -> mpsc::Receiver<L
                 }
             });
         }
-        ChatBus::Redis { url, stream } => {
+        ChatBus::Redis { url, stream, .. } => {
             tokio::spawn(read_redis(url.clone(), stream.clone(), tx, shutdown));
         }
     }
@@ -366,7 +441,13 @@ mod tests {
         for junk in ["", "x", "z:", "z:-1", "p:", "p:a b", "w:1", "g:0", "g:x"] {
             assert_eq!(decode_audience(junk), None, "{junk:?}");
         }
-        for k in [Kind::Text, Kind::Invite(9), Kind::Joined, Kind::Left] {
+        for k in [
+            Kind::Text,
+            Kind::Invite(9),
+            Kind::Joined,
+            Kind::Left,
+            Kind::Silence(1_800_000_000),
+        ] {
             assert_eq!(decode_kind(&encode_kind(k)), Some(k));
         }
         for junk in ["", "i:", "i:0", "x", "tt"] {

@@ -17,6 +17,11 @@
 //! lines to the party, and each session remembers its party's id and the invitations it got.
 //! A party lives as long as its members play: it is not stored, and a member who logs out
 //! leaves it.
+//!
+//! An operator's silence (`worldmesh chat silence`) is stored with the bus (a Redis hash, or
+//! the in-process bus), read at every login, and announced on the bus to the gateway where
+//! the player plays now: a silenced player's lines on every channel, `say` included, are
+//! refused (`Silenced`) until it ends.
 //! - [`bus`]: the bus: Redis streams in a cluster, an in-process bus for one process, one
 //!   interface; the reader that catches up after a lost connection without repeats.
 
@@ -56,6 +61,9 @@ pub enum Kind {
     Joined,
     /// `from` left the `Party` audience.
     Left,
+    /// An operator silenced `from` until `.0` (Unix seconds; a time past lifts it). To the
+    /// `World` audience: the gateway where `from` plays applies it; no client is told.
+    Silence(u64),
 }
 
 /// One line as the bus carries it.
@@ -142,7 +150,7 @@ pub const PUBLISH_QUEUE: usize = 1024;
 /// speaker.
 pub async fn publish(
     gateway: Arc<Gateway>,
-    publisher: bus::Publisher,
+    publisher: Arc<bus::Publisher>,
     mut out: tokio::sync::mpsc::Receiver<Outgoing>,
 ) {
     while let Some(o) = out.recv().await {
@@ -182,6 +190,7 @@ pub fn refuse(gateway: &Gateway, player_id: u64, why: ChatRefusal) {
         ChatRefusal::BadRecipient => "bad_recipient",
         ChatRefusal::Unavailable => "unavailable",
         ChatRefusal::NoParty => "no_party",
+        ChatRefusal::Silenced => "silenced",
     };
     metrics::counter!("worldmesh_gateway_chat_refused_total", "reason" => reason).increment(1);
     if let (Some(session), Ok(frame)) = (
@@ -196,6 +205,12 @@ pub fn refuse(gateway: &Gateway, player_id: u64, why: ChatRefusal) {
 pub async fn deliver(gateway: Arc<Gateway>, mut lines: tokio::sync::mpsc::Receiver<Line>) {
     while let Some(line) = lines.recv().await {
         let message = match line.kind {
+            Kind::Silence(until) => {
+                for session in gateway.sessions.iter().filter(|s| s.name == line.from) {
+                    session.silence(until);
+                }
+                continue;
+            }
             Kind::Text => line.message(),
             Kind::Invite(_) => ServerMessage::PartyInvite(line.from.clone()),
             Kind::Joined | Kind::Left => ServerMessage::PartyMember(PartyMember {
