@@ -71,6 +71,16 @@ pub struct Step {
     pub snapshot_jitter_ms_p99: f64,
     pub sustained: bool,
     pub echo_sustained: bool,
+    /// World chat over the whole step (ramp included): lines sent, delivery, repeats, and the
+    /// send → heard p99 across the gateways (through Redis).
+    #[serde(default)]
+    pub chat_sent: u64,
+    #[serde(default)]
+    pub chat_delivered_ratio: f64,
+    #[serde(default)]
+    pub chat_duplicates: u64,
+    #[serde(default)]
+    pub chat_latency_ms_p99: f64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -240,6 +250,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 coordinator.clone(),
                 "--persistence".into(),
                 persistence.clone(),
+                // Chat between the gateways, on the run's Redis prefix.
+                "--redis-url".into(),
+                config.redis_url.clone(),
+                "--redis-prefix".into(),
+                format!("wmbench{suffix}:"),
             ],
             &secret,
             config.service_threads,
@@ -330,6 +345,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<(Vec<Step>, Summary)> {
                 && rtt.p99 <= 100.0
                 && snapshots >= 0.9 * TICK_RATE_HZ,
             echo_sustained: echo.delivered_ratio >= 0.99 && echo.echo_rtt_ms.p99 <= 100.0,
+            chat_sent: report.chat_sent,
+            chat_delivered_ratio: round(report.chat_delivered_ratio, 5),
+            chat_duplicates: report.chat_duplicates,
+            chat_latency_ms_p99: report.chat_latency_ms.p99,
         };
         println!("{}", serde_json::to_string(&step)?);
         steps.push(step);

@@ -142,6 +142,9 @@ impl<'a> Launch<'a> {
         }
         let child = command
             .args(self.args)
+            // Only what a test passes: a REDIS_URL inherited from the environment (CI sets
+            // one) would put every test's gateways on one shared chat stream.
+            .env_remove("REDIS_URL")
             .envs(self.env.iter().copied())
             .env("WORLDMESH_CLUSTER_SECRET", self.secret)
             .env("WORLDMESH_ADMIN_LISTEN", admin.to_string())
@@ -341,6 +344,8 @@ pub struct Core {
     coordinator_args: Vec<String>,
     persistence_args: Vec<String>,
     restarts: usize,
+    /// Persistence's Redis and key prefix, which gateways use for chat too.
+    redis: (String, String),
 }
 
 impl Core {
@@ -378,6 +383,13 @@ impl Core {
                 .map(std::string::ToString::to_string),
         );
         let mut coordinator = Proc::start("coordinator", &args, &secret);
+        let redis = (
+            persistence
+                .redis_url
+                .clone()
+                .unwrap_or_else(crate::redis_url),
+            persistence.redis_prefix.clone(),
+        );
         let persistence_args: Vec<String> = vec![
             "persistence".into(),
             "--listen".into(),
@@ -385,12 +397,9 @@ impl Core {
             "--database-url".into(),
             db,
             "--redis-url".into(),
-            persistence
-                .redis_url
-                .clone()
-                .unwrap_or_else(crate::redis_url),
+            redis.0.clone(),
             "--redis-prefix".into(),
-            persistence.redis_prefix.clone(),
+            redis.1.clone(),
             // Tests register many accounts; the cost of hashing is measured apart.
             "--argon2-memory-kib".into(),
             "1024".into(),
@@ -435,6 +444,7 @@ impl Core {
             coordinator_args: args,
             persistence_args,
             restarts: 0,
+            redis,
         }
     }
 
@@ -452,8 +462,9 @@ impl Core {
         self.persistence = Proc::start_env(&name, &self.persistence_args, &self.secret, env);
     }
 
-    /// A gateway process on `port` (production settings: accounts only), `extra` flags
-    /// appended; returns once its `/readyz` says ready.
+    /// A gateway process on `port` (production settings: accounts only; chat through
+    /// persistence's Redis, under the test's prefix), `extra` flags appended; returns once its
+    /// `/readyz` says ready.
     pub async fn gateway(&self, name: &str, port: u16, extra: &[&str]) -> Proc {
         let mut args: Vec<String> = vec![
             "gateway".into(),
@@ -465,6 +476,10 @@ impl Core {
             self.coordinator_url.clone(),
             "--persistence".into(),
             self.persistence_url.clone(),
+            "--redis-url".into(),
+            self.redis.0.clone(),
+            "--redis-prefix".into(),
+            self.redis.1.clone(),
         ];
         args.extend(extra.iter().map(std::string::ToString::to_string));
         let mut g = Proc::start(name, &args, &self.secret);
