@@ -11,6 +11,8 @@ fuzz_target!(|data: &[u8]| {
     let decoded = || codec::decode_frame(data);
     let _ = checks::check_hello(decoded());
     let _ = checks::check_datagram(data);
-    let _ = checks::check_in_play(decoded());
+    if let Ok(checks::InPlay::ChatTo(c)) = checks::check_in_play(decoded()) {
+        let _ = checks::check_chat_to(&c);
+    }
     let _ = worldmesh_gateway::token::TokenKey::from_secret(b"fuzz").verify(data, 0);
 });
