@@ -674,14 +674,7 @@ async fn play(
     if let Some((_, session)) = gateway.sessions.remove(&player_id) {
         let party = session.party();
         if party != 0 {
-            crate::chat::send(
-                gateway,
-                player_id,
-                Audience::Party(party),
-                Kind::Left,
-                &session.name,
-                String::new(),
-            );
+            crate::chat::party_news(gateway, player_id, party, Kind::Left, &session.name);
         }
     }
     leave(gateway, &link, player_id).await;
@@ -798,7 +791,7 @@ async fn relay(
                         if let Some(s) = gateway.sessions.get(&player_id) {
                             let old = s.set_party(0);
                             if old != 0 {
-                                crate::chat::send(gateway, player_id, Audience::Party(old), Kind::Left, &s.name, String::new());
+                                crate::chat::party_news(gateway, player_id, old, Kind::Left, &s.name);
                             }
                         }
                     }
@@ -884,14 +877,7 @@ fn party_invite(gateway: &Arc<Gateway>, player_id: u64, name: &str) {
         // Random: gateways make parties without asking anyone; 64 bits do not collide.
         party = rand::random::<u64>() | 1;
         session.set_party(party);
-        send(
-            gateway,
-            player_id,
-            Audience::Party(party),
-            Kind::Joined,
-            &session.name,
-            String::new(),
-        );
+        crate::chat::party_news(gateway, player_id, party, Kind::Joined, &session.name);
     }
     let to = Audience::Whisper(name.to_owned());
     send(
@@ -906,7 +892,7 @@ fn party_invite(gateway: &Arc<Gateway>, player_id: u64, name: &str) {
 
 /// Joins the party `from` invited the player into, leaving the one it was in.
 fn party_accept(gateway: &Arc<Gateway>, player_id: u64, from: &str) {
-    use crate::chat::{refuse, send};
+    use crate::chat::refuse;
     let Some(session) = gateway.sessions.get(&player_id) else {
         return;
     };
@@ -918,23 +904,9 @@ fn party_accept(gateway: &Arc<Gateway>, player_id: u64, from: &str) {
         return;
     }
     if old != 0 {
-        send(
-            gateway,
-            player_id,
-            Audience::Party(old),
-            Kind::Left,
-            &session.name,
-            String::new(),
-        );
+        crate::chat::party_news(gateway, player_id, old, Kind::Left, &session.name);
     }
-    send(
-        gateway,
-        player_id,
-        Audience::Party(party),
-        Kind::Joined,
-        &session.name,
-        String::new(),
-    );
+    crate::chat::party_news(gateway, player_id, party, Kind::Joined, &session.name);
 }
 
 async fn claim_name(

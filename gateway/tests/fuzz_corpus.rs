@@ -23,7 +23,8 @@ fn the_fuzz_corpus_replays_cleanly() {
             // gateway_messages: every check accepts or rejects with a code, never panics.
             let _ = checks::check_hello(codec::decode_frame(&data));
             let _ = checks::check_datagram(&data);
-            if let Ok(checks::InPlay::ChatTo(c)) = checks::check_in_play(codec::decode_frame(&data)) {
+            if let Ok(checks::InPlay::ChatTo(c)) = checks::check_in_play(codec::decode_frame(&data))
+            {
                 let _ = checks::check_chat_to(&c);
             }
             let _ = worldmesh_gateway::token::TokenKey::from_secret(b"fuzz").verify(&data, 0);

@@ -182,6 +182,19 @@ pub fn send(gateway: &Gateway, player_id: u64, to: Audience, kind: Kind, from: &
     }
 }
 
+/// Tells party `party`'s members (and, when leaving, `name` itself) that `name` joined or
+/// left it.
+pub fn party_news(gateway: &Gateway, player_id: u64, party: u64, kind: Kind, name: &str) {
+    send(
+        gateway,
+        player_id,
+        Audience::Party(party),
+        kind,
+        name,
+        String::new(),
+    );
+}
+
 /// Tells a player its line was not sent, and counts why.
 pub fn refuse(gateway: &Gateway, player_id: u64, why: ChatRefusal) {
     let reason = match why {
