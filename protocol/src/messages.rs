@@ -81,6 +81,27 @@ pub enum ServerMessage {
     PartyInvite(String),
     /// Someone joined (`joined`) or left this player's party; this player included.
     PartyMember(PartyMember),
+    /// What this player's character holds: after it comes into play on a zone (a login, a
+    /// crossing into another zone, a failover), and after every change.
+    Inventory(InventoryView),
+}
+
+/// See [`ServerMessage::Inventory`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct InventoryView {
+    pub gold: u64,
+    pub items: Vec<ItemView>,
+}
+
+/// One item instance a character holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ItemView {
+    /// Unique in the world for ever.
+    pub id: u64,
+    /// The game's item kind.
+    pub kind: u16,
+    /// A stack's size.
+    pub count: u32,
 }
 
 /// See [`ServerMessage::PartyMember`].

@@ -56,6 +56,13 @@ pub enum Command {
         epoch: Epoch,
         character: Option<Character>,
     },
+    /// The ledger's answer to [`crate::zone::Output::ClaimInventory`]: the inventory, or
+    /// `None` when a later claim is in force.
+    InventoryClaimed {
+        entity: EntityId,
+        epoch: Epoch,
+        inventory: Option<worldmesh_economy::Inventory>,
+    },
     /// Persistence refused these characters' states as stale: a newer authority exists.
     Fenced {
         /// Each with the epoch its refused state was written at.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::persistence::{
-    LoadCharacterRequest, persistence_client::PersistenceClient,
+    ClaimInventoryRequest, LoadCharacterRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
@@ -219,6 +219,7 @@ impl Driver {
                     self.flush_backlog();
                 }
                 Output::Load { entity, epoch } => self.load(entity, epoch),
+                Output::ClaimInventory { entity, epoch } => self.claim_inventory(entity, epoch),
                 Output::Ghosts(g) => {
                     if self.ch.ghosts.try_send(g).is_err() {
                         metrics::counter!("worldmesh_zone_ghost_batches_dropped_total")
@@ -259,6 +260,45 @@ impl Driver {
                     entity,
                     epoch,
                     character,
+                })
+                .await;
+        });
+    }
+
+    /// Claims an inventory off the tick thread; the answer comes back as a command. Retried
+    /// until the ledger answers (a claim is idempotent at one epoch), given up when the zone
+    /// stops.
+    fn claim_inventory(&self, entity: EntityId, epoch: Epoch) {
+        let mut persistence = self.ch.persistence.clone();
+        let tx = self.ch.commands_tx.clone();
+        self.runtime.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            let request = ClaimInventoryRequest {
+                character: entity.0,
+                epoch: epoch.0,
+            };
+            let inventory = loop {
+                match persistence.claim_inventory(request).await {
+                    Ok(r) => match worldmesh_economy::wire::inventory_from_pb(&r.into_inner()) {
+                        Ok(inventory) => break inventory,
+                        Err(e) => {
+                            tracing::error!(entity = entity.0, error = %e, "unreadable inventory; not shown");
+                            return;
+                        }
+                    },
+                    Err(_) if tx.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(entity = entity.0, error = %e, "inventory claim failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            let _ = tx
+                .send(Command::InventoryClaimed {
+                    entity,
+                    epoch,
+                    inventory,
                 })
                 .await;
         });

@@ -12,6 +12,8 @@
 //!   handoff saga, joins, the cell map and border rules. Takes commands and the time, returns
 //!   what must be sent, saved or loaded; no I/O, unit-tested without sockets.
 //! - [`sim`]: the bevy_ecs world and its systems, stepped by the zone core.
+//! - [`inventory`]: the inventories of the characters here, claimed from the economy's
+//!   ledger when they arrive (sans-IO, reconciled by the zone core).
 //! - [`character`]: a character as the core knows it (typed ids), converted to and from
 //!   protobuf only where it is loaded, saved or handed off.
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod command;
 pub mod coordinator;
 pub mod driver;
+pub mod inventory;
 pub mod link;
 pub mod peers;
 pub mod saver;

@@ -113,6 +113,9 @@ pub enum Output {
     Load { entity: EntityId, epoch: Epoch },
     /// Border characters for one neighbour. Lossy: superseded next tick.
     Ghosts(GhostsOut),
+    /// Claim this character's inventory at this epoch from the ledger and answer with
+    /// [`Command::InventoryClaimed`] (see [`crate::inventory`]).
+    ClaimInventory { entity: EntityId, epoch: Epoch },
 }
 
 /// Numbers the heartbeat and the cluster report.
@@ -228,7 +231,13 @@ pub struct Zone {
     ghost_scratch: Vec<GhostState>,
     /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
     ghosted: Vec<(ZoneId, String)>,
+    /// The inventories of the player characters here, claimed from the ledger.
+    inventories: crate::inventory::Inventories,
+    present: Vec<crate::inventory::Present>,
 }
+
+/// Ticks between two inventory reconciliations (a claim goes out within this of an arrival).
+const INVENTORY_EVERY_TICKS: u32 = 4;
 
 impl Zone {
     /// A zone running `config.sim.game`; fails only when the game's registrations conflict.
@@ -261,6 +270,8 @@ impl Zone {
             positions: Vec::new(),
             ghost_scratch: Vec::new(),
             ghosted: Vec::new(),
+            inventories: Default::default(),
+            present: Vec::new(),
         })
     }
 
@@ -308,6 +319,9 @@ impl Zone {
         let last_checkpoint = *self.last_checkpoint.get_or_insert(tick.saturating_sub(1));
         let last_housekeeping = *self.last_housekeeping.get_or_insert(tick.saturating_sub(1));
         self.sim.step_at(tick);
+        if tick.is_multiple_of(INVENTORY_EVERY_TICKS) {
+            self.reconcile_inventories();
+        }
         self.ship_frames(now);
         self.check_borders(now);
         self.send_ghosts(tick);
@@ -472,6 +486,11 @@ impl Zone {
                 epoch,
                 character,
             } => self.loaded(now, entity, epoch, character),
+            Command::InventoryClaimed {
+                entity,
+                epoch,
+                inventory,
+            } => self.inventories.claimed(entity, epoch, inventory),
             Command::Fenced { ids } => {
                 for (id, epoch) in ids {
                     // Only if the refused state was written at the epoch we still hold.
@@ -570,6 +589,23 @@ impl Zone {
             entity: id,
             min_epoch,
         });
+    }
+
+    /// Claims the inventories of characters that arrived, shows them to their players.
+    fn reconcile_inventories(&mut self) {
+        self.sim.player_characters(&mut self.present);
+        for step in self.inventories.reconcile(&self.present) {
+            match step {
+                crate::inventory::Step::Claim { entity, epoch } => {
+                    self.out.push_back(Output::ClaimInventory { entity, epoch });
+                }
+                crate::inventory::Step::Show {
+                    link,
+                    player_id,
+                    frame,
+                } => self.sim.send_reliable(link, player_id, frame),
+            }
+        }
     }
 
     /// A checkpoint asked for by [`Output::Load`] arrived (or could not be read).

@@ -15,6 +15,29 @@ impl Sim {
         out.extend(q.iter(&self.world).map(|(r, p)| (r.0, p.x, p.y)));
     }
 
+    /// Player characters (not NPCs) being simulated, not frozen: (id, epoch, player if
+    /// attached). For the inventory claims (`crate::inventory`).
+    pub fn player_characters(&mut self, out: &mut Vec<crate::inventory::Present>) {
+        out.clear();
+        let mut q = self.world.query_filtered::<(&Id, &CharacterRecord, Option<&Player>), (
+            Without<Frozen>,
+            Without<Ghost>,
+            Without<npc::Wanderer>,
+        )>();
+        out.extend(
+            q.iter(&self.world)
+                .filter(|(id, _, _)| !id.0.is_npc())
+                .map(|(id, r, p)| (id.0, r.epoch, p.map(|p| (p.link, p.player_id)))),
+        );
+    }
+
+    /// Queues a frame for a player's control stream (sent with the next tick's frames).
+    pub fn send_reliable(&mut self, link: LinkId, player_id: PlayerId, frame: Vec<u8>) {
+        self.world
+            .resource_mut::<Outbox>()
+            .push(link, player_id, frame, true);
+    }
+
     /// Stops simulating a character for a handoff and returns its state (with a new
     /// version) and what travels with it.
     pub fn freeze(&mut self, id: EntityId) -> Option<(Character, Carried)> {
