@@ -66,11 +66,14 @@
 //! - [`effect`]: what one entity does to another, applied where the target is simulated
 //!   (across zone borders, exactly once): [`Effect`], [`Effects`], [`EffectCtx`].
 //! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
+//! - [`loot`]: items and gold a game gives characters, recorded with the economy's ledger:
+//!   [`Loot`].
 
 pub mod action;
 pub mod component;
 pub mod effect;
 pub mod event;
+pub mod loot;
 pub mod npc;
 pub mod world;
 
@@ -87,6 +90,7 @@ pub use component::{
 };
 pub use effect::{Effect, EffectCtx, EffectEntry, EffectKind, EffectTable, Effects};
 pub use event::{Delivery, EventKind, Events, ServerEvent};
+pub use loot::{Grant, Loot};
 pub use npc::{Defeated, Npc, NpcKind, NpcKindEntry, NpcKindId, NpcKinds};
 pub use world::{
     Character, CollisionMap, EngineSystems, Id, Immobile, Motion, Position, Tick, TickSet,
@@ -98,6 +102,7 @@ pub mod prelude {
     pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
     pub use crate::effect::{Effect, EffectCtx, EffectKind, Effects};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
+    pub use crate::loot::Loot;
     pub use crate::npc::{Defeated, Npc, NpcKind, NpcKindId};
     pub use crate::world::{
         Character, CollisionMap, Id, Immobile, Motion, Position, Tick, TickSet,
@@ -330,6 +335,7 @@ pub fn install(
             .after(world::EngineSystems(TickSet::Events)),
     ));
     world.init_resource::<component::SyncClock>();
+    world.init_resource::<loot::Loot>();
     for insert in registry.resources {
         insert(world);
     }

@@ -90,6 +90,8 @@ struct Player {
     at: (f32, f32),
     answers: Vec<ActionOutcome>,
     events: Vec<GameEvent>,
+    /// The inventory last shown.
+    inventory: Option<worldmesh_protocol::InventoryView>,
 }
 
 impl Player {
@@ -111,6 +113,7 @@ impl Player {
             at: (f32::NAN, f32::NAN),
             answers: Vec::new(),
             events: Vec::new(),
+            inventory: None,
         }
     }
 
@@ -135,6 +138,7 @@ impl Player {
             match m {
                 ServerMessage::ActionDone(o) => self.answers.push(o),
                 ServerMessage::Event(e) => self.events.push(e),
+                ServerMessage::Inventory(v) => self.inventory = Some(v),
                 ServerMessage::Kick(k) => panic!("kicked: {k:?}"),
                 _ => {}
             }
@@ -151,6 +155,17 @@ impl Player {
 
     fn field<T: GameComponent + bincode::Decode<()>>(&self, id: EntityId) -> Option<T> {
         self.s.fields(id)?.get::<T>(T::KIND)?.ok()
+    }
+
+    /// Gold and trophies, as last shown.
+    fn purse(&self) -> Option<(u64, usize)> {
+        let v = self.inventory.as_ref()?;
+        let trophies = v
+            .items
+            .iter()
+            .filter(|i| i.kind == worldmesh_arena::TROPHY)
+            .count();
+        Some((v.gold, trophies))
     }
 
     /// The newest `LevelUp` this player was told.
@@ -267,6 +282,8 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
         .await,
         "b gets up at full health"
     );
+    // The win's loot (gold and a trophy), recorded with the ledger and shown to a.
+    assert_eq!(a.purse(), Some((5, 1)), "a's loot");
     strike_until(&mut a, &mut b, Some(80), 0).await;
 
     // Both cross the border (b follows a: a walks, then b walks, each handed off).
@@ -310,9 +327,24 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
         Some(80),
         "health survived the SIGKILL"
     );
+    // The loot survived the handoff and the SIGKILL: the west zone read it again.
+    assert!(
+        play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
+            == Some((5, 1)))
+        .await,
+        "loot after failover: {:?}",
+        a.purse()
+    );
     // a's 30 XP survived both: downing b again (80 hp) makes it 60, level 2.
     strike_until(&mut a, &mut b, None, 60).await;
     assert_eq!(a.last_level_up().map(|l| l.level), Some(2));
+    assert!(
+        play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
+            == Some((10, 2)))
+        .await,
+        "the second win's loot: {:?}",
+        a.purse()
+    );
 
     // A new login (the character saved at logout, loaded at login) keeps the level.
     let name = format!("xa{suffix}");
@@ -325,6 +357,13 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
         .await
     );
     assert_eq!(a.field::<Level>(a.id), Some(Level(2)), "level after login");
+    assert!(
+        play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
+            == Some((10, 2)))
+        .await,
+        "loot after login: {:?}",
+        a.purse()
+    );
     a.s.bye().await.unwrap();
     b.s.bye().await.unwrap();
     drop(core);

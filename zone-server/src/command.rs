@@ -63,6 +63,17 @@ pub enum Command {
         epoch: Epoch,
         inventory: Option<worldmesh_economy::Inventory>,
     },
+    /// The ledger reserved ids `[first, first + count)` for this zone.
+    IdsReserved {
+        first: u64,
+        count: u64,
+    },
+    /// The ledger's answer to [`crate::zone::Output::ChangeInventory`].
+    InventoryChanged {
+        entity: EntityId,
+        epoch: Epoch,
+        outcome: worldmesh_economy::Outcome,
+    },
     /// Persistence refused these characters' states as stale: a newer authority exists.
     Fenced {
         /// Each with the epoch its refused state was written at.

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::persistence::{
-    ClaimInventoryRequest, LoadCharacterRequest, persistence_client::PersistenceClient,
+    ChangeInventoryRequest, ClaimInventoryRequest, LoadCharacterRequest, ReserveIdsRequest,
+    persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
@@ -220,6 +221,13 @@ impl Driver {
                 }
                 Output::Load { entity, epoch } => self.load(entity, epoch),
                 Output::ClaimInventory { entity, epoch } => self.claim_inventory(entity, epoch),
+                Output::ReserveIds { count } => self.reserve_ids(count),
+                Output::ChangeInventory {
+                    id,
+                    entity,
+                    epoch,
+                    changes,
+                } => self.change_inventory(id, entity, epoch, changes),
                 Output::Ghosts(g) => {
                     if self.ch.ghosts.try_send(g).is_err() {
                         metrics::counter!("worldmesh_zone_ghost_batches_dropped_total")
@@ -299,6 +307,81 @@ impl Driver {
                     entity,
                     epoch,
                     inventory,
+                })
+                .await;
+        });
+    }
+
+    /// Reserves ids off the tick thread, retried until the ledger answers.
+    fn reserve_ids(&self, count: u64) {
+        let mut persistence = self.ch.persistence.clone();
+        let tx = self.ch.commands_tx.clone();
+        self.runtime.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match persistence.reserve_ids(ReserveIdsRequest { count }).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let _ = tx
+                            .send(Command::IdsReserved {
+                                first: r.first,
+                                count: r.count,
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(_) if tx.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "id reservation failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records a change with the ledger off the tick thread, sent again with the same id until
+    /// answered (the ledger applies an id once).
+    fn change_inventory(
+        &self,
+        id: worldmesh_economy::ChangeId,
+        entity: EntityId,
+        epoch: Epoch,
+        changes: Vec<worldmesh_economy::Change>,
+    ) {
+        let mut persistence = self.ch.persistence.clone();
+        let tx = self.ch.commands_tx.clone();
+        let request = ChangeInventoryRequest {
+            id: id.0,
+            character: entity.0,
+            epoch: epoch.0,
+            steps: worldmesh_economy::wire::steps_to_pb(&changes),
+        };
+        self.runtime.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            let outcome = loop {
+                match persistence.change_inventory(request.clone()).await {
+                    Ok(r) => match worldmesh_economy::wire::outcome_from_pb(&r.into_inner()) {
+                        Ok(Some(o)) => break o,
+                        other => {
+                            tracing::error!(entity = entity.0, ?other, "unreadable ledger answer");
+                            return;
+                        }
+                    },
+                    Err(_) if tx.is_closed() => return,
+                    Err(e) => {
+                        tracing::warn!(entity = entity.0, error = %e, "inventory change failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            let _ = tx
+                .send(Command::InventoryChanged {
+                    entity,
+                    epoch,
+                    outcome,
                 })
                 .await;
         });

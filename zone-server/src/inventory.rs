@@ -14,9 +14,10 @@
 //! [`Inventories::claimed`]. Reconciling, rather than hooking every way a character arrives,
 //! means no way of arriving can be missed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use worldmesh_economy::Inventory;
+use worldmesh_economy::{Change, ChangeId, Inventory, Item, ItemId, ItemKind, Outcome};
+use worldmesh_game::Grant;
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
 use worldmesh_protocol::{InventoryView, ItemView, ServerMessage, codec};
 
@@ -24,7 +25,7 @@ use worldmesh_protocol::{InventoryView, ItemView, ServerMessage, codec};
 pub type Present = (EntityId, Epoch, Option<(LinkId, PlayerId)>);
 
 /// What [`Inventories::reconcile`] asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Claim `entity`'s inventory at `epoch` (answer with [`Inventories::claimed`]).
     Claim { entity: EntityId, epoch: Epoch },
@@ -34,7 +35,23 @@ pub enum Step {
         player_id: PlayerId,
         frame: Vec<u8>,
     },
+    /// Reserve `count` ids from the ledger (answer with [`Inventories::ids_reserved`]).
+    ReserveIds { count: u64 },
+    /// Record a change with the ledger (answer with [`Inventories::changed`]); sent again
+    /// with the same id until answered, so it is applied once.
+    Change {
+        id: ChangeId,
+        entity: EntityId,
+        epoch: Epoch,
+        changes: Vec<Change>,
+    },
 }
+
+/// Ids asked for at a time, and the fewest left before asking again.
+const ID_BLOCK: u64 = 4096;
+const ID_LOW: u64 = 1024;
+/// Most grants waiting for an inventory read or for ids; beyond, dropped (counted).
+const MAX_WAITING: usize = 10_000;
 
 #[derive(Debug)]
 enum State {
@@ -59,6 +76,12 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Inventories {
     entries: HashMap<EntityId, Entry>,
+    /// Ids reserved and not used yet: `[next, end)`.
+    ids: (u64, u64),
+    asking_ids: bool,
+    /// Grants the game asked for, waiting for their character's inventory to be read (or for
+    /// ids).
+    waiting: VecDeque<(EntityId, Grant)>,
 }
 
 impl Inventories {
@@ -102,7 +125,105 @@ impl Inventories {
             }
         }
         self.entries.retain(|id, _| seen.contains(id));
+        self.grant_waiting(&mut steps);
         steps
+    }
+
+    /// The game gave `to` something (`worldmesh_game::Loot`).
+    pub fn grant(&mut self, to: EntityId, grant: Grant) {
+        if self.waiting.len() >= MAX_WAITING {
+            metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "backlog")
+                .increment(1);
+            return;
+        }
+        self.waiting.push_back((to, grant));
+    }
+
+    /// Turns waiting grants into ledger changes where the inventory is read and ids are at
+    /// hand; asks for ids when few are left.
+    fn grant_waiting(&mut self, steps: &mut Vec<Step>) {
+        let mut keep = VecDeque::new();
+        while let Some((to, grant)) = self.waiting.pop_front() {
+            let epoch = match self.entries.get(&to) {
+                Some(Entry {
+                    epoch,
+                    state: State::Held { .. },
+                }) => *epoch,
+                Some(Entry {
+                    state: State::Asked,
+                    ..
+                }) => {
+                    keep.push_back((to, grant));
+                    continue;
+                }
+                // Gone from here, or another zone's now: nobody here can record it.
+                _ => {
+                    metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "gone")
+                        .increment(1);
+                    continue;
+                }
+            };
+            if self.ids.1 - self.ids.0 < 2 {
+                keep.push_back((to, grant));
+                continue;
+            }
+            let id = ChangeId(self.ids.0);
+            let change = match grant {
+                Grant::Gold(g) => Change::Gold(i64::try_from(g).unwrap_or(i64::MAX)),
+                Grant::Item { kind, count } => Change::Grant(Item {
+                    id: ItemId(self.ids.0 + 1),
+                    kind: ItemKind(kind),
+                    count,
+                    version: 1,
+                }),
+            };
+            self.ids.0 += 2;
+            steps.push(Step::Change {
+                id,
+                entity: to,
+                epoch,
+                changes: vec![change],
+            });
+        }
+        self.waiting = keep;
+        if self.ids.1 - self.ids.0 < ID_LOW && !self.asking_ids {
+            self.asking_ids = true;
+            steps.push(Step::ReserveIds { count: ID_BLOCK });
+        }
+    }
+
+    /// The ledger reserved `[first, first + count)`.
+    pub fn ids_reserved(&mut self, first: u64, count: u64) {
+        self.asking_ids = false;
+        if self.ids.0 == self.ids.1 {
+            self.ids = (first, first + count);
+        } else {
+            // Rare (a block still in use): keep the larger remainder.
+            let left = self.ids.1 - self.ids.0;
+            if count > left {
+                self.ids = (first, first + count);
+            }
+        }
+    }
+
+    /// The ledger's answer to a change: when it was recorded, the inventory is read again
+    /// (a claim at the same epoch) and shown anew.
+    pub fn changed(&mut self, entity: EntityId, epoch: Epoch, outcome: Outcome) {
+        if outcome != Outcome::Committed {
+            tracing::warn!(
+                entity = entity.0,
+                ?outcome,
+                "a grant was refused by the ledger"
+            );
+            metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "refused")
+                .increment(1);
+        }
+        if let Some(entry) = self.entries.get_mut(&entity)
+            && entry.epoch == epoch
+        {
+            // A different epoch makes the next reconciliation claim (here: read) again.
+            entry.epoch = Epoch(0);
+        }
     }
 
     /// The ledger's answer to a claim: the inventory, or `None` when a later claim is in
@@ -178,6 +299,7 @@ mod tests {
     #[test]
     fn claims_on_arrival_shows_once_per_player_and_claims_again_at_a_new_epoch() {
         let mut inv_s = Inventories::default();
+        inv_s.ids_reserved(1000, ID_BLOCK); // no id requests in the way
         let (e, link) = (EntityId(7), LinkId(1));
         let here = |epoch: u64, player: Option<u64>| {
             vec![(e, Epoch(epoch), player.map(|p| (link, PlayerId(p))))]
@@ -214,7 +336,63 @@ mod tests {
         ));
         inv_s.claimed(e, Epoch(3), None);
         assert!(inv_s.get(e).is_none(), "fenced");
-        assert!(inv_s.reconcile(&[]).is_empty());
+        assert!(
+            inv_s
+                .reconcile(&[])
+                .iter()
+                .all(|s| matches!(s, Step::ReserveIds { .. }))
+        );
         assert!(inv_s.entries.is_empty(), "gone, forgotten");
+    }
+
+    #[test]
+    fn grants_wait_for_the_read_and_for_ids_then_go_out_once_each() {
+        let mut inv_s = Inventories::default();
+        let (e, link) = (EntityId(7), LinkId(1));
+        let here = vec![(e, Epoch(2), Some((link, PlayerId(5))))];
+        inv_s.grant(e, Grant::Gold(10));
+        let steps = inv_s.reconcile(&here);
+        assert!(steps.contains(&Step::Claim {
+            entity: e,
+            epoch: Epoch(2)
+        }));
+        assert!(steps.contains(&Step::ReserveIds { count: ID_BLOCK }));
+        inv_s.ids_reserved(100, ID_BLOCK);
+        assert!(
+            !inv_s
+                .reconcile(&here)
+                .iter()
+                .any(|s| matches!(s, Step::Change { .. })),
+            "not before the inventory is read"
+        );
+        inv_s.claimed(e, Epoch(2), Some(inv(0)));
+        inv_s.grant(e, Grant::Item { kind: 4, count: 1 });
+        let changes: Vec<Step> = inv_s
+            .reconcile(&here)
+            .into_iter()
+            .filter(|s| matches!(s, Step::Change { .. }))
+            .collect();
+        assert_eq!(changes.len(), 2);
+        assert!(
+            matches!(&changes[0], Step::Change { id: ChangeId(100), changes, .. } if changes == &[Change::Gold(10)])
+        );
+        assert!(
+            matches!(&changes[1], Step::Change { id: ChangeId(102), changes, .. }
+            if matches!(changes[..], [Change::Grant(Item { id: ItemId(103), .. })]))
+        );
+        // Recorded: read again at the same epoch, shown again.
+        inv_s.changed(e, Epoch(2), Outcome::Committed);
+        assert!(inv_s.reconcile(&here).contains(&Step::Claim {
+            entity: e,
+            epoch: Epoch(2)
+        }));
+        // A grant for a character gone from here is dropped.
+        inv_s.grant(EntityId(99), Grant::Gold(1));
+        assert!(
+            !inv_s
+                .reconcile(&here)
+                .iter()
+                .any(|s| matches!(s, Step::Change { .. }))
+        );
     }
 }

@@ -116,6 +116,16 @@ pub enum Output {
     /// Claim this character's inventory at this epoch from the ledger and answer with
     /// [`Command::InventoryClaimed`] (see [`crate::inventory`]).
     ClaimInventory { entity: EntityId, epoch: Epoch },
+    /// Reserve ids from the ledger; answer with [`Command::IdsReserved`].
+    ReserveIds { count: u64 },
+    /// Record an inventory change (a game's grant) with the ledger, retried with the same id
+    /// until answered; answer with [`Command::InventoryChanged`].
+    ChangeInventory {
+        id: worldmesh_economy::ChangeId,
+        entity: EntityId,
+        epoch: Epoch,
+        changes: Vec<worldmesh_economy::Change>,
+    },
 }
 
 /// Numbers the heartbeat and the cluster report.
@@ -319,6 +329,14 @@ impl Zone {
         let last_checkpoint = *self.last_checkpoint.get_or_insert(tick.saturating_sub(1));
         let last_housekeeping = *self.last_housekeeping.get_or_insert(tick.saturating_sub(1));
         self.sim.step_at(tick);
+        let (grants, dropped) = self.sim.take_loot();
+        for (to, grant) in grants {
+            self.inventories.grant(to, grant);
+        }
+        if dropped > 0 {
+            metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "game_backlog")
+                .increment(dropped);
+        }
         if tick.is_multiple_of(INVENTORY_EVERY_TICKS) {
             self.reconcile_inventories();
         }
@@ -491,6 +509,12 @@ impl Zone {
                 epoch,
                 inventory,
             } => self.inventories.claimed(entity, epoch, inventory),
+            Command::IdsReserved { first, count } => self.inventories.ids_reserved(first, count),
+            Command::InventoryChanged {
+                entity,
+                epoch,
+                outcome,
+            } => self.inventories.changed(entity, epoch, outcome),
             Command::Fenced { ids } => {
                 for (id, epoch) in ids {
                     // Only if the refused state was written at the epoch we still hold.
@@ -604,6 +628,20 @@ impl Zone {
                     player_id,
                     frame,
                 } => self.sim.send_reliable(link, player_id, frame),
+                crate::inventory::Step::ReserveIds { count } => {
+                    self.out.push_back(Output::ReserveIds { count });
+                }
+                crate::inventory::Step::Change {
+                    id,
+                    entity,
+                    epoch,
+                    changes,
+                } => self.out.push_back(Output::ChangeInventory {
+                    id,
+                    entity,
+                    epoch,
+                    changes,
+                }),
             }
         }
     }

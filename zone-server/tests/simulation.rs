@@ -1083,7 +1083,9 @@ impl Sim {
                 // Inventory claims go to the economy's ledger, whose rules and fencing are
                 // tested apart (economy/, persistence/tests/ledger.rs); left unanswered here,
                 // so the seeds replay as before.
-                Output::ClaimInventory { .. } => {}
+                Output::ClaimInventory { .. }
+                | Output::ReserveIds { .. }
+                | Output::ChangeInventory { .. } => {}
                 Output::Ghosts(g) => {
                     if reachable {
                         self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));

@@ -111,7 +111,13 @@ pub struct Rules {
     pub potions_max: u8,
     pub potion_heal: u16,
     pub potion_refill_seconds: f32,
+    /// Gold for downing anyone (players and monsters alike), recorded with the ledger
+    /// (`worldmesh_game::Loot`); and one trophy (item kind [`TROPHY`]) per downed player.
+    pub gold_per_kill: u64,
 }
+
+/// The arena's item kind for a trophy: taken from a downed player.
+pub const TROPHY: u16 = 1;
 
 impl Default for Rules {
     fn default() -> Self {
@@ -131,6 +137,7 @@ impl Default for Rules {
             potions_max: 3,
             potion_heal: 40,
             potion_refill_seconds: 30.0,
+            gold_per_kill: 5,
         }
     }
 }

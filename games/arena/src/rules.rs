@@ -80,7 +80,8 @@ pub fn fall(
             None => rules.xp_per_player_level * level.map_or(1, |l| l.0.max(1)) as u32,
         };
         if by != 0 {
-            effects.send(id, EntityId(by), &Reward { xp });
+            let trophy = !id.is_npc();
+            effects.send(id, EntityId(by), &Reward { xp, trophy });
         }
     }
 }
@@ -90,6 +91,8 @@ pub fn fall(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Reward {
     pub xp: u32,
+    /// A player was downed: the winner takes a trophy too.
+    pub trophy: bool,
 }
 
 impl Effect for Reward {
@@ -113,6 +116,15 @@ impl Effect for Reward {
             None => earned,
         };
         ctx.to_player(winner, winner, &LevelUp { xp: total, level });
+        // Gold and a trophy, recorded with the ledger by the engine, once.
+        if let Some(&Id(id)) = ctx.world.get::<Id>(winner) {
+            let gold = ctx.world.resource::<Rules>().gold_per_kill;
+            let mut loot = ctx.world.resource_mut::<Loot>();
+            loot.gold(id, gold);
+            if self.trophy {
+                loot.item(id, crate::TROPHY, 1);
+            }
+        }
         Ok(())
     }
 }

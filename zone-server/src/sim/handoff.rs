@@ -31,6 +31,12 @@ impl Sim {
         );
     }
 
+    /// The grants the game asked for since the last call (`worldmesh_game::Loot`), and how
+    /// many it dropped.
+    pub fn take_loot(&mut self) -> (Vec<(EntityId, worldmesh_game::Grant)>, u64) {
+        self.world.resource_mut::<worldmesh_game::Loot>().take()
+    }
+
     /// Queues a frame for a player's control stream (sent with the next tick's frames).
     pub fn send_reliable(&mut self, link: LinkId, player_id: PlayerId, frame: Vec<u8>) {
         self.world
