@@ -432,6 +432,15 @@ impl Session {
         self.send_control(&ClientMessage::PartyLeave).await
     }
 
+    /// A trade step (PROTOCOL.md, Trades): open one with a player in range, offer, accept a
+    /// revision, cancel. Answered by [`ServerMessage::Trade`] news.
+    pub async fn trade(
+        &mut self,
+        request: worldmesh_protocol::TradeRequest,
+    ) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::Trade(request)).await
+    }
+
     async fn send_control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
         let frame =
             codec::encode_to_vec(message).map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -20,6 +20,22 @@ pub struct TradeId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChangeId(pub u64);
 
+impl ChangeId {
+    /// Where ids for [`ChangeId::once`] begin; reserved blocks stay below (persistence
+    /// refuses to reserve past it).
+    pub const ONCE_BASE: u64 = 1 << 62;
+
+    /// The id of the change a game makes at most once per character and `key` (a starter
+    /// kit, a quest reward): the same for every zone and every retry, so the ledger records
+    /// it once however often it is asked. `None` for a character id of 2^40 or more or a key
+    /// of 2^22 or more.
+    #[must_use]
+    pub fn once(holder: Holder, key: u32) -> Option<Self> {
+        (holder.0 < 1 << 40 && key < 1 << 22)
+            .then(|| Self(Self::ONCE_BASE | u64::from(key) << 40 | holder.0))
+    }
+}
+
 /// A party to a trade: the character and the epoch its zone claimed its inventory with when
 /// the trade opened (a commit after another zone took it over is stale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

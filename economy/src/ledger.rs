@@ -40,6 +40,9 @@ pub enum AbortReason {
     Invalid,
     /// An inventory change from a zone whose claim on the character was overtaken.
     Fenced,
+    /// The parties drifted out of range of each other, or one of them left the zone it
+    /// traded from (crossed a border, logged out, was disconnected).
+    WalkedAway,
 }
 
 /// How a request ended.
@@ -63,6 +66,25 @@ impl Outcome {
                 AbortReason::NotEnoughGold => 5,
                 AbortReason::Invalid => 6,
                 AbortReason::Fenced => 7,
+                AbortReason::WalkedAway => 8,
+            },
+        }
+    }
+
+    /// A short name for metrics and reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::Aborted(r) => match r {
+                AbortReason::Cancelled => "cancelled",
+                AbortReason::TimedOut => "timed_out",
+                AbortReason::HostLost => "host_lost",
+                AbortReason::Stale => "stale",
+                AbortReason::NotEnoughGold => "not_enough_gold",
+                AbortReason::Invalid => "invalid",
+                AbortReason::Fenced => "fenced",
+                AbortReason::WalkedAway => "walked_away",
             },
         }
     }
@@ -80,6 +102,7 @@ impl Outcome {
             5 => Outcome::Aborted(NotEnoughGold),
             6 => Outcome::Aborted(Invalid),
             7 => Outcome::Aborted(Fenced),
+            8 => Outcome::Aborted(WalkedAway),
             _ => return None,
         })
     }

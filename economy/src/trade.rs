@@ -168,6 +168,37 @@ impl Trade {
         }
     }
 
+    /// The party `who`'s zone claimed its inventory at `epoch` (a guest's steps carry it: the
+    /// host learns it from them). The commit names it, so a party taken over since is stale.
+    pub fn set_epoch(&mut self, who: Holder, epoch: u64) {
+        if let Some(side) = self.side(who)
+            && self.state == State::Open
+        {
+            self.parties[side.index()].epoch = epoch;
+        }
+    }
+
+    /// The parties, `[A, B]`.
+    #[must_use]
+    pub fn parties(&self) -> [Party; 2] {
+        self.parties
+    }
+
+    /// Whether the trade is still open to offers and acceptances.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// A party walked away (out of range, into another zone, logged out): aborted as
+    /// [`AbortReason::WalkedAway`], unless both already accepted (the ledger decides then).
+    pub fn walk_away(&mut self, now: Instant) -> Vec<Output> {
+        match self.state {
+            State::Open => self.decide(now, Some(AbortReason::WalkedAway)),
+            State::Deciding { .. } | State::Done(_) => Vec::new(),
+        }
+    }
+
     /// `who` puts `offer` on the table (replacing its last): a new revision, both
     /// acceptances cleared.
     ///
@@ -292,6 +323,8 @@ pub struct Guest {
     heard: Instant,
     asked: Option<Instant>,
     done: Option<Outcome>,
+    /// Set when the guest's party walked away: ask the ledger now, not after the silence.
+    left: bool,
 }
 
 impl Guest {
@@ -306,7 +339,20 @@ impl Guest {
             heard: now,
             asked: None,
             done: None,
+            left: false,
         }
+    }
+
+    /// The guest's party walked away (out of range of the other, or gone from this zone): the
+    /// ledger is asked to abort at once (it answers the first outcome: a commit the host
+    /// made in time stands).
+    pub fn walk_away(&mut self, now: Instant) -> Vec<Output> {
+        if self.done.is_some() || self.left {
+            return Vec::new();
+        }
+        self.left = true;
+        self.asked = Some(now);
+        vec![Output::Abort(self.id, AbortReason::WalkedAway)]
     }
 
     #[must_use]
@@ -336,7 +382,8 @@ impl Guest {
     /// The silence timer: past it, ask the ledger to abort (it answers the first outcome,
     /// a commit included), again every [`Trade::RETRY`] until answered.
     pub fn poll(&mut self, now: Instant) -> Vec<Output> {
-        if self.done.is_some() || now.duration_since(self.heard) < Self::HOST_SILENCE {
+        if self.done.is_some() || !self.left && now.duration_since(self.heard) < Self::HOST_SILENCE
+        {
             return Vec::new();
         }
         if self
@@ -346,7 +393,62 @@ impl Guest {
             return Vec::new();
         }
         self.asked = Some(now);
-        vec![Output::Abort(self.id, AbortReason::HostLost)]
+        let why = if self.left {
+            AbortReason::WalkedAway
+        } else {
+            AbortReason::HostLost
+        };
+        vec![Output::Abort(self.id, why)]
+    }
+}
+
+impl From<Outcome> for worldmesh_protocol::TradeOutcome {
+    fn from(o: Outcome) -> Self {
+        use worldmesh_protocol::TradeOutcome as T;
+        match o {
+            Outcome::Committed => T::Committed,
+            Outcome::Aborted(why) => match why {
+                AbortReason::Cancelled => T::Cancelled,
+                AbortReason::TimedOut => T::TimedOut,
+                AbortReason::HostLost => T::HostLost,
+                AbortReason::Stale => T::Stale,
+                AbortReason::NotEnoughGold => T::NotEnoughGold,
+                AbortReason::Invalid => T::Invalid,
+                AbortReason::Fenced => T::Fenced,
+                AbortReason::WalkedAway => T::WalkedAway,
+            },
+        }
+    }
+}
+
+impl From<worldmesh_protocol::TradeOutcome> for Outcome {
+    fn from(o: worldmesh_protocol::TradeOutcome) -> Self {
+        use worldmesh_protocol::TradeOutcome as T;
+        let why = match o {
+            T::Committed => return Outcome::Committed,
+            T::Cancelled => AbortReason::Cancelled,
+            T::TimedOut => AbortReason::TimedOut,
+            T::HostLost => AbortReason::HostLost,
+            T::Stale => AbortReason::Stale,
+            T::NotEnoughGold => AbortReason::NotEnoughGold,
+            T::Invalid => AbortReason::Invalid,
+            T::Fenced => AbortReason::Fenced,
+            T::WalkedAway => AbortReason::WalkedAway,
+        };
+        Outcome::Aborted(why)
+    }
+}
+
+impl From<TradeError> for worldmesh_protocol::TradeRefusal {
+    fn from(e: TradeError) -> Self {
+        use worldmesh_protocol::TradeRefusal as R;
+        match e {
+            TradeError::NotAParty => R::NoSuchTrade,
+            TradeError::WithSelf => R::WithSelf,
+            TradeError::BadOffer => R::NotHeld,
+            TradeError::StaleRevision { .. } => R::StaleRevision,
+            TradeError::Closed => R::Closed,
+        }
     }
 }
 

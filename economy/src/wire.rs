@@ -208,7 +208,7 @@ pub fn outcome_from_pb(r: &pb::LedgerReply) -> Result<Option<Outcome>, Malformed
         .ok_or(Malformed("outcome code"))
 }
 
-/// An abort reason's code (1 … 7).
+/// An abort reason's code (1 … 8).
 #[must_use]
 pub fn reason_code(why: AbortReason) -> u32 {
     u32::from(Outcome::Aborted(why).code())

@@ -34,6 +34,9 @@ pub trait Effect: bincode::Encode + bincode::Decode<()> + Send + Sync + 'static 
     const KIND: EffectKind;
     /// A short name for metrics and logs.
     const NAME: &'static str;
+    /// Largest encoded payload. Games keep the default; the engine's own [`crate::mail`]
+    /// carries more.
+    const MAX_PAYLOAD: usize = MAX_GAME_PAYLOAD;
 
     /// Checks the target's side of the game's rules and changes the target. A refusal
     /// becomes the answer of the action that sent it.
@@ -134,7 +137,7 @@ impl Effects {
                 .increment(1);
             return false;
         }
-        let payload = match codec::encode_value(effect, MAX_GAME_PAYLOAD) {
+        let payload = match codec::encode_value(effect, E::MAX_PAYLOAD) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(kind = E::NAME, error = %e, "effect does not encode; dropped");
@@ -184,7 +187,7 @@ impl EffectEntry {
             kind: E::KIND,
             name: E::NAME,
             apply: |payload, ctx| {
-                let effect: E = codec::decode_value(payload, MAX_GAME_PAYLOAD)
+                let effect: E = codec::decode_value(payload, E::MAX_PAYLOAD)
                     .map_err(|_| ActionRefusal::Malformed)?;
                 effect.apply(ctx)
             },

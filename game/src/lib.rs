@@ -68,12 +68,14 @@
 //! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
 //! - [`loot`]: items and gold a game gives characters, recorded with the economy's ledger:
 //!   [`Loot`].
+//! - [`mail`]: the engine's own letters between zones, routed like effects (trades use them).
 
 pub mod action;
 pub mod component;
 pub mod effect;
 pub mod event;
 pub mod loot;
+pub mod mail;
 pub mod npc;
 pub mod world;
 
@@ -90,7 +92,7 @@ pub use component::{
 };
 pub use effect::{Effect, EffectCtx, EffectEntry, EffectKind, EffectTable, Effects};
 pub use event::{Delivery, EventKind, Events, ServerEvent};
-pub use loot::{Grant, Loot};
+pub use loot::{Gift, Grant, Loot};
 pub use npc::{Defeated, Npc, NpcKind, NpcKindEntry, NpcKindId, NpcKinds};
 pub use world::{
     Character, CollisionMap, EngineSystems, Id, Immobile, Motion, Position, Tick, TickSet,
@@ -102,7 +104,7 @@ pub mod prelude {
     pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
     pub use crate::effect::{Effect, EffectCtx, EffectKind, Effects};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
-    pub use crate::loot::Loot;
+    pub use crate::loot::{Grant, Loot};
     pub use crate::npc::{Defeated, Npc, NpcKind, NpcKindId};
     pub use crate::world::{
         Character, CollisionMap, Id, Immobile, Motion, Position, Tick, TickSet,
@@ -310,6 +312,7 @@ pub fn install(
     let mut registry = GameRegistry::default();
     // The engine's own: which forwarded effects each entity has seen (exactly-once).
     registry.component::<effect::Applied>(Replicated::No, Persisted::Yes);
+    registry.effect::<mail::Mail>();
     game.register(&mut registry);
     if let Some(e) = registry.errors.into_iter().next() {
         return Err(e);
@@ -336,6 +339,7 @@ pub fn install(
     ));
     world.init_resource::<component::SyncClock>();
     world.init_resource::<loot::Loot>();
+    world.init_resource::<mail::Mailbox>();
     for insert in registry.resources {
         insert(world);
     }

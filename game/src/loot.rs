@@ -34,10 +34,19 @@ pub enum Grant {
     Gold(u64),
 }
 
+/// What a game gives one character in one ledger change: all of it or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gift {
+    pub to: EntityId,
+    pub grants: Vec<Grant>,
+    /// Given at most once per character and key, ever ([`Loot::once`]).
+    pub once: Option<u32>,
+}
+
 /// The grants a tick asked for (a resource every world has).
 #[derive(Resource, Debug, Default)]
 pub struct Loot {
-    grants: Vec<(EntityId, Grant)>,
+    gifts: Vec<Gift>,
     dropped: u64,
 }
 
@@ -56,18 +65,45 @@ impl Loot {
         }
     }
 
+    /// Gives `to` everything in `kit` together, at most once per character and `key` for
+    /// the life of the world, however often it is asked, by however many zones (a starter
+    /// kit, a one-time quest reward): the ledger records it under an id made of the two.
+    /// `key` below 2^22.
+    pub fn once(&mut self, to: EntityId, key: u32, kit: &[Grant]) {
+        let grants: Vec<Grant> = kit
+            .iter()
+            .copied()
+            .filter(|g| !matches!(g, Grant::Gold(0) | Grant::Item { count: 0, .. }))
+            .collect();
+        if !grants.is_empty() {
+            self.add(Gift {
+                to,
+                grants,
+                once: Some(key),
+            });
+        }
+    }
+
     fn push(&mut self, to: EntityId, grant: Grant) {
-        if self.grants.len() < MAX_PENDING {
-            self.grants.push((to, grant));
+        self.add(Gift {
+            to,
+            grants: vec![grant],
+            once: None,
+        });
+    }
+
+    fn add(&mut self, gift: Gift) {
+        if self.gifts.len() < MAX_PENDING {
+            self.gifts.push(gift);
         } else {
             self.dropped += 1;
         }
     }
 
-    /// The grants asked for since the last call, and how many were dropped (the engine's).
-    pub fn take(&mut self) -> (Vec<(EntityId, Grant)>, u64) {
+    /// The gifts asked for since the last call, and how many were dropped (the engine's).
+    pub fn take(&mut self) -> (Vec<Gift>, u64) {
         (
-            std::mem::take(&mut self.grants),
+            std::mem::take(&mut self.gifts),
             std::mem::take(&mut self.dropped),
         )
     }

@@ -98,6 +98,7 @@ pub enum InPlay {
     PartyAccept(String),
     PartyLeave,
     Action(ActionRequest),
+    Trade(worldmesh_protocol::TradeRequest),
     Bye,
 }
 
@@ -119,6 +120,7 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
         Ok(ClientMessage::PartyInvite(name)) => Ok(InPlay::PartyInvite(name)),
         Ok(ClientMessage::PartyAccept(from)) => Ok(InPlay::PartyAccept(from)),
         Ok(ClientMessage::PartyLeave) => Ok(InPlay::PartyLeave),
+        Ok(ClientMessage::Trade(t)) => Ok(InPlay::Trade(t)),
         Ok(ClientMessage::Action(a)) => {
             if a.payload.len() > MAX_GAME_PAYLOAD {
                 Err(reject(

@@ -739,6 +739,7 @@ async fn relay(
 ) -> Result<(), Refusal> {
     let mut limiter = InputLimiter::new(gateway.config.input_burst);
     let mut chat_limiter = crate::chat::ChatLimiter::new(std::time::Instant::now());
+    let mut trade_limiter = crate::chat::ChatLimiter::trades(std::time::Instant::now());
     loop {
         tokio::select! {
             r = route.changed() => {
@@ -802,6 +803,11 @@ async fn relay(
                             crate::chat::refuse(gateway, player_id, ChatRefusal::BadRecipient);
                         }
                     }
+                    crate::checks::InPlay::Trade(t) => {
+                        if let Some(request) = check_trade(gateway, player_id, &mut trade_limiter, t) {
+                            link.send(gateway_to_zone::Msg::Trade(pb::PlayerTrade { player_id, request })).await;
+                        }
+                    }
                     crate::checks::InPlay::Action(a) => {
                         let action = pb::PlayerAction {
                             player_id,
@@ -816,6 +822,45 @@ async fn relay(
             },
         }
     }
+}
+
+/// A trade step: limited and its size checked here (refused to the player, counted), the
+/// rest by the zone. The request re-encoded for the zone link.
+fn check_trade(
+    gateway: &Gateway,
+    player_id: u64,
+    limiter: &mut crate::chat::ChatLimiter,
+    t: worldmesh_protocol::TradeRequest,
+) -> Option<Vec<u8>> {
+    use worldmesh_protocol::{TradeNews, TradeRefusal, TradeRequest};
+    let trade = match &t {
+        TradeRequest::Open { .. } => 0,
+        TradeRequest::Offer { trade, .. }
+        | TradeRequest::Accept { trade, .. }
+        | TradeRequest::Cancel { trade } => *trade,
+    };
+    let refused = if !limiter.admit(std::time::Instant::now()) {
+        Some(TradeRefusal::RateLimited)
+    } else if matches!(&t, TradeRequest::Offer { items, .. } if items.len() > worldmesh_protocol::MAX_TRADE_ITEMS)
+    {
+        Some(TradeRefusal::NotHeld)
+    } else {
+        None
+    };
+    let encoded = codec::encode_value(&t, worldmesh_protocol::MAX_TRADE_REQUEST);
+    let why = match (refused, encoded) {
+        (None, Ok(request)) => return Some(request),
+        (Some(why), _) => why,
+        (None, Err(_)) => TradeRefusal::NotHeld,
+    };
+    metrics::counter!("worldmesh_gateway_trade_refused_total", "why" => why.name()).increment(1);
+    if let (Some(session), Ok(frame)) = (
+        gateway.sessions.get(&player_id),
+        codec::encode_to_vec(&ServerMessage::Trade(TradeNews::Refused { trade, why })),
+    ) {
+        session.send_chat(Bytes::from(frame));
+    }
+    None
 }
 
 /// A line to a channel: checked, limited, then to the zone (`say`) or onto the bus.

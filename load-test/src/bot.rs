@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use worldmesh_protocol::{Auth, ChatChannel, EntityState, ErrorCode, Input, ServerMessage};
+use worldmesh_protocol::{
+    Auth, ChatChannel, EntityState, ErrorCode, Input, ServerMessage, TradeRequest,
+};
 
 use crate::fight::Fighter;
+use crate::trade::Trader;
 
 use crate::stats::Stats;
 use worldmesh_client::predict::{Motion, Predictor};
@@ -45,6 +48,10 @@ pub enum Behaviour {
     /// player it sees, walks up and strikes it (or shoots it from up to 25 m), backs off when
     /// badly hurt, lies still while down (see `fight.rs`).
     Fight,
+    /// Trades in pairs (bot 2k opens, 2k + 1 answers), near zone borders: walk up, offer a gem
+    /// or gold, sometimes counter, accept; now and then cancel or walk away (see `trade.rs`).
+    /// Needs a game that gives characters something (`arena`'s starter kit).
+    Trade,
 }
 
 impl Behaviour {
@@ -52,9 +59,11 @@ impl Behaviour {
     pub fn for_seed(self, seed: u64) -> Behaviour {
         match self {
             Behaviour::Mixed => match seed % 10 {
-                0..=2 => Behaviour::Travel,
-                3..=5 => Behaviour::Wander,
-                6..=7 => Behaviour::Fight,
+                0..=1 => Behaviour::Travel,
+                2..=3 => Behaviour::Wander,
+                4..=5 => Behaviour::Fight,
+                // A pair: 10k + 6 opens, 10k + 7 answers.
+                6..=7 => Behaviour::Trade,
                 8 => Behaviour::Crowd,
                 _ => Behaviour::Idle,
             },
@@ -79,6 +88,8 @@ pub struct BotConfig {
     pub accounts: bool,
     /// Loss, latency and jitter on the bot's datagrams.
     pub link: worldmesh_client::conditioner::LinkConditions,
+    /// A trading bot's partner (the bot whose index differs in the lowest bit).
+    pub partner: Option<String>,
 }
 
 /// A bot's password: derived from its name, so a later run logs the same bots in again.
@@ -157,6 +168,7 @@ pub async fn run(
     stats.logins.fetch_add(1, Ordering::Relaxed);
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stats.entity_seen(&config.name, session.welcome.entity_id.into());
+    stats.trade.online(&config.name, session.welcome.entity_id);
     let chatter = stats.chat.online(&config.name);
     let since = Instant::now();
     let result = play(&mut session, &config, &stats, &stop, chatter).await;
@@ -186,7 +198,32 @@ async fn play(
     chatter: usize,
 ) -> Result<(), ClientError> {
     let mut fighter = Fighter::new(Instant::now());
-    let result = play_with(session, config, stats, stop, &mut fighter, chatter).await;
+    let behaviour = config.behaviour.for_seed(config.seed);
+    let mut trader = match (&config.partner, behaviour) {
+        (Some(partner), Behaviour::Trade) => Some(Trader::new(
+            &config.name,
+            config.seed,
+            partner.clone(),
+            (session.welcome.x, session.welcome.y),
+            Instant::now(),
+        )),
+        _ => None,
+    };
+    let result = play_with(
+        session,
+        config,
+        stats,
+        stop,
+        &mut fighter,
+        trader.as_mut(),
+        chatter,
+    )
+    .await;
+    if result.is_ok()
+        && let Some(trader) = trader.as_mut()
+    {
+        wind_down(session, trader, stats).await;
+    }
     fighter.finish(Instant::now(), result.is_err(), stats);
     result
 }
@@ -197,6 +234,7 @@ async fn play_with(
     stats: &Stats,
     stop: &CancellationToken,
     fighter: &mut Fighter,
+    mut trader: Option<&mut Trader>,
     chatter: usize,
 ) -> Result<(), ClientError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
@@ -273,6 +311,17 @@ async fn play_with(
                         heading = if eastward { slant } else { std::f32::consts::PI + slant };
                         TRAVEL_SPEED
                     }
+                    Behaviour::Trade => match trader.as_deref_mut() {
+                        Some(t) => {
+                            let step = t.decide(Instant::now(), (x_now, y_now), &seen, &stats.trade);
+                            heading = step.heading;
+                            if let Some(r) = step.request {
+                                session.trade(r).await?;
+                            }
+                            step.speed
+                        }
+                        None => 0.0,
+                    },
                     Behaviour::Idle | Behaviour::Mixed => 0.0,
                     Behaviour::Crowd => {
                         let (dx, dy) = (start_x - x_now, start_y - y_now);
@@ -301,6 +350,11 @@ async fn play_with(
                     next_chat = next_chat_at(&mut rng, config.chat_every_s);
                 }
                 while let Some(msg) = session.try_control() {
+                    if let Some(t) = trader.as_deref_mut()
+                        && let Some(r) = t.on_message(Instant::now(), &msg, &stats.trade)
+                    {
+                        session.trade(r).await?;
+                    }
                     match msg {
                         ServerMessage::Chat(_) => { stats.chats_heard.fetch_add(1, Ordering::Relaxed); }
                         ServerMessage::ChatLine(l) => {
@@ -344,7 +398,7 @@ async fn play_with(
                         let off = gap.abs_diff(tick);
                         stats.record_jitter_us(off.as_micros() as u64);
                     }
-                    if behaviour == Behaviour::Fight {
+                    if matches!(behaviour, Behaviour::Fight | Behaviour::Trade) {
                         seen.clone_from(&view.entities);
                     }
                     if let Some(e) = view.entities.iter().find(|e| e.id == me) {
@@ -366,6 +420,18 @@ async fn play_with(
                 }
             }
         }
+    }
+}
+
+/// At the end of a run a trading bot cancels the trade it is in and listens a moment for
+/// the outcome and its holdings after it, so the audit reads every bot's last inventory.
+async fn wind_down(session: &mut Session, trader: &mut Trader, stats: &Stats) {
+    if let Some(trade) = trader.open_trade() {
+        let _ = session.trade(TradeRequest::Cancel { trade }).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, session.next_control()).await {
+        trader.on_message(Instant::now(), &msg, &stats.trade);
     }
 }
 

@@ -24,6 +24,7 @@ pub mod fight;
 pub mod hostile;
 pub mod plot;
 pub mod stats;
+pub mod trade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ pub async fn run_with(
             seed: i as u64,
             accounts: config.accounts,
             link: config.link,
+            partner: ((i ^ 1) < config.bots).then(|| format!("{}{}", config.name_prefix, i ^ 1)),
         };
         bots.spawn(bot::run(endpoint.clone(), bot, stats.clone(), stop.clone()));
         tokio::time::sleep(gap).await;

@@ -43,6 +43,8 @@ pub struct Stats {
     entities: Mutex<BTreeMap<String, u64>>,
     /// World chat: sent, owed, heard.
     pub chat: crate::chat_audit::ChatAudit,
+    /// The trades' books (`--behaviour trade`).
+    pub trade: crate::trade::TradeAudit,
 }
 
 impl Default for Stats {
@@ -77,6 +79,7 @@ impl Default for Stats {
             ),
             errors_by_reason: Mutex::new(BTreeMap::new()),
             entities: Mutex::new(BTreeMap::new()),
+            trade: Default::default(),
             chat: Default::default(),
         }
     }
@@ -225,6 +228,7 @@ impl Stats {
         let secs = self.connected_us.load(Ordering::Relaxed) as f64 / 1e6;
         let per_bot_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         let chat = self.chat.findings();
+        let trades = self.trade.findings();
         Report {
             bots_target,
             bots_connected,
@@ -266,6 +270,13 @@ impl Stats {
             chat_delivered_ratio: chat.delivered_ratio,
             chat_duplicates: chat.duplicates,
             chat_latency_ms: chat.latency_ms,
+            trades_committed: trades.committed,
+            trades_aborted: trades.aborted,
+            trade_refusals: trades.refused,
+            cross_zone_trades: None,
+            items_duplicated: trades.items_duplicated,
+            items_lost: trades.items_lost,
+            gold_delta: trades.gold_delta,
         }
     }
 }
@@ -352,6 +363,23 @@ impl Report {
             ),
         );
         row("world chat latency", p(&self.chat_latency_ms, "ms"));
+        if self.trades_committed > 0 || !self.trades_aborted.is_empty() {
+            row(
+                "trades committed / aborted",
+                format!("{} / {:?}", self.trades_committed, self.trades_aborted),
+            );
+            if let Some(n) = self.cross_zone_trades {
+                row("trades across zone borders", n.to_string());
+            }
+            row("trade refusals", format!("{:?}", self.trade_refusals));
+            row(
+                "items duplicated / lost, gold delta",
+                format!(
+                    "{} / {}, {}",
+                    self.items_duplicated, self.items_lost, self.gold_delta
+                ),
+            );
+        }
         row("duration", format!("{:.1} s", self.duration_s));
         t
     }
@@ -464,4 +492,27 @@ pub struct Report {
     /// A world line's send → heard, over every bot that heard it.
     #[serde(default)]
     pub chat_latency_ms: Percentiles,
+    /// Trades committed (`--behaviour trade`, counted by the bot that opened each).
+    #[serde(default)]
+    pub trades_committed: u64,
+    /// Trades that ended without moving anything, by the ledger's reason.
+    #[serde(default)]
+    pub trades_aborted: BTreeMap<String, u64>,
+    /// Trade steps the server refused, by reason.
+    #[serde(default)]
+    pub trade_refusals: BTreeMap<String, u64>,
+    /// Committed trades whose parties were simulated by two zones (from the zones' audit;
+    /// absent when the bots ran without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_zone_trades: Option<u64>,
+    /// Items held by two trading bots at the end, or by one but by none at the start (must
+    /// be 0).
+    #[serde(default)]
+    pub items_duplicated: u64,
+    /// Items a trading bot held at the start and none at the end (must be 0).
+    #[serde(default)]
+    pub items_lost: u64,
+    /// Gold the trading bots held at the end minus at the start (must be 0).
+    #[serde(default)]
+    pub gold_delta: i64,
 }

@@ -74,6 +74,10 @@ impl SqlLedger {
         .bind(count)
         .fetch_one(&self.pool)
         .await?;
+        // Ids from ONCE_BASE up are derived, not reserved (`ChangeId::once`).
+        if next as u64 > worldmesh_economy::ChangeId::ONCE_BASE {
+            return Err(Error::Inconsistent("ledger ids exhausted".into()));
+        }
         Ok((next - count) as u64)
     }
 

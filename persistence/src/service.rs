@@ -52,16 +52,7 @@ fn malformed(m: Malformed) -> Status {
 
 /// Counts a ledger answer by request kind and outcome.
 fn ledger_outcome(kind: &'static str, outcome: Outcome) {
-    let outcome = match outcome {
-        Outcome::Committed => "committed",
-        Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
-        Outcome::Aborted(AbortReason::TimedOut) => "timed_out",
-        Outcome::Aborted(AbortReason::HostLost) => "host_lost",
-        Outcome::Aborted(AbortReason::Stale) => "stale",
-        Outcome::Aborted(AbortReason::NotEnoughGold) => "not_enough_gold",
-        Outcome::Aborted(AbortReason::Invalid) => "invalid",
-        Outcome::Aborted(AbortReason::Fenced) => "fenced",
-    };
+    let outcome = outcome.name();
     metrics::counter!("worldmesh_persistence_ledger_requests_total", "kind" => kind, "outcome" => outcome)
         .increment(1);
 }

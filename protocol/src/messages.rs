@@ -50,6 +50,9 @@ pub enum ClientMessage {
     PartyAccept(String),
     /// Leaves the party.
     PartyLeave,
+    /// A step of a trade with another player (PROTOCOL.md § Trades): answered by
+    /// [`ServerMessage::Trade`].
+    Trade(TradeRequest),
 }
 
 /// Everything the server may send.
@@ -84,6 +87,8 @@ pub enum ServerMessage {
     /// What this player's character holds: after it comes into play on a zone (a login, a
     /// crossing into another zone, a failover), and after every change.
     Inventory(InventoryView),
+    /// A trade this player is in: its state after every change, its end, or a refused step.
+    Trade(TradeNews),
 }
 
 /// See [`ServerMessage::Inventory`].
@@ -102,6 +107,146 @@ pub struct ItemView {
     pub kind: u16,
     /// A stack's size.
     pub count: u32,
+}
+
+/// How close (metres) two players stand to open a trade.
+pub const TRADE_RANGE: f32 = 10.0;
+/// How far (metres) the parties of an open trade may drift apart before it is cancelled as
+/// walked away (and a party handed to another zone walks away too).
+pub const TRADE_LEAVE_RANGE: f32 = 30.0;
+/// Largest encoded [`TradeRequest`], bytes (an offer of [`MAX_TRADE_ITEMS`] fits well).
+pub const MAX_TRADE_REQUEST: usize = 256;
+/// Most items one side puts in one offer.
+pub const MAX_TRADE_ITEMS: usize = 16;
+/// Trade requests a player may send per second, and at once above it; beyond, refused
+/// [`TradeRefusal::RateLimited`].
+pub const TRADE_RATE_PER_S: f64 = 10.0;
+pub const TRADE_BURST: f64 = 20.0;
+
+/// See [`ClientMessage::Trade`]. Ids are the numbers the server showed: entity ids from
+/// snapshots, trade ids from [`TradeView`], item ids from [`InventoryView`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TradeRequest {
+    /// 0: asks the player `with` (within [`TRADE_RANGE`]) to trade: both are shown a
+    /// [`TradeView`] with empty offers at revision 1.
+    Open { with: u64 },
+    /// 1: puts these items (whole stacks, at most [`MAX_TRADE_ITEMS`], each once) and gold on
+    /// the table, replacing this player's last offer: a new revision, both acceptances
+    /// cleared.
+    Offer {
+        trade: u64,
+        items: Vec<u64>,
+        gold: u64,
+    },
+    /// 2: agrees to the trade exactly as it stood at `revision`; when both parties accepted
+    /// the same revision it is committed.
+    Accept { trade: u64, revision: u32 },
+    /// 3: walks away from an open trade (too late once both accepted).
+    Cancel { trade: u64 },
+}
+
+/// See [`ServerMessage::Trade`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TradeNews {
+    /// 0: the trade as it is now.
+    View(TradeView),
+    /// 1: the trade is over; when committed, an [`ServerMessage::Inventory`] with the new
+    /// holdings follows.
+    Done { trade: u64, outcome: TradeOutcome },
+    /// 2: a step was refused; nothing changed.
+    Refused { trade: u64, why: TradeRefusal },
+}
+
+/// One trade as its parties see it, from this player's side.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TradeView {
+    pub trade: u64,
+    /// The other party's entity id.
+    pub with: u64,
+    /// Grows with every change of either offer; an accept names it.
+    pub revision: u32,
+    pub mine: OfferView,
+    pub theirs: OfferView,
+    /// Whether this player, and the other, accepted this revision.
+    pub accepted: bool,
+    pub they_accepted: bool,
+}
+
+/// What one side offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct OfferView {
+    pub items: Vec<ItemView>,
+    pub gold: u64,
+}
+
+/// How a trade ended (the ledger's outcome: the same for both parties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TradeOutcome {
+    /// 0: both sides' items and gold changed hands.
+    Committed,
+    /// 1: a party cancelled.
+    Cancelled,
+    /// 2: nobody changed or accepted it for 60 s.
+    TimedOut,
+    /// 3: the zone hosting it went silent (a crash); nothing moved.
+    HostLost,
+    /// 4: at commit, an offered item had changed or a party had moved on to another zone.
+    Stale,
+    /// 5: at commit, a party had less gold than it offered.
+    NotEnoughGold,
+    /// 6: the trade was malformed (an amount out of range).
+    Invalid,
+    /// 7: a party was taken over by another zone.
+    Fenced,
+    /// 8: the parties drifted out of range, or one crossed into another zone, logged out or
+    /// was disconnected.
+    WalkedAway,
+}
+
+/// Why a trade step was refused (nothing changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TradeRefusal {
+    /// 0: no such open trade with this player in it.
+    NoSuchTrade,
+    /// 1: a trade with oneself.
+    WithSelf,
+    /// 2: the other player is not within [`TRADE_RANGE`] (or not a player at all).
+    OutOfRange,
+    /// 3: this player, or the other, is already in a trade.
+    Busy,
+    /// 4: an offered item is not in this player's inventory, or is listed twice, or more
+    /// than [`MAX_TRADE_ITEMS`] are offered.
+    NotHeld,
+    /// 5: more gold offered than this player holds.
+    NotEnoughGold,
+    /// 6: the accept names a revision that is not the current one (an offer changed, or the
+    /// accept was replayed).
+    StaleRevision,
+    /// 7: both accepted: the trade is being committed and can no longer change.
+    Closed,
+    /// 8: the inventory is not read yet (right after arriving in a zone); try again.
+    NotReady,
+    /// 9: more requests than [`TRADE_RATE_PER_S`] allows.
+    RateLimited,
+}
+
+impl TradeRefusal {
+    /// A short name for metrics and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            TradeRefusal::NoSuchTrade => "no_such_trade",
+            TradeRefusal::WithSelf => "with_self",
+            TradeRefusal::OutOfRange => "out_of_range",
+            TradeRefusal::Busy => "busy",
+            TradeRefusal::NotHeld => "not_held",
+            TradeRefusal::NotEnoughGold => "not_enough_gold",
+            TradeRefusal::StaleRevision => "stale_revision",
+            TradeRefusal::Closed => "closed",
+            TradeRefusal::NotReady => "not_ready",
+            TradeRefusal::RateLimited => "rate_limited",
+        }
+    }
 }
 
 /// See [`ServerMessage::PartyMember`].

@@ -129,7 +129,10 @@ async fn local(args: Local) -> anyhow::Result<()> {
     })?;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
-    if matches!(args.behaviour, Behaviour::Travel | Behaviour::Fight) {
+    if matches!(
+        args.behaviour,
+        Behaviour::Travel | Behaviour::Fight | Behaviour::Trade
+    ) {
         // Spawn on the borders between the zones' stripes of columns: travellers cross them
         // all the time. Fighters spawn in a skirmish line along each border, a point per
         // fighter, zigzagging 1.5 m either side of it every 3 m (and within 1 m of their point,
@@ -157,6 +160,12 @@ async fn local(args: Local) -> anyhow::Result<()> {
                 line.iter().map(move |(dx, dy)| (x + dx, mid_y + dy))
             })
             .collect();
+        if args.behaviour == Behaviour::Trade {
+            // Pairs meet on one border (the middle one), so the two of a pair are near each
+            // other from the start and half of them stand in different zones.
+            let middle = g.spawn_points.get(g.spawn_points.len() / 2).copied();
+            g.spawn_points = middle.into_iter().collect();
+        }
         if g.spawn_points.is_empty() {
             g.spawn_points = vec![((g.min_x + g.max_x) / 2.0, mid_y)];
         }
@@ -209,6 +218,9 @@ async fn local(args: Local) -> anyhow::Result<()> {
             // Travellers are new characters every run, so they start on the borders.
             name_prefix: if args.behaviour == Behaviour::Travel {
                 format!("travel{:x}-", rand_suffix())
+            } else if args.behaviour == Behaviour::Trade {
+                // New characters: they spawn on the border with a starter kit to trade.
+                format!("trade{:x}-", rand_suffix())
             } else {
                 "bot".into()
             },
@@ -225,12 +237,13 @@ async fn local(args: Local) -> anyhow::Result<()> {
         audit_stop.cancel();
         let audited = auditor.await?;
         let mut latencies: Vec<u64> = Vec::new();
-        let (mut handoffs, mut forwarded) = (0, 0);
+        let (mut handoffs, mut forwarded, mut across) = (0, 0, 0);
         for z in &cluster.zone_stats {
             handoffs += z.handoffs_in.load(std::sync::atomic::Ordering::Relaxed);
             forwarded += z
                 .effects_forwarded
                 .load(std::sync::atomic::Ordering::Relaxed);
+            across += z.trades_across.load(std::sync::atomic::Ordering::Relaxed);
             latencies.extend(
                 z.handoff_latency_us
                     .lock()
@@ -246,6 +259,9 @@ async fn local(args: Local) -> anyhow::Result<()> {
         };
         report.handoffs = handoffs;
         report.cross_zone_actions = Some(forwarded);
+        if args.behaviour == Behaviour::Trade {
+            report.cross_zone_trades = Some(across);
+        }
         report.handoff_ms = Some(Percentiles {
             p50: at(0.5),
             p99: at(0.99),

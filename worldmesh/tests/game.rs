@@ -282,8 +282,9 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
         .await,
         "b gets up at full health"
     );
-    // The win's loot (gold and a trophy), recorded with the ledger and shown to a.
-    assert_eq!(a.purse(), Some((5, 1)), "a's loot");
+    // The win's loot (gold and a trophy), recorded with the ledger and shown to a, on top of
+    // the starter kit's 100 gold.
+    assert_eq!(a.purse(), Some((105, 1)), "a's loot");
     strike_until(&mut a, &mut b, Some(80), 0).await;
 
     // Both cross the border (b follows a: a walks, then b walks, each handed off).
@@ -330,7 +331,7 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     // The loot survived the handoff and the SIGKILL: the west zone read it again.
     assert!(
         play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
-            == Some((5, 1)))
+            == Some((105, 1)))
         .await,
         "loot after failover: {:?}",
         a.purse()
@@ -340,7 +341,7 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     assert_eq!(a.last_level_up().map(|l| l.level), Some(2));
     assert!(
         play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
-            == Some((10, 2)))
+            == Some((110, 2)))
         .await,
         "the second win's loot: {:?}",
         a.purse()
@@ -359,7 +360,7 @@ async fn xp_and_health_survive_a_handoff_a_zone_sigkill_and_a_new_login() {
     assert_eq!(a.field::<Level>(a.id), Some(Level(2)), "level after login");
     assert!(
         play(&mut a, &mut b, Duration::from_secs(5), |a, _| a.purse()
-            == Some((10, 2)))
+            == Some((110, 2)))
         .await,
         "loot after login: {:?}",
         a.purse()

@@ -74,6 +74,17 @@ pub enum Command {
         epoch: Epoch,
         outcome: worldmesh_economy::Outcome,
     },
+    /// A player's trade step (the gateway checked its size; the trades check the rest).
+    Trade {
+        player_id: PlayerId,
+        request: worldmesh_protocol::TradeRequest,
+    },
+    /// The ledger's answer to [`crate::zone::Output::CommitTrade`] or
+    /// [`crate::zone::Output::AbortTrade`].
+    TradeDecided {
+        trade: worldmesh_economy::TradeId,
+        outcome: worldmesh_economy::Outcome,
+    },
     /// Persistence refused these characters' states as stale: a newer authority exists.
     Fenced {
         /// Each with the epoch its refused state was written at.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::persistence::{
-    ChangeInventoryRequest, ClaimInventoryRequest, LoadCharacterRequest, ReserveIdsRequest,
-    persistence_client::PersistenceClient,
+    AbortTradeRequest, ChangeInventoryRequest, ClaimInventoryRequest, LoadCharacterRequest,
+    ReserveIdsRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
@@ -228,6 +228,8 @@ impl Driver {
                     epoch,
                     changes,
                 } => self.change_inventory(id, entity, epoch, changes),
+                Output::CommitTrade(c) => self.decide_trade(c.id, Some(c), None),
+                Output::AbortTrade(id, why) => self.decide_trade(id, None, Some(why)),
                 Output::Ghosts(g) => {
                     if self.ch.ghosts.try_send(g).is_err() {
                         metrics::counter!("worldmesh_zone_ghost_batches_dropped_total")
@@ -384,6 +386,47 @@ impl Driver {
                     outcome,
                 })
                 .await;
+        });
+    }
+
+    /// Asks the ledger to commit (`commit`) or abort (`abort`) a trade, once, off the tick
+    /// thread: the trade asks again every second until an answer comes back as a command.
+    fn decide_trade(
+        &self,
+        id: worldmesh_economy::TradeId,
+        commit: Option<worldmesh_economy::Commit>,
+        abort: Option<worldmesh_economy::AbortReason>,
+    ) {
+        let mut persistence = self.ch.persistence.clone();
+        let tx = self.ch.commands_tx.clone();
+        self.runtime.spawn(async move {
+            let reply = match (commit, abort) {
+                (Some(c), _) => {
+                    persistence
+                        .commit_trade(worldmesh_economy::wire::commit_to_pb(&c))
+                        .await
+                }
+                (None, Some(why)) => {
+                    persistence
+                        .abort_trade(AbortTradeRequest {
+                            id: id.0,
+                            reason: worldmesh_economy::wire::reason_code(why),
+                        })
+                        .await
+                }
+                (None, None) => return,
+            };
+            match reply.map(|r| worldmesh_economy::wire::outcome_from_pb(&r.into_inner())) {
+                Ok(Ok(Some(outcome))) => {
+                    let _ = tx.send(Command::TradeDecided { trade: id, outcome }).await;
+                }
+                Ok(other) => {
+                    tracing::error!(trade = id.0, ?other, "unreadable ledger answer");
+                }
+                Err(e) => {
+                    tracing::warn!(trade = id.0, error = %e, "trade decision not answered; the trade asks again");
+                }
+            }
         });
     }
 

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use worldmesh_economy::{Change, ChangeId, Inventory, Item, ItemId, ItemKind, Outcome};
-use worldmesh_game::Grant;
+use worldmesh_game::{Gift, Grant};
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
 use worldmesh_protocol::{InventoryView, ItemView, ServerMessage, codec};
 
@@ -79,9 +79,9 @@ pub struct Inventories {
     /// Ids reserved and not used yet: `[next, end)`.
     ids: (u64, u64),
     asking_ids: bool,
-    /// Grants the game asked for, waiting for their character's inventory to be read (or for
+    /// Gifts the game asked for, waiting for their character's inventory to be read (or for
     /// ids).
-    waiting: VecDeque<(EntityId, Grant)>,
+    waiting: VecDeque<Gift>,
 }
 
 impl Inventories {
@@ -129,21 +129,54 @@ impl Inventories {
         steps
     }
 
-    /// The game gave `to` something (`worldmesh_game::Loot`).
-    pub fn grant(&mut self, to: EntityId, grant: Grant) {
+    /// The game gave a character something (`worldmesh_game::Loot`).
+    pub fn give(&mut self, gift: Gift) {
         if self.waiting.len() >= MAX_WAITING {
             metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "backlog")
                 .increment(1);
             return;
         }
-        self.waiting.push_back((to, grant));
+        self.waiting.push_back(gift);
+    }
+
+    /// One grant to `to` (tests, and games through [`Inventories::give`]).
+    pub fn grant(&mut self, to: EntityId, grant: Grant) {
+        self.give(Gift {
+            to,
+            grants: vec![grant],
+            once: None,
+        });
+    }
+
+    /// A fresh id from the reserved block (a trade's), if one is at hand.
+    pub fn take_id(&mut self) -> Option<u64> {
+        (self.ids.0 < self.ids.1).then(|| {
+            self.ids.0 += 1;
+            self.ids.0 - 1
+        })
+    }
+
+    /// Reads `entity`'s inventory again (a trade it was in committed) and shows it anew.
+    pub fn refresh(&mut self, entity: EntityId) {
+        if let Some(entry) = self.entries.get_mut(&entity)
+            && matches!(entry.state, State::Held { .. })
+        {
+            entry.epoch = Epoch(0);
+        }
+    }
+
+    /// The epoch `entity`'s inventory was claimed at, once the ledger answered the claim.
+    pub fn claimed_epoch(&self, entity: EntityId) -> Option<Epoch> {
+        let entry = self.entries.get(&entity)?;
+        matches!(entry.state, State::Held { .. }).then_some(entry.epoch)
     }
 
     /// Turns waiting grants into ledger changes where the inventory is read and ids are at
     /// hand; asks for ids when few are left.
     fn grant_waiting(&mut self, steps: &mut Vec<Step>) {
         let mut keep = VecDeque::new();
-        while let Some((to, grant)) = self.waiting.pop_front() {
+        while let Some(gift) = self.waiting.pop_front() {
+            let to = gift.to;
             let epoch = match self.entries.get(&to) {
                 Some(Entry {
                     epoch,
@@ -153,7 +186,7 @@ impl Inventories {
                     state: State::Asked,
                     ..
                 }) => {
-                    keep.push_back((to, grant));
+                    keep.push_back(gift);
                     continue;
                 }
                 // Gone from here, or another zone's now: nobody here can record it.
@@ -163,26 +196,40 @@ impl Inventories {
                     continue;
                 }
             };
-            if self.ids.1 - self.ids.0 < 2 {
-                keep.push_back((to, grant));
+            let needed = gift.grants.len() as u64 + u64::from(gift.once.is_none());
+            if self.ids.1 - self.ids.0 < needed {
+                keep.push_back(gift);
                 continue;
             }
-            let id = ChangeId(self.ids.0);
-            let change = match grant {
-                Grant::Gold(g) => Change::Gold(i64::try_from(g).unwrap_or(i64::MAX)),
-                Grant::Item { kind, count } => Change::Grant(Item {
-                    id: ItemId(self.ids.0 + 1),
-                    kind: ItemKind(kind),
-                    count,
-                    version: 1,
-                }),
+            let id = match gift.once {
+                None => ChangeId(self.take_id().expect("counted above")),
+                Some(key) => match ChangeId::once(to, key) {
+                    Some(id) => id,
+                    None => {
+                        metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "bad_once_key")
+                            .increment(1);
+                        continue;
+                    }
+                },
             };
-            self.ids.0 += 2;
+            let changes = gift
+                .grants
+                .iter()
+                .map(|grant| match *grant {
+                    Grant::Gold(g) => Change::Gold(i64::try_from(g).unwrap_or(i64::MAX)),
+                    Grant::Item { kind, count } => Change::Grant(Item {
+                        id: ItemId(self.take_id().expect("counted above")),
+                        kind: ItemKind(kind),
+                        count,
+                        version: 1,
+                    }),
+                })
+                .collect();
             steps.push(Step::Change {
                 id,
                 entity: to,
                 epoch,
-                changes: vec![change],
+                changes,
             });
         }
         self.waiting = keep;

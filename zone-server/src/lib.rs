@@ -14,6 +14,8 @@
 //! - [`sim`]: the bevy_ecs world and its systems, stepped by the zone core.
 //! - [`inventory`]: the inventories of the characters here, claimed from the economy's
 //!   ledger when they arrive (sans-IO, reconciled by the zone core).
+//! - [`trades`]: trades between players, hosted by the opener's zone, relayed to the
+//!   other party's zone by engine mail, committed by the ledger (sans-IO).
 //! - [`character`]: a character as the core knows it (typed ids), converted to and from
 //!   protobuf only where it is loaded, saved or handed off.
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
@@ -38,6 +40,7 @@ pub mod peers;
 pub mod saver;
 pub mod sim;
 pub mod testing;
+pub mod trades;
 pub mod zone;
 
 use std::net::SocketAddr;

@@ -283,6 +283,21 @@ async fn serve_link(
                     },
                 }
             }
+            gateway_to_zone::Msg::Trade(t) => {
+                // The gateway decoded it once; a request we cannot read is not from one.
+                let Ok(request) = worldmesh_protocol::codec::decode_value(
+                    &t.request,
+                    worldmesh_protocol::MAX_TRADE_REQUEST,
+                ) else {
+                    metrics::counter!("worldmesh_zone_trade_refusals_total", "why" => "malformed")
+                        .increment(1);
+                    continue;
+                };
+                Command::Trade {
+                    player_id: PlayerId(t.player_id),
+                    request,
+                }
+            }
             gateway_to_zone::Msg::Chat(c) => {
                 if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
                     continue;

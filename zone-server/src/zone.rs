@@ -37,6 +37,7 @@ use crate::sim::{
     AbsentPlayer, Carried, CharacterIds, GhostState, Player, Removed, Sim, SimConfig,
 };
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId, ZoneId};
+use worldmesh_protocol::{ServerMessage, codec};
 
 /// A character must stand this far inside another zone's cell before it is handed over, so
 /// one walking along a border does not bounce between zones. 5 m is under a second of
@@ -126,6 +127,11 @@ pub enum Output {
         epoch: Epoch,
         changes: Vec<worldmesh_economy::Change>,
     },
+    /// Ask the ledger to commit a trade hosted here, once; answer with
+    /// [`Command::TradeDecided`]. The trade asks again until answered (see [`crate::trades`]).
+    CommitTrade(worldmesh_economy::Commit),
+    /// Ask the ledger to end a trade without moving anything, once; answered likewise.
+    AbortTrade(worldmesh_economy::TradeId, worldmesh_economy::AbortReason),
 }
 
 /// Numbers the heartbeat and the cluster report.
@@ -142,6 +148,8 @@ pub struct Stats {
     pub handoffs_aborted: AtomicU64,
     /// Game effects sent to another zone (actions across a border, mostly), each counted once.
     pub effects_forwarded: AtomicU64,
+    /// Trades hosted here that committed with the other party simulated by another zone.
+    pub trades_across: AtomicU64,
     /// Forwarded effects asked again and answered from the target's record, not applied again.
     pub effect_repeats: AtomicU64,
     /// Handoff latencies (freeze at the source → first snapshot from here), microseconds.
@@ -244,6 +252,24 @@ pub struct Zone {
     /// The inventories of the player characters here, claimed from the ledger.
     inventories: crate::inventory::Inventories,
     present: Vec<crate::inventory::Present>,
+    /// The trades hosted and watched here.
+    trades: crate::trades::Trades,
+}
+
+/// The zone as its trades see it.
+struct Around<'a> {
+    sim: &'a Sim,
+    inventories: &'a crate::inventory::Inventories,
+}
+
+impl crate::trades::Surroundings for Around<'_> {
+    fn locate(&self, who: EntityId) -> Option<([f32; 2], bool)> {
+        self.sim.locate(who)
+    }
+
+    fn inventory(&self, who: EntityId) -> Option<&worldmesh_economy::Inventory> {
+        self.inventories.get(who)
+    }
 }
 
 /// Ticks between two inventory reconciliations (a claim goes out within this of an arrival).
@@ -281,6 +307,7 @@ impl Zone {
             ghost_scratch: Vec::new(),
             ghosted: Vec::new(),
             inventories: Default::default(),
+            trades: Default::default(),
             present: Vec::new(),
         })
     }
@@ -329,16 +356,23 @@ impl Zone {
         let last_checkpoint = *self.last_checkpoint.get_or_insert(tick.saturating_sub(1));
         let last_housekeeping = *self.last_housekeeping.get_or_insert(tick.saturating_sub(1));
         self.sim.step_at(tick);
-        let (grants, dropped) = self.sim.take_loot();
-        for (to, grant) in grants {
-            self.inventories.grant(to, grant);
+        let (gifts, dropped) = self.sim.take_loot();
+        for gift in gifts {
+            self.inventories.give(gift);
         }
         if dropped > 0 {
             metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "game_backlog")
                 .increment(dropped);
         }
+        self.read_mail(now);
         if tick.is_multiple_of(INVENTORY_EVERY_TICKS) {
             self.reconcile_inventories();
+            let here = Around {
+                sim: &self.sim,
+                inventories: &self.inventories,
+            };
+            let actions = self.trades.poll(now.at, &here);
+            self.trade_actions(actions);
         }
         self.ship_frames(now);
         self.check_borders(now);
@@ -393,6 +427,8 @@ impl Zone {
             .store(self.sim.player_character_count() as u32, Ordering::Relaxed);
         let e = self.sim.effect_stats();
         s.effects_forwarded.store(e.forwarded, Ordering::Relaxed);
+        s.trades_across
+            .store(self.trades.committed_across(), Ordering::Relaxed);
         s.effect_repeats.store(e.repeats, Ordering::Relaxed);
     }
 
@@ -515,6 +551,24 @@ impl Zone {
                 epoch,
                 outcome,
             } => self.inventories.changed(entity, epoch, outcome),
+            Command::Trade { player_id, request } => {
+                let Some(who) = self.sim.character_of(player_id) else {
+                    return;
+                };
+                let id = matches!(request, worldmesh_protocol::TradeRequest::Open { .. })
+                    .then(|| self.inventories.take_id())
+                    .flatten();
+                let here = Around {
+                    sim: &self.sim,
+                    inventories: &self.inventories,
+                };
+                let actions = self.trades.request(now.at, &here, who, request, || id);
+                self.trade_actions(actions);
+            }
+            Command::TradeDecided { trade, outcome } => {
+                let actions = self.trades.decided(trade, outcome);
+                self.trade_actions(actions);
+            }
             Command::Fenced { ids } => {
                 for (id, epoch) in ids {
                     // Only if the refused state was written at the epoch we still hold.
@@ -613,6 +667,65 @@ impl Zone {
             entity: id,
             min_epoch,
         });
+    }
+
+    /// Hands the letters delivered this tick to the trades.
+    fn read_mail(&mut self, now: Now) {
+        for letter in self.sim.take_mail() {
+            let body = match codec::decode_value::<crate::trades::Letter>(
+                &letter.body,
+                worldmesh_game::mail::MAX_LETTER,
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Only zones mail; a letter we cannot read is a version mismatch.
+                    tracing::warn!(error = %e, "unreadable engine mail; dropped");
+                    metrics::counter!("worldmesh_zone_mail_dropped_total").increment(1);
+                    continue;
+                }
+            };
+            let here = Around {
+                sim: &self.sim,
+                inventories: &self.inventories,
+            };
+            let actions = self
+                .trades
+                .letter(now.at, &here, letter.to, letter.from, body);
+            self.trade_actions(actions);
+        }
+    }
+
+    /// Carries out what the trades decided.
+    fn trade_actions(&mut self, actions: Vec<crate::trades::Action>) {
+        use crate::trades::{Action, Letter};
+        for action in actions {
+            match action {
+                Action::Tell { to, from, news } => match self.sim.locate(to) {
+                    Some((_, true)) => {
+                        if let Some((link, player_id)) = self.sim.player_of(to)
+                            && let Ok(frame) = codec::encode_to_vec(&ServerMessage::Trade(news))
+                        {
+                            self.sim.send_reliable(link, player_id, frame);
+                        }
+                    }
+                    _ => self.mail(from, to, &Letter::News(news)),
+                },
+                Action::Mail { from, to, letter } => self.mail(from, to, &letter),
+                Action::Commit(c) => self.out.push_back(Output::CommitTrade(c)),
+                Action::Abort(id, why) => self.out.push_back(Output::AbortTrade(id, why)),
+                Action::Refresh(who) => self.inventories.refresh(who),
+            }
+        }
+    }
+
+    fn mail(&mut self, from: EntityId, to: EntityId, letter: &crate::trades::Letter) {
+        match codec::encode_value(letter, worldmesh_game::mail::MAX_LETTER) {
+            Ok(body) => self.sim.send_mail(from, to, body),
+            Err(e) => {
+                tracing::error!(error = %e, "engine mail too large; dropped");
+                metrics::counter!("worldmesh_zone_mail_dropped_total").increment(1);
+            }
+        }
     }
 
     /// Claims the inventories of characters that arrived, shows them to their players.

@@ -1085,7 +1085,9 @@ impl Sim {
                 // so the seeds replay as before.
                 Output::ClaimInventory { .. }
                 | Output::ReserveIds { .. }
-                | Output::ChangeInventory { .. } => {}
+                | Output::ChangeInventory { .. }
+                | Output::CommitTrade(_)
+                | Output::AbortTrade(..) => {}
                 Output::Ghosts(g) => {
                     if reachable {
                         self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));

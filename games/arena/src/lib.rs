@@ -114,10 +114,18 @@ pub struct Rules {
     /// Gold for downing anyone (players and monsters alike), recorded with the ledger
     /// (`worldmesh_game::Loot`); and one trophy (item kind [`TROPHY`]) per downed player.
     pub gold_per_kill: u64,
+    /// A new character's starter kit: this much gold and this many gems (item kind [`GEM`],
+    /// one per stack), given once ([`STARTER_KIT`]).
+    pub starter_gold: u64,
+    pub starter_gems: u32,
 }
 
 /// The arena's item kind for a trophy: taken from a downed player.
 pub const TROPHY: u16 = 1;
+/// The arena's item kind for a gem: what starter kits hold, to trade.
+pub const GEM: u16 = 2;
+/// The `Loot::once` key of the starter kit.
+pub const STARTER_KIT: u32 = 1;
 
 impl Default for Rules {
     fn default() -> Self {
@@ -138,6 +146,8 @@ impl Default for Rules {
             potion_heal: 40,
             potion_refill_seconds: 30.0,
             gold_per_kill: 5,
+            starter_gold: 100,
+            starter_gems: 3,
         }
     }
 }

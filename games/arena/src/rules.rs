@@ -10,13 +10,26 @@ use crate::monsters::Monster;
 use crate::{Rules, TICK_HZ};
 
 /// A character seen for the first time (a new player; a returning one brings its stored
-/// health, level and XP) gets what it lacks.
+/// health, level and XP) gets what it lacks; a new one its starter kit too (given once per
+/// character by the ledger, however often asked).
 pub fn newcomers(
     rules: Res<Rules>,
     mut commands: Commands,
-    fresh: Query<(Entity, Has<Health>, Has<Level>, Has<Xp>), (With<Character>, Without<Cooldowns>)>,
+    mut loot: ResMut<Loot>,
+    fresh: Query<
+        (Entity, &Id, Has<Health>, Has<Level>, Has<Xp>),
+        (With<Character>, Without<Cooldowns>),
+    >,
 ) {
-    for (entity, has_health, has_level, has_xp) in &fresh {
+    for (entity, id, has_health, has_level, has_xp) in &fresh {
+        if !has_xp {
+            let mut kit = vec![Grant::Gold(rules.starter_gold)];
+            kit.extend((0..rules.starter_gems).map(|_| Grant::Item {
+                kind: crate::GEM,
+                count: 1,
+            }));
+            loot.once(id.0, crate::STARTER_KIT, &kit);
+        }
         let mut e = commands.entity(entity);
         e.insert(Cooldowns::default());
         if !has_health {

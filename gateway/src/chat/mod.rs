@@ -108,24 +108,43 @@ impl Line {
     }
 }
 
-/// A player's chat allowance: [`CHAT_RATE_PER_S`] lines a second, bursts of [`CHAT_BURST`].
+/// A player's allowance (a token bucket): chat lines, or trade requests.
 pub struct ChatLimiter {
     tokens: f64,
     last: Instant,
+    rate: f64,
+    burst: f64,
 }
 
 impl ChatLimiter {
+    /// Chat lines: [`CHAT_RATE_PER_S`], bursts of [`CHAT_BURST`].
     pub fn new(now: Instant) -> Self {
+        Self::with(now, CHAT_RATE_PER_S, CHAT_BURST)
+    }
+
+    /// Trade requests: [`worldmesh_protocol::TRADE_RATE_PER_S`], bursts of
+    /// [`worldmesh_protocol::TRADE_BURST`].
+    pub fn trades(now: Instant) -> Self {
+        Self::with(
+            now,
+            worldmesh_protocol::TRADE_RATE_PER_S,
+            worldmesh_protocol::TRADE_BURST,
+        )
+    }
+
+    fn with(now: Instant, rate: f64, burst: f64) -> Self {
         Self {
-            tokens: CHAT_BURST,
+            tokens: burst,
             last: now,
+            rate,
+            burst,
         }
     }
 
     /// Whether a line may go out at `now` (and, if so, it is counted).
     pub fn admit(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * CHAT_RATE_PER_S).min(CHAT_BURST);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

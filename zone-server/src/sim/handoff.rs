@@ -33,7 +33,7 @@ impl Sim {
 
     /// The grants the game asked for since the last call (`worldmesh_game::Loot`), and how
     /// many it dropped.
-    pub fn take_loot(&mut self) -> (Vec<(EntityId, worldmesh_game::Grant)>, u64) {
+    pub fn take_loot(&mut self) -> (Vec<worldmesh_game::Gift>, u64) {
         self.world.resource_mut::<worldmesh_game::Loot>().take()
     }
 

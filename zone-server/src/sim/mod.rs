@@ -30,6 +30,7 @@ pub mod snapshot;
 mod chat;
 mod ghosts;
 mod handoff;
+mod mail;
 mod roster;
 #[cfg(test)]
 mod sync_tests;
