@@ -68,9 +68,11 @@
 //! - [`event`]: server events: [`ServerEvent`], [`Events`], [`Delivery`].
 //! - [`loot`]: items and gold a game gives characters, recorded with the economy's ledger:
 //!   [`Loot`].
+//! - [`chronicle`]: what a game tells the read models (scores, kills): [`Chronicle`].
 //! - [`mail`]: the engine's own letters between zones, routed like effects (trades use them).
 
 pub mod action;
+pub mod chronicle;
 pub mod component;
 pub mod effect;
 pub mod event;
@@ -86,6 +88,7 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::ScheduleSystem;
 
 pub use action::{Action, ActionCtx, ActionEntry, ActionKind, ActionRefusal};
+pub use chronicle::{Chronicle, Record};
 pub use component::{
     ComponentEntry, ComponentKind, ComponentTable, ComponentValues, GameComponent, Persisted,
     Replicated, SyncPoint, Synced,
@@ -101,6 +104,7 @@ pub use world::{
 /// What a game module imports.
 pub mod prelude {
     pub use crate::action::{Action, ActionCtx, ActionKind, ActionRefusal};
+    pub use crate::chronicle::Chronicle;
     pub use crate::component::{ComponentKind, GameComponent, Persisted, Replicated};
     pub use crate::effect::{Effect, EffectCtx, EffectKind, Effects};
     pub use crate::event::{Delivery, EventKind, Events, ServerEvent};
@@ -340,6 +344,7 @@ pub fn install(
     world.init_resource::<component::SyncClock>();
     world.init_resource::<loot::Loot>();
     world.init_resource::<mail::Mailbox>();
+    world.init_resource::<chronicle::Chronicle>();
     for insert in registry.resources {
         insert(world);
     }

@@ -164,6 +164,8 @@ pub struct Gateway {
     pub chat_out: tokio::sync::mpsc::Sender<chat::Outgoing>,
     /// The bus, for what is not a line (silences).
     pub chat: Arc<chat::bus::Publisher>,
+    /// Logins, logouts and zone changes, for the read models.
+    pub events: worldmesh_runtime::events::EventSink,
 }
 
 impl Gateway {
@@ -291,6 +293,10 @@ pub async fn run(
         started: std::time::Instant::now(),
         chat_out,
         chat: publisher.clone(),
+        events: worldmesh_runtime::events::EventSink::start(
+            channel(&config.persistence_url)?,
+            shutdown.clone(),
+        ),
         config,
     });
     tokio::spawn(chat::publish(gateway.clone(), publisher, chat_queue));

@@ -23,8 +23,9 @@ use worldmesh_protocol::{
 };
 
 use crate::Gateway;
-use crate::chat::{Audience, Kind};
+use crate::chat::{Audience, Kind as ChatKind};
 use crate::zones::ZoneLink;
+use worldmesh_protocol::grpc::persistence::event::Kind;
 use worldmesh_protocol::ids::{EntityId, PlayerId};
 
 /// Reliable frames queued towards one client. Chat is the only steady source; a client that
@@ -110,6 +111,8 @@ pub struct SessionHandle {
     invites: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
     /// An operator silenced this player until then (Unix seconds; 0: never).
     silenced_until: std::sync::atomic::AtomicU64,
+    /// Where the zone changes are published (the read models' who's-online).
+    events: worldmesh_runtime::events::EventSink,
 }
 
 /// Invitations a session remembers (the oldest go first).
@@ -205,7 +208,12 @@ impl SessionHandle {
     /// Routes the player to `zone`, whose views are new to the client (a handoff arrived
     /// there, or a join spawned or attached the character there).
     pub fn reroute(&self, zone: u64) {
-        self.route.send_if_modified(|r| r.reroute(zone));
+        if self.route.send_if_modified(|r| r.reroute(zone)) {
+            self.events.publish(Kind::Entered(pb_persistence::Entered {
+                character: self.character_id,
+                zone,
+            }));
+        }
     }
 
     /// Forwards one snapshot datagram of `tick` from `zone` if the player is routed there.
@@ -581,6 +589,7 @@ async fn play(
             party: 0.into(),
             invites: Default::default(),
             silenced_until: 0.into(),
+            events: gateway.events.clone(),
         },
     );
     // An operator's silence outlives sessions: look it up, without holding up the login.
@@ -651,6 +660,18 @@ async fn play(
         "player logged in"
     );
     metrics::counter!("worldmesh_gateway_logins_total").increment(1);
+    gateway.events.publish(Kind::Online(pb_persistence::Online {
+        character: character.id,
+        name: name.clone(),
+        gateway: gateway.config.name.clone(),
+        session: player_id,
+    }));
+    gateway
+        .events
+        .publish(Kind::Entered(pb_persistence::Entered {
+            character: character.id,
+            zone: zone.zone_id,
+        }));
 
     // 5. Relay until the client leaves, misbehaves, or we shut down. From here on a player
     // without snapshots is looked after by the starvation watch.
@@ -674,10 +695,17 @@ async fn play(
     if let Some((_, session)) = gateway.sessions.remove(&player_id) {
         let party = session.party();
         if party != 0 {
-            crate::chat::party_news(gateway, player_id, party, Kind::Left, &session.name);
+            crate::chat::party_news(gateway, player_id, party, ChatKind::Left, &session.name);
         }
     }
     leave(gateway, &link, player_id).await;
+    gateway
+        .events
+        .publish(Kind::Offline(pb_persistence::Offline {
+            character: character.id,
+            gateway: gateway.config.name.clone(),
+            session: player_id,
+        }));
     tracing::info!("player logged out");
     result
 }
@@ -792,7 +820,7 @@ async fn relay(
                         if let Some(s) = gateway.sessions.get(&player_id) {
                             let old = s.set_party(0);
                             if old != 0 {
-                                crate::chat::party_news(gateway, player_id, old, Kind::Left, &s.name);
+                                crate::chat::party_news(gateway, player_id, old, ChatKind::Left, &s.name);
                             }
                         }
                     }
@@ -905,7 +933,7 @@ async fn chat_to(
         }
         ChatChannel::Party => Audience::Party(party),
     };
-    crate::chat::send(gateway, player_id, to, Kind::Text, &from, c.text);
+    crate::chat::send(gateway, player_id, to, ChatKind::Text, &from, c.text);
 }
 
 /// Invites `name` into the player's party, making one (with the player in it) if it has none.
@@ -922,14 +950,14 @@ fn party_invite(gateway: &Arc<Gateway>, player_id: u64, name: &str) {
         // Random: gateways make parties without asking anyone; 64 bits do not collide.
         party = rand::random::<u64>() | 1;
         session.set_party(party);
-        crate::chat::party_news(gateway, player_id, party, Kind::Joined, &session.name);
+        crate::chat::party_news(gateway, player_id, party, ChatKind::Joined, &session.name);
     }
     let to = Audience::Whisper(name.to_owned());
     send(
         gateway,
         player_id,
         to,
-        Kind::Invite(party),
+        ChatKind::Invite(party),
         &session.name,
         String::new(),
     );
@@ -949,9 +977,9 @@ fn party_accept(gateway: &Arc<Gateway>, player_id: u64, from: &str) {
         return;
     }
     if old != 0 {
-        crate::chat::party_news(gateway, player_id, old, Kind::Left, &session.name);
+        crate::chat::party_news(gateway, player_id, old, ChatKind::Left, &session.name);
     }
-    crate::chat::party_news(gateway, player_id, party, Kind::Joined, &session.name);
+    crate::chat::party_news(gateway, player_id, party, ChatKind::Joined, &session.name);
 }
 
 async fn claim_name(

@@ -25,6 +25,9 @@
 //! - [`accounts`]: accounts and logins: argon2id hashes, registration, token revocation.
 //! - [`store`]: the storage core shared by every front end: [`Store`] over [`hot`] and [`sql`].
 //! - [`flusher`]: the consumer-group reader moving checkpoints from the Redis stream into SQL.
+//! - [`events`]: the event stream gateways and zones publish game events to (Redis stream, or
+//!   in-process), and [`read_models`]: the leaderboard and who's-online projected from it,
+//!   checkpointed in SQL, served as JSON on the admin port.
 //! - [`ledger`]: the economy's ledger in SQL (items, gold, inventory claims, trades), written
 //!   through: the rules of `worldmesh_economy::Ledger`, each as one transaction.
 //! - [`service`]: the tonic service, translating gRPC to [`Store`] calls.
@@ -32,9 +35,11 @@
 
 pub mod accounts;
 pub mod cli;
+pub mod events;
 pub mod flusher;
 pub mod hot;
 pub mod ledger;
+pub mod read_models;
 pub mod service;
 pub mod sql;
 pub mod store;
@@ -130,10 +135,24 @@ pub async fn serve(
     // Connected to both tiers (`Store::connect` ran the migrations): ready.
     worldmesh_runtime::admin::Readiness::new("persistence connected").set(true);
     tracing::info!(%addr, sql = store.sql_backend(), hot = store.hot_backend(), "persistence listening");
+    let models = read_models::Shared::default();
+    read_models::serve_views(&models);
+    let projecting = CancellationToken::new();
+    let projector = tokio::spawn(read_models::project(
+        store.sql().clone(),
+        store.events().clone(),
+        models,
+        projecting.clone(),
+    ));
     let router = worldmesh_runtime::service::grpc_router().add_service(PersistenceServer::new(
         service::PersistenceService::new(store.clone()),
     ));
-    worldmesh_runtime::service::serve_grpc(router, listener, shutdown.cancelled_owned()).await?;
+    let served =
+        worldmesh_runtime::service::serve_grpc(router, listener, shutdown.cancelled_owned()).await;
+    // The projector's last checkpoint goes in before SQL closes.
+    projecting.cancel();
+    let _ = projector.await;
+    served?;
     store.close().await;
     tracing::info!("persistence stopped");
     Ok(())

@@ -50,6 +50,29 @@ fn malformed(m: Malformed) -> Status {
     Status::invalid_argument(m.to_string())
 }
 
+/// A batch of events as publishers must send it: at most
+/// [`worldmesh_runtime::events::MAX_BATCH`], each with a kind, names and gateways of at most 64
+/// bytes (a character's name is at most 32).
+fn check_events(events: &[pb::Event]) -> Result<(), &'static str> {
+    use pb::event::Kind;
+    if events.len() > worldmesh_runtime::events::MAX_BATCH {
+        return Err("too many events");
+    }
+    for e in events {
+        let names: [&str; 2] = match &e.kind {
+            None => return Err("an event without a kind"),
+            Some(Kind::Online(o)) => [&o.name, &o.gateway],
+            Some(Kind::Offline(o)) => [&o.gateway, ""],
+            Some(Kind::Scored(s)) => [&s.name, ""],
+            Some(Kind::Entered(_) | Kind::Killed(_) | Kind::Traded(_)) => ["", ""],
+        };
+        if names.iter().any(|n| n.len() > 64) {
+            return Err("a name longer than 64 bytes");
+        }
+    }
+    Ok(())
+}
+
 /// Counts a ledger answer by request kind and outcome.
 fn ledger_outcome(kind: &'static str, outcome: Outcome) {
     let outcome = outcome.name();
@@ -340,6 +363,23 @@ impl Persistence for PersistenceService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn publish_events(
+        &self,
+        req: Request<pb::PublishEventsRequest>,
+    ) -> Result<Response<pb::PublishEventsReply>, Status> {
+        let r = req.into_inner();
+        if let Err(why) = check_events(&r.events) {
+            metrics::counter!("worldmesh_persistence_events_malformed_total").increment(1);
+            return Err(Status::invalid_argument(why));
+        }
+        self.store
+            .events()
+            .append(&r.events)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PublishEventsReply {}))
     }
 
     type CheckpointStream =

@@ -40,6 +40,7 @@ type FlusherTask = (CancellationToken, JoinHandle<()>);
 pub struct Store {
     hot: HotTier,
     sql: Sql,
+    events: crate::events::EventLog,
     hasher: crate::accounts::Hasher,
     flusher: Arc<Mutex<Option<FlusherTask>>>,
 }
@@ -55,6 +56,10 @@ impl Store {
             config.max_backlog,
         )
         .await?;
+        let events = match &config.redis_url {
+            Some(url) => crate::events::EventLog::redis(url, &config.redis_prefix).await?,
+            None => crate::events::EventLog::memory(),
+        };
         let mut flusher = None;
         if let (Some(url), true) = (&config.redis_url, config.run_flusher) {
             let consumer = format!(
@@ -75,6 +80,7 @@ impl Store {
         Ok(Self {
             hot,
             sql,
+            events,
             hasher: crate::accounts::Hasher::new(
                 config.argon2_memory_kib,
                 config.argon2_iterations,
@@ -160,6 +166,11 @@ impl Store {
 
     /// The SQL tier alone (tests and benchmarks compare against it).
     /// The economy's ledger (written through to SQL, whatever the hot tier).
+    /// The event stream the read models are projected from.
+    pub fn events(&self) -> &crate::events::EventLog {
+        &self.events
+    }
+
     pub fn ledger(&self) -> crate::ledger::SqlLedger {
         crate::ledger::SqlLedger::new(self.sql.pool().clone())
     }

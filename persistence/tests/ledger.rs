@@ -523,7 +523,7 @@ async fn the_service_answers_ledger_requests_and_refuses_malformed_ones() {
         .await
         .unwrap_err();
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
-    for reason in [0, 8, u32::MAX] {
+    for reason in [0, 9, u32::MAX] {
         let e = client
             .abort_trade(pb::AbortTradeRequest {
                 id: block.first + 3,

@@ -5,6 +5,8 @@
 //! - `GET /readyz`: 200 when every part of the process that declared itself with
 //!   [`Readiness::new`] is ready (a zone: registered with the coordinator; a gateway: knows the
 //!   world; …), else 503 with the parts that are not, one per line.
+//! - `GET /<view>`: the JSON views a part of the process registered with [`view`] (the read
+//!   models: `/leaderboard`, `/online`); 404 for any other path.
 //!
 //! One recorder per process: `worldmesh local` runs the whole cluster in one process and
 //! serves one admin port for all of it.
@@ -20,6 +22,30 @@ use tokio_util::sync::CancellationToken;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static PARTS: OnceLock<Mutex<BTreeMap<String, Arc<AtomicBool>>>> = OnceLock::new();
+
+/// Renders one JSON view.
+type Render = Arc<dyn Fn() -> String + Send + Sync>;
+static VIEWS: OnceLock<Mutex<BTreeMap<String, Render>>> = OnceLock::new();
+
+/// Serves `render()` (a JSON document) at `GET path` on the admin port; registering a path
+/// again replaces its view (a restarted part of the process).
+pub fn view(path: &str, render: impl Fn() -> String + Send + Sync + 'static) {
+    VIEWS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(path.to_owned(), Arc::new(render));
+}
+
+fn render_view(path: &str) -> Option<String> {
+    let render = VIEWS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(path)
+        .cloned()?;
+    Some(render())
+}
 
 /// Command-line settings of the admin port, flattened into every service's arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -139,7 +165,21 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToke
                     )
                 })
             }),
-        );
+        )
+        .fallback(|uri: axum::http::Uri| {
+            std::future::ready(match render_view(uri.path()) {
+                Some(json) => (
+                    StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                ),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                    "not found\n".to_owned(),
+                ),
+            })
+        });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -1,13 +1,15 @@
 //! What every worldmesh process shares at runtime, kept out of the service crates so each
 //! binary stays a few lines: the common flags, runtime and gRPC server ([`service`]), logs
 //! and traces ([`telemetry`]), the shutdown signal, internal gRPC channels and their
-//! authentication, and the [`admin`] port (`/metrics`, `/healthz`, `/readyz`).
+//! authentication, the [`admin`] port (`/metrics`, `/healthz`, `/readyz`, and JSON views
+//! such as the read models), and the [`events`] sink game events are published through.
 //!
 //! Every service exposes `run(listener, config, shutdown)` taking a [`CancellationToken`]; a
 //! binary wires that token to SIGINT/SIGTERM with [`cancel_on_signal`], and `worldmesh local`
 //! wires one token to all services so that Ctrl-C stops the whole cluster in order.
 
 pub mod admin;
+pub mod events;
 pub mod service;
 pub mod telemetry;
 

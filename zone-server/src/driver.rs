@@ -70,6 +70,8 @@ pub struct Channels {
     pub persistence: PersistenceClient<Channel>,
     /// Border characters for neighbour zones (see [`crate::peers`]).
     pub ghosts: mpsc::Sender<GhostsOut>,
+    /// Game events for the read models.
+    pub events: worldmesh_runtime::events::EventSink,
 }
 
 pub fn spawn(
@@ -228,6 +230,11 @@ impl Driver {
                     epoch,
                     changes,
                 } => self.change_inventory(id, entity, epoch, changes),
+                Output::Publish(events) => {
+                    for e in events {
+                        self.ch.events.publish(e);
+                    }
+                }
                 Output::CommitTrade(c) => self.decide_trade(c.id, Some(c), None),
                 Output::AbortTrade(id, why) => self.decide_trade(id, None, Some(why)),
                 Output::Ghosts(g) => {

@@ -424,8 +424,8 @@ mod tests {
             matches!(&changes[0], Step::Change { id: ChangeId(100), changes, .. } if changes == &[Change::Gold(10)])
         );
         assert!(
-            matches!(&changes[1], Step::Change { id: ChangeId(102), changes, .. }
-            if matches!(changes[..], [Change::Grant(Item { id: ItemId(103), .. })]))
+            matches!(&changes[1], Step::Change { id: ChangeId(101), changes, .. }
+            if matches!(changes[..], [Change::Grant(Item { id: ItemId(102), .. })]))
         );
         // Recorded: read again at the same epoch, shown again.
         inv_s.changed(e, Epoch(2), Outcome::Committed);

@@ -278,6 +278,10 @@ pub async fn run(
             to_coordinator: coord_tx,
             persistence: persistence.clone(),
             ghosts: ghost_tx,
+            events: worldmesh_runtime::events::EventSink::start(
+                channel(&config.persistence_url)?,
+                stop.clone(),
+            ),
         },
         links.clone(),
         stats.clone(),

@@ -95,6 +95,13 @@ pub enum Action {
     Abort(TradeId, AbortReason),
     /// Read `who`'s inventory again: a trade it was in committed.
     Refresh(EntityId),
+    /// A trade hosted here ended (for the read models).
+    Ended {
+        trade: TradeId,
+        a: EntityId,
+        b: EntityId,
+        outcome: Outcome,
+    },
 }
 
 struct Hosted {
@@ -548,6 +555,12 @@ impl Trades {
             metrics::counter!("worldmesh_zone_trades_total", "outcome" => outcome.name())
                 .increment(1);
             let local = h.local;
+            actions.push(Action::Ended {
+                trade: id,
+                a: parties[0].who,
+                b: parties[1].who,
+                outcome,
+            });
             if outcome == Outcome::Committed && !local[1] {
                 self.committed_across += 1;
             }
@@ -752,6 +765,7 @@ mod tests {
                     pending.extend(out.into_iter().map(|a| (other, a)));
                 }
                 a @ (Action::Commit(_) | Action::Abort(..) | Action::Refresh(_)) => ledger.push(a),
+                Action::Ended { .. } => {}
             }
         }
         (told, ledger)
@@ -1017,8 +1031,18 @@ mod tests {
             &east.decided(TradeId(9), walked)[..],
             [Action::Tell { to: B, .. }]
         ));
-        let told = west.decided(TradeId(9), walked);
-        assert_eq!(told.len(), 2, "A and B told: {told:?}");
+        let out = west.decided(TradeId(9), walked);
+        let told = out
+            .iter()
+            .filter(|a| matches!(a, Action::Tell { .. }))
+            .count();
+        assert_eq!(told, 2, "A and B told: {out:?}");
+        assert!(out.contains(&Action::Ended {
+            trade: TradeId(9),
+            a: A,
+            b: B,
+            outcome: walked
+        }));
         assert_eq!((west.len(), east.len()), ((0, 0), (0, 0)));
     }
 }

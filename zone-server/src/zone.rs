@@ -132,6 +132,8 @@ pub enum Output {
     CommitTrade(worldmesh_economy::Commit),
     /// Ask the ledger to end a trade without moving anything, once; answered likewise.
     AbortTrade(worldmesh_economy::TradeId, worldmesh_economy::AbortReason),
+    /// Game events for the read models (scores, kills, trades). Lossy: views, not truth.
+    Publish(Vec<worldmesh_protocol::grpc::persistence::event::Kind>),
 }
 
 /// Numbers the heartbeat and the cluster report.
@@ -254,6 +256,8 @@ pub struct Zone {
     present: Vec<crate::inventory::Present>,
     /// The trades hosted and watched here.
     trades: crate::trades::Trades,
+    /// Game events waiting for the next tick's [`Output::Publish`].
+    events: Vec<worldmesh_protocol::grpc::persistence::event::Kind>,
 }
 
 /// The zone as its trades see it.
@@ -308,6 +312,7 @@ impl Zone {
             ghosted: Vec::new(),
             inventories: Default::default(),
             trades: Default::default(),
+            events: Vec::new(),
             present: Vec::new(),
         })
     }
@@ -360,6 +365,7 @@ impl Zone {
         for gift in gifts {
             self.inventories.give(gift);
         }
+        self.chronicle();
         if dropped > 0 {
             metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "game_backlog")
                 .increment(dropped);
@@ -669,6 +675,40 @@ impl Zone {
         });
     }
 
+    /// Publishes what the game recorded this tick (and the trades that ended) for the read
+    /// models.
+    fn chronicle(&mut self) {
+        use worldmesh_game::Record;
+        use worldmesh_protocol::grpc::persistence::{Killed, Scored, event::Kind};
+        let (records, dropped) = self.sim.take_chronicle();
+        if dropped > 0 {
+            metrics::counter!("worldmesh_events_dropped_total", "reason" => "game_backlog")
+                .increment(dropped);
+        }
+        for r in records {
+            match r {
+                Record::Score { who, score, level } => {
+                    if let Some(name) = self.sim.name_of(who) {
+                        self.events.push(Kind::Scored(Scored {
+                            character: who.0,
+                            name,
+                            score,
+                            level,
+                        }));
+                    }
+                }
+                Record::Kill { killer, victim } => self.events.push(Kind::Killed(Killed {
+                    killer: killer.0,
+                    victim: victim.0,
+                })),
+            }
+        }
+        if !self.events.is_empty() {
+            self.out
+                .push_back(Output::Publish(std::mem::take(&mut self.events)));
+        }
+    }
+
     /// Hands the letters delivered this tick to the trades.
     fn read_mail(&mut self, now: Now) {
         for letter in self.sim.take_mail() {
@@ -714,6 +754,21 @@ impl Zone {
                 Action::Commit(c) => self.out.push_back(Output::CommitTrade(c)),
                 Action::Abort(id, why) => self.out.push_back(Output::AbortTrade(id, why)),
                 Action::Refresh(who) => self.inventories.refresh(who),
+                Action::Ended {
+                    trade,
+                    a,
+                    b,
+                    outcome,
+                } => self
+                    .events
+                    .push(worldmesh_protocol::grpc::persistence::event::Kind::Traded(
+                        worldmesh_protocol::grpc::persistence::Traded {
+                            trade: trade.0,
+                            a: a.0,
+                            b: b.0,
+                            outcome: u32::from(outcome.code()),
+                        },
+                    )),
             }
         }
     }

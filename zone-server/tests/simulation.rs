@@ -1087,7 +1087,8 @@ impl Sim {
                 | Output::ReserveIds { .. }
                 | Output::ChangeInventory { .. }
                 | Output::CommitTrade(_)
-                | Output::AbortTrade(..) => {}
+                | Output::AbortTrade(..)
+                | Output::Publish(_) => {}
                 Output::Ghosts(g) => {
                     if reachable {
                         self.send(Msg::ToZone(g.zone_id, Command::Ghosts(g.batch)));

@@ -53,6 +53,7 @@ pub fn fall(
     rules: Res<Rules>,
     mut events: ResMut<Events>,
     mut effects: ResMut<Effects>,
+    mut chronicle: ResMut<Chronicle>,
     mut commands: Commands,
     fallen: Query<
         (
@@ -93,6 +94,7 @@ pub fn fall(
             None => rules.xp_per_player_level * level.map_or(1, |l| l.0.max(1)) as u32,
         };
         if by != 0 {
+            chronicle.kill(EntityId(by), id);
             let trophy = !id.is_npc();
             effects.send(id, EntityId(by), &Reward { xp, trophy });
         }
@@ -131,6 +133,10 @@ impl Effect for Reward {
         ctx.to_player(winner, winner, &LevelUp { xp: total, level });
         // Gold and a trophy, recorded with the ledger by the engine, once.
         if let Some(&Id(id)) = ctx.world.get::<Id>(winner) {
+            // The leaderboard's score: XP.
+            ctx.world
+                .resource_mut::<Chronicle>()
+                .score(id, u64::from(total), u32::from(level));
             let gold = ctx.world.resource::<Rules>().gold_per_kill;
             let mut loot = ctx.world.resource_mut::<Loot>();
             loot.gold(id, gold);

@@ -34,6 +34,20 @@ impl Sim {
         Some((p.link, p.player_id))
     }
 
+    /// What the game recorded since the last call (`worldmesh_game::Chronicle`), and how many
+    /// records it dropped.
+    pub fn take_chronicle(&mut self) -> (Vec<worldmesh_game::Record>, u64) {
+        self.world
+            .resource_mut::<worldmesh_game::Chronicle>()
+            .take()
+    }
+
+    /// The name of a character held here.
+    pub fn name_of(&self, id: EntityId) -> Option<String> {
+        let e = self.entity_of(id)?;
+        Some(self.world.get::<CharacterRecord>(e)?.name.clone())
+    }
+
     /// The character a player plays here.
     pub fn character_of(&self, player_id: PlayerId) -> Option<EntityId> {
         let &e = self.world.resource::<PlayerIndex>().0.get(&player_id)?;
