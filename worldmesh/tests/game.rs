@@ -406,16 +406,15 @@ async fn fighters_strike_across_borders_while_a_zone_dies_and_no_blow_lands_twic
     let stats = Arc::new(worldmesh_load_test::Stats::default());
     let bots = tokio::spawn(worldmesh_load_test::run_with(
         worldmesh_load_test::Config {
-            gateways: vec![([127, 0, 0, 1], gport).into()],
-            bots: FIGHTERS,
             ramp_per_s: 60.0,
-            duration: Some(Duration::from_secs(22)),
-            name_prefix: format!("fk{}-", testing::unique_suffix()),
-            behaviour: worldmesh_load_test::bot::Behaviour::Fight,
-            chat_every_s: 0.0,
-            status_every: None,
             audit: Some((core.coordinator_url.clone(), Some(core.secret.clone()))),
-            ..Default::default()
+            ..bot_config(
+                gport,
+                FIGHTERS,
+                "fk",
+                worldmesh_load_test::bot::Behaviour::Fight,
+                22,
+            )
         },
         stats.clone(),
         tokio_util::sync::CancellationToken::new(),

@@ -57,18 +57,13 @@ async fn leaderboard_and_whos_online_answer_and_are_rebuilt_after_a_restart() {
     let _gateway = core.gateway("gateway-0", gport, &[]).await;
     let stats = Arc::new(worldmesh_load_test::Stats::default());
     let bots = tokio::spawn(worldmesh_load_test::run_with(
-        worldmesh_load_test::Config {
-            gateways: vec![([127, 0, 0, 1], gport).into()],
-            bots: BOTS,
-            ramp_per_s: 20.0,
-            duration: Some(Duration::from_secs(45)),
-            name_prefix: format!("rm{}-", worldmesh_testkit::unique_suffix()),
-            behaviour: worldmesh_load_test::bot::Behaviour::Fight,
-            accounts: true,
-            chat_every_s: 0.0,
-            status_every: None,
-            ..Default::default()
-        },
+        bot_config(
+            gport,
+            BOTS,
+            "rm",
+            worldmesh_load_test::bot::Behaviour::Fight,
+            45,
+        ),
         stats.clone(),
         tokio_util::sync::CancellationToken::new(),
     ));

@@ -36,18 +36,13 @@ async fn trades_hold_under_sigkills_of_zones_persistence_and_the_coordinator() {
     let _gateway = core.gateway("gateway-0", gport, &[]).await;
     let stats = Arc::new(worldmesh_load_test::Stats::default());
     let bots = tokio::spawn(worldmesh_load_test::run_with(
-        worldmesh_load_test::Config {
-            gateways: vec![([127, 0, 0, 1], gport).into()],
-            bots: PAIRS * 2,
-            ramp_per_s: 20.0,
-            duration: Some(Duration::from_secs(105)),
-            name_prefix: format!("tk{}-", worldmesh_testkit::unique_suffix()),
-            behaviour: worldmesh_load_test::bot::Behaviour::Trade,
-            accounts: true,
-            chat_every_s: 0.0,
-            status_every: None,
-            ..Default::default()
-        },
+        bot_config(
+            gport,
+            PAIRS * 2,
+            "tk",
+            worldmesh_load_test::bot::Behaviour::Trade,
+            105,
+        ),
         stats.clone(),
         tokio_util::sync::CancellationToken::new(),
     ));

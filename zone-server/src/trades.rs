@@ -198,24 +198,14 @@ impl Trades {
                     h.shown[index(side)] = shown;
                     Ok(self.carry_out(id, out))
                 } else {
-                    let w = self.watch_of(id, who)?;
-                    Ok(vec![Action::Mail {
-                        from: who,
-                        to: w.host_party,
-                        letter: Letter::Step {
-                            trade,
-                            epoch: claim_epoch(here, who)?,
-                            step: GuestStep::Offer {
-                                items: offer
-                                    .items
-                                    .iter()
-                                    .zip(&shown)
-                                    .map(|((id, version), v)| (id.0, *version, v.kind, v.count))
-                                    .collect(),
-                                gold,
-                            },
-                        },
-                    }])
+                    let items = offer
+                        .items
+                        .iter()
+                        .zip(&shown)
+                        .map(|((id, version), v)| (id.0, *version, v.kind, v.count))
+                        .collect();
+                    let epoch = claim_epoch(here, who)?;
+                    self.to_host(id, who, epoch, GuestStep::Offer { items, gold })
                 }
             }
             TradeRequest::Accept { trade, revision } => {
@@ -227,16 +217,7 @@ impl Trades {
                     let out = h.trade.accept(now, who, revision)?;
                     Ok(self.carry_out(id, out))
                 } else {
-                    let w = self.watch_of(id, who)?;
-                    Ok(vec![Action::Mail {
-                        from: who,
-                        to: w.host_party,
-                        letter: Letter::Step {
-                            trade,
-                            epoch,
-                            step: GuestStep::Accept { revision },
-                        },
-                    }])
+                    self.to_host(id, who, epoch, GuestStep::Accept { revision })
                 }
             }
             TradeRequest::Cancel { trade } => {
@@ -245,16 +226,7 @@ impl Trades {
                     let out = h.trade.cancel(now, who)?;
                     Ok(self.carry_out(id, out))
                 } else {
-                    let w = self.watch_of(id, who)?;
-                    Ok(vec![Action::Mail {
-                        from: who,
-                        to: w.host_party,
-                        letter: Letter::Step {
-                            trade,
-                            epoch: 0,
-                            step: GuestStep::Cancel,
-                        },
-                    }])
+                    self.to_host(id, who, 0, GuestStep::Cancel)
                 }
             }
         }
@@ -276,11 +248,10 @@ impl Trades {
         }
         let my_epoch = claim_epoch(here, who)?;
         let (me, _) = here.locate(who).ok_or(TradeRefusal::NoSuchTrade)?;
-        let (them, with_local) = match here.locate(with) {
-            Some(seen) if !with.is_npc() && distance(me, seen.0) <= TRADE_RANGE => seen,
+        let with_local = match here.locate(with) {
+            Some((them, local)) if !with.is_npc() && distance(me, them) <= TRADE_RANGE => local,
             _ => return Err(TradeRefusal::OutOfRange),
         };
-        let _ = them;
         // A party here must have its inventory read (its epoch is the commit's fence); a
         // guest's epoch comes with its steps.
         let with_epoch = if with_local {
@@ -321,6 +292,26 @@ impl Trades {
         Ok(self.carry_out(id, out))
     }
 
+    /// A guest's step, mailed to the host party of the trade `who` watches.
+    fn to_host(
+        &self,
+        id: TradeId,
+        who: EntityId,
+        epoch: u64,
+        step: GuestStep,
+    ) -> Result<Vec<Action>, TradeRefusal> {
+        let w = self.watch_of(id, who)?;
+        Ok(vec![Action::Mail {
+            from: who,
+            to: w.host_party,
+            letter: Letter::Step {
+                trade: id.0,
+                epoch,
+                step,
+            },
+        }])
+    }
+
     /// The guest watch of `who` over trade `id`.
     fn watch_of(&self, id: TradeId, who: EntityId) -> Result<&Watch, TradeRefusal> {
         self.watched
@@ -333,7 +324,6 @@ impl Trades {
     pub fn letter(
         &mut self,
         now: Instant,
-        here: &impl Surroundings,
         to: EntityId,
         from: EntityId,
         letter: Letter,
@@ -390,19 +380,12 @@ impl Trades {
                     }
                 }
             }
-            Letter::News(news) => self.news(now, here, to, from, news),
+            Letter::News(news) => self.news(now, to, from, news),
         }
     }
 
     /// News of a trade hosted elsewhere for `to`, a party simulated here.
-    fn news(
-        &mut self,
-        now: Instant,
-        _here: &impl Surroundings,
-        to: EntityId,
-        from: EntityId,
-        news: TradeNews,
-    ) -> Vec<Action> {
+    fn news(&mut self, now: Instant, to: EntityId, from: EntityId, news: TradeNews) -> Vec<Action> {
         let mut out = Vec::new();
         let about = match &news {
             TradeNews::View(v) => v.trade,
@@ -753,15 +736,13 @@ mod tests {
                         told.push((to, news));
                     } else {
                         let other = 1 - z;
-                        let (t, h) = &mut zones[other];
-                        let out = t.letter(now, *h, to, from, Letter::News(news));
+                        let out = zones[other].0.letter(now, to, from, Letter::News(news));
                         pending.extend(out.into_iter().map(|a| (other, a)));
                     }
                 }
                 Action::Mail { from, to, letter } => {
                     let other = 1 - z;
-                    let (t, h) = &mut zones[other];
-                    let out = t.letter(now, *h, to, from, letter);
+                    let out = zones[other].0.letter(now, to, from, letter);
                     pending.extend(out.into_iter().map(|a| (other, a)));
                 }
                 a @ (Action::Commit(_) | Action::Abort(..) | Action::Refresh(_)) => ledger.push(a),
@@ -881,7 +862,7 @@ mod tests {
         assert_eq!(zones[1].0.len(), (0, 0));
         // A view overtaken by the outcome (mail is not ordered) starts nothing.
         let late = Letter::News(TradeNews::View(va));
-        assert!(zones[1].0.letter(t0, &east_here, B, A, late).is_empty());
+        assert!(zones[1].0.letter(t0, B, A, late).is_empty());
         assert_eq!(zones[1].0.len(), (0, 0));
     }
 

@@ -724,13 +724,7 @@ impl Zone {
                     continue;
                 }
             };
-            let here = Around {
-                sim: &self.sim,
-                inventories: &self.inventories,
-            };
-            let actions = self
-                .trades
-                .letter(now.at, &here, letter.to, letter.from, body);
+            let actions = self.trades.letter(now.at, letter.to, letter.from, body);
             self.trade_actions(actions);
         }
     }

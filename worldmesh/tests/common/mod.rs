@@ -283,3 +283,26 @@ pub async fn walk_until(
         }
     }
 }
+
+/// A bot fleet for a process test: `n` bots of `behaviour` on the gateway at UDP `port` for
+/// `secs`, new characters (`{prefix}{unique}-{i}`, logging in to accounts), 20 a second, no
+/// chat, no status lines. Adjust the rest with struct update syntax.
+pub fn bot_config(
+    port: u16,
+    n: usize,
+    prefix: &str,
+    behaviour: worldmesh_load_test::bot::Behaviour,
+    secs: u64,
+) -> worldmesh_load_test::Config {
+    worldmesh_load_test::Config {
+        gateways: vec![([127, 0, 0, 1], port).into()],
+        bots: n,
+        ramp_per_s: 20.0,
+        duration: Some(Duration::from_secs(secs)),
+        name_prefix: format!("{prefix}{}-", worldmesh_testkit::unique_suffix()),
+        behaviour,
+        chat_every_s: 0.0,
+        status_every: None,
+        ..Default::default()
+    }
+}
