@@ -128,7 +128,9 @@ pub struct Trades {
     busy: HashMap<EntityId, TradeId>,
     /// Trades that ended here lately: late news of them (mail can be overtaken by mail) is
     /// dropped, never mistaken for a new trade.
-    finished: std::collections::VecDeque<TradeId>,
+    finished: std::collections::HashSet<TradeId>,
+    /// The same ids, oldest first, to forget them in order.
+    finished_order: std::collections::VecDeque<TradeId>,
     committed_across: u64,
 }
 
@@ -573,10 +575,14 @@ impl Trades {
 
 impl Trades {
     fn finish(&mut self, id: TradeId) {
-        if self.finished.len() >= FINISHED_MEMORY {
-            self.finished.pop_front();
+        if self.finished_order.len() >= FINISHED_MEMORY
+            && let Some(oldest) = self.finished_order.pop_front()
+        {
+            self.finished.remove(&oldest);
         }
-        self.finished.push_back(id);
+        if self.finished.insert(id) {
+            self.finished_order.push_back(id);
+        }
     }
 }
 
