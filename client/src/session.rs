@@ -441,6 +441,16 @@ impl Session {
         self.send_control(&ClientMessage::Trade(request)).await
     }
 
+    /// Drops an item at the character's feet, or picks one up from the ground (PROTOCOL.md,
+    /// Items on the ground). Done: a new [`ServerMessage::Inventory`]; refused:
+    /// [`ServerMessage::ItemRefused`].
+    pub async fn item(
+        &mut self,
+        request: worldmesh_protocol::ItemRequest,
+    ) -> Result<(), ClientError> {
+        self.send_control(&ClientMessage::Item(request)).await
+    }
+
     async fn send_control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
         let frame =
             codec::encode_to_vec(message).map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -407,6 +407,10 @@ impl Ledger {
     }
 }
 
+/// Most items one read of the ground returns (a zone's cells, by id): a fuller answer is
+/// cut there, and a zone reading one that long only adds what it lists.
+pub const MAX_GROUND_READ: usize = 10_000;
+
 /// The most gold one character may hold: SQL's `BIGINT` holds it with room for a trade's sum.
 pub const MAX_GOLD: u64 = 1 << 53;
 

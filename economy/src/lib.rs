@@ -27,5 +27,5 @@ pub mod trade;
 pub mod wire;
 
 pub use item::{ChangeId, Item, ItemId, ItemKind, Offer, Party, TradeId};
-pub use ledger::{AbortReason, Change, Commit, Inventory, Ledger, Outcome, Place};
+pub use ledger::{AbortReason, Change, Commit, Inventory, Ledger, MAX_GROUND_READ, Outcome, Place};
 pub use trade::{Guest, Output, Side, Trade, TradeError, View};

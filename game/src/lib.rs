@@ -70,12 +70,15 @@
 //!   [`Loot`].
 //! - [`chronicle`]: what a game tells the read models (scores, kills): [`Chronicle`].
 //! - [`mail`]: the engine's own letters between zones, routed like effects (trades use them).
+//! - [`ground`]: what an item lying on the ground is ([`ground::GroundItem`]), replicated and
+//!   ghosted like any component.
 
 pub mod action;
 pub mod chronicle;
 pub mod component;
 pub mod effect;
 pub mod event;
+pub mod ground;
 pub mod loot;
 pub mod mail;
 pub mod npc;
@@ -317,6 +320,8 @@ pub fn install(
     // The engine's own: which forwarded effects each entity has seen (exactly-once).
     registry.component::<effect::Applied>(Replicated::No, Persisted::Yes);
     registry.effect::<mail::Mail>();
+    // Items on the ground: seen by clients and by neighbouring zones (ghosts).
+    registry.component::<ground::GroundItem>(Replicated::Yes, Persisted::No);
     game.register(&mut registry);
     if let Some(e) = registry.errors.into_iter().next() {
         return Err(e);

@@ -99,6 +99,7 @@ pub enum InPlay {
     PartyLeave,
     Action(ActionRequest),
     Trade(worldmesh_protocol::TradeRequest),
+    Item(worldmesh_protocol::ItemRequest),
     Bye,
 }
 
@@ -121,6 +122,7 @@ pub fn check_in_play(msg: Result<ClientMessage, DecodeError>) -> Result<InPlay, 
         Ok(ClientMessage::PartyAccept(from)) => Ok(InPlay::PartyAccept(from)),
         Ok(ClientMessage::PartyLeave) => Ok(InPlay::PartyLeave),
         Ok(ClientMessage::Trade(t)) => Ok(InPlay::Trade(t)),
+        Ok(ClientMessage::Item(i)) => Ok(InPlay::Item(i)),
         Ok(ClientMessage::Action(a)) => {
             if a.payload.len() > MAX_GAME_PAYLOAD {
                 Err(reject(

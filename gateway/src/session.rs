@@ -768,6 +768,7 @@ async fn relay(
     let mut limiter = InputLimiter::new(gateway.config.input_burst);
     let mut chat_limiter = crate::chat::ChatLimiter::new(std::time::Instant::now());
     let mut trade_limiter = crate::chat::ChatLimiter::trades(std::time::Instant::now());
+    let mut item_limiter = crate::chat::ChatLimiter::items(std::time::Instant::now());
     loop {
         tokio::select! {
             r = route.changed() => {
@@ -836,6 +837,17 @@ async fn relay(
                             link.send(gateway_to_zone::Msg::Trade(pb::PlayerTrade { player_id, request })).await;
                         }
                     }
+                    crate::checks::InPlay::Item(i) => {
+                        if item_limiter.admit(std::time::Instant::now()) {
+                            let (pick_up, item) = match i {
+                                worldmesh_protocol::ItemRequest::Drop { item } => (false, item),
+                                worldmesh_protocol::ItemRequest::PickUp { item } => (true, item),
+                            };
+                            link.send(gateway_to_zone::Msg::Item(pb::PlayerItem { player_id, pick_up, item })).await;
+                        } else {
+                            refuse_item(gateway, player_id, i.item());
+                        }
+                    }
                     crate::checks::InPlay::Action(a) => {
                         let action = pb::PlayerAction {
                             player_id,
@@ -889,6 +901,19 @@ fn check_trade(
         session.send_chat(Bytes::from(frame));
     }
     None
+}
+
+/// An item request over the rate: refused to the player, counted.
+fn refuse_item(gateway: &Gateway, player_id: u64, item: u64) {
+    use worldmesh_protocol::{ItemRefusal, ItemRefusalReason};
+    let why = ItemRefusalReason::RateLimited;
+    metrics::counter!("worldmesh_gateway_item_refused_total", "why" => why.name()).increment(1);
+    if let (Some(session), Ok(frame)) = (
+        gateway.sessions.get(&player_id),
+        codec::encode_to_vec(&ServerMessage::ItemRefused(ItemRefusal { item, why })),
+    ) {
+        session.send_chat(Bytes::from(frame));
+    }
 }
 
 /// A line to a channel: checked, limited, then to the zone (`say`) or onto the bus.

@@ -144,20 +144,33 @@ impl ZoneLinks {
         within: Duration,
     ) -> Result<pb::Joined, String> {
         let reply = self.expect_join(player_id);
-        if !link
-            .send(gateway_to_zone::Msg::Join(pb::Join {
+        let deadline = tokio::time::Instant::now() + within;
+        // The send counts against the deadline too: the link's queue of a zone that stopped
+        // reading (a hung process) fills with inputs, and waiting for room there would hold
+        // a relocation until the zone wakes instead of trying the zone failover chose.
+        let sent = tokio::time::timeout_at(
+            deadline,
+            link.send(gateway_to_zone::Msg::Join(pb::Join {
                 player_id,
                 character_id,
                 name: name.to_owned(),
                 // The zone's join continues the login's trace.
                 trace_parent: worldmesh_runtime::telemetry::traceparent(&tracing::Span::current()),
-            }))
-            .await
-        {
-            self.forget_join(player_id);
-            return Err("zone link closed".into());
+            })),
+        )
+        .await;
+        match sent {
+            Ok(true) => {}
+            Ok(false) => {
+                self.forget_join(player_id);
+                return Err("zone link closed".into());
+            }
+            Err(_) => {
+                self.forget_join(player_id);
+                return Err("zone link full: the zone is not reading".into());
+            }
         }
-        match tokio::time::timeout(within, reply).await {
+        match tokio::time::timeout_at(deadline, reply).await {
             Ok(Ok(JoinOutcome::Joined(j))) => Ok(j),
             Ok(Ok(JoinOutcome::Failed(why))) => Err(format!("zone refused: {why}")),
             Ok(Err(_)) | Err(_) => {

@@ -106,14 +106,25 @@ impl EventLog {
         Ok(match self {
             EventLog::Memory(m) => Reader::Memory(m.clone()),
             EventLog::Redis { url, key, .. } => Reader::Redis {
+                // A blocking read holds its reply for up to its wait: the client's default
+                // response timeout (500 ms) would cut every idle read short.
                 conn: redis::Client::open(url.as_str())?
-                    .get_connection_manager()
+                    .get_connection_manager_with_config(
+                        redis::aio::ConnectionManagerConfig::new()
+                            .set_response_timeout(Some(READ_TIMEOUT)),
+                    )
                     .await?,
                 key: key.clone(),
             },
         })
     }
 }
+
+/// The longest a read waits for events.
+pub const MAX_READ_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a blocking read's reply may take: its wait and a margin.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads a log from a position on.
 pub enum Reader {
@@ -155,7 +166,8 @@ impl Reader {
         }
     }
 
-    /// Up to `count` events after `position`, waiting up to `wait` for the first.
+    /// Up to `count` events after `position`, waiting up to `wait` (at most
+    /// [`MAX_READ_WAIT`]) for the first.
     pub async fn read_after(
         &mut self,
         position: &str,
@@ -194,7 +206,7 @@ impl Reader {
                     .arg("COUNT")
                     .arg(count)
                     .arg("BLOCK")
-                    .arg(wait.as_millis() as u64)
+                    .arg(wait.min(MAX_READ_WAIT).as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&*key)
                     .arg(position)

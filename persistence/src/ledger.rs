@@ -134,19 +134,21 @@ impl SqlLedger {
         rows.iter().map(row_to_item).collect()
     }
 
-    /// Items on the ground inside `[x0, x1) × [y0, y1)`, with their positions.
+    /// Items on the ground inside `[x0, x1) × [y0, y1)`, with their positions: the first
+    /// [`worldmesh_economy::MAX_GROUND_READ`] by id.
     pub async fn ground_items(
         &self,
         [x0, y0, x1, y1]: [f32; 4],
     ) -> Result<Vec<(Item, [f32; 2])>, Error> {
         let rows = sqlx::query(
             "SELECT id, kind, count, version, x, y FROM items WHERE holder IS NULL \
-             AND x >= $1 AND x < $2 AND y >= $3 AND y < $4 ORDER BY id",
+             AND x >= $1 AND x < $2 AND y >= $3 AND y < $4 ORDER BY id LIMIT $5",
         )
         .bind(f64::from(x0))
         .bind(f64::from(x1))
         .bind(f64::from(y0))
         .bind(f64::from(y1))
+        .bind(worldmesh_economy::MAX_GROUND_READ as i64)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -76,6 +76,12 @@ id!(
     ComponentKind(u16)
 );
 
+impl ComponentKind {
+    /// The engine's component on an item lying on the ground ([`crate::GroundItemView`]):
+    /// what it is, replicated to everyone who sees it. Games never register it.
+    pub const GROUND_ITEM: ComponentKind = ComponentKind(u16::MAX - 1);
+}
+
 impl ZoneId {
     /// No zone: an entity nobody simulates (logged out), a cell nobody owns.
     pub const NONE: ZoneId = ZoneId(0);
@@ -86,9 +92,34 @@ impl EntityId {
     /// any character id SQL hands out, so a character and an NPC never share an id.
     pub const NPC_BASE: EntityId = EntityId(1 << 48);
 
-    /// Whether this names an NPC (a world entity no player plays) rather than a character.
+    /// The first id of an item lying on the ground: item `i` is the entity `ITEM_BASE + i`
+    /// while it lies there (item ids come from SQL, far below 2^56).
+    pub const ITEM_BASE: EntityId = EntityId(1 << 56);
+
+    /// Whether this names an NPC (a world entity no player plays) rather than a character
+    /// or an item on the ground.
     pub fn is_npc(self) -> bool {
-        self >= Self::NPC_BASE
+        self >= Self::NPC_BASE && self < Self::ITEM_BASE
+    }
+
+    /// Whether this names an item on the ground.
+    pub fn is_item(self) -> bool {
+        self >= Self::ITEM_BASE
+    }
+
+    /// The entity of item `item` while it lies on the ground (`None` for an id too large to
+    /// be one).
+    pub fn item(item: u64) -> Option<EntityId> {
+        Self::ITEM_BASE
+            .0
+            .checked_add(item)
+            .filter(|&e| e >= Self::ITEM_BASE.0)
+            .map(EntityId)
+    }
+
+    /// Which item this ground entity is; `None` for a character or an NPC.
+    pub fn item_id(self) -> Option<u64> {
+        self.is_item().then(|| self.0 - Self::ITEM_BASE.0)
     }
 
     /// The `index`th NPC of the world.

@@ -53,6 +53,11 @@ pub enum ClientMessage {
     /// A step of a trade with another player (PROTOCOL.md § Trades): answered by
     /// [`ServerMessage::Trade`].
     Trade(TradeRequest),
+    /// Drops an item from the inventory at the player's feet, or picks one up from the
+    /// ground (PROTOCOL.md § Items on the ground). Done: the inventory comes again
+    /// ([`ServerMessage::Inventory`]) and the item appears or vanishes in snapshots;
+    /// refused: [`ServerMessage::ItemRefused`].
+    Item(ItemRequest),
 }
 
 /// Everything the server may send.
@@ -89,6 +94,8 @@ pub enum ServerMessage {
     Inventory(InventoryView),
     /// A trade this player is in: its state after every change, its end, or a refused step.
     Trade(TradeNews),
+    /// A [`ClientMessage::Item`] that changed nothing, and why.
+    ItemRefused(ItemRefusal),
 }
 
 /// See [`ServerMessage::Inventory`].
@@ -107,6 +114,84 @@ pub struct ItemView {
     pub kind: u16,
     /// A stack's size.
     pub count: u32,
+}
+
+/// How close (metres) to an item on the ground a player must stand to pick it up.
+pub const PICKUP_RANGE: f32 = 5.0;
+/// Item requests a player may send per second, and at once above it; beyond, refused
+/// [`ItemRefusalReason::RateLimited`].
+pub const ITEM_RATE_PER_S: f64 = 10.0;
+pub const ITEM_BURST: f64 = 20.0;
+
+/// See [`ClientMessage::Item`]. Item ids are the ones [`InventoryView`] shows, or (on the
+/// ground) the entity id minus [`crate::EntityId::ITEM_BASE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ItemRequest {
+    /// 0: puts the item (all of a stack) on the ground where the player stands.
+    Drop { item: u64 },
+    /// 1: takes the item from the ground, within [`PICKUP_RANGE`]. Of everyone who tries,
+    /// one gets it; the others are refused [`ItemRefusalReason::Gone`].
+    PickUp { item: u64 },
+}
+
+impl ItemRequest {
+    #[must_use]
+    pub fn item(self) -> u64 {
+        match self {
+            ItemRequest::Drop { item } | ItemRequest::PickUp { item } => item,
+        }
+    }
+}
+
+/// See [`ServerMessage::ItemRefused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ItemRefusal {
+    pub item: u64,
+    pub why: ItemRefusalReason,
+}
+
+/// Why an item request changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ItemRefusalReason {
+    /// 0: a drop of an item this player does not hold.
+    NotHeld,
+    /// 1: a pick-up of an item further than [`PICKUP_RANGE`], or not seen at all.
+    TooFar,
+    /// 2: someone else picked it up first (or it is no longer where it was shown).
+    Gone,
+    /// 3: a request about this item is already under way.
+    Busy,
+    /// 4: the inventory is not read yet (right after arriving in a zone); try again.
+    NotReady,
+    /// 5: more requests than [`ITEM_RATE_PER_S`] allows.
+    RateLimited,
+}
+
+impl ItemRefusalReason {
+    /// A short name for metrics and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ItemRefusalReason::NotHeld => "not_held",
+            ItemRefusalReason::TooFar => "too_far",
+            ItemRefusalReason::Gone => "gone",
+            ItemRefusalReason::Busy => "busy",
+            ItemRefusalReason::NotReady => "not_ready",
+            ItemRefusalReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// What an item on the ground is: the value of its [`crate::ComponentKind::GROUND_ITEM`]
+/// field in snapshots (bincode, like every field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct GroundItemView {
+    /// The game's item kind.
+    pub kind: u16,
+    /// A stack's size.
+    pub count: u32,
+    /// The item's version in the ledger (a pick-up names it).
+    pub version: u64,
 }
 
 /// How close (metres) two players stand to open a trade.
@@ -539,6 +624,22 @@ pub struct EntityState {
 pub enum EntityKind {
     Player,
     Npc,
+    /// An item lying on the ground (its [`GroundItemView`] says which).
+    Item,
+}
+
+impl EntityKind {
+    /// The kind of entity `id` names (the id ranges of [`EntityId`]).
+    #[must_use]
+    pub fn of(id: EntityId) -> EntityKind {
+        if id.is_item() {
+            EntityKind::Item
+        } else if id.is_npc() {
+            EntityKind::Npc
+        } else {
+            EntityKind::Player
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

@@ -332,7 +332,9 @@ fn write_new(w: &mut BitWriter, e: &QEntity) {
     let n = id_bits(e.id);
     w.write(n as u64, ID_LEN_BITS);
     w.write_wide(e.id, n);
-    w.bit(e.kind == EntityKind::Npc);
+    // One bit: a player or not. An item on the ground is told from an NPC by its id (the
+    // item range), so version-1 decoders read it as an NPC with a field they may skip.
+    w.bit(e.kind != EntityKind::Player);
     w.write(e.x as u64, POS_BITS);
     w.write(e.y as u64, POS_BITS);
     w.write(e.heading as u64, 8);
@@ -978,10 +980,12 @@ impl SnapshotDecoder {
                 } else {
                     r.read(n)?
                 };
-                let kind = if r.bit()? {
-                    EntityKind::Npc
-                } else {
+                let kind = if !r.bit()? {
                     EntityKind::Player
+                } else if EntityId(id).is_item() {
+                    EntityKind::Item
+                } else {
+                    EntityKind::Npc
                 };
                 let x = r.read(POS_BITS)? as u32;
                 let y = r.read(POS_BITS)? as u32;
@@ -1219,8 +1223,15 @@ mod tests {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let entities = (0..n)
                 .map(|i| QEntity {
-                    id: 1000 + i as u64 * 37,
-                    kind: if i % 3 == 0 {
+                    // Every fifth an item on the ground: its kind rides on its id.
+                    id: if i % 5 == 1 {
+                        EntityId::ITEM_BASE.0 + i as u64
+                    } else {
+                        1000 + i as u64 * 37
+                    },
+                    kind: if i % 5 == 1 {
+                        EntityKind::Item
+                    } else if i % 3 == 0 {
                         EntityKind::Npc
                     } else {
                         EntityKind::Player

@@ -152,6 +152,39 @@ pub fn locate_in(map: &pb::WorldMap, x: f32, y: f32) -> Option<(pb::ZoneInfo, (u
         .map(|z| (z.clone(), cell))
 }
 
+/// The smallest rectangle `[x0, y0, x1, y1)` holding every cell `me` owns in a published
+/// map (edge cells stretch to infinity, as [`axis_cell`] clamps beyond the world); `None`
+/// when it owns none.
+pub fn owned_rect(map: &pb::WorldMap, me: ZoneId) -> Option<[f32; 4]> {
+    let g = map.world.as_ref()?;
+    let (mut lo, mut hi) = ((u32::MAX, u32::MAX), (0u32, 0u32));
+    for (i, &owner) in map.cell_owners.iter().enumerate() {
+        if owner != me.0 || map.cells_x == 0 {
+            continue;
+        }
+        let (cx, cy) = (i as u32 % map.cells_x, i as u32 / map.cells_x);
+        lo = (lo.0.min(cx), lo.1.min(cy));
+        hi = (hi.0.max(cx), hi.1.max(cy));
+    }
+    if lo.0 == u32::MAX {
+        return None;
+    }
+    let edge = |c: u32, n: u32, min: f32, low: bool| -> f32 {
+        match (low, c) {
+            (true, 0) => f32::MIN,
+            (false, c) if c + 1 >= n => f32::MAX,
+            (true, c) => min + c as f32 * g.cell_size,
+            (false, c) => min + (c + 1) as f32 * g.cell_size,
+        }
+    };
+    Some([
+        edge(lo.0, map.cells_x, g.min_x, true),
+        edge(lo.1, map.cells_y, g.min_y, true),
+        edge(hi.0, map.cells_x, g.min_x, false),
+        edge(hi.1, map.cells_y, g.min_y, false),
+    ])
+}
+
 /// For every cell (row-major, as in `cell_owners`), the zones other than `me` owning a cell
 /// within `margin` metres of it, with their addresses: where a character standing in that cell
 /// must be shown (border visibility). Empty when the map is not whole.

@@ -70,6 +70,7 @@ pub enum Command {
     },
     /// The ledger's answer to [`crate::zone::Output::ChangeInventory`].
     InventoryChanged {
+        id: worldmesh_economy::ChangeId,
         entity: EntityId,
         epoch: Epoch,
         outcome: worldmesh_economy::Outcome,
@@ -78,6 +79,17 @@ pub enum Command {
     Trade {
         player_id: PlayerId,
         request: worldmesh_protocol::TradeRequest,
+    },
+    /// A player drops or picks up an item (`crate::ground`), answered on `link` if refused.
+    Item {
+        link: LinkId,
+        player_id: PlayerId,
+        request: worldmesh_protocol::ItemRequest,
+    },
+    /// The ledger's ground in the rectangle [`crate::zone::Output::LoadGround`] asked for
+    /// (`None`: it could not be read).
+    GroundLoaded {
+        items: Option<Vec<(worldmesh_economy::Item, [f32; 2])>>,
     },
     /// The ledger's answer to [`crate::zone::Output::CommitTrade`] or
     /// [`crate::zone::Output::AbortTrade`].

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use worldmesh_protocol::grpc::persistence::{
-    AbortTradeRequest, ChangeInventoryRequest, ClaimInventoryRequest, LoadCharacterRequest,
-    ReserveIdsRequest, persistence_client::PersistenceClient,
+    AbortTradeRequest, ChangeInventoryRequest, ClaimInventoryRequest, GroundItemsRequest,
+    LoadCharacterRequest, ReserveIdsRequest, persistence_client::PersistenceClient,
 };
 use worldmesh_protocol::grpc::zone::{self as pb, zone_to_gateway::Msg};
 use worldmesh_runtime::Channel;
@@ -230,6 +230,7 @@ impl Driver {
                     epoch,
                     changes,
                 } => self.change_inventory(id, entity, epoch, changes),
+                Output::LoadGround { rect } => self.load_ground(rect),
                 Output::Publish(events) => {
                     for e in events {
                         self.ch.events.publish(e);
@@ -350,6 +351,30 @@ impl Driver {
         });
     }
 
+    /// Reads the ledger's ground in `rect` off the tick thread, once (the ground reads again
+    /// on its schedule).
+    fn load_ground(&self, [x0, y0, x1, y1]: [f32; 4]) {
+        let mut persistence = self.ch.persistence.clone();
+        let tx = self.ch.commands_tx.clone();
+        self.runtime.spawn(async move {
+            let request = GroundItemsRequest { x0, y0, x1, y1 };
+            let items = match persistence.ground_items(request).await {
+                Ok(r) => Some(
+                    r.into_inner()
+                        .items
+                        .iter()
+                        .filter_map(crate::ground::item_from_pb)
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the ground failed");
+                    None
+                }
+            };
+            let _ = tx.send(Command::GroundLoaded { items }).await;
+        });
+    }
+
     /// Records a change with the ledger off the tick thread, sent again with the same id until
     /// answered (the ledger applies an id once).
     fn change_inventory(
@@ -388,6 +413,7 @@ impl Driver {
             };
             let _ = tx
                 .send(Command::InventoryChanged {
+                    id,
                     entity,
                     epoch,
                     outcome,

@@ -265,6 +265,12 @@ impl Inventories {
             metrics::counter!("worldmesh_zone_loot_dropped_total", "reason" => "refused")
                 .increment(1);
         }
+        self.reread(entity, epoch);
+    }
+
+    /// Reads `entity`'s inventory again (and shows it anew) if it is still claimed at
+    /// `epoch`: a change of it was answered.
+    pub fn reread(&mut self, entity: EntityId, epoch: Epoch) {
         if let Some(entry) = self.entries.get_mut(&entity)
             && entry.epoch == epoch
         {

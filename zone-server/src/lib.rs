@@ -16,6 +16,8 @@
 //!   ledger when they arrive (sans-IO, reconciled by the zone core).
 //! - [`trades`]: trades between players, hosted by the opener's zone, relayed to the
 //!   other party's zone by engine mail, committed by the ledger (sans-IO).
+//! - [`ground`]: items lying on the ground in this zone's cells: drops, pick-ups (once,
+//!   by the ledger), reads of the ledger's ground when cells change hands (sans-IO).
 //! - [`character`]: a character as the core knows it (typed ids), converted to and from
 //!   protobuf only where it is loaded, saved or handed off.
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod command;
 pub mod coordinator;
 pub mod driver;
+pub mod ground;
 pub mod inventory;
 pub mod link;
 pub mod peers;

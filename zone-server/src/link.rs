@@ -298,6 +298,15 @@ async fn serve_link(
                     request,
                 }
             }
+            gateway_to_zone::Msg::Item(i) => Command::Item {
+                link,
+                player_id: PlayerId(i.player_id),
+                request: if i.pick_up {
+                    worldmesh_protocol::ItemRequest::PickUp { item: i.item }
+                } else {
+                    worldmesh_protocol::ItemRequest::Drop { item: i.item }
+                },
+            },
             gateway_to_zone::Msg::Chat(c) => {
                 if c.text.is_empty() || c.text.len() > MAX_CHAT_LEN {
                     continue;

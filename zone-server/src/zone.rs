@@ -132,6 +132,9 @@ pub enum Output {
     CommitTrade(worldmesh_economy::Commit),
     /// Ask the ledger to end a trade without moving anything, once; answered likewise.
     AbortTrade(worldmesh_economy::TradeId, worldmesh_economy::AbortReason),
+    /// Read the ledger's items on the ground in `[x0, y0, x1, y1)`; answer with
+    /// [`Command::GroundLoaded`] (see [`crate::ground`]).
+    LoadGround { rect: [f32; 4] },
     /// Game events for the read models (scores, kills, trades). Lossy: views, not truth.
     Publish(Vec<worldmesh_protocol::grpc::persistence::event::Kind>),
 }
@@ -256,6 +259,8 @@ pub struct Zone {
     present: Vec<crate::inventory::Present>,
     /// The trades hosted and watched here.
     trades: crate::trades::Trades,
+    /// The items on the ground in this zone's cells.
+    ground: crate::ground::Ground,
     /// Game events waiting for the next tick's [`Output::Publish`].
     events: Vec<worldmesh_protocol::grpc::persistence::event::Kind>,
 }
@@ -312,6 +317,7 @@ impl Zone {
             ghosted: Vec::new(),
             inventories: Default::default(),
             trades: Default::default(),
+            ground: Default::default(),
             events: Vec::new(),
             present: Vec::new(),
         })
@@ -379,6 +385,13 @@ impl Zone {
             };
             let actions = self.trades.poll(now.at, &here);
             self.trade_actions(actions);
+            let rect = self
+                .map
+                .as_deref()
+                .and_then(|m| geometry::owned_rect(m, self.zone_id));
+            if let Some(load) = self.ground.poll(now.at, rect) {
+                self.ground_actions(vec![load]);
+            }
         }
         self.ship_frames(now);
         self.check_borders(now);
@@ -499,6 +512,17 @@ impl Zone {
             Command::SessionDown => self.coordinator_up = false,
             Command::Map(map) => {
                 self.near = geometry::near_zones(&map, self.zone_id, self.border_margin);
+                let me = self.zone_id.0;
+                let mine = |m: &coord_pb::WorldMap| -> Vec<bool> {
+                    m.cell_owners.iter().map(|&o| o == me).collect()
+                };
+                if self
+                    .map
+                    .as_deref()
+                    .is_none_or(|old| mine(old) != mine(&map))
+                {
+                    self.ground.cells_changed();
+                }
                 self.map = Some(map);
             }
             Command::Ghosts(batch) => {
@@ -514,6 +538,13 @@ impl Zone {
                         components: ComponentValues::decode_or_log(&g.components, "ghost"),
                     })
                     .collect();
+                if !batch.ground.is_empty() {
+                    let (map, me) = (self.map.clone(), self.zone_id);
+                    let mine = |at: [f32; 2]| {
+                        map.as_deref().and_then(|m| owner_at(m, at[0], at[1])) == Some(me)
+                    };
+                    self.ground.hinted(&mut self.sim, &batch.ground, mine);
+                }
                 let tick = self.sim.tick();
                 let from = ZoneId(batch.from_zone);
                 self.sim.set_ghosts(from, tick, &ghosts);
@@ -553,10 +584,48 @@ impl Zone {
             } => self.inventories.claimed(entity, epoch, inventory),
             Command::IdsReserved { first, count } => self.inventories.ids_reserved(first, count),
             Command::InventoryChanged {
+                id,
                 entity,
                 epoch,
                 outcome,
+            } if self.ground.owns(id) => {
+                let (map, me) = (self.map.clone(), self.zone_id);
+                let owner_of = |at: [f32; 2]| {
+                    let owner = map.as_deref().and_then(|m| owner_at(m, at[0], at[1]));
+                    // A spot nobody owns yet stays here: the next read lets it go.
+                    owner.filter(|&o| o != me)
+                };
+                let actions = self.ground.changed(&mut self.sim, id, outcome, owner_of);
+                self.ground_actions(actions);
+                self.inventories.reread(entity, epoch);
+            }
+            Command::InventoryChanged {
+                entity,
+                epoch,
+                outcome,
+                ..
             } => self.inventories.changed(entity, epoch, outcome),
+            Command::Item {
+                link,
+                player_id,
+                request,
+            } => {
+                let actions = self.ground.request(
+                    &mut self.sim,
+                    &mut self.inventories,
+                    link,
+                    player_id,
+                    request,
+                );
+                self.ground_actions(actions);
+            }
+            Command::GroundLoaded { items } => {
+                let (map, me) = (self.map.clone(), self.zone_id);
+                let mine = |at: [f32; 2]| {
+                    map.as_deref().and_then(|m| owner_at(m, at[0], at[1])) == Some(me)
+                };
+                self.ground.loaded(&mut self.sim, items, mine);
+            }
             Command::Trade { player_id, request } => {
                 let Some(who) = self.sim.character_of(player_id) else {
                     return;
@@ -602,6 +671,11 @@ impl Zone {
                 }
                 self.participant.clear();
                 self.pending_acquire.clear();
+                // The ground went with the cells; the new registration reads its own.
+                for (item, _, _) in self.sim.ground_items() {
+                    self.sim.take_from_ground(item);
+                }
+                self.ground.cells_changed();
                 for (_, w) in std::mem::take(&mut self.awaiting_restore) {
                     self.join_failed(w.link, w.player_id, "zone lost its lease; retry");
                 }
@@ -778,6 +852,38 @@ impl Zone {
     }
 
     /// Claims the inventories of characters that arrived, shows them to their players.
+    fn ground_actions(&mut self, actions: Vec<crate::ground::Action>) {
+        for a in actions {
+            match a {
+                crate::ground::Action::Change {
+                    id,
+                    entity,
+                    epoch,
+                    changes,
+                } => self.out.push_back(Output::ChangeInventory {
+                    id,
+                    entity,
+                    epoch,
+                    changes,
+                }),
+                crate::ground::Action::Refuse {
+                    link,
+                    player_id,
+                    refusal,
+                } => {
+                    if let Ok(frame) = codec::encode_to_vec(
+                        &worldmesh_protocol::ServerMessage::ItemRefused(refusal),
+                    ) {
+                        self.sim.send_reliable(link, player_id, frame);
+                    }
+                }
+                crate::ground::Action::Load { rect } => {
+                    self.out.push_back(Output::LoadGround { rect });
+                }
+            }
+        }
+    }
+
     fn reconcile_inventories(&mut self) {
         self.sim.player_characters(&mut self.present);
         for step in self.inventories.reconcile(&self.present) {
@@ -1338,7 +1444,13 @@ impl Zone {
         for (zone, r) in replies {
             traffic.entry(zone).or_default().1.push(reply_to_pb(r));
         }
-        for &zone in traffic.keys() {
+        let mut hints: BTreeMap<ZoneId, Vec<pb::GroundHint>> = self
+            .ground
+            .hinted_zones()
+            .into_iter()
+            .map(|zone| (zone, self.ground.hints_for(zone)))
+            .collect();
+        for &zone in traffic.keys().chain(hints.keys()) {
             if let Some(a) = address(zone) {
                 batches.entry(zone).or_insert_with(|| (a, Vec::new()));
             }
@@ -1424,6 +1536,7 @@ impl Zone {
                     effects,
                     answers,
                     events: events.remove(&zone_id).unwrap_or_default(),
+                    ground: hints.remove(&zone_id).unwrap_or_default(),
                 },
             }));
         }
@@ -2738,6 +2851,239 @@ mod tests {
             .collect();
         assert_eq!(told, [200], "player 7 is told across the border");
         assert_eq!(z1.sim().effects_in_flight(), 0);
+    }
+
+    /// The economy's ledger for zone tests: answers what zones ask of it, in order.
+    struct TestLedger {
+        ledger: worldmesh_economy::Ledger,
+        next_id: u64,
+    }
+
+    impl TestLedger {
+        fn new() -> Self {
+            Self {
+                ledger: Default::default(),
+                next_id: 1000,
+            }
+        }
+
+        /// Answers the ledger's outputs in `out` (one round), returns the rest.
+        fn serve(&mut self, z: &mut Zone, now: Now, out: Vec<Output>) -> Vec<Output> {
+            let mut rest = Vec::new();
+            for o in out {
+                match o {
+                    Output::ClaimInventory { entity, epoch } => {
+                        let inventory = self.ledger.claim(entity, epoch.0).ok();
+                        z.handle(
+                            now,
+                            Command::InventoryClaimed {
+                                entity,
+                                epoch,
+                                inventory,
+                            },
+                        );
+                    }
+                    Output::ReserveIds { count } => {
+                        let first = self.next_id;
+                        self.next_id += count;
+                        z.handle(now, Command::IdsReserved { first, count });
+                    }
+                    Output::ChangeInventory {
+                        id,
+                        entity,
+                        epoch,
+                        changes,
+                    } => {
+                        let outcome = self.ledger.change(id, entity, epoch.0, &changes);
+                        z.handle(
+                            now,
+                            Command::InventoryChanged {
+                                id,
+                                entity,
+                                epoch,
+                                outcome,
+                            },
+                        );
+                    }
+                    Output::LoadGround {
+                        rect: [x0, y0, x1, y1],
+                    } => {
+                        let items = self
+                            .ledger
+                            .all_items()
+                            .filter_map(|(place, item)| match place {
+                                worldmesh_economy::Place::Ground([x, y])
+                                    if x >= x0 && x < x1 && y >= y0 && y < y1 =>
+                                {
+                                    Some((item, [x, y]))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        z.handle(now, Command::GroundLoaded { items: Some(items) });
+                    }
+                    other => rest.push(other),
+                }
+            }
+            rest
+        }
+    }
+
+    fn item_refusals(out: &[Output], player: u64) -> Vec<worldmesh_protocol::ItemRefusal> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Frames { frames, .. } => Some(frames),
+                _ => None,
+            })
+            .flat_map(|f| f.frames.iter())
+            .filter(|f| f.player_id == player && f.reliable)
+            .filter_map(
+                |f| match worldmesh_protocol::codec::decode_frame(&f.frame) {
+                    Ok(worldmesh_protocol::ServerMessage::ItemRefused(r)) => Some(r),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn a_dropped_item_is_ghosted_across_the_border_picked_up_once_and_loaded_by_a_new_owner() {
+        use worldmesh_economy::{Item, ItemId, ItemKind, Place};
+        use worldmesh_protocol::ItemRequest;
+        let mut ledger = TestLedger::new();
+        let gem = Item {
+            id: ItemId(500),
+            kind: ItemKind(2),
+            count: 3,
+            version: 1,
+        };
+        ledger.ledger.grant(EntityId(100), gem);
+        let (mut z1, mut clock) = zone(1);
+        let (mut z2, _) = zone(2);
+        // Player 7 (character 100) at x 98 and player 9 (300) at x 96 in zone 1 (x < 100);
+        // player 8 (200) at x 103 in zone 2.
+        join(&mut z1, clock.0, 7, 100, 98.0, 2);
+        join(&mut z1, clock.0, 9, 300, 96.0, 2);
+        join(&mut z2, clock.0, 8, 200, 103.0, 2);
+        let mut tick = 1;
+        // One tick of both zones, the ledger serving both; zone 1's and zone 2's other outputs.
+        let mut step =
+            |z1: &mut Zone, z2: &mut Zone, clock: &mut Clock, ledger: &mut TestLedger| {
+                let now = clock.advance(Duration::from_millis(50));
+                z1.tick(now, tick);
+                z2.tick(now, tick);
+                tick += 1;
+                let (mut out1, mut out2) = (drain(z1), drain(z2));
+                for _ in 0..3 {
+                    out1 = ledger.serve(z1, now, out1);
+                    out1.extend(drain(z1));
+                    out2 = ledger.serve(z2, now, out2);
+                    out2.extend(drain(z2));
+                }
+                (out1, out2)
+            };
+        for _ in 0..8 {
+            step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        }
+        assert!(
+            z1.inventories.get(EntityId(100)).is_some(),
+            "inventory read"
+        );
+
+        // Player 7 drops the gem at its feet: zone 1 owns the spot and shows it.
+        z1.handle(
+            clock.0,
+            Command::Item {
+                link: LinkId(1),
+                player_id: PlayerId(7),
+                request: ItemRequest::Drop { item: 500 },
+            },
+        );
+        step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        assert_eq!(
+            ledger.ledger.item(ItemId(500)).unwrap().0,
+            Place::Ground([98.0, 50.0])
+        );
+        let seen = z1.sim().seen_item(500).expect("on the ground in zone 1");
+        assert_eq!(
+            (seen.from, seen.view.count, seen.view.version),
+            (None, 3, 2)
+        );
+
+        // Zone 1 shows it to zone 2 (within its border margin) as a ghost.
+        let (out1, _) = step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        z2.handle(clock.0, Command::Ghosts(batch_to(out1, 2)));
+        assert_eq!(z2.sim().seen_item(500).unwrap().from, Some(ZoneId(1)));
+
+        // Players 8 (zone 2, through the ghost) and 9 (zone 1) both pick it up; zone 2's
+        // change reaches the ledger first.
+        for (z, player) in [(&mut z2, 8), (&mut z1, 9)] {
+            z.handle(
+                clock.0,
+                Command::Item {
+                    link: LinkId(1),
+                    player_id: PlayerId(player),
+                    request: ItemRequest::PickUp { item: 500 },
+                },
+            );
+            let out = drain(z);
+            assert!(ledger.serve(z, clock.0, out).is_empty());
+        }
+        let (out1, out2) = step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        assert_eq!(
+            ledger.ledger.item(ItemId(500)).unwrap().0,
+            Place::Carried(EntityId(200)),
+            "player 8 has it"
+        );
+        assert_eq!(
+            item_refusals(&out1, 9)
+                .iter()
+                .map(|r| r.why)
+                .collect::<Vec<_>>(),
+            [worldmesh_protocol::ItemRefusalReason::Gone]
+        );
+        assert!(item_refusals(&out2, 8).is_empty());
+        assert!(z2.sim().seen_item(500).is_none(), "the ghost went with it");
+        // Zone 2's next batch tells zone 1, which takes it off its ground.
+        z1.handle(clock.0, Command::Ghosts(batch_to(out2, 1)));
+        assert!(z1.sim().seen_item(500).is_none(), "gone from zone 1 too");
+
+        // Player 8 (once its inventory shows the gem) drops it again; then zone 2's cells
+        // pass to a new zone (a failover), which reads the ground in its cells.
+        for _ in 0..8 {
+            step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        }
+        assert!(
+            z2.inventories
+                .get(EntityId(200))
+                .is_some_and(|i| i.items.iter().any(|i| i.id == ItemId(500)))
+        );
+        z2.handle(
+            clock.0,
+            Command::Item {
+                link: LinkId(1),
+                player_id: PlayerId(8),
+                request: ItemRequest::Drop { item: 500 },
+            },
+        );
+        for _ in 0..8 {
+            step(&mut z1, &mut z2, &mut clock, &mut ledger);
+        }
+        assert_eq!(
+            ledger.ledger.item(ItemId(500)).unwrap().0,
+            Place::Ground([103.0, 50.0])
+        );
+        assert_eq!(z2.sim().seen_item(500).unwrap().view.version, 4);
+        let (mut z3, _) = zone(2);
+        let now = clock.advance(Duration::from_millis(50));
+        for t in 0..8 {
+            z3.tick(now, 1000 + t);
+            let out = drain(&mut z3);
+            ledger.serve(&mut z3, now, out);
+        }
+        let seen = z3.sim().seen_item(500).expect("loaded from the ledger");
+        assert_eq!((seen.at, seen.view.version), ([103.0, 50.0], 4));
+        assert_eq!(z3.sim().ground_count(), 1);
     }
 
     #[test]

@@ -1086,6 +1086,7 @@ impl Sim {
                 Output::ClaimInventory { .. }
                 | Output::ReserveIds { .. }
                 | Output::ChangeInventory { .. }
+                | Output::LoadGround { .. }
                 | Output::CommitTrade(_)
                 | Output::AbortTrade(..)
                 | Output::Publish(_) => {}

@@ -132,6 +132,15 @@ impl ChatLimiter {
         )
     }
 
+    /// The item requests limiter (`ITEM_RATE_PER_S`, `ITEM_BURST`).
+    pub fn items(now: Instant) -> Self {
+        Self::with(
+            now,
+            worldmesh_protocol::ITEM_RATE_PER_S,
+            worldmesh_protocol::ITEM_BURST,
+        )
+    }
+
     fn with(now: Instant, rate: f64, burst: f64) -> Self {
         Self {
             tokens: burst,

@@ -5,7 +5,8 @@
 use super::*;
 
 impl Sim {
-    /// Characters and NPCs simulated here (frozen ones too), for border visibility.
+    /// Characters and NPCs simulated here (frozen ones too) and the items on the ground
+    /// held here, for border visibility.
     pub fn visible_characters(&mut self, out: &mut Vec<GhostState>) {
         out.clear();
         let mut q = self.world.query_filtered::<(&Id, &Position, &Motion, &Synced), (
@@ -18,6 +19,19 @@ impl Sim {
             y: p.y,
             heading: m.heading,
             speed: m.speed,
+            components: s.replicated_values(),
+        }));
+        // Items on the ground near a border show on the other side too.
+        let mut items = self.world.query_filtered::<(&Id, &Position, &Synced), (
+            With<worldmesh_game::ground::GroundItem>,
+            Without<Ghost>,
+        )>();
+        out.extend(items.iter(&self.world).map(|(r, p, s)| GhostState {
+            id: r.0,
+            x: p.x,
+            y: p.y,
+            heading: 0.0,
+            speed: 0.0,
             components: s.replicated_values(),
         }));
     }
@@ -45,7 +59,7 @@ impl Sim {
                 speed,
                 ..
             } = g;
-            if self.entity_of(id).is_some() {
+            if self.entity_of(id).is_some() || self.holds_ground(id) {
                 continue;
             }
             let existing = self.world.resource::<GhostIndex>().0.get(&id).copied();

@@ -99,11 +99,7 @@ pub fn rebuild_grid(
     let quantizer = Quantizer::new(b);
     for (entity, rec, &pos, motion, synced) in &q {
         // Characters (players, also detached ones) have ids below the NPC range.
-        let kind = if rec.0 < super::NPC_ID_BASE {
-            EntityKind::Player
-        } else {
-            EntityKind::Npc
-        };
+        let kind = EntityKind::of(rec.0);
         let mut q = quantizer.quantize(rec.0.0, kind, pos.x, pos.y, motion.heading, motion.speed);
         q.rev = synced.rev;
         let (kx, ky) = grid.key(pos);

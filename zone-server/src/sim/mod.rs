@@ -15,7 +15,7 @@
 //!   [`interest`], [`snapshot`], [`events`]; their components in [`components`].
 //! - `Sim`'s operations by concern, each an `impl Sim` block: `roster.rs` (joining, leaving,
 //!   detached players, NPCs, inputs, checkpoints), `handoff.rs` (freeze, arrivals, removal),
-//!   `ghosts.rs` (border visibility), `chat.rs`.
+//!   `ghosts.rs` (border visibility), `ground.rs` (items lying on the ground), `chat.rs`.
 
 pub mod actions;
 pub mod components;
@@ -29,6 +29,7 @@ pub mod snapshot;
 
 mod chat;
 mod ghosts;
+mod ground;
 mod handoff;
 mod mail;
 mod roster;
@@ -49,6 +50,7 @@ use crate::character::Character;
 
 use components::*;
 pub use components::{AbsentPlayer, Player};
+pub use ground::{GroundIndex, SeenItem};
 
 /// NPC entity ids start here, far above any character id SQL will hand out.
 pub const NPC_ID_BASE: EntityId = EntityId::NPC_BASE;
@@ -184,6 +186,7 @@ impl Sim {
         world.insert_resource(PlayerIndex::default());
         world.insert_resource(CharIndex::default());
         world.insert_resource(GhostIndex::default());
+        world.insert_resource(GroundIndex::default());
         world.insert_resource(npc::Graveyard::default());
         world.insert_resource(effects::Origin::default());
         world.insert_resource(effects::Outgoing::default());
