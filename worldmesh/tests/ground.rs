@@ -1,0 +1,271 @@
+//! Items on the ground, over real QUIC, gRPC, Redis and PostgreSQL, with the example game's
+//! starter kits: a player drops a gem at a zone border; players on both sides see it (one
+//! zone holds it, the other shows a ghost); two of them, one per zone, reach for it at once
+//! and exactly one gets it; it vanishes for everyone; hostile requests are refused with
+//! nothing moved; a dropped item is still there after the whole cluster restarts (a new zone
+//! reads the ledger's ground in its cells). SQL is audited: every item held once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use worldmesh_client::Session;
+use worldmesh_persistence::Store;
+use worldmesh_protocol::{
+    ComponentKind, EntityId, GroundItemView, Input, InventoryView, ItemRefusalReason,
+    ItemRequest, ServerMessage,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Stands still and reads snapshots until `until` holds for the newest view.
+async fn watch(
+    s: &mut Session,
+    seq: &mut u32,
+    what: &str,
+    until: impl Fn(&Session, &worldmesh_client::View) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                assert!(tokio::time::Instant::now() < deadline, "{what}: not within {WAIT:?}");
+                *seq += 1;
+                s.send_input(Input { seq: *seq, ack_tick: s.ack_tick(), heading: 0.0, speed: 0.0, actions: 0 }).unwrap();
+            }
+            v = s.recv_snapshot() => {
+                let v = v.expect("snapshot");
+                if v.newest && until(s, &v) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn sees(v: &worldmesh_client::View, entity: EntityId) -> bool {
+    v.entities.iter().any(|e| e.id == entity)
+}
+
+/// The next control message `pick` accepts, within [`WAIT`].
+async fn next<T>(s: &mut Session, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next_control()).await {
+            Ok(Some(ServerMessage::Kick(k))) => panic!("kicked: {k:?}"),
+            Ok(Some(m)) => {
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("the control stream ended"),
+            Err(_) => panic!("nothing matching within {WAIT:?}"),
+        }
+    }
+}
+
+async fn inventory(s: &mut Session, pick: impl Fn(&InventoryView) -> bool) -> InventoryView {
+    next(s, |m| match m {
+        ServerMessage::Inventory(v) if pick(&v) => Some(v),
+        _ => None,
+    })
+    .await
+}
+
+async fn refused(s: &mut Session) -> ItemRefusalReason {
+    next(s, |m| match m {
+        ServerMessage::ItemRefused(r) => Some(r.why),
+        _ => None,
+    })
+    .await
+}
+
+/// A pick-up's end for this player: the item in its inventory (true) or refused (false).
+async fn picked(s: &mut Session, item: u64) -> bool {
+    next(s, |m| match m {
+        ServerMessage::Inventory(v) if v.items.iter().any(|i| i.id == item) => Some(true),
+        ServerMessage::ItemRefused(r) => {
+            assert_eq!(r.why, ItemRefusalReason::Gone, "the loser is told it is gone");
+            Some(false)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Every item in SQL: (item, holder) for the characters `who`, and the ground's.
+async fn audit(store: &Store, who: &[u64]) -> Vec<(u64, u64)> {
+    let ledger = store.ledger();
+    let mut items = Vec::new();
+    for &w in who {
+        let inv = ledger.inventory(w).await.unwrap().unwrap();
+        items.extend(inv.items.iter().map(|i| (i.id.0, w)));
+    }
+    let ground = ledger
+        .ground_items([f32::MIN, f32::MIN, f32::MAX, f32::MAX])
+        .await
+        .unwrap();
+    items.extend(ground.iter().map(|(i, _)| (i.id.0, 0)));
+    items.sort_unstable();
+    items
+}
+
+/// Stops walking and lets the character come to rest.
+async fn stop(s: &mut Session, seq: &mut u32) {
+    for _ in 0..10 {
+        *seq += 1;
+        s.send_input(Input {
+            seq: *seq,
+            ack_tick: s.ack_tick(),
+            heading: 0.0,
+            speed: 0.0,
+            actions: 0,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_restart() {
+    let (backend, persistence) = Backend::tiered().await;
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
+    let mut config = small_world(persistence.clone());
+    config.zone.game = worldmesh::games::by_name("arena").unwrap();
+    config.coordinator.geometry.spawn_spread = 2.0;
+    let cluster = worldmesh::cluster::Cluster::start(config.clone())
+        .await
+        .unwrap();
+    let store = Store::connect(&worldmesh_persistence::Config {
+        run_flusher: false,
+        ..persistence.clone()
+    })
+    .await
+    .unwrap();
+    let endpoint = endpoint();
+    let mut ann = Session::login(&endpoint, cluster.gateway_addr, "ground_ann")
+        .await
+        .unwrap();
+    let mut bob = Session::login(&endpoint, cluster.gateway_addr, "ground_bob")
+        .await
+        .unwrap();
+    let mut cat = Session::login(&endpoint, cluster.gateway_addr, "ground_cat")
+        .await
+        .unwrap();
+    let ids = [
+        ann.welcome.entity_id.0,
+        bob.welcome.entity_id.0,
+        cat.welcome.entity_id.0,
+    ];
+    let kit = |v: &InventoryView| v.gold == 100 && v.items.len() == 3;
+    let ann_kit = inventory(&mut ann, kit).await;
+    let bob_kit = inventory(&mut bob, kit).await;
+    inventory(&mut cat, kit).await;
+    let before = audit(&store, &ids).await;
+    assert_eq!(before.len(), 9);
+
+    // The border runs at x = 200. Bob crosses into the east zone and comes back to just
+    // beyond it (still the east zone's: a character is handed back 5 m inside); ann walks up
+    // to the border, cat a little behind her, both in the west zone.
+    let (west, _) = owner(&cluster.coordinator_url, ids[0]).await;
+    let (mut seq_a, mut seq_b, mut seq_c) = (0, 0, 0);
+    walk_until(&mut bob, &mut seq_b, 0.0, |x| x > 206.0).await;
+    stop(&mut bob, &mut seq_b).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while owner(&cluster.coordinator_url, ids[1]).await.0 == west {
+        assert!(tokio::time::Instant::now() < deadline, "bob never handed off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    walk_until(&mut bob, &mut seq_b, std::f32::consts::PI, |x| x < 203.5).await;
+    stop(&mut bob, &mut seq_b).await;
+    walk_until(&mut ann, &mut seq_a, 0.0, |x| x > 199.0).await;
+    stop(&mut ann, &mut seq_a).await;
+    walk_until(&mut cat, &mut seq_c, 0.0, |x| x > 196.5).await;
+    stop(&mut cat, &mut seq_c).await;
+    assert_ne!(owner(&cluster.coordinator_url, ids[1]).await.0, west);
+    assert_eq!(owner(&cluster.coordinator_url, ids[0]).await.0, west);
+    assert_eq!(owner(&cluster.coordinator_url, ids[2]).await.0, west);
+
+    // Ann drops a gem at her feet; everyone sees it, with what it is.
+    let gem = ann_kit.items[0];
+    let on_ground = EntityId::item(gem.id).unwrap();
+    ann.item(ItemRequest::Drop { item: gem.id }).await.unwrap();
+    inventory(&mut ann, |v| v.items.len() == 2).await;
+    for (s, seq) in [
+        (&mut ann, &mut seq_a),
+        (&mut bob, &mut seq_b),
+        (&mut cat, &mut seq_c),
+    ] {
+        watch(s, seq, "the gem shows", |s, v| {
+            sees(v, on_ground)
+                && s.fields(on_ground)
+                    .and_then(|f| f.get::<GroundItemView>(ComponentKind::GROUND_ITEM))
+                    .and_then(Result::ok)
+                    .is_some_and(|g| g.kind == gem.kind && g.count == gem.count)
+        })
+        .await;
+    }
+
+    // Hostile requests: nothing moves.
+    cat.item(ItemRequest::Drop {
+        item: bob_kit.items[0].id,
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused(&mut cat).await, ItemRefusalReason::NotHeld);
+    cat.item(ItemRequest::PickUp { item: 1 << 40 })
+        .await
+        .unwrap();
+    assert_eq!(refused(&mut cat).await, ItemRefusalReason::TooFar);
+
+    // Bob (east zone, through its ghost) and cat (west zone) reach for it at once.
+    let (b, c) = tokio::join!(
+        bob.item(ItemRequest::PickUp { item: gem.id }),
+        cat.item(ItemRequest::PickUp { item: gem.id })
+    );
+    b.unwrap();
+    c.unwrap();
+    let (bob_got, cat_got) = tokio::join!(picked(&mut bob, gem.id), picked(&mut cat, gem.id));
+    assert!(bob_got != cat_got, "exactly one got it (bob {bob_got}, cat {cat_got})");
+    let winner = if bob_got { ids[1] } else { ids[2] };
+    for (s, seq) in [
+        (&mut ann, &mut seq_a),
+        (&mut bob, &mut seq_b),
+        (&mut cat, &mut seq_c),
+    ] {
+        watch(s, seq, "the gem goes", |_, v| !sees(v, on_ground)).await;
+    }
+    let after = audit(&store, &ids).await;
+    assert_eq!(after.len(), 9, "every item once: {after:?}");
+    assert!(after.contains(&(gem.id, winner)));
+
+    // The winner drops it again; the cluster stops and starts anew from the same database:
+    // a new zone reads the ground in its cells, and a player sees it lying there.
+    let winner_s = if bob_got { &mut bob } else { &mut cat };
+    winner_s
+        .item(ItemRequest::Drop { item: gem.id })
+        .await
+        .unwrap();
+    inventory(winner_s, |v| v.items.len() == 3).await;
+    let lying = audit(&store, &ids).await;
+    assert!(lying.contains(&(gem.id, 0)), "on the ground: {lying:?}");
+    for s in [ann, bob, cat] {
+        s.bye().await.unwrap();
+    }
+    cluster.stop().await;
+    let cluster = worldmesh::cluster::Cluster::start(config).await.unwrap();
+    let mut ann = Session::login(&endpoint, cluster.gateway_addr, "ground_ann")
+        .await
+        .unwrap();
+    watch(&mut ann, &mut seq_a, "the gem lies there after a restart", |_, v| {
+        sees(v, on_ground)
+    })
+    .await;
+    assert_eq!(audit(&store, &ids).await, lying, "nothing moved");
+    ann.bye().await.unwrap();
+    store.close().await;
+    cluster.stop().await;
+    backend.cleanup().await;
+}
