@@ -843,9 +843,13 @@ async fn relay(
                                 worldmesh_protocol::ItemRequest::Drop { item } => (false, item),
                                 worldmesh_protocol::ItemRequest::PickUp { item } => (true, item),
                             };
-                            link.send(gateway_to_zone::Msg::Item(pb::PlayerItem { player_id, pick_up, item })).await;
+                            // A link closed under a relocation: the player is told to retry
+                            // rather than left without an answer.
+                            if !link.send(gateway_to_zone::Msg::Item(pb::PlayerItem { player_id, pick_up, item })).await {
+                                refuse_item(gateway, player_id, item, worldmesh_protocol::ItemRefusalReason::NotReady);
+                            }
                         } else {
-                            refuse_item(gateway, player_id, i.item());
+                            refuse_item(gateway, player_id, i.item(), worldmesh_protocol::ItemRefusalReason::RateLimited);
                         }
                     }
                     crate::checks::InPlay::Action(a) => {
@@ -903,10 +907,15 @@ fn check_trade(
     None
 }
 
-/// An item request over the rate: refused to the player, counted.
-fn refuse_item(gateway: &Gateway, player_id: u64, item: u64) {
-    use worldmesh_protocol::{ItemRefusal, ItemRefusalReason};
-    let why = ItemRefusalReason::RateLimited;
+/// An item request refused by the gateway (over the rate, or no zone to take it): told to
+/// the player, counted.
+fn refuse_item(
+    gateway: &Gateway,
+    player_id: u64,
+    item: u64,
+    why: worldmesh_protocol::ItemRefusalReason,
+) {
+    use worldmesh_protocol::ItemRefusal;
     metrics::counter!("worldmesh_gateway_item_refused_total", "why" => why.name()).increment(1);
     if let (Some(session), Ok(frame)) = (
         gateway.sessions.get(&player_id),

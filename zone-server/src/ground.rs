@@ -130,9 +130,11 @@ impl Ground {
     ) -> Vec<Action> {
         let asker = Asker { link, player_id };
         let item = request.item();
+        tracing::debug!(player = player_id.0, ?request, "item request");
         let refuse = |why| refuse(asker, item, why);
+        // Not in play here (yet, or any more): the gateway's route is moving; try again.
         let Some((entity, at)) = sim.player_at(player_id) else {
-            return Vec::new();
+            return refuse(ItemRefusalReason::NotReady);
         };
         let (Some(inventory), Some(epoch)) =
             (inventories.get(entity), inventories.claimed_epoch(entity))
@@ -213,6 +215,7 @@ impl Ground {
         let Some(pending) = self.pending.remove(&id) else {
             return Vec::new();
         };
+        tracing::debug!(change = id.0, ?pending, ?outcome, "item change answered");
         let (asker, item) = match pending {
             Pending::Drop { asker, item, .. } => (asker, item.id.0),
             Pending::PickUp { asker, item, .. } => (asker, item),
@@ -252,8 +255,11 @@ impl Ground {
                 }
                 Vec::new()
             }
-            // The player's claim was overtaken: it is another zone's now, and so is telling it.
-            _ if outcome == Outcome::Aborted(worldmesh_economy::AbortReason::Fenced) => Vec::new(),
+            // The player's claim was overtaken: it is another zone's now; asking again there
+            // is what to do.
+            _ if outcome == Outcome::Aborted(worldmesh_economy::AbortReason::Fenced) => {
+                refuse(asker, item, ItemRefusalReason::NotReady)
+            }
             Pending::Drop { .. } => refuse(asker, item, ItemRefusalReason::NotHeld),
             Pending::PickUp { .. } => {
                 // Shown but not there at that version: this view is behind; read again soon.
