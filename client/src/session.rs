@@ -105,6 +105,10 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// Bytes of datagrams (snapshots, events) a connection holds until the client reads them:
+/// a handful of snapshots.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
+
 /// A client QUIC endpoint; one serves many connections (bots share one per process).
 #[derive(Clone)]
 pub struct ClientEndpoint {
@@ -127,7 +131,12 @@ impl ClientEndpoint {
             QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?,
         ));
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        transport
+            .keep_alive_interval(Some(Duration::from_secs(2)))
+            // A client that reads slower than snapshots come should read the newest, not a
+            // backlog (quinn keeps 1.25 MB by default: a minute of snapshots). The oldest
+            // beyond this are dropped.
+            .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
         config.transport_config(Arc::new(transport));
         // One socket carries every bot of the process: thousands of snapshots arrive in the
         // same millisecond after each server tick, so it gets the gateway's large buffers

@@ -232,6 +232,11 @@ fn player_id_base(name: &str) -> u64 {
     ((h.finish() as u32 as u64) << 32) | 1
 }
 
+/// Bytes of datagrams (snapshots, events) one connection holds while its congestion window
+/// is full: about three full snapshots (1,100 bytes each, PROTOCOL.md § 7). Beyond, the
+/// oldest are dropped (`quinn::Connection::send_datagram`).
+pub const DATAGRAM_SEND_BUFFER: usize = 4 * 1024;
+
 /// Builds the QUIC server endpoint on an already bound UDP socket.
 pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::Endpoint, Error> {
     let identity = match &config.tls {
@@ -251,7 +256,11 @@ pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::E
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         // Inputs are small and replaced every tick; a few dozen queued is plenty.
-        .datagram_receive_buffer_size(Some(64 * 1024));
+        .datagram_receive_buffer_size(Some(64 * 1024))
+        // Snapshots waiting for the congestion window: a newer one makes the older useless,
+        // so hold a few and drop the oldest (quinn's default, 1 MiB, is a minute of them:
+        // under overload the queue, not the server, set the latency).
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     server.transport_config(Arc::new(transport));
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

@@ -102,6 +102,10 @@ pub struct SessionHandle {
     /// [`crate::zones::watch_starved`]).
     pub last_snapshot_ms: std::sync::atomic::AtomicU64,
     control: mpsc::Sender<Bytes>,
+    /// Frames for the client that came before its `Welcome` went out (a world chat line, a
+    /// zone's first `Inventory`): held here, so the client reads `Welcome` first (PROTOCOL.md
+    /// § 5). `None` once it has been sent.
+    early: std::sync::Mutex<Option<Vec<Bytes>>>,
     kick: mpsc::Sender<(ErrorCode, String)>,
     /// Players this one does not want to hear (names; this session only).
     muted: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -193,10 +197,45 @@ impl SessionHandle {
         invites.remove(at).map(|(_, party)| party)
     }
 
+    /// Queues a frame on the control stream, or holds it until `Welcome` is out; `Err` when
+    /// there is no room.
+    fn queue(&self, frame: Bytes) -> Result<(), ()> {
+        let mut early = self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = early.as_mut() {
+            if held.len() >= CONTROL_QUEUE / 2 {
+                return Err(());
+            }
+            held.push(frame);
+            return Ok(());
+        }
+        drop(early);
+        self.control.try_send(frame).map_err(|_| ())
+    }
+
+    /// Sends `first` (`Welcome`, and `Session` for an account: what a client reads first on
+    /// its control stream, PROTOCOL.md § 5), then what came for the client meanwhile.
+    pub fn welcome(&self, first: Vec<Bytes>) {
+        let mut early = self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = early.take().unwrap_or_default();
+        // The queue is empty until now (everything else was held), and holds more than
+        // the frames held: none of these is dropped.
+        for f in first.into_iter().chain(held) {
+            if self.control.try_send(f).is_err() {
+                metrics::counter!("worldmesh_gateway_reliable_dropped_total").increment(1);
+            }
+        }
+    }
+
     /// Queues a chat frame; a client not reading its stream misses the line (counted), and
     /// is not kicked for it: chat is the one reliable message others decide the volume of.
     pub fn send_chat(&self, frame: Bytes) {
-        if self.control.try_send(frame).is_err() {
+        if self.queue(frame).is_err() {
             metrics::counter!("worldmesh_gateway_chat_dropped_total").increment(1);
         }
     }
@@ -239,7 +278,7 @@ impl SessionHandle {
     }
 
     pub fn send_reliable(&self, frame: Bytes) {
-        if self.control.try_send(frame).is_err() {
+        if self.queue(frame).is_err() {
             metrics::counter!("worldmesh_gateway_reliable_dropped_total").increment(1);
             self.kick(ErrorCode::RateLimited, "not reading the control stream");
         }
@@ -584,6 +623,7 @@ async fn play(
             relocating: false.into(),
             last_snapshot_ms: 0.into(),
             control: control.clone(),
+            early: std::sync::Mutex::new(Some(Vec::new())),
             kick: kick_tx,
             muted: Default::default(),
             party: 0.into(),
@@ -637,7 +677,7 @@ async fn play(
     });
     let frame = codec::encode_to_vec(&welcome)
         .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-    let _ = control.send(Bytes::from(frame)).await;
+    let mut first = vec![Bytes::from(frame)];
     if login.account_id != 0 {
         let expires_unix_s = crate::token::now_unix_s() + gateway.config.token_ttl.as_secs();
         let token = gateway.tokens.sign(&crate::token::Claims {
@@ -650,8 +690,12 @@ async fn play(
             token,
             expires_unix_s,
         })) {
-            let _ = control.send(Bytes::from(frame)).await;
+            first.push(Bytes::from(frame));
         }
+    }
+    match gateway.sessions.get(&player_id) {
+        Some(s) => s.welcome(first),
+        None => return Err(Refusal::new(ErrorCode::Unavailable, "session ended")),
     }
     tracing::info!(
         account = login.account_id,
@@ -833,8 +877,12 @@ async fn relay(
                         }
                     }
                     crate::checks::InPlay::Trade(t) => {
-                        if let Some(request) = check_trade(gateway, player_id, &mut trade_limiter, t) {
-                            link.send(gateway_to_zone::Msg::Trade(pb::PlayerTrade { player_id, request })).await;
+                        let trade = trade_id(&t);
+                        if let Some(request) = check_trade(gateway, player_id, &mut trade_limiter, t)
+                            && !link.send(gateway_to_zone::Msg::Trade(pb::PlayerTrade { player_id, request })).await
+                        {
+                            // A link closed under a relocation: retry, not silence.
+                            refuse_trade(gateway, player_id, trade, worldmesh_protocol::TradeRefusal::NotReady);
                         }
                     }
                     crate::checks::InPlay::Item(i) => {
@@ -876,13 +924,8 @@ fn check_trade(
     limiter: &mut crate::chat::ChatLimiter,
     t: worldmesh_protocol::TradeRequest,
 ) -> Option<Vec<u8>> {
-    use worldmesh_protocol::{TradeNews, TradeRefusal, TradeRequest};
-    let trade = match &t {
-        TradeRequest::Open { .. } => 0,
-        TradeRequest::Offer { trade, .. }
-        | TradeRequest::Accept { trade, .. }
-        | TradeRequest::Cancel { trade } => *trade,
-    };
+    use worldmesh_protocol::{TradeRefusal, TradeRequest};
+    let trade = trade_id(&t);
     let refused = if !limiter.admit(std::time::Instant::now()) {
         Some(TradeRefusal::RateLimited)
     } else if matches!(&t, TradeRequest::Offer { items, .. } if items.len() > worldmesh_protocol::MAX_TRADE_ITEMS)
@@ -897,6 +940,29 @@ fn check_trade(
         (Some(why), _) => why,
         (None, Err(_)) => TradeRefusal::NotHeld,
     };
+    refuse_trade(gateway, player_id, trade, why);
+    None
+}
+
+/// The trade a step is about (0 for an `Open`).
+fn trade_id(t: &worldmesh_protocol::TradeRequest) -> u64 {
+    use worldmesh_protocol::TradeRequest;
+    match t {
+        TradeRequest::Open { .. } => 0,
+        TradeRequest::Offer { trade, .. }
+        | TradeRequest::Accept { trade, .. }
+        | TradeRequest::Cancel { trade } => *trade,
+    }
+}
+
+/// A trade step refused by the gateway: told to the player, counted.
+fn refuse_trade(
+    gateway: &Gateway,
+    player_id: u64,
+    trade: u64,
+    why: worldmesh_protocol::TradeRefusal,
+) {
+    use worldmesh_protocol::TradeNews;
     metrics::counter!("worldmesh_gateway_trade_refused_total", "why" => why.name()).increment(1);
     if let (Some(session), Ok(frame)) = (
         gateway.sessions.get(&player_id),
@@ -904,7 +970,6 @@ fn check_trade(
     ) {
         session.send_chat(Bytes::from(frame));
     }
-    None
 }
 
 /// An item request refused by the gateway (over the rate, or no zone to take it): told to

@@ -52,7 +52,17 @@ pub enum Behaviour {
     /// or gold, sometimes counter, accept; now and then cancel or walk away (see `trade.rs`).
     /// Needs a game that gives characters something (`arena`'s starter kit).
     Trade,
+    /// Heads for one region of the world ([`BotConfig::converge_at`], default the middle):
+    /// each bot walks to its own point within [`CONVERGE_RADIUS`] of it over about
+    /// [`CONVERGE_SECS`] (faster from further, up to the speed limit), then mills around
+    /// there, moving: the load piles up in one place, the case cells assigned by load are for.
+    Converge,
 }
+
+/// Where converging bots end up: within this many metres of the region's centre.
+pub const CONVERGE_RADIUS: f32 = 60.0;
+/// About how long converging bots take to get there, seconds.
+pub const CONVERGE_SECS: f32 = 20.0;
 
 impl Behaviour {
     /// What a bot with this seed does (resolves `Mixed`).
@@ -90,6 +100,8 @@ pub struct BotConfig {
     pub link: worldmesh_client::conditioner::LinkConditions,
     /// A trading bot's partner (the bot whose index differs in the lowest bit).
     pub partner: Option<String>,
+    /// Where converging bots go (`None`: the middle of the world).
+    pub converge_at: Option<(f32, f32)>,
 }
 
 /// A bot's password: derived from its name, so a later run logs the same bots in again.
@@ -256,6 +268,26 @@ async fn play_with(
     let slant = rng.random_range(-0.15..0.15f32);
     let mut eastward = rng.random_bool(0.5);
     let mut x_now = start_x;
+    // Converge: a point of its own near the region, and the pace that gets it there in time.
+    let goal = {
+        let w = session.welcome.world;
+        let (cx, cy) = config
+            .converge_at
+            .unwrap_or(((w.min_x + w.max_x) / 2.0, (w.min_y + w.max_y) / 2.0));
+        let (a, r) = (
+            rng.random_range(0.0..std::f32::consts::TAU),
+            CONVERGE_RADIUS * rng.random_range(0.0..1.0f32).sqrt(),
+        );
+        (
+            (cx + r * a.cos()).clamp(w.min_x, w.max_x),
+            (cy + r * a.sin()).clamp(w.min_y, w.max_y),
+        )
+    };
+    let pace = {
+        let (dx, dy) = (goal.0 - start_x, goal.1 - session.welcome.y);
+        ((dx * dx + dy * dy).sqrt() / CONVERGE_SECS).clamp(1.5, worldmesh_protocol::MAX_SPEED)
+    };
+    let mut arrived = false;
     let period = Duration::from_secs_f64(1.0 / config.input_rate_hz.max(1) as f64);
     // Welcome is sent right after a server tick, so a clock started at Welcome would send every
     // input just after the server drained its inputs, and every input would wait a whole tick.
@@ -323,6 +355,17 @@ async fn play_with(
                         None => 0.0,
                     },
                     Behaviour::Idle | Behaviour::Mixed => 0.0,
+                    Behaviour::Converge => {
+                        let (dx, dy) = (goal.0 - x_now, goal.1 - y_now);
+                        let d2 = dx * dx + dy * dy;
+                        arrived |= d2 < 4.0 * 4.0;
+                        if !arrived || d2 > 15.0 * 15.0 {
+                            heading = dy.atan2(dx);
+                        } else {
+                            heading += rng.random_range(-0.5..0.5);
+                        }
+                        if arrived { 1.5 } else { pace }
+                    }
                     Behaviour::Crowd => {
                         let (dx, dy) = (start_x - x_now, start_y - y_now);
                         if dx * dx + dy * dy > 15.0 * 15.0 {

@@ -62,6 +62,8 @@ pub struct Config {
     /// bots play, for the report's lost and duplicated characters (see [`audit`]). `None`: no
     /// audit (the bots alone cannot see the zones).
     pub audit: Option<(String, Option<String>)>,
+    /// Where `converge` bots go (`None`: the middle of the world).
+    pub converge_at: Option<(f32, f32)>,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             accounts: true,
             link: conditioner::LinkConditions::default(),
             audit: None,
+            converge_at: None,
         }
     }
 }
@@ -157,6 +160,7 @@ pub async fn run_with(
             accounts: config.accounts,
             link: config.link,
             partner: ((i ^ 1) < config.bots).then(|| format!("{}{}", config.name_prefix, i ^ 1)),
+            converge_at: config.converge_at,
         };
         bots.spawn(bot::run(endpoint.clone(), bot, stats.clone(), stop.clone()));
         tokio::time::sleep(gap).await;

@@ -75,6 +75,9 @@ struct RunArgs {
     /// How bots move.
     #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
     behaviour: Behaviour,
+    /// Where `converge` bots go, `x,y` (default: the middle of the world).
+    #[arg(long, value_parser = worldmesh_runtime::parse_point)]
+    converge_at: Option<(f32, f32)>,
     #[arg(long)]
     report: Option<PathBuf>,
     /// Log in as guests instead of to accounts (gateways started with --allow-guests).
@@ -255,6 +258,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             jitter: Duration::from_millis(args.jitter),
         },
         audit,
+        converge_at: args.converge_at,
         ..Default::default()
     };
     let result = worldmesh_load_test::run(config, worldmesh_runtime::shutdown_token()).await?;

@@ -165,3 +165,15 @@ pub fn random_secret() -> String {
         })
         .collect()
 }
+
+/// A point given on a command line as `x,y` (`--spawn 1000,1000`).
+///
+/// # Errors
+/// Anything else, with what was wrong.
+pub fn parse_point(s: &str) -> Result<(f32, f32), String> {
+    let (x, y) = s.split_once(',').ok_or("expected x,y")?;
+    Ok((
+        x.trim().parse().map_err(|e| format!("x: {e}"))?,
+        y.trim().parse().map_err(|e| format!("y: {e}"))?,
+    ))
+}

@@ -36,7 +36,7 @@ pub struct Args {
     database_url: String,
     /// Spawn points for new characters, `x,y` (repeat the flag for several); default: two,
     /// at 31 % and 69 % of the width, half way up.
-    #[arg(long = "spawn", value_parser = parse_point)]
+    #[arg(long = "spawn", value_parser = worldmesh_runtime::parse_point)]
     spawn_points: Vec<(f32, f32)>,
     /// A new character appears within this many metres of its spawn point, in x and in y.
     #[arg(long, env = "WORLDMESH_SPAWN_SPREAD", default_value_t = worldmesh_world::geometry::DEFAULT_SPAWN_SPREAD)]
@@ -54,14 +54,6 @@ impl Args {
     pub fn service(&self) -> &worldmesh_runtime::service::ServiceArgs {
         &self.service
     }
-}
-
-fn parse_point(s: &str) -> Result<(f32, f32), String> {
-    let (x, y) = s.split_once(',').ok_or("expected x,y")?;
-    Ok((
-        x.trim().parse().map_err(|e| format!("x: {e}"))?,
-        y.trim().parse().map_err(|e| format!("y: {e}"))?,
-    ))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

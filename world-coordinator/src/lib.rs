@@ -21,12 +21,16 @@
 //!   `worldmesh-world` crate, shared with the zones; the simulation in
 //!   `zone-server/tests/simulation.rs` drives that core together with the real zone core.
 //! - [`map`]: the sans-IO registry: zones, leases and the cell → zone assignment.
+//! - [`balance`]: the sans-IO assignment of cells by load: ranges of a Hilbert curve whose
+//!   cuts move a few cells at a time towards even load, with pins (not yet wired into the
+//!   map: the cells are still striped).
 //! - [`state`]: the one task owning both cores: batches requests, writes authority rows in one
 //!   transaction, then sends.
 //! - [`store`]: the SQL tables.
 //! - [`service`]: the tonic service, a thin shell over the state task and the published map.
 //! - [`run`]: serves the gRPC API on a listener until the shutdown token fires.
 
+pub mod balance;
 pub mod cli;
 pub mod map;
 pub mod service;

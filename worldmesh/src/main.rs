@@ -81,6 +81,11 @@ struct Local {
     /// borders (a skirmish line either side of each), and fight whatever is nearest.
     #[arg(long, value_enum, default_value_t = Behaviour::Wander)]
     behaviour: Behaviour,
+    /// Spawn every new character here, `x,y` (repeat for several points), instead of where
+    /// the behaviour puts them; the bots are then new characters, so they all start there
+    /// (a crowd at one spot: `--behaviour crowd --spawn 1000,1000`).
+    #[arg(long = "spawn", value_parser = worldmesh_runtime::parse_point)]
+    spawn: Vec<(f32, f32)>,
     /// Admin HTTP address of the whole local cluster (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "WORLDMESH_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     admin_listen: String,
@@ -170,6 +175,9 @@ async fn local(args: Local) -> anyhow::Result<()> {
             g.spawn_points = vec![((g.min_x + g.max_x) / 2.0, mid_y)];
         }
     }
+    if !args.spawn.is_empty() {
+        config.coordinator.geometry.spawn_points = args.spawn.clone();
+    }
     let started = Instant::now();
     let admin = worldmesh_runtime::admin::start(
         &worldmesh_runtime::admin::AdminArgs {
@@ -221,6 +229,9 @@ async fn local(args: Local) -> anyhow::Result<()> {
             } else if args.behaviour == Behaviour::Trade {
                 // New characters: they spawn on the border with a starter kit to trade.
                 format!("trade{:x}-", rand_suffix())
+            } else if !args.spawn.is_empty() {
+                // New characters, so they start at the spawn points given.
+                format!("spawn{:x}-", rand_suffix())
             } else {
                 "bot".into()
             },

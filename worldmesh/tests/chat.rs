@@ -350,3 +350,79 @@ async fn channels_reach_whom_they_should_once_in_one_order_across_gateways() {
     cluster.stop().await;
     backend.cleanup().await;
 }
+
+/// A login reads `Welcome` (and, for an account, `Session`) first, whatever flows meanwhile:
+/// world chat fans out to every session of a gateway, including those whose join is still
+/// under way. Thirty players keep the world channel busy while 100 accounts log in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_read_welcome_first_while_world_chat_flows() {
+    let (backend, persistence) = Backend::tiered().await;
+    worldmesh_runtime::init_logging("worldmesh-test", "warn");
+    let cluster = worldmesh::cluster::Cluster::start(small_world(persistence.clone()))
+        .await
+        .unwrap();
+    let endpoint = endpoint();
+    let suffix = worldmesh_testkit::unique_suffix();
+    let mut chatters = Vec::new();
+    for i in 0..30 {
+        let name = format!("wc{i}_{suffix}");
+        chatters.push(
+            Session::login(&endpoint, cluster.gateway_addr, &name)
+                .await
+                .unwrap(),
+        );
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let talk = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut n = 0;
+            // A line every 17 ms, round the players: each within its 2 lines/s.
+            while !stop.is_cancelled() {
+                let s = &mut chatters[n % 30];
+                n += 1;
+                let _ = s.chat(ChatChannel::World, &format!("line {n}")).await;
+                tokio::time::sleep(Duration::from_millis(17)).await;
+            }
+            chatters
+        }
+    });
+    let logins = (0..100).map(|i| {
+        let (endpoint, addr) = (endpoint.clone(), cluster.gateway_addr);
+        let name = format!("wl{i}_{suffix}");
+        async move {
+            // Spread over a second, each joining while lines arrive.
+            tokio::time::sleep(Duration::from_millis(10 * i)).await;
+            worldmesh_load_test::bot::login(&endpoint, addr, &name, true).await
+        }
+    });
+    let sessions = futures::future::join_all(logins).await;
+    // The premise: the channel was busy meanwhile.
+    let mut watcher = Session::login(&endpoint, cluster.gateway_addr, &format!("ww_{suffix}"))
+        .await
+        .unwrap();
+    let (lines, refusals) = heard(&mut watcher, Duration::from_secs(1)).await;
+    assert!(
+        lines.len() >= 5,
+        "world chat flowing: {} lines, {refusals:?}",
+        lines.len()
+    );
+    stop.cancel();
+    let failed: Vec<String> = sessions
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} logins failed: {failed:?}",
+        failed.len()
+    );
+    for s in sessions.into_iter().flatten() {
+        s.bye().await.unwrap();
+    }
+    for s in talk.await.unwrap() {
+        s.bye().await.unwrap();
+    }
+    cluster.stop().await;
+    backend.cleanup().await;
+}
