@@ -109,6 +109,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 /// a handful of snapshots.
 pub const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
 
+/// Bytes of input datagrams a connection holds while its congestion window is full.
+pub const DATAGRAM_SEND_BUFFER: usize = 2 * 1024;
+
 /// A client QUIC endpoint; one serves many connections (bots share one per process).
 #[derive(Clone)]
 pub struct ClientEndpoint {
@@ -136,7 +139,9 @@ impl ClientEndpoint {
             // A client that reads slower than snapshots come should read the newest, not a
             // backlog (quinn keeps 1.25 MB by default: a minute of snapshots). The oldest
             // beyond this are dropped.
-            .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+            .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+            // Inputs waiting for the congestion window: the newest matters, so hold a few.
+            .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
         config.transport_config(Arc::new(transport));
         // One socket carries every bot of the process: thousands of snapshots arrive in the
         // same millisecond after each server tick, so it gets the gateway's large buffers

@@ -237,6 +237,11 @@ fn player_id_base(name: &str) -> u64 {
 /// oldest are dropped (`quinn::Connection::send_datagram`).
 pub const DATAGRAM_SEND_BUFFER: usize = 4 * 1024;
 
+/// Bytes of input datagrams one connection holds until the gateway reads them: about a
+/// second of inputs at 20 Hz (each ~30 bytes plus quinn's per-datagram overhead). Beyond,
+/// the oldest are dropped.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 2 * 1024;
+
 /// Builds the QUIC server endpoint on an already bound UDP socket.
 pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::Endpoint, Error> {
     let identity = match &config.tls {
@@ -255,8 +260,10 @@ pub fn endpoint(socket: std::net::UdpSocket, config: &Config) -> Result<quinn::E
         // Clients open exactly one stream (the control stream); no reason to allow more.
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        // Inputs are small and replaced every tick; a few dozen queued is plenty.
-        .datagram_receive_buffer_size(Some(64 * 1024))
+        // Inputs waiting to be read: the newest wins and the rest only carry acks, so a
+        // second's worth is plenty (64 KiB held 40 s of them: a gateway short of CPU then
+        // relayed old inputs first, and every ack was seconds late).
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         // Snapshots waiting for the congestion window: a newer one makes the older useless,
         // so hold a few and drop the oldest (quinn's default, 1 MiB, is a minute of them:
         // under overload the queue, not the server, set the latency).
