@@ -21,7 +21,7 @@ use worldmesh_protocol::{
     ServerMessage,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = CONTROL_WAIT;
 
 /// One cluster at a time.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -59,33 +59,8 @@ fn sees(v: &worldmesh_client::View, entity: EntityId) -> bool {
     v.entities.iter().any(|e| e.id == entity)
 }
 
-/// The next control message `pick` accepts, within [`WAIT`].
-async fn next<T>(s: &mut Session, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, s.next_control()).await {
-            Ok(Some(ServerMessage::Kick(k))) => panic!("kicked: {k:?}"),
-            Ok(Some(m)) => {
-                if let Some(t) = pick(m) {
-                    return t;
-                }
-            }
-            Ok(None) => panic!("the control stream ended"),
-            Err(_) => panic!("nothing matching within {WAIT:?}"),
-        }
-    }
-}
-
-async fn inventory(s: &mut Session, pick: impl Fn(&InventoryView) -> bool) -> InventoryView {
-    next(s, |m| match m {
-        ServerMessage::Inventory(v) if pick(&v) => Some(v),
-        _ => None,
-    })
-    .await
-}
-
 async fn refused(s: &mut Session) -> ItemRefusalReason {
-    next(s, |m| match m {
+    next_control(s, |m| match m {
         ServerMessage::ItemRefused(r) => Some(r.why),
         _ => None,
     })
@@ -94,7 +69,7 @@ async fn refused(s: &mut Session) -> ItemRefusalReason {
 
 /// A pick-up's end for this player: the item in its inventory (true) or refused (false).
 async fn picked(s: &mut Session, item: u64) -> bool {
-    next(s, |m| match m {
+    next_control(s, |m| match m {
         ServerMessage::Inventory(v) if v.items.iter().any(|i| i.id == item) => Some(true),
         ServerMessage::ItemRefused(r) => {
             assert_eq!(
@@ -124,22 +99,6 @@ async fn audit(store: &Store, who: &[u64]) -> Vec<(u64, u64)> {
     items.extend(ground.iter().map(|(i, _)| (i.id.0, 0)));
     items.sort_unstable();
     items
-}
-
-/// Stops walking and lets the character come to rest.
-async fn stop(s: &mut Session, seq: &mut u32) {
-    for _ in 0..10 {
-        *seq += 1;
-        s.send_input(Input {
-            seq: *seq,
-            ack_tick: s.ack_tick(),
-            heading: 0.0,
-            speed: 0.0,
-            actions: 0,
-        })
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,9 +134,9 @@ async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_re
         cat.welcome.entity_id.0,
     ];
     let kit = |v: &InventoryView| v.gold == 100 && v.items.len() == 3;
-    let ann_kit = inventory(&mut ann, kit).await;
-    let bob_kit = inventory(&mut bob, kit).await;
-    inventory(&mut cat, kit).await;
+    let ann_kit = next_inventory(&mut ann, kit).await;
+    let bob_kit = next_inventory(&mut bob, kit).await;
+    next_inventory(&mut cat, kit).await;
     let before = audit(&store, &ids).await;
     assert_eq!(before.len(), 9);
 
@@ -187,7 +146,7 @@ async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_re
     let (west, _) = owner(&cluster.coordinator_url, ids[0]).await;
     let (mut seq_a, mut seq_b, mut seq_c) = (0, 0, 0);
     walk_until(&mut bob, &mut seq_b, 0.0, |x| x > 206.0).await;
-    stop(&mut bob, &mut seq_b).await;
+    stand_still(&mut bob, &mut seq_b).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while owner(&cluster.coordinator_url, ids[1]).await.0 == west {
         assert!(
@@ -197,11 +156,11 @@ async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     walk_until(&mut bob, &mut seq_b, std::f32::consts::PI, |x| x < 203.5).await;
-    stop(&mut bob, &mut seq_b).await;
+    stand_still(&mut bob, &mut seq_b).await;
     walk_until(&mut ann, &mut seq_a, 0.0, |x| x > 199.0).await;
-    stop(&mut ann, &mut seq_a).await;
+    stand_still(&mut ann, &mut seq_a).await;
     walk_until(&mut cat, &mut seq_c, 0.0, |x| x > 196.5).await;
-    stop(&mut cat, &mut seq_c).await;
+    stand_still(&mut cat, &mut seq_c).await;
     assert_ne!(owner(&cluster.coordinator_url, ids[1]).await.0, west);
     assert_eq!(owner(&cluster.coordinator_url, ids[0]).await.0, west);
     assert_eq!(owner(&cluster.coordinator_url, ids[2]).await.0, west);
@@ -210,7 +169,7 @@ async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_re
     let gem = ann_kit.items[0];
     let on_ground = EntityId::item(gem.id).unwrap();
     ann.item(ItemRequest::Drop { item: gem.id }).await.unwrap();
-    inventory(&mut ann, |v| v.items.len() == 2).await;
+    next_inventory(&mut ann, |v| v.items.len() == 2).await;
     for (s, seq) in [
         (&mut ann, &mut seq_a),
         (&mut bob, &mut seq_b),
@@ -269,7 +228,7 @@ async fn a_dropped_item_is_seen_across_a_border_picked_up_once_and_outlives_a_re
         .item(ItemRequest::Drop { item: gem.id })
         .await
         .unwrap();
-    inventory(winner_s, |v| v.items.len() == 3).await;
+    next_inventory(winner_s, |v| v.items.len() == 3).await;
     let lying = audit(&store, &ids).await;
     assert!(lying.contains(&(gem.id, 0)), "on the ground: {lying:?}");
     for s in [ann, bob, cat] {
@@ -322,12 +281,12 @@ async fn the_zone_taking_a_killed_zones_cells_shows_its_items_and_they_are_picke
             .await
             .unwrap();
     let me = a.welcome.entity_id.0;
-    let kit = inventory(&mut a, |v| v.items.len() == 3).await;
+    let kit = next_inventory(&mut a, |v| v.items.len() == 3).await;
     let gem = kit.items[0];
     let on_ground = EntityId::item(gem.id).unwrap();
     let mut seq = 0;
     a.item(ItemRequest::Drop { item: gem.id }).await.unwrap();
-    inventory(&mut a, |v| v.items.len() == 2).await;
+    next_inventory(&mut a, |v| v.items.len() == 2).await;
     watch(&mut a, &mut seq, "the gem shows", |_, v| sees(v, on_ground)).await;
 
     // The zone holding the player and the gem dies; the other takes its cells.
@@ -372,7 +331,7 @@ async fn the_zone_taking_a_killed_zones_cells_shows_its_items_and_they_are_picke
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         a.item(ItemRequest::PickUp { item: gem.id }).await.unwrap();
-        let got = next(&mut a, |m| match m {
+        let got = next_control(&mut a, |m| match m {
             ServerMessage::Inventory(v) if v.items.iter().any(|i| i.id == gem.id) => Some(None),
             ServerMessage::ItemRefused(r) => Some(Some(r.why)),
             _ => None,

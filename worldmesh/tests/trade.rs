@@ -12,41 +12,13 @@ use common::*;
 use worldmesh_client::Session;
 use worldmesh_persistence::Store;
 use worldmesh_protocol::{
-    Input, InventoryView, ServerMessage, TradeNews, TradeOutcome, TradeRefusal, TradeRequest,
-    TradeView,
+    InventoryView, ServerMessage, TradeNews, TradeOutcome, TradeRefusal, TradeRequest, TradeView,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The next control message `pick` accepts, within [`WAIT`].
-async fn next<T>(s: &mut Session, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, s.next_control()).await {
-            Ok(Some(ServerMessage::Kick(k))) => panic!("kicked: {k:?}"),
-            Ok(Some(m)) => {
-                let shown = format!("{m:?}");
-                if let Some(t) = pick(m) {
-                    return t;
-                }
-                eprintln!("skipped: {shown}");
-            }
-            Ok(None) => panic!("the control stream ended"),
-            Err(_) => panic!("nothing matching within {WAIT:?}"),
-        }
-    }
-}
-
-async fn inventory(s: &mut Session, pick: impl Fn(&InventoryView) -> bool) -> InventoryView {
-    next(s, |m| match m {
-        ServerMessage::Inventory(v) if pick(&v) => Some(v),
-        _ => None,
-    })
-    .await
-}
+const WAIT: Duration = CONTROL_WAIT;
 
 async fn view(s: &mut Session, pick: impl Fn(&TradeView) -> bool) -> TradeView {
-    next(s, |m| match m {
+    next_control(s, |m| match m {
         ServerMessage::Trade(TradeNews::View(v)) if pick(&v) => Some(v),
         _ => None,
     })
@@ -54,7 +26,7 @@ async fn view(s: &mut Session, pick: impl Fn(&TradeView) -> bool) -> TradeView {
 }
 
 async fn done(s: &mut Session) -> TradeOutcome {
-    next(s, |m| match m {
+    next_control(s, |m| match m {
         ServerMessage::Trade(TradeNews::Done { outcome, .. }) => Some(outcome),
         _ => None,
     })
@@ -62,27 +34,11 @@ async fn done(s: &mut Session) -> TradeOutcome {
 }
 
 async fn refused(s: &mut Session) -> TradeRefusal {
-    next(s, |m| match m {
+    next_control(s, |m| match m {
         ServerMessage::Trade(TradeNews::Refused { why, .. }) => Some(why),
         _ => None,
     })
     .await
-}
-
-/// Stops walking and lets the character come to rest.
-async fn stop(s: &mut Session, seq: &mut u32) {
-    for _ in 0..10 {
-        *seq += 1;
-        s.send_input(Input {
-            seq: *seq,
-            ack_tick: s.ack_tick(),
-            heading: 0.0,
-            speed: 0.0,
-            actions: 0,
-        })
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every item in SQL held by exactly one character and the sum of their gold.
@@ -168,8 +124,8 @@ async fn players_trade_in_one_zone_and_across_a_border_and_hostile_steps_move_no
     let ids = [ann.welcome.entity_id.0, bob.welcome.entity_id.0];
     // The starter kits arrive.
     let kit = |v: &InventoryView| v.gold == 100 && v.items.len() == 3;
-    let ann_kit = inventory(&mut ann, kit).await;
-    let bob_kit = inventory(&mut bob, kit).await;
+    let ann_kit = next_inventory(&mut ann, kit).await;
+    let bob_kit = next_inventory(&mut bob, kit).await;
     let before = audit(&store, &ids).await;
     assert_eq!(before.0.len(), 6);
     assert_eq!(before.1, 200);
@@ -183,9 +139,9 @@ async fn players_trade_in_one_zone_and_across_a_border_and_hostile_steps_move_no
     )
     .await;
     assert_eq!((a, b), (TradeOutcome::Committed, TradeOutcome::Committed));
-    let ann_now = inventory(&mut ann, |v| v.gold == 70).await;
+    let ann_now = next_inventory(&mut ann, |v| v.gold == 70).await;
     assert!(ann_now.items.iter().any(|i| i.id == bob_kit.items[0].id));
-    let bob_now = inventory(&mut bob, |v| v.gold == 130).await;
+    let bob_now = next_inventory(&mut bob, |v| v.gold == 130).await;
     assert!(bob_now.items.iter().any(|i| i.id == ann_kit.items[0].id));
     let after = audit(&store, &ids).await;
     assert_eq!(after.1, 200, "gold conserved");
@@ -242,7 +198,7 @@ async fn players_trade_in_one_zone_and_across_a_border_and_hostile_steps_move_no
     let (west, _) = owner(&cluster.coordinator_url, ids[0]).await;
     let mut seq_b = 0;
     walk_until(&mut bob, &mut seq_b, 0.0, |x| x > 206.0).await;
-    stop(&mut bob, &mut seq_b).await;
+    stand_still(&mut bob, &mut seq_b).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while owner(&cluster.coordinator_url, ids[1]).await.0 == west {
         assert!(
@@ -253,7 +209,7 @@ async fn players_trade_in_one_zone_and_across_a_border_and_hostile_steps_move_no
     }
     let mut seq_a = 0;
     walk_until(&mut ann, &mut seq_a, 0.0, |x| x > 199.0).await;
-    stop(&mut ann, &mut seq_a).await;
+    stand_still(&mut ann, &mut seq_a).await;
     assert_eq!(owner(&cluster.coordinator_url, ids[0]).await.0, west);
     let (a, b) = trade(
         &mut ann,
@@ -263,8 +219,8 @@ async fn players_trade_in_one_zone_and_across_a_border_and_hostile_steps_move_no
     )
     .await;
     assert_eq!((a, b), (TradeOutcome::Committed, TradeOutcome::Committed));
-    inventory(&mut ann, |v| v.gold == 65).await;
-    inventory(&mut bob, |v| v.gold == 135).await;
+    next_inventory(&mut ann, |v| v.gold == 65).await;
+    next_inventory(&mut bob, |v| v.gold == 135).await;
     let last = audit(&store, &ids).await;
     assert_eq!(last.1, 200, "gold conserved");
     assert_eq!(last.0.len(), 6, "every item once");

@@ -306,3 +306,57 @@ pub fn bot_config(
         ..Default::default()
     }
 }
+
+/// How long [`next_control`] waits for a matching message.
+pub const CONTROL_WAIT: Duration = Duration::from_secs(10);
+
+/// The next control message `pick` accepts, within [`CONTROL_WAIT`]; others are skipped
+/// (printed). Panics on a kick, the end of the stream or the deadline.
+pub async fn next_control<T>(
+    s: &mut Session,
+    mut pick: impl FnMut(worldmesh_protocol::ServerMessage) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + CONTROL_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next_control()).await {
+            Ok(Some(worldmesh_protocol::ServerMessage::Kick(k))) => panic!("kicked: {k:?}"),
+            Ok(Some(m)) => {
+                let shown = format!("{m:?}");
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+                eprintln!("skipped: {shown}");
+            }
+            Ok(None) => panic!("the control stream ended"),
+            Err(_) => panic!("nothing matching within {CONTROL_WAIT:?}"),
+        }
+    }
+}
+
+/// The next inventory `pick` accepts.
+pub async fn next_inventory(
+    s: &mut Session,
+    pick: impl Fn(&worldmesh_protocol::InventoryView) -> bool,
+) -> worldmesh_protocol::InventoryView {
+    next_control(s, |m| match m {
+        worldmesh_protocol::ServerMessage::Inventory(v) if pick(&v) => Some(v),
+        _ => None,
+    })
+    .await
+}
+
+/// Stops walking and lets the character come to rest (half a second of still inputs).
+pub async fn stand_still(s: &mut Session, seq: &mut u32) {
+    for _ in 0..10 {
+        *seq += 1;
+        s.send_input(Input {
+            seq: *seq,
+            ack_tick: s.ack_tick(),
+            heading: 0.0,
+            speed: 0.0,
+            actions: 0,
+        })
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
