@@ -9,6 +9,10 @@
 //! The first `WARMUP_TICKS` ticks are not measured: every observer starts with full updates
 //! of everything it sees, which is the login cost, not the steady state.
 //!
+//! `--crowd N`: the first N observers stand within a 20 m circle in the middle of the area
+//! (and walk back into it when they stray), the rest as before: the crowd in one spot that
+//! costs every observer × everything it sees.
+//!
 //! `--game arena` runs the example game: the NPCs are its monsters (they strike players they
 //! reach), and every player decodes its own snapshots like a client and, once a second,
 //! strikes the nearest monster it sees within melee reach or shoots the nearest within bow
@@ -51,7 +55,13 @@ struct Args {
     /// The game the zone runs: `none` or `arena` (players and monsters fight).
     #[arg(long, default_value = "none")]
     game: String,
+    /// Observers packed in a 20 m circle in the middle (see the module doc).
+    #[arg(long, default_value_t = 0)]
+    crowd: usize,
 }
+
+/// Radius of the `--crowd` circle, metres.
+const CROWD_RADIUS: f32 = 20.0;
 
 /// A bench player's client side when it fights: what it sees, and when it acts next.
 struct Fighter {
@@ -104,8 +114,13 @@ fn main() {
         (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
     };
     let mut headings = Vec::with_capacity(observers);
+    let middle = args.area / 2.0;
     for i in 0..args.entities {
-        let (x, y) = (next() * args.area, next() * args.area);
+        let (mut x, mut y) = (next() * args.area, next() * args.area);
+        if i < args.crowd.min(observers) {
+            let (a, r) = (next() * std::f32::consts::TAU, CROWD_RADIUS * next().sqrt());
+            (x, y) = (middle + r * a.cos(), middle + r * a.sin());
+        }
         if i < observers {
             let c = Character {
                 id: EntityId(i as u64 + 1),
@@ -133,9 +148,16 @@ fn main() {
     let (mut strikes, mut shots) = (0u64, 0u64);
     let mut tick_ms = Vec::with_capacity(args.ticks as usize);
     let (mut visible, mut changed, mut bytes, mut observed) = (0u64, 0u64, 0u64, 0u64);
+    let mut max_frame = 0usize;
     for t in 1..=args.ticks {
         for (i, h) in headings.iter_mut().enumerate() {
             *h += (next() - 0.5) * 0.6;
+            if i < args.crowd
+                && let Some(([x, y], _)) = sim.locate(EntityId(i as u64 + 1))
+                && (x - middle).hypot(y - middle) > CROWD_RADIUS
+            {
+                *h = (middle - y).atan2(middle - x);
+            }
             let input = Input {
                 seq: t,
                 ack_tick: t.saturating_sub(2),
@@ -149,6 +171,14 @@ fn main() {
         sim.step();
         let elapsed = started.elapsed();
         let frames = sim.take_outbox();
+        if t > WARMUP_TICKS {
+            max_frame = frames
+                .iter()
+                .map(|f| f.frame.len())
+                .max()
+                .unwrap_or(0)
+                .max(max_frame);
+        }
         if fights {
             for f in &frames {
                 if let Ok(ServerMessage::Snapshot(s)) = codec::decode_frame(&f.frame) {
@@ -213,6 +243,8 @@ fn main() {
         },
         "visible_per_observer_avg": per(visible, observed),
         "bytes_per_observer_per_tick_avg": per(bytes, observed),
+        "largest_snapshot_bytes": max_frame,
+        "crowd": args.crowd.min(observers),
         "bytes_per_moving_visible_entity_avg": per(bytes, changed),
         "naive_bytes_per_moving_visible_entity": NAIVE_ENTITY_BYTES,
         "game": args.game,
