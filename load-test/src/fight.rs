@@ -184,7 +184,9 @@ mod tests {
     use super::*;
     use worldmesh_game::Action;
     use worldmesh_protocol::EntityKind;
-    use worldmesh_protocol::snapshot::{FieldValue, ObserverEncoder, Quantizer, SnapshotDecoder};
+    use worldmesh_protocol::snapshot::{
+        FieldValue, ObserverEncoder, Quantizer, SnapshotDecoder, Visible,
+    };
     use worldmesh_protocol::{WorldBounds, codec};
 
     fn at(id: u64, x: f32) -> EntityState {
@@ -228,7 +230,7 @@ mod tests {
             .map(|i| {
                 let mut e = q.quantize(i as u64 + 1, EntityKind::Player, 1.0, 1.0, 0.0, 0.0);
                 e.rev = 1;
-                (e, 1.0)
+                Visible::new(e, 1.0)
             })
             .collect();
         let (snap, _) =

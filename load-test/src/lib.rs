@@ -64,6 +64,18 @@ pub struct Config {
     pub audit: Option<(String, Option<String>)>,
     /// Where `converge` bots go (`None`: the middle of the world).
     pub converge_at: Option<(f32, f32)>,
+    /// More for the status line: what the caller knows of the cluster (load per zone).
+    pub status_extra: Option<StatusExtra>,
+}
+
+/// A source of more status-line text, asked once per line.
+#[derive(Clone)]
+pub struct StatusExtra(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for StatusExtra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusExtra")
+    }
 }
 
 impl Default for Config {
@@ -82,6 +94,7 @@ impl Default for Config {
             link: conditioner::LinkConditions::default(),
             audit: None,
             converge_at: None,
+            status_extra: None,
         }
     }
 }
@@ -117,6 +130,7 @@ pub async fn run_with(
     let mut bots = tokio::task::JoinSet::new();
     let status = config.status_every.map(|every| {
         let (stats, stop, target) = (stats.clone(), stop.clone(), config.bots);
+        let extra = config.status_extra.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -134,7 +148,11 @@ pub async fn run_with(
                         return;
                     }
                     _ = tick.tick() => {
-                        let line = stats.status_line(started.elapsed().as_secs_f64(), target, &mut last, every.as_secs_f64());
+                        let mut line = stats.status_line(started.elapsed().as_secs_f64(), target, &mut last, every.as_secs_f64());
+                        if let Some(extra) = &extra {
+                            line.push_str(" | ");
+                            line.push_str(&(extra.0)());
+                        }
                         match &live {
                             Some(bar) => bar.set_message(line),
                             None => println!("{line}"),

@@ -245,7 +245,13 @@ mod tests {
         });
         let mut enc = crate::snapshot::ObserverEncoder::default();
         let e = q.quantize(1, EntityKind::Player, 625.0, 1000.0, 0.0, 0.0);
-        let (snapshot, _) = enc.snapshot(1, 0, &[(e, 1.0)], crate::snapshot::no_fields, 1100);
+        let (snapshot, _) = enc.snapshot(
+            1,
+            0,
+            &[crate::snapshot::Visible::new(e, 1.0)],
+            crate::snapshot::no_fields,
+            1100,
+        );
         let frame = encode_to_vec(&ServerMessage::Snapshot(snapshot)).unwrap();
         assert_eq!(
             frame,

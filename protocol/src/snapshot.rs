@@ -532,6 +532,31 @@ pub struct EncodeStats {
     pub baseline: u32,
 }
 
+/// One entity an observer sees this tick, as the encoder takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Visible {
+    pub entity: QEntity,
+    /// How fast its accumulated priority grows while it is left out (near and fast entities
+    /// gain more).
+    pub gain: f32,
+    /// Whether it is due an update this tick. One that is not (level of detail: a far entity
+    /// refreshes every few ticks) keeps the state its client holds, unless it is new to the
+    /// client's view, which it always gets.
+    pub due: bool,
+}
+
+impl Visible {
+    /// An entity due an update this tick.
+    #[must_use]
+    pub fn new(entity: QEntity, gain: f32) -> Self {
+        Self {
+            entity,
+            gain,
+            due: true,
+        }
+    }
+}
+
 struct Candidate {
     slot: u16,
     entity: QEntity,
@@ -556,8 +581,9 @@ pub struct ObserverEncoder {
     slot_seen: Vec<u32>,
     free: Vec<u16>,
     priority: Vec<f32>,
-    current: Vec<(u16, QEntity, f32, u32)>,
-    by_slot: Vec<Option<(QEntity, f32, u32)>>,
+    /// `(slot, index in visible)` of the entities visible now, by slot.
+    current: Vec<(u16, u32)>,
+    by_slot: Vec<Option<u32>>,
     candidates: Vec<Candidate>,
     removed: Vec<u16>,
     bits: BitWriter,
@@ -608,15 +634,14 @@ impl ObserverEncoder {
 
     /// Encodes the snapshot of `tick` into `out` (the body only; see [`Self::snapshot`]).
     ///
-    /// `visible` is every entity the observer sees now with its priority gain (how fast its
-    /// accumulated priority grows while it is left out); `fields(i)` gives the replicated
-    /// fields of `visible[i]` (asked only of entities whose [`QEntity::rev`] is not 0; pass
+    /// `visible` is every entity the observer sees now, with its priority gain and whether it
+    /// is due an update; `fields(i)` gives the replicated fields of `visible[i]` (asked only of entities whose [`QEntity::rev`] is not 0; pass
     /// [`no_fields`] when there are none). At most `budget_bytes` of body are written;
     /// removals always fit first.
     pub fn encode<'f>(
         &mut self,
         tick: u32,
-        visible: &[(QEntity, f32)],
+        visible: &[Visible],
         fields: impl Fn(usize) -> &'f [FieldValue],
         budget_bytes: usize,
         out: &mut Vec<u8>,
@@ -624,19 +649,19 @@ impl ObserverEncoder {
         // 1. Slots: keep the slots of entities still visible, free the others. Entities are
         //    laid out by slot in a dense table, which orders them without sorting.
         self.by_slot.clear();
-        for (i, &(e, gain)) in visible.iter().enumerate() {
-            let slot = self.slot(e.id, tick) as usize;
+        for (i, v) in visible.iter().enumerate() {
+            let slot = self.slot(v.entity.id, tick) as usize;
             if self.by_slot.len() <= slot {
                 self.by_slot.resize(slot + 1, None);
             }
-            self.by_slot[slot] = Some((e, gain, i as u32));
+            self.by_slot[slot] = Some(i as u32);
         }
         self.current.clear();
         self.current.extend(
             self.by_slot
                 .iter()
                 .enumerate()
-                .filter_map(|(s, v)| v.map(|(e, g, i)| (s as u16, e, g, i))),
+                .filter_map(|(s, v)| v.map(|i| (s as u16, i))),
         );
         if self.slot_of.len() > self.current.len() {
             let (seen, free) = (&self.slot_seen, &mut self.free);
@@ -683,7 +708,12 @@ impl ObserverEncoder {
                 .take(MAX_FIELDS)
                 .fold((0, 0), |(n, bits), f| (n + 1, bits + field_bits(f)))
         };
-        for &(slot, e, gain, src) in &self.current {
+        for &(slot, src) in &self.current {
+            let Visible {
+                entity: e,
+                gain,
+                due: is_due,
+            } = visible[src as usize];
             while bi < base.len() && base[bi].0 < slot {
                 self.removed.push(base[bi].0);
                 bi += 1;
@@ -694,6 +724,8 @@ impl ObserverEncoder {
             });
             match b {
                 Some(b) if b == e => {}
+                // Not due: the client keeps the state it holds (step 5 copies the baseline's).
+                Some(b) if b.id == e.id && !is_due => {}
                 Some(b) if b.id == e.id => {
                     self.priority[slot as usize] += gain;
                     let (n, field_bits) = due(&e, Some(&b), src);
@@ -860,7 +892,7 @@ impl ObserverEncoder {
         &mut self,
         tick: u32,
         last_input_seq: u32,
-        visible: &[(QEntity, f32)],
+        visible: &[Visible],
         fields: impl Fn(usize) -> &'f [FieldValue],
         budget_bytes: usize,
     ) -> (Snapshot, EncodeStats) {
@@ -1325,12 +1357,12 @@ mod tests {
             }
         }
 
-        fn visible(&self) -> Vec<(QEntity, f32)> {
+        fn visible(&self) -> Vec<Visible> {
             self.entities
                 .iter()
                 .zip(&self.present)
                 .filter(|(_, p)| **p)
-                .map(|(e, _)| (*e, 1.0))
+                .map(|(e, _)| Visible::new(*e, 1.0))
                 .collect()
         }
     }
@@ -1388,7 +1420,7 @@ mod tests {
             lossy_run(seed, 1 << 20, 1000, |tick, dec, _, world| {
                 if dec.ack_tick() == tick {
                     let truth: Vec<(u16, QEntity)> =
-                        world.visible().into_iter().map(|(e, _)| (0, e)).collect();
+                        world.visible().into_iter().map(|v| (0, v.entity)).collect();
                     assert_eq!(
                         sorted_states(dec.view()),
                         sorted_states(&truth),
@@ -1444,13 +1476,50 @@ mod tests {
         let stalest = world
             .visible()
             .iter()
-            .map(|(e, _)| 400 - last_written.get(&e.id).copied().unwrap_or(0))
+            .map(|v| 400 - last_written.get(&v.entity.id).copied().unwrap_or(0))
             .max()
             .unwrap();
         assert!(
             stalest < 40,
             "an entity went {stalest} ticks without an update"
         );
+    }
+
+    #[test]
+    fn entities_not_due_keep_the_clients_state_and_new_ones_arrive_anyway() {
+        // Level of detail: each tick a random half of the entities is not due. The client's
+        // view must stay exactly what the encoder recorded, entities new to the view must
+        // arrive whether due or not, and a not-due entity must never be written.
+        let mut world = World::new(150, 11);
+        let mut enc = ObserverEncoder::default();
+        let mut dec = SnapshotDecoder::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for tick in 1..=300 {
+            world.step();
+            let mut visible = world.visible();
+            for v in &mut visible {
+                v.due = rng.random::<bool>();
+            }
+            let held: HashMap<u64, QEntity> = dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
+            let (snap, _) = enc.snapshot(tick, 0, &visible, no_fields, 1 << 20);
+            dec.apply(&snap).unwrap();
+            enc.ack(dec.ack_tick());
+            let now: HashMap<u64, QEntity> = dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
+            for v in &visible {
+                let got = now
+                    .get(&v.entity.id)
+                    .expect("every visible entity is in the view");
+                match held.get(&v.entity.id) {
+                    Some(before) if !v.due => assert_eq!(got, before, "tick {tick}"),
+                    _ => assert_eq!(got.x, v.entity.x, "tick {tick}"),
+                }
+            }
+            assert_eq!(
+                sorted_states(dec.view()),
+                sorted_states(enc.history.get(tick).unwrap()),
+                "tick {tick}"
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl Coordinator for CoordinatorService {
                 entities: req.entities,
                 players: req.players,
                 tick_p99_ms: req.tick_p99_ms,
+                time_dilation: req.time_dilation,
                 reply,
             })
             .await?;

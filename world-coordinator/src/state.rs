@@ -52,6 +52,7 @@ pub enum Request {
         entities: u32,
         players: u32,
         tick_p99_ms: f32,
+        time_dilation: f32,
         reply: oneshot::Sender<bool>,
     },
     Drain {
@@ -281,6 +282,7 @@ impl State {
                 entities,
                 players,
                 tick_p99_ms,
+                time_dilation,
                 reply,
             } => {
                 let ok = self
@@ -293,8 +295,15 @@ impl State {
                         .set(players as f64);
                     metrics::gauge!("worldmesh_coordinator_zone_entities", "zone" => z.clone())
                         .set(entities as f64);
-                    metrics::gauge!("worldmesh_coordinator_zone_tick_p99_ms", "zone" => z)
+                    metrics::gauge!("worldmesh_coordinator_zone_tick_p99_ms", "zone" => z.clone())
                         .set(tick_p99_ms as f64);
+                    let dilation = if time_dilation > 0.0 {
+                        time_dilation
+                    } else {
+                        1.0
+                    };
+                    metrics::gauge!("worldmesh_coordinator_zone_time_dilation", "zone" => z)
+                        .set(dilation as f64);
                 }
                 let _ = reply.send(ok);
             }

@@ -1002,7 +1002,7 @@ impl Participant {
             Some(Held::Prepared { epoch, .. }) => epoch,
             None => return false,
         };
-        self.gone.insert(entity, (epoch, now));
+        self.mark_gone(entity, epoch, now);
         true
     }
 
@@ -1023,7 +1023,7 @@ impl Participant {
             Some(Held::Active { epoch, .. }) => {
                 // A `Restore` at this epoch the coordinator sent before it heard the release is
                 // late: the coordinator gives the entity out again only at a later epoch.
-                self.gone.insert(entity, (epoch, now));
+                self.mark_gone(entity, epoch, now);
                 Some(ToCoordinator::Release { entity, epoch })
             }
             Some(other) => {
@@ -1138,7 +1138,7 @@ impl Participant {
                 Some(Held::Frozen { id: f, to, .. }) if f == id => match outcome {
                     Outcome::Committed => {
                         self.held.remove(&entity);
-                        self.gone.insert(entity, (id.epoch, now));
+                        self.mark_gone(entity, id.epoch, now);
                         events.push(Event::HandedOff { entity, to });
                     }
                     Outcome::Aborted => {
@@ -1153,7 +1153,7 @@ impl Participant {
                     }
                     Outcome::Fenced => {
                         self.held.remove(&entity);
-                        self.gone.insert(entity, (id.epoch, now));
+                        self.mark_gone(entity, id.epoch, now);
                         events.push(Event::Dropped { entity });
                     }
                 },
@@ -1231,7 +1231,7 @@ impl Participant {
                     None => false,
                 };
                 if older || !self.held.contains_key(&entity) {
-                    self.gone.insert(entity, (epoch.prev(), now));
+                    self.mark_gone(entity, epoch.prev(), now);
                 }
                 if older {
                     let was_simulated =
@@ -1248,6 +1248,17 @@ impl Participant {
             ToZone::HoldingAck => {}
         }
         (events, replies)
+    }
+
+    /// Records that `entity` left at `epoch`. Only ever raised: a late message (a revoke of
+    /// an older epoch, delivered after the entity left at a newer one) must not lower it, or
+    /// a restore of an epoch already handed on would be taken as new (found by the seeded
+    /// simulation: a zone restored an NPC it had handed off three epochs before).
+    fn mark_gone(&mut self, entity: EntityId, epoch: Epoch, now: Instant) {
+        let e = self.gone.entry(entity).or_insert((epoch, now));
+        if e.0 <= epoch {
+            *e = (epoch, now);
+        }
     }
 
     /// Whether a message about `entity` at `epoch` is older than its leaving this zone.
@@ -1384,6 +1395,57 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_late_revoke_does_not_make_a_restore_of_a_handed_on_epoch_look_new() {
+        // The seeded simulation's seed 401: the zone holds E at epoch 5 and hands it on
+        // (committed), then a revoke of epoch 4 sent long before arrives, then a restore of
+        // epoch 5 sent long before. The restore is stale: E is simulated elsewhere at 6.
+        let now = Instant::now();
+        let mut p = Participant::default();
+        p.adopt(E, Epoch(5));
+        let begin = p.begin(now, E, B, Bytes::new(), String::new());
+        let Some(ToCoordinator::Begin { id, .. }) = begin else {
+            panic!("an active entity begins a handoff: {begin:?}");
+        };
+        let decided = ToZone::Decided {
+            id,
+            entity: E,
+            outcome: Outcome::Committed,
+            trace: String::new(),
+        };
+        p.on_message(now, decided, |_, _| false);
+        assert!(p.held(E).is_none());
+        let (_, replies) = p.on_message(
+            now,
+            ToZone::Revoke {
+                entity: E,
+                epoch: Epoch(4),
+            },
+            |_, _| false,
+        );
+        assert_eq!(
+            replies,
+            [ToCoordinator::Revoked {
+                entity: E,
+                epoch: Epoch(4)
+            }]
+        );
+        let (events, replies) = p.on_message(
+            now,
+            ToZone::Restore {
+                entity: E,
+                epoch: Epoch(5),
+                committed: None,
+            },
+            |_, _| false,
+        );
+        assert!(
+            events.is_empty() && replies.is_empty(),
+            "{events:?} {replies:?}"
+        );
+        assert!(p.held(E).is_none());
     }
 
     #[test]

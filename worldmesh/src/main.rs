@@ -235,6 +235,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
             } else {
                 "bot".into()
             },
+            status_extra: Some(zone_loads(cluster.zone_stats.clone())),
             ..Default::default()
         };
         let stats = Arc::new(worldmesh_load_test::Stats::default());
@@ -348,4 +349,28 @@ async fn audit(
         counter.observe(&snaps, &bots.entities());
     }
     counter.audited()
+}
+
+/// The status line's load per zone: players, tick p99 and time dilation of each in-process
+/// zone, e.g. `zone-0 212p 7.9ms x1.00`.
+fn zone_loads(zones: Vec<Arc<worldmesh_zone::zone::Stats>>) -> worldmesh_load_test::StatusExtra {
+    use std::sync::atomic::Ordering::Relaxed;
+    worldmesh_load_test::StatusExtra(Arc::new(move || {
+        let parts: Vec<String> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                let dilation = match z.time_dilation_milli.load(Relaxed) {
+                    0 => 1.0,
+                    m => m as f32 / 1000.0,
+                };
+                format!(
+                    "zone-{i} {}p {:.1}ms x{dilation:.2}",
+                    z.players.load(Relaxed),
+                    z.tick_p99_us.load(Relaxed) as f32 / 1000.0
+                )
+            })
+            .collect();
+        parts.join("  ")
+    }))
 }

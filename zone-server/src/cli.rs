@@ -21,6 +21,16 @@ pub struct Args {
     /// Checkpoint interval in milliseconds.
     #[arg(long, env = "WORLDMESH_CHECKPOINT_MS", default_value_t = 1000)]
     checkpoint_ms: u64,
+    /// Most entities one player replicates besides itself: the nearest (0: no cap). Bounds
+    /// the tick's cost per player in a crowd.
+    #[arg(long, env = "WORLDMESH_MAX_VISIBLE", default_value_t = crate::sim::snapshot::DEFAULT_MAX_VISIBLE)]
+    max_visible: usize,
+    /// Update far entities every tick, like near ones (turns level of detail off).
+    #[arg(long, env = "WORLDMESH_NO_LOD")]
+    no_lod: bool,
+    /// Threads that encode snapshots, the tick thread included (0: one per core).
+    #[arg(long, env = "WORLDMESH_SNAPSHOT_THREADS", default_value_t = 0)]
+    snapshot_threads: usize,
     /// The game the zone runs (every zone of a cluster must run the same one). The
     /// `zone-server` binary knows only `none`; `worldmesh zone` knows the games in the
     /// repository (`arena`, `paint`).
@@ -55,6 +65,14 @@ pub async fn run(
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
         cluster_secret: args.cluster.cluster_secret,
         game,
+        snapshots: crate::sim::snapshot::SnapshotConfig {
+            max_visible: args.max_visible,
+            lod: !args.no_lod,
+            threads: match args.snapshot_threads {
+                0 => crate::sim::snapshot::SnapshotConfig::default().threads,
+                n => n,
+            },
+        },
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;

@@ -7,10 +7,10 @@
 //! It is an OS thread rather than a task so a slow tick never stalls the async runtime that
 //! serves the links, and so the tick deadline is kept with a plain sleep.
 //!
-//! Overrun policy: when a tick finishes after the next deadline the loop runs the next tick at
-//! once, but it never runs more than [`MAX_CATCH_UP_TICKS`] late ticks back to back; beyond
-//! that it skips the lost ticks (counted in `worldmesh_zone_tick_overruns_total`), so an
-//! overloaded zone slows down instead of spiralling.
+//! Overrun policy: time dilation ([`crate::pacer`]). A tick that ends after the next one was
+//! due is followed at once by the next, numbered by the wall clock; late ticks are never run
+//! back to back to catch up, so an overloaded zone's world slows down (down to the floor)
+//! instead of spiralling, and no input is dropped for it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,6 +32,7 @@ use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, ZoneId};
 use crate::character::Character;
 use crate::command::Command;
 use crate::link::Links;
+use crate::pacer::Pacer;
 use crate::saver::SaveJob;
 use crate::sim::SimConfig;
 use crate::zone::{GhostsOut, Now, Output, Stats, Zone, ZoneConfig};
@@ -43,9 +44,6 @@ pub const COMMAND_QUEUE: usize = 16 * 1024;
 /// Messages queued towards the coordinator. Handoff messages are resent until answered, so a
 /// full queue only delays them.
 pub const TO_COORDINATOR_QUEUE: usize = 8192;
-
-/// At most this many late ticks run back to back before the schedule resets (see module doc).
-pub const MAX_CATCH_UP_TICKS: u32 = 3;
 
 pub struct DriverConfig {
     pub sim: SimConfig,
@@ -135,28 +133,47 @@ impl Driver {
         let origin = Instant::now()
             .checked_sub(since_origin)
             .unwrap_or_else(Instant::now);
-        let ticks_at =
-            |t: Instant| (t.duration_since(origin).as_secs_f64() / period.as_secs_f64()) as u32;
-        let mut tick = ticks_at(Instant::now());
-        let mut last_p99 = tick;
+        let mut pacer = Pacer::new(period, origin, Instant::now());
+        let mut last_p99 = 0;
+        let mut dilated = false;
         while !shutdown.is_cancelled() {
-            tick += 1;
-            let deadline = origin + period * tick;
-            let now = Instant::now();
-            if now < deadline {
+            let deadline = pacer.deadline();
+            if Instant::now() < deadline {
                 self.wait_until(deadline);
-            } else if now - deadline > period * MAX_CATCH_UP_TICKS {
-                let skip_to = ticks_at(now);
-                metrics::counter!("worldmesh_zone_tick_overruns_total")
-                    .increment(skip_to.saturating_sub(tick) as u64);
-                tick = skip_to.max(tick);
             }
             let started = Instant::now();
+            let step = pacer.start(started);
+            let tick = step.tick;
+            if step.skipped > 0 {
+                metrics::counter!("worldmesh_zone_tick_overruns_total")
+                    .increment(step.skipped as u64);
+            }
+            let dilation = pacer.dilation();
+            // Logged when it starts and ends, with hysteresis so the log does not chatter.
+            if !dilated && dilation < 0.9 {
+                dilated = true;
+                tracing::warn!(
+                    dilation = format!("{dilation:.2}"),
+                    tick_ms = format!(
+                        "{:.1}",
+                        self.tick_us.last().copied().unwrap_or(0) as f32 / 1000.0
+                    ),
+                    "the tick cannot keep up: this zone's world clock is dilated"
+                );
+            } else if dilated && dilation > 0.97 {
+                dilated = false;
+                tracing::info!("the tick keeps up again: real time");
+            }
+            metrics::gauge!("worldmesh_zone_time_dilation").set(dilation as f64);
+            self.stats
+                .time_dilation_milli
+                .store((dilation * 1000.0).round() as u32, Ordering::Relaxed);
             self.drain_commands();
+            self.zone.set_time_scale(step.time_scale);
             self.zone.tick(Now::system(), tick);
             self.dispatch();
             self.flush_backlog();
-            if tick - last_p99 >= config.sim.tick_rate_hz {
+            if tick.wrapping_sub(last_p99) >= config.sim.tick_rate_hz {
                 last_p99 = tick;
                 self.publish_tick_p99();
             }

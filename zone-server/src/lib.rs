@@ -23,6 +23,8 @@
 //! - [`command`]: what the tasks around the tick thread ask of it, one enum on one channel.
 //! - [`driver`]: the tick thread: keeps the tick schedule, feeds the zone core its commands
 //!   and carries out its outputs (gateway links, coordinator session, saver, loads, ghosts).
+//! - [`pacer`]: the tick schedule under load (sans-IO): time dilation instead of late ticks
+//!   run back to back.
 //! - [`coordinator`]: the zone's session with the coordinator (handoff messages both ways)
 //!   and its map watch.
 //! - [`link`]: the tonic `ZoneLink` service, one task per gateway link, and the audits load
@@ -39,6 +41,7 @@ pub mod driver;
 pub mod ground;
 pub mod inventory;
 pub mod link;
+pub mod pacer;
 pub mod peers;
 pub mod saver;
 pub mod sim;
@@ -97,6 +100,8 @@ pub struct Config {
     pub stats: Arc<zone::Stats>,
     /// The game every world of this zone runs (`NoGame`: bare movement and chat).
     pub game: worldmesh_game::GameRef,
+    /// Observers' snapshots: the cap on what each replicates, level of detail, threads.
+    pub snapshots: sim::snapshot::SnapshotConfig,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             drain_on_shutdown: true,
             stats: Arc::default(),
             game: worldmesh_game::GameRef::default(),
+            snapshots: Default::default(),
         }
     }
 }
@@ -242,6 +248,7 @@ pub async fn run(
         chat_radius: config.chat_radius,
         collision: config.collision.clone(),
         game: config.game.clone(),
+        snapshots: config.snapshots,
     };
     let zone_id = Arc::new(AtomicU64::new(reg.zone_id));
     let (reg_tx, reg_rx) = watch::channel(reg.clone());
@@ -453,6 +460,7 @@ async fn heartbeat_loop(
             entities: stats.entities.load(Ordering::Relaxed),
             players: stats.players.load(Ordering::Relaxed),
             tick_p99_ms: stats.tick_p99_us.load(Ordering::Relaxed) as f32 / 1000.0,
+            time_dilation: stats.time_dilation_milli.load(Ordering::Relaxed) as f32 / 1000.0,
         };
         // Per zone name, so one process running several zones (`worldmesh local`) exports
         // each; the HPA scales zones on the players gauge.

@@ -148,6 +148,8 @@ pub struct Stats {
     pub characters: AtomicU32,
     /// p99 tick duration over the last second, microseconds (reported in heartbeats).
     pub tick_p99_us: AtomicU32,
+    /// World time over wall time, in thousandths (1000: real time; see [`crate::pacer`]).
+    pub time_dilation_milli: AtomicU32,
     pub handoffs_in: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoffs_aborted: AtomicU64,
@@ -250,6 +252,9 @@ pub struct Zone {
     /// Ticks of the last checkpoint and the last once-a-second housekeeping.
     last_checkpoint: Option<u32>,
     last_housekeeping: Option<u32>,
+    /// The previous tick's number: a dilated zone skips numbers, so a schedule "every N
+    /// ticks" fires when a multiple of N is reached or passed.
+    last_tick: u32,
     positions: Vec<(EntityId, f32, f32)>,
     ghost_scratch: Vec<GhostState>,
     /// Zones sent a non-empty batch last tick (they get an empty one to clear it).
@@ -312,6 +317,7 @@ impl Zone {
             first_snapshot_due: HashMap::new(),
             last_checkpoint: None,
             last_housekeeping: None,
+            last_tick: 0,
             positions: Vec::new(),
             ghost_scratch: Vec::new(),
             ghosted: Vec::new(),
@@ -358,6 +364,12 @@ impl Zone {
         self.zone_id
     }
 
+    /// How much world time the next ticks simulate, in periods (1 unless time dilation hit
+    /// its floor; see [`crate::pacer`]).
+    pub fn set_time_scale(&mut self, scale: f32) {
+        self.sim.set_time_scale(scale);
+    }
+
     /// One tick at `tick` (numbered from the world's tick origin): step the simulation, ship
     /// its frames, start handoffs for characters across a border, show border characters to
     /// neighbours, repeat what the coordinator has not answered, and — on their schedules —
@@ -377,7 +389,8 @@ impl Zone {
                 .increment(dropped);
         }
         self.read_mail(now);
-        if tick.is_multiple_of(INVENTORY_EVERY_TICKS) {
+        let prev_tick = std::mem::replace(&mut self.last_tick, tick);
+        if tick / INVENTORY_EVERY_TICKS != prev_tick / INVENTORY_EVERY_TICKS {
             self.reconcile_inventories();
             let here = Around {
                 sim: &self.sim,
@@ -1675,6 +1688,7 @@ mod tests {
                 chat_radius: 50.0,
                 collision: Default::default(),
                 game: GameRef::default(),
+                snapshots: Default::default(),
             },
             zone_id: ZoneId(zone_id),
             checkpoint_every: 20,

@@ -285,6 +285,7 @@ fn zone_config(id: ZoneId) -> ZoneConfig {
             chat_radius: 10.0,
             collision: Default::default(),
             game: worldmesh_game::GameRef::new(poking::Poking),
+            snapshots: Default::default(),
         },
         zone_id: id,
         checkpoint_every: 10,

@@ -29,6 +29,7 @@ fn sim() -> Sim {
         // A wall: the 10 m cell (60, 50), x 600..610, y 500..510.
         collision: CollisionMap::new(10.0, [(60, 50)]),
         game: GameRef::new(Arena),
+        snapshots: Default::default(),
     })
     .expect("the arena registers cleanly")
 }

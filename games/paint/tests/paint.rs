@@ -28,6 +28,7 @@ fn sim() -> Sim {
         chat_radius: 50.0,
         collision: CollisionMap::new(10.0, []),
         game: GameRef::new(Paint),
+        snapshots: Default::default(),
     })
     .expect("paint registers cleanly")
 }

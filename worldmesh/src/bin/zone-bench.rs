@@ -3,8 +3,8 @@
 //! Spawns `--entities` moving entities spread uniformly over an `--area` square — `--observers`
 //! of them players (they send a new random-walk input every tick and acknowledge the snapshot
 //! of two ticks before, like a client ~50 ms away), the rest wandering NPCs — and runs
-//! `--ticks` ticks as fast as it can on this thread, timing each whole tick (inputs, movement,
-//! interest, snapshot encoding). Prints one JSON line.
+//! `--ticks` ticks as fast as it can, timing each whole tick (inputs, movement, interest,
+//! snapshot encoding, the last on `--threads` threads). Prints one JSON line.
 //!
 //! The first `WARMUP_TICKS` ticks are not measured: every observer starts with full updates
 //! of everything it sees, which is the login cost, not the steady state.
@@ -12,6 +12,16 @@
 //! `--crowd N`: the first N observers stand within a 20 m circle in the middle of the area
 //! (and walk back into it when they stray), the rest as before: the crowd in one spot that
 //! costs every observer × everything it sees.
+//!
+//! `--max-visible N` (0: no cap), `--no-lod` and `--threads N` set how snapshots are chosen
+//! and built (see `worldmesh_zone::sim::snapshot`); their defaults are the zone's. With all
+//! three at `0`, on, `1` the tick does what it did before crowds were capped.
+//!
+//! Starvation is measured from the client side: `--sample N` observers (evenly spaced over
+//! the observers, so in and out of the crowd when there is one) decode their snapshots like clients, and for every entity in
+//! such a view the bench records the last tick its client state matched the server's; the
+//! report's `max_ticks_without_update` is the longest any visible entity went stale. Decoding
+//! happens between ticks and is not timed.
 //!
 //! `--game arena` runs the example game: the NPCs are its monsters (they strike players they
 //! reach), and every player decodes its own snapshots like a client and, once a second,
@@ -22,11 +32,13 @@
 use std::time::Instant;
 
 use clap::Parser;
+use std::collections::HashMap;
 use worldmesh_game::action::request;
 use worldmesh_protocol::ids::{EntityId, Epoch, LinkId, PlayerId};
 use worldmesh_protocol::snapshot::{Quantizer, SnapshotDecoder};
 use worldmesh_protocol::{EntityKind, Input, ServerMessage, WorldBounds, codec};
 use worldmesh_zone::character::Character;
+use worldmesh_zone::sim::snapshot::SnapshotConfig;
 use worldmesh_zone::sim::{NPC_ID_BASE, Sim, SimConfig};
 
 /// Ticks excluded from the figures (see the module doc): 40 ticks is 2 s at 20 Hz.
@@ -58,6 +70,18 @@ struct Args {
     /// Observers packed in a 20 m circle in the middle (see the module doc).
     #[arg(long, default_value_t = 0)]
     crowd: usize,
+    /// Most entities an observer replicates besides itself (0: no cap).
+    #[arg(long, default_value_t = SnapshotConfig::default().max_visible)]
+    max_visible: usize,
+    /// Far entities update every tick (level of detail off).
+    #[arg(long)]
+    no_lod: bool,
+    /// Threads encoding snapshots (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Observers whose snapshots are decoded to measure staleness (see the module doc).
+    #[arg(long, default_value_t = 16)]
+    sample: usize,
 }
 
 /// Radius of the `--crowd` circle, metres.
@@ -103,6 +127,14 @@ fn main() {
         chat_radius: 50.0,
         collision: Default::default(),
         game,
+        snapshots: SnapshotConfig {
+            max_visible: args.max_visible,
+            lod: !args.no_lod,
+            threads: match args.threads {
+                0 => SnapshotConfig::default().threads,
+                n => n,
+            },
+        },
     })
     .expect("the repository's games register cleanly");
     let mut rng = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -146,6 +178,15 @@ fn main() {
         })
         .collect();
     let (mut strikes, mut shots) = (0u64, 0u64);
+    // The sampled observers' clients, and per entity they see the last tick its client state
+    // matched the server's.
+    let sampled = args.sample.min(observers);
+    let mut clients: HashMap<usize, (SnapshotDecoder, HashMap<u64, u32>)> = (0..sampled)
+        .map(|k| (k * observers / sampled, Default::default()))
+        .collect();
+    let mut max_stale = 0u32;
+    let mut threads = 0u64;
+    let mut capped = 0u64;
     let mut tick_ms = Vec::with_capacity(args.ticks as usize);
     let (mut visible, mut changed, mut bytes, mut observed) = (0u64, 0u64, 0u64, 0u64);
     let mut max_frame = 0usize;
@@ -178,6 +219,26 @@ fn main() {
                 .max()
                 .unwrap_or(0)
                 .max(max_frame);
+        }
+        for f in &frames {
+            let Some((decoder, fresh)) = clients.get_mut(&(f.player_id.0 as usize - 1)) else {
+                continue;
+            };
+            if let Ok(ServerMessage::Snapshot(snap)) = codec::decode_frame(&f.frame) {
+                let _ = decoder.apply(&snap);
+            }
+            for (_, e) in decoder.view() {
+                let truth = sim.locate(EntityId(e.id)).map(|([x, y], _)| {
+                    let q = quantizer.quantize(e.id, e.kind, x, y, 0.0, 0.0);
+                    (q.x, q.y)
+                });
+                let last = fresh.entry(e.id).or_insert(t);
+                if truth == Some((e.x, e.y)) {
+                    *last = t;
+                } else if t > WARMUP_TICKS {
+                    max_stale = max_stale.max(t - *last);
+                }
+            }
         }
         if fights {
             for f in &frames {
@@ -228,6 +289,8 @@ fn main() {
             changed += s.changed;
             bytes += s.bytes;
             observed += s.observers;
+            threads = threads.max(s.threads);
+            capped += s.capped;
         }
     }
     tick_ms.sort_by(f64::total_cmp);
@@ -245,6 +308,12 @@ fn main() {
         "bytes_per_observer_per_tick_avg": per(bytes, observed),
         "largest_snapshot_bytes": max_frame,
         "crowd": args.crowd.min(observers),
+        "max_visible": args.max_visible,
+        "lod": !args.no_lod,
+        "threads": threads,
+        "capped_per_observer_avg": per(capped, observed),
+        "sampled_observers": sampled,
+        "max_ticks_without_update": max_stale,
         "bytes_per_moving_visible_entity_avg": per(bytes, changed),
         "naive_bytes_per_moving_visible_entity": NAIVE_ENTITY_BYTES,
         "game": args.game,

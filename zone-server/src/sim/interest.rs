@@ -56,7 +56,12 @@ impl Grid {
 
     /// Calls `f` with every entity within `radius` (at most the bucket size) of `at`, with its
     /// squared distance.
-    pub fn for_each_near(&self, at: Position, radius: f32, mut f: impl FnMut(&Seen, f32)) {
+    pub fn for_each_near<'g>(
+        &'g self,
+        at: Position,
+        radius: f32,
+        mut f: impl FnMut(&'g Seen, f32),
+    ) {
         debug_assert!(
             radius <= self.cell + 1e-3,
             "query radius {radius} exceeds the grid cell {}",

@@ -155,6 +155,8 @@ pub struct SimConfig {
     pub collision: movement::CollisionMap,
     /// The game the world runs (`NoGame` for bare movement and chat).
     pub game: GameRef,
+    /// How observers' snapshots are chosen and built: the cap, level of detail, threads.
+    pub snapshots: snapshot::SnapshotConfig,
 }
 
 /// Where a spawned character stands.
@@ -170,6 +172,8 @@ pub struct Sim {
     world: World,
     schedule: Schedule,
     chat_radius: f32,
+    /// Seconds one tick simulates at time scale 1.
+    base_dt: f32,
 }
 
 impl Sim {
@@ -198,6 +202,7 @@ impl Sim {
         world.insert_resource(config.collision.clone());
         world.insert_resource(interest::Grid::default());
         world.insert_resource(snapshot::SnapshotScratch::default());
+        world.insert_resource(snapshot::SnapshotSettings(config.snapshots));
         world.insert_resource(snapshot::SnapshotStats::default());
         let mut schedule = Schedule::default();
         for pair in TickSet::ORDER.windows(2) {
@@ -233,6 +238,7 @@ impl Sim {
             world,
             schedule,
             chat_radius: config.chat_radius,
+            base_dt: 1.0 / config.tick_rate_hz.max(1) as f32,
         })
     }
 
@@ -245,6 +251,13 @@ impl Sim {
     pub fn step(&mut self) {
         let next = self.tick() + 1;
         self.step_at(next);
+    }
+
+    /// How much world time each tick simulates from now on, in tick periods (1: one period;
+    /// more when the zone's time dilation hit its floor, see `crate::pacer`).
+    pub fn set_time_scale(&mut self, scale: f32) {
+        let dt = self.base_dt * scale.max(1.0);
+        self.world.resource_mut::<SimSettings>().dt = dt;
     }
 
     /// Runs the tick numbered `tick` (zones number ticks from the world's tick origin, so
@@ -383,6 +396,7 @@ pub(crate) mod tests {
             chat_radius: 50.0,
             collision: movement::CollisionMap::new(10.0, [(60, 40)]),
             game,
+            snapshots: Default::default(),
         }
     }
 
@@ -444,6 +458,98 @@ pub(crate) mod tests {
                 },
             )
             .collect()
+    }
+
+    /// 300 players in a 30 m square around (500, 500), walking; `threads` encoding.
+    fn crowd(snapshots: snapshot::SnapshotConfig) -> Sim {
+        let mut sim = Sim::new(&SimConfig {
+            snapshots,
+            ..config(GameRef::default())
+        })
+        .expect("no game to conflict");
+        for i in 0..300u64 {
+            let (x, y) = (485.0 + (i % 17) as f32 * 1.8, 485.0 + (i / 17) as f32 * 1.7);
+            sim.spawn_player(LinkId(1), PlayerId(i + 1), &character(i + 1, x, y));
+        }
+        sim
+    }
+
+    fn walk(sim: &mut Sim, tick: u32) {
+        for i in 0..300u32 {
+            sim.push_input(
+                PlayerId(i as u64 + 1),
+                Input {
+                    seq: tick,
+                    ack_tick: tick.saturating_sub(2),
+                    heading: (i * 37 + tick * 3) as f32 * 0.01,
+                    speed: 2.0,
+                    actions: 0,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn in_a_crowd_a_player_replicates_only_the_nearest_max_visible() {
+        let mut sim = crowd(snapshot::SnapshotConfig {
+            max_visible: 40,
+            lod: true,
+            threads: 1,
+        });
+        for tick in 1..=10 {
+            walk(&mut sim, tick);
+            sim.step();
+        }
+        let out = sim.take_outbox();
+        let shown = snapshots(&out, 1);
+        let last = shown.last().expect("player 1 gets snapshots");
+        assert_eq!(last.entities.len(), 41, "itself and the nearest 40");
+        assert!(last.entities.iter().any(|e| e.id == EntityId(1)));
+        // The nearest: nobody outside the view is nearer than the farthest inside it (give or
+        // take the hysteresis, which keeps the ones already shown).
+        let at = |id: EntityId| sim.locate(id).expect("simulated here").0;
+        let me = at(EntityId(1));
+        let dist = |id: EntityId| {
+            let p = at(id);
+            (p[0] - me[0]).hypot(p[1] - me[1])
+        };
+        let inside: Vec<EntityId> = last.entities.iter().map(|e| e.id).collect();
+        let farthest_in = inside.iter().map(|&id| dist(id)).fold(0.0, f32::max);
+        let nearest_out = (1..=300)
+            .map(EntityId)
+            .filter(|id| !inside.contains(id))
+            .map(dist)
+            .fold(f32::INFINITY, f32::min);
+        assert!(
+            nearest_out * (1.0 + snapshot::HYSTERESIS) >= farthest_in,
+            "{nearest_out} m out vs {farthest_in} m in"
+        );
+        assert!(sim.snapshot_stats().capped >= 300 * (299 - 40) - 300);
+    }
+
+    #[test]
+    fn snapshots_do_not_depend_on_how_many_threads_encode_them() {
+        let config = |threads| snapshot::SnapshotConfig {
+            threads,
+            ..Default::default()
+        };
+        let (mut one, mut three) = (crowd(config(1)), crowd(config(3)));
+        for tick in 1..=30 {
+            walk(&mut one, tick);
+            walk(&mut three, tick);
+            one.step();
+            three.step();
+            let (a, b) = (one.take_outbox(), three.take_outbox());
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(
+                    (a.player_id, &a.frame),
+                    (b.player_id, &b.frame),
+                    "tick {tick}"
+                );
+            }
+        }
+        assert_eq!(three.snapshot_stats().threads, 3);
     }
 
     #[test]
