@@ -274,6 +274,7 @@ impl Stats {
             trades_aborted: trades.aborted,
             trade_refusals: trades.refused,
             cross_zone_trades: None,
+            load_imbalance: None,
             items_duplicated: trades.items_duplicated,
             items_lost: trades.items_lost,
             gold_delta: trades.gold_delta,
@@ -515,4 +516,8 @@ pub struct Report {
     /// Gold the trading bots held at the end minus at the start (must be 0).
     #[serde(default)]
     pub gold_delta: i64,
+    /// Max over mean of players per zone, sampled every second and averaged over the run's
+    /// last 30 s (1: even); from the cluster, absent when the bots ran without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_imbalance: Option<f64>,
 }

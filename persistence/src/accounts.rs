@@ -5,8 +5,10 @@
 //! gateway turns into the client's error code, never backend errors.
 //!
 //! Hashing is deliberately expensive (that is its job), so it runs on blocking threads behind
-//! a semaphore with one permit per core: a burst of logins queues instead of taking every
-//! core from the flusher and the gRPC handlers, and memory stays at `permits × memory_kib`.
+//! a semaphore with one permit per two cores ([`hashing_permits`]): a burst of logins queues
+//! instead of taking every core from the flusher and the gRPC handlers — and, where
+//! persistence shares a machine with zones (`worldmesh local`, small deployments), from the
+//! world's tick — and memory stays at `permits × memory_kib`.
 
 use std::sync::Arc;
 
@@ -79,6 +81,14 @@ pub struct LoggedIn {
     pub created: bool,
 }
 
+/// How many passwords are hashed at once on `cores` cores: half of them, at least one. With
+/// one permit per core, 1,000 bots logging in at 50/s on 2 cores spent 28 % of the process's
+/// CPU in argon2 and starved the zones' ticks until joins timed out and the bots retried,
+/// hashing again.
+pub fn hashing_permits(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
 /// argon2id hashing on blocking threads, a bounded number at a time.
 #[derive(Clone)]
 pub struct Hasher {
@@ -93,7 +103,7 @@ impl Hasher {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Ok(Self {
             params,
-            permits: Arc::new(Semaphore::new(cores)),
+            permits: Arc::new(Semaphore::new(hashing_permits(cores))),
         })
     }
 

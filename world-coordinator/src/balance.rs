@@ -120,6 +120,17 @@ impl Assignment {
         };
     }
 
+    /// A zone registered again under a new id (it restarted, or lost its lease): it keeps
+    /// its range and its pins, so nothing moves.
+    pub fn rename(&mut self, old: ZoneId, new: ZoneId) {
+        for z in self.zones.iter_mut().filter(|z| **z == old) {
+            *z = new;
+        }
+        for z in self.pins.values_mut().filter(|z| **z == old) {
+            *z = new;
+        }
+    }
+
     /// Brings the ranges in line with the active zones: a zone gone leaves its range to a
     /// neighbour, a new zone takes half of the longest range.
     pub fn set_zones(&mut self, active: &[ZoneId]) {
@@ -169,7 +180,9 @@ impl Assignment {
 
     /// The zone owning row-major `cell` (`None` before any zone is active).
     pub fn owner(&self, cell: u32) -> Option<ZoneId> {
-        if let Some(&z) = self.pins.get(&cell) {
+        if let Some(&z) = self.pins.get(&cell)
+            && self.zones.contains(&z)
+        {
             return Some(z);
         }
         self.owners().get(cell as usize).copied().flatten()
@@ -184,8 +197,11 @@ impl Assignment {
                 out[cell as usize] = Some(self.zones[k]);
             }
         }
+        // A pin to a zone that is not active (draining, gone) waits for it.
         for (&cell, &z) in &self.pins {
-            if let Some(o) = out.get_mut(cell as usize) {
+            if let Some(o) = out.get_mut(cell as usize)
+                && self.zones.contains(&z)
+            {
                 *o = Some(z);
             }
         }
@@ -224,7 +240,7 @@ impl Assignment {
         // The load a position carries for its range (a pinned cell's is its pin's).
         let at = |pos: usize| -> f32 {
             let cell = self.order[pos];
-            if self.pins.contains_key(&cell) {
+            if self.pins.get(&cell).is_some_and(|z| self.zones.contains(z)) {
                 0.0
             } else {
                 load.get(cell as usize).copied().unwrap_or(0.0)

@@ -45,6 +45,16 @@ pub struct Args {
     /// zone whose cell it stands in, like a character.
     #[arg(long, env = "WORLDMESH_NPCS", default_value_t = 0)]
     npcs: u64,
+    /// Assign cells to zones by load (ranges of a Hilbert curve, rebalanced from the zones'
+    /// heartbeats) instead of fixed column stripes, one per zone.
+    #[arg(long, env = "WORLDMESH_BALANCE")]
+    balance: bool,
+    /// Seconds between two rebalancing steps (each moves a cut by at most 4 cells).
+    #[arg(long, env = "WORLDMESH_REBALANCE_SECS", default_value_t = 5)]
+    rebalance_secs: u64,
+    /// Pins a cell to a zone by name: `CX,CY=zone-name` (repeat the flag for several).
+    #[arg(long = "pin", value_parser = parse_pin)]
+    pins: Vec<((u32, u32), String)>,
     #[command(flatten)]
     service: worldmesh_runtime::service::ServiceArgs,
 }
@@ -76,6 +86,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         database_url: (!args.database_url.is_empty()).then_some(args.database_url),
         npcs: args.npcs,
+        balance: crate::BalanceSettings {
+            enabled: args.balance,
+            every: Duration::from_secs(args.rebalance_secs.max(1)),
+            pins: args.pins,
+            ..Default::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let shutdown = worldmesh_runtime::shutdown_token();
@@ -88,6 +104,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     crate::run(listener, config, shutdown).await?;
     Ok(())
+}
+
+/// `CX,CY=zone-name`: a cell pinned to a zone.
+pub fn parse_pin(s: &str) -> Result<((u32, u32), String), String> {
+    let (cell, zone) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: want CX,CY=zone-name"))?;
+    let (x, y) = cell
+        .split_once(',')
+        .ok_or_else(|| format!("{cell:?}: want CX,CY"))?;
+    let n = |v: &str| v.trim().parse::<u32>().map_err(|e| format!("{v:?}: {e}"));
+    if zone.trim().is_empty() {
+        return Err(format!("{s:?}: no zone name"));
+    }
+    Ok(((n(x)?, n(y)?), zone.trim().to_owned()))
 }
 
 /// The process exit code for a service's result: 0, a coordinator error's own code (70: stopped

@@ -2,9 +2,10 @@
 //! world, and which zone has authority over each entity.
 //!
 //! The world is a rectangle cut into square cells. Zone servers register here and hold a lease
-//! that they renew by heartbeat. Cells are spread over the live zones that are not draining,
-//! as contiguous stripes of columns, recomputed when that set changes; zones and gateways
-//! follow the map on a watch stream. A zone that finds a character standing in another zone's
+//! that they renew by heartbeat. Cells are spread over the live zones that are not draining:
+//! by load ([`balance`]: contiguous ranges of a Hilbert curve whose cuts move a few cells at a
+//! time towards even load, from what zones report in their heartbeats; pins by operators), or
+//! as fixed stripes of columns; zones and gateways follow the map on a watch stream. A zone that finds a character standing in another zone's
 //! cell hands it over through the **handoff saga** ([`worldmesh_world::handoff`]): freeze at the source, prepare
 //! at the target, durable commit of the new authority epoch here, activate at the target. A
 //! zone whose lease lapses is failed over: its entities go to survivors at a new epoch, which
@@ -22,8 +23,8 @@
 //!   `zone-server/tests/simulation.rs` drives that core together with the real zone core.
 //! - [`map`]: the sans-IO registry: zones, leases and the cell → zone assignment.
 //! - [`balance`]: the sans-IO assignment of cells by load: ranges of a Hilbert curve whose
-//!   cuts move a few cells at a time towards even load, with pins (not yet wired into the
-//!   map: the cells are still striped).
+//!   cuts move a few cells at a time towards even load, with pins; the map holds one when
+//!   balancing, the state task rebalances it every few seconds and stores it in SQL.
 //! - [`state`]: the one task owning both cores: batches requests, writes authority rows in one
 //!   transaction, then sends.
 //! - [`store`]: the SQL tables.
@@ -62,6 +63,34 @@ pub struct Config {
     /// NPCs in the world (not per zone): the coordinator places each in the zone owning its
     /// spawn point and keeps it in play through failovers and shutdowns.
     pub npcs: u64,
+    /// How cells are assigned: by load, or in fixed stripes.
+    pub balance: BalanceSettings,
+}
+
+/// How the coordinator assigns cells to zones (see [`balance`]).
+#[derive(Debug, Clone)]
+pub struct BalanceSettings {
+    /// By load (ranges of a Hilbert curve, rebalanced from the zones' heartbeats); `false`:
+    /// fixed column stripes, one per zone.
+    pub enabled: bool,
+    pub config: balance::BalanceConfig,
+    /// How often the cuts may move (with `config.max_step`, the rate limit).
+    pub every: Duration,
+    /// Cells pinned to zones by name from the start (`(cell_x, cell_y)`, zone name).
+    pub pins: Vec<((u32, u32), String)>,
+}
+
+impl Default for BalanceSettings {
+    /// Stripes: what tests that place players on stripe borders expect. The coordinator
+    /// balances with `--balance`; `worldmesh local` unless told `--no-balance`.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            config: balance::BalanceConfig::default(),
+            every: Duration::from_secs(5),
+            pins: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -72,6 +101,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(500),
             database_url: None,
             npcs: 0,
+            balance: BalanceSettings::default(),
         }
     }
 }
@@ -120,11 +150,26 @@ pub async fn run(
             None
         }
     };
-    let map = WorldMap::new(config.geometry.clone(), config.lease_ttl);
+    let mut map = WorldMap::new(config.geometry.clone(), config.lease_ttl);
+    if config.balance.enabled {
+        map = map.with_balancing();
+        for (cell, zone) in &config.balance.pins {
+            if !map.pin(*cell, Some(zone)) {
+                tracing::warn!(cell_x = cell.0, cell_y = cell.1, %zone, "pin off the grid; ignored");
+            }
+        }
+    }
     let (published_tx, published_rx) = tokio::sync::watch::channel(Arc::new(state::Published {
         map: Default::default(),
     }));
-    let state = state::State::load(map, store, config.npcs, published_tx).await?;
+    let state = state::State::load(
+        map,
+        store,
+        config.npcs,
+        config.balance.clone(),
+        published_tx,
+    )
+    .await?;
     let (req_tx, req_rx) = tokio::sync::mpsc::channel(state::REQUEST_QUEUE);
     // Stops the server on shutdown, or when the state task gives up (its error is returned).
     let stop = shutdown.child_token();

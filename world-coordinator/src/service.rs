@@ -117,9 +117,16 @@ impl Coordinator for CoordinatorService {
             .ask(|reply| state::Request::Heartbeat {
                 zone: ZoneId(req.zone_id),
                 generation: req.lease_generation,
-                entities: req.entities,
-                players: req.players,
-                tick_p99_ms: req.tick_p99_ms,
+                load: crate::map::Load {
+                    entities: req.entities,
+                    players: req.players,
+                    tick_p99_ms: req.tick_p99_ms,
+                    cells: req
+                        .cells
+                        .iter()
+                        .map(|c| (c.cell, c.players, c.entities))
+                        .collect(),
+                },
                 time_dilation: req.time_dilation,
                 reply,
             })
@@ -298,5 +305,35 @@ impl Coordinator for CoordinatorService {
             return Err(Status::failed_precondition("unknown zone lease"));
         }
         Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn pin_cell(
+        &self,
+        req: Request<pb::PinCellRequest>,
+    ) -> Result<Response<pb::PinCellResponse>, Status> {
+        let req = req.into_inner();
+        let zone = (!req.zone_name.is_empty()).then_some(req.zone_name);
+        let pins = self
+            .ask(|reply| state::Request::Pin {
+                cell: (req.cell_x, req.cell_y),
+                zone,
+                reply,
+            })
+            .await?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "cells are not balanced (fixed stripes), or the cell is off the grid",
+                )
+            })?;
+        Ok(Response::new(pb::PinCellResponse {
+            pins: pins
+                .into_iter()
+                .map(|((cell_x, cell_y), zone_name)| pb::CellPin {
+                    cell_x,
+                    cell_y,
+                    zone_name,
+                })
+                .collect(),
+        }))
     }
 }

@@ -49,11 +49,16 @@ pub enum Request {
     Heartbeat {
         zone: ZoneId,
         generation: u64,
-        entities: u32,
-        players: u32,
-        tick_p99_ms: f32,
+        load: crate::map::Load,
         time_dilation: f32,
         reply: oneshot::Sender<bool>,
+    },
+    /// An operator pins `cell` to the zone named `zone` (`None`: unpins it); the answer is
+    /// every pin now in force, or `None` when the map does not balance.
+    Pin {
+        cell: (u32, u32),
+        zone: Option<String>,
+        reply: oneshot::Sender<Option<Vec<CellPin>>>,
     },
     Drain {
         zone: ZoneId,
@@ -86,6 +91,12 @@ pub enum Request {
     },
 }
 
+/// A cell `(x, y)` pinned to the zone of that name.
+pub type CellPin = ((u32, u32), String);
+
+/// Ranges (zones in curve order, cuts) and pins (cell, zone name), as stored.
+type StoredBalance = ((Vec<ZoneId>, Vec<usize>), Vec<(u32, String)>);
+
 /// What readers see without asking the task: the published map.
 pub struct Published {
     pub map: pb::WorldMap,
@@ -99,6 +110,10 @@ pub struct State {
     published: watch::Sender<Arc<Published>>,
     tick_origin_unix_ms: u64,
     published_version: u64,
+    balance: crate::BalanceSettings,
+    next_rebalance: Instant,
+    /// The ranges and pins last written to SQL.
+    stored_balance: Option<StoredBalance>,
     /// Spans of the traced handoff messages in the current batch: they end once the batch's
     /// rows are durable and its messages sent, so they cover the commit point.
     spans: Vec<tracing::Span>,
@@ -110,6 +125,7 @@ impl State {
         mut map: WorldMap,
         store: Option<Store>,
         npcs: u64,
+        balance: crate::BalanceSettings,
         published: watch::Sender<Arc<Published>>,
     ) -> Result<Self, Error> {
         let now_ms = unix_ms();
@@ -117,6 +133,19 @@ impl State {
             Some(s) => {
                 let loaded = s.load(now_ms).await?;
                 map.resume(&loaded.zones, Instant::now());
+                if map.is_balancing() {
+                    // The configured pins are already set; stored ones (the operator's
+                    // latest word) override them cell by cell.
+                    for (cell, name) in &loaded.pins {
+                        let w = map.geometry().cells_x().max(1);
+                        map.pin((cell % w, cell / w), Some(name));
+                    }
+                    if let Some((zones, cuts)) = loaded.ranges.clone()
+                        && !map.restore_ranges(zones, cuts)
+                    {
+                        tracing::warn!("stored cell ranges do not fit the grid; starting afresh");
+                    }
+                }
                 if !loaded.zones.is_empty() || !loaded.rows.is_empty() {
                     tracing::info!(
                         zones = loaded.zones.len(),
@@ -137,6 +166,9 @@ impl State {
             published,
             tick_origin_unix_ms: origin,
             published_version: 0,
+            next_rebalance: Instant::now() + balance.every,
+            balance,
+            stored_balance: None,
             spans: Vec::new(),
         };
         // A coordinator that died halfway through a failover finishes it now.
@@ -231,6 +263,70 @@ impl State {
             self.zone_gone(&zone, actions).await;
         }
         actions.extend(self.core.on_tick(now));
+        if self.map.is_balancing() && now >= self.next_rebalance {
+            self.next_rebalance = now + self.balance.every;
+            self.rebalance().await;
+        }
+        metrics::gauge!("worldmesh_coordinator_load_imbalance")
+            .set(self.map.load_imbalance() as f64);
+        // Zones joining, leaving and draining change the ranges too.
+        self.store_balance().await;
+    }
+
+    /// One rebalance step: cells move between neighbouring ranges towards even load; the
+    /// zones hand the characters in them over when the new map reaches them.
+    async fn rebalance(&mut self) {
+        let moved = self.map.rebalance(&self.balance.config);
+        if moved.is_empty() {
+            return;
+        }
+        let w = self.map.geometry().cells_x();
+        for m in &moved {
+            tracing::info!(
+                cell_x = m.cell % w,
+                cell_y = m.cell / w,
+                from = m.from.0,
+                to = m.to.0,
+                "cell reassigned by load"
+            );
+        }
+        metrics::counter!("worldmesh_coordinator_cell_moves_total").increment(moved.len() as u64);
+        self.store_balance().await;
+    }
+
+    /// Every pin now in force, by cell.
+    fn pins(&self) -> Vec<CellPin> {
+        let w = self.map.geometry().cells_x();
+        self.map
+            .pins()
+            .iter()
+            .map(|(&c, name)| ((c % w, c / w), name.clone()))
+            .collect()
+    }
+
+    /// Writes the ranges and pins when they changed since the last write. A failed write is
+    /// retried at the next housekeeping; the map in memory stays authoritative meanwhile
+    /// (ranges only say where borders are: a restart with older ranges moves some cells back,
+    /// and the zones hand characters over as for any map change).
+    async fn store_balance(&mut self) {
+        let Some(store) = &self.store else { return };
+        let Some(ranges) = self.map.ranges() else {
+            return;
+        };
+        let pins: Vec<(u32, String)> = self
+            .map
+            .pins()
+            .iter()
+            .map(|(&c, n)| (c, n.clone()))
+            .collect();
+        let now = (ranges, pins);
+        if self.stored_balance.as_ref() == Some(&now) {
+            return;
+        }
+        match store.put_balance(&now.0.0, &now.0.1, &now.1).await {
+            Ok(()) => self.stored_balance = Some(now),
+            Err(e) => tracing::error!(error = %e, "cannot store the cell ranges; retrying"),
+        }
     }
 
     async fn zone_gone(&mut self, zone: &Zone, actions: &mut Vec<Action>) {
@@ -276,18 +372,29 @@ impl State {
                 actions.extend(self.core.zone_up(zone.id, Instant::now(), survivor));
                 let _ = reply.send(Ok(zone));
             }
+            Request::Pin { cell, zone, reply } => {
+                let done = self.map.pin(cell, zone.as_deref());
+                if done {
+                    tracing::info!(
+                        cell_x = cell.0,
+                        cell_y = cell.1,
+                        zone = zone.as_deref().unwrap_or("(unpinned)"),
+                        "cell pin set by an operator"
+                    );
+                    self.store_balance().await;
+                }
+                let _ = reply.send(done.then(|| self.pins()));
+            }
             Request::Heartbeat {
                 zone,
                 generation,
-                entities,
-                players,
-                tick_p99_ms,
+                load,
                 time_dilation,
                 reply,
             } => {
-                let ok = self
-                    .map
-                    .heartbeat(zone, generation, entities, players, Instant::now());
+                let (entities, players, tick_p99_ms) =
+                    (load.entities, load.players, load.tick_p99_ms);
+                let ok = self.map.heartbeat(zone, generation, load, Instant::now());
                 if ok {
                     // The load a zone reports: what a rebalancer (and ops) would act on.
                     let z = zone.to_string();

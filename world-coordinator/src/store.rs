@@ -29,6 +29,10 @@ pub struct Loaded {
     pub zones: Vec<ZoneRow>,
     pub rows: Vec<(EntityId, Authority)>,
     pub tick_origin_unix_ms: u64,
+    /// The balancer's ranges (zones in curve order, cuts), when it stored any.
+    pub ranges: Option<(Vec<ZoneId>, Vec<usize>)>,
+    /// Cells pinned by operators: (row-major cell, zone name).
+    pub pins: Vec<(u32, String)>,
 }
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -153,11 +157,74 @@ impl Store {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+        // Range k is zone k's: it starts at `start` along the curve (0 for the first).
+        let ranges: Vec<(ZoneId, usize)> = sqlx::query(
+            "SELECT zone_id, range_start FROM coordinator_cell_ranges ORDER BY range_index",
+        )
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                ZoneId(r.try_get::<i64, _>("zone_id")? as u64),
+                r.try_get::<i64, _>("range_start")? as usize,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let ranges = (!ranges.is_empty()).then(|| {
+            (
+                ranges.iter().map(|r| r.0).collect(),
+                ranges.iter().skip(1).map(|r| r.1).collect(),
+            )
+        });
+        let pins = sqlx::query("SELECT cell, zone_name FROM coordinator_cell_pins ORDER BY cell")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>("cell")? as u32, r.try_get("zone_name")?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Loaded {
             zones,
             rows,
             tick_origin_unix_ms: origin as u64,
+            ranges,
+            pins,
         })
+    }
+
+    /// Replaces the balancer's ranges and the pins, in one transaction.
+    pub async fn put_balance(
+        &self,
+        zones: &[ZoneId],
+        cuts: &[usize],
+        pins: &[(u32, String)],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM coordinator_cell_ranges")
+            .execute(&mut *tx)
+            .await?;
+        for (k, zone) in zones.iter().enumerate() {
+            let start = if k == 0 { 0 } else { cuts[k - 1] };
+            sqlx::query(
+                "INSERT INTO coordinator_cell_ranges (range_index, zone_id, range_start) VALUES ($1, $2, $3)",
+            )
+            .bind(k as i64)
+            .bind(zone.0 as i64)
+            .bind(start as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM coordinator_cell_pins")
+            .execute(&mut *tx)
+            .await?;
+        for (cell, name) in pins {
+            sqlx::query("INSERT INTO coordinator_cell_pins (cell, zone_name) VALUES ($1, $2)")
+                .bind(i64::from(*cell))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Writes authority rows in one transaction.

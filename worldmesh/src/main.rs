@@ -86,6 +86,13 @@ struct Local {
     /// (a crowd at one spot: `--behaviour crowd --spawn 1000,1000`).
     #[arg(long = "spawn", value_parser = worldmesh_runtime::parse_point)]
     spawn: Vec<(f32, f32)>,
+    /// Fixed column stripes, one per zone, instead of cells assigned by load. (`travel`,
+    /// `fight` and `trade` always use stripes: they spawn on the stripes' borders.)
+    #[arg(long)]
+    no_balance: bool,
+    /// Where `converge` bots go, `x,y` (default: the middle of the world).
+    #[arg(long, value_parser = worldmesh_runtime::parse_point)]
+    converge_at: Option<(f32, f32)>,
     /// Admin HTTP address of the whole local cluster (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "WORLDMESH_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     admin_listen: String,
@@ -134,6 +141,11 @@ async fn local(args: Local) -> anyhow::Result<()> {
     })?;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
+    config.coordinator.balance.enabled = !args.no_balance
+        && !matches!(
+            args.behaviour,
+            Behaviour::Travel | Behaviour::Fight | Behaviour::Trade
+        );
     if matches!(
         args.behaviour,
         Behaviour::Travel | Behaviour::Fight | Behaviour::Trade
@@ -236,6 +248,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
                 "bot".into()
             },
             status_extra: Some(zone_loads(cluster.zone_stats.clone())),
+            converge_at: args.converge_at,
             ..Default::default()
         };
         let stats = Arc::new(worldmesh_load_test::Stats::default());
@@ -245,8 +258,13 @@ async fn local(args: Local) -> anyhow::Result<()> {
             stats.clone(),
             audit_stop.clone(),
         ));
+        let sampler = tokio::spawn(sample_imbalance(
+            cluster.zone_stats.clone(),
+            audit_stop.clone(),
+        ));
         let mut report = worldmesh_load_test::run_with(bots, stats, shutdown.clone()).await?;
         audit_stop.cancel();
+        report.load_imbalance = sampler.await.ok().flatten();
         let audited = auditor.await?;
         let mut latencies: Vec<u64> = Vec::new();
         let (mut handoffs, mut forwarded, mut across) = (0, 0, 0);
@@ -373,4 +391,33 @@ fn zone_loads(zones: Vec<Arc<worldmesh_zone::zone::Stats>>) -> worldmesh_load_te
             .collect();
         parts.join("  ")
     }))
+}
+
+/// Max over mean of players per zone, once a second until `stop`; the average of the last
+/// 30 samples (`None` before the first sample with players).
+async fn sample_imbalance(
+    zones: Vec<Arc<worldmesh_zone::zone::Stats>>,
+    stop: CancellationToken,
+) -> Option<f64> {
+    let mut samples = std::collections::VecDeque::new();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let players: Vec<f64> = zones
+            .iter()
+            .map(|z| f64::from(z.players.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect();
+        let total: f64 = players.iter().sum();
+        if total > 0.0 {
+            let mean = total / players.len() as f64;
+            samples.push_back(players.iter().copied().fold(0.0, f64::max) / mean);
+            if samples.len() > 30 {
+                samples.pop_front();
+            }
+        }
+    }
+    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() / samples.len() as f64)
 }

@@ -461,6 +461,19 @@ async fn heartbeat_loop(
             players: stats.players.load(Ordering::Relaxed),
             tick_p99_ms: stats.tick_p99_us.load(Ordering::Relaxed) as f32 / 1000.0,
             time_dilation: stats.time_dilation_milli.load(Ordering::Relaxed) as f32 / 1000.0,
+            cells: stats
+                .cell_loads
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .map(|&(cell, players, entities)| coord_pb::CellLoad {
+                            cell,
+                            players,
+                            entities,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         // Per zone name, so one process running several zones (`worldmesh local`) exports
         // each; the HPA scales zones on the players gauge.

@@ -15,6 +15,27 @@ impl Sim {
         out.extend(q.iter(&self.world).map(|(r, p)| (r.0, p.x, p.y)));
     }
 
+    /// Per cell (`cell_of` a position, row-major), the players and the entities (characters
+    /// and NPCs, players included) simulated here: `(cell, players, entities)`, by cell. What
+    /// the coordinator's balancer moves cells by.
+    pub fn cell_loads(
+        &mut self,
+        cell_of: impl Fn(f32, f32) -> Option<u32>,
+    ) -> Vec<(u32, u32, u32)> {
+        let mut q = self
+            .world
+            .query_filtered::<(&Position, Option<&Player>), (With<CharacterRecord>, Without<Ghost>)>();
+        let mut by_cell: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+        for (p, player) in q.iter(&self.world) {
+            if let Some(cell) = cell_of(p.x, p.y) {
+                let e = by_cell.entry(cell).or_default();
+                e.0 += u32::from(player.is_some());
+                e.1 += 1;
+            }
+        }
+        by_cell.into_iter().map(|(c, (p, e))| (c, p, e)).collect()
+    }
+
     /// Player characters (not NPCs) being simulated, not frozen: (id, epoch, player if
     /// attached). For the inventory claims (`crate::inventory`).
     pub fn player_characters(&mut self, out: &mut Vec<crate::inventory::Present>) {
