@@ -44,17 +44,6 @@ use worldmesh_protocol::{ServerMessage, codec};
 /// running: small enough to be invisible, large enough to absorb jitter.
 pub const HANDOFF_HYSTERESIS: f32 = 5.0;
 
-/// A character that arrived by handoff in the last [`STICKY_FOR`] is handed on only once it
-/// stands this far inside another zone's cell. A crowd milling on a border (a market square
-/// at a cell corner, 1,000 bots within 20 m of it) otherwise crosses it hundreds of times a
-/// second, each crossing a handoff through the coordinator's SQL: the handoffs, not the
-/// ticks, were what a crowd on a border saturated. Well inside the border margin (the view
-/// radius), so the other zone still shows the character as a ghost.
-pub const STICKY_HYSTERESIS: f32 = 30.0;
-
-/// How long an arrival stays sticky (see [`STICKY_HYSTERESIS`]).
-pub const STICKY_FOR: Duration = Duration::from_secs(30);
-
 /// How long a character without a player stays in the world for its player to come back
 /// (gateway failover, reconnect) before it is saved and released.
 pub const DETACHED_GRACE: Duration = Duration::from_secs(30);
@@ -246,8 +235,6 @@ pub struct Zone {
     map: Option<Arc<coord_pb::WorldMap>>,
     /// Per cell (row-major): the other zones owning a cell within `border_margin` of it.
     near: Vec<Vec<(ZoneId, String)>>,
-    /// Characters that arrived by handoff, and when (see [`STICKY_HYSTERESIS`]).
-    arrived: HashMap<EntityId, Instant>,
     link_gateway: HashMap<LinkId, String>,
     /// Joins waiting for the coordinator to grant authority, by character. Ordered, like
     /// every map whose iteration produces outputs: the same inputs give the same outputs in
@@ -325,7 +312,6 @@ impl Zone {
             out: VecDeque::new(),
             map: None,
             near: Vec::new(),
-            arrived: HashMap::new(),
             link_gateway: HashMap::new(),
             pending_acquire: BTreeMap::new(),
             awaiting_restore: HashMap::new(),
@@ -465,8 +451,6 @@ impl Zone {
         if tick.wrapping_sub(last_housekeeping) >= self.tick_rate_hz {
             self.last_housekeeping = Some(tick);
             self.sim.expire_ghosts(tick.saturating_sub(GHOST_TTL_TICKS));
-            self.arrived
-                .retain(|_, at| now.at.saturating_duration_since(*at) < STICKY_FOR);
             if let Some(map) = self.map.clone() {
                 let loads = self.sim.cell_loads(|x, y| {
                     geometry::cell_in(&map, x, y).map(|(cx, cy)| cy * map.cells_x + cx)
@@ -1230,10 +1214,7 @@ impl Zone {
                     entity,
                     epoch,
                     state: Some(state),
-                } => {
-                    self.arrived.insert(entity, now.at);
-                    self.activate(entity, epoch, &state);
-                }
+                } => self.activate(entity, epoch, &state),
                 // An NPC placed here by the coordinator, or failed over.
                 Event::Activate {
                     entity,
@@ -1386,15 +1367,7 @@ impl Zone {
             let Some(to) = owner_at(&map, x, y).filter(|&z| Some(z) != me) else {
                 continue;
             };
-            let sticky = self
-                .arrived
-                .get(&id)
-                .is_some_and(|&at| now.at.saturating_duration_since(at) < STICKY_FOR);
-            let h = if sticky {
-                STICKY_HYSTERESIS.min(self.border_margin)
-            } else {
-                HANDOFF_HYSTERESIS
-            };
+            let h = HANDOFF_HYSTERESIS;
             if [(x + h, y), (x - h, y), (x, y + h), (x, y - h)]
                 .iter()
                 .any(|&(px, py)| owner_at(&map, px, py) == me)
