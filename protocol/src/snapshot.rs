@@ -540,8 +540,9 @@ pub struct Visible {
     /// gain more).
     pub gain: f32,
     /// Whether it is due an update this tick. One that is not (level of detail: a far entity
-    /// refreshes every few ticks) keeps the state its client holds, unless it is new to the
-    /// client's view, which it always gets.
+    /// refreshes every few ticks) is encoded with the position, heading and speed it had at
+    /// its last due tick (its replicated fields stay current), so it costs nothing once the
+    /// client has acknowledged that state; an entity new to the view is always current.
     pub due: bool,
 }
 
@@ -581,6 +582,8 @@ pub struct ObserverEncoder {
     slot_seen: Vec<u32>,
     free: Vec<u16>,
     priority: Vec<f32>,
+    /// Per slot: the entity's state at its last due tick (level of detail).
+    due_state: Vec<Option<QEntity>>,
     /// `(slot, index in visible)` of the entities visible now, by slot.
     current: Vec<(u16, u32)>,
     by_slot: Vec<Option<u32>>,
@@ -665,10 +668,15 @@ impl ObserverEncoder {
         );
         if self.slot_of.len() > self.current.len() {
             let (seen, free) = (&self.slot_seen, &mut self.free);
+            let due_state = &mut self.due_state;
             self.slot_of.retain(|_, s| {
                 let keep = seen[*s as usize] == tick;
                 if !keep {
                     free.push(*s);
+                    // An entity coming back into view is sent as it is now.
+                    if let Some(d) = due_state.get_mut(*s as usize) {
+                        *d = None;
+                    }
                 }
                 keep
             });
@@ -710,10 +718,27 @@ impl ObserverEncoder {
         };
         for &(slot, src) in &self.current {
             let Visible {
-                entity: e,
+                entity: current,
                 gain,
                 due: is_due,
             } = visible[src as usize];
+            // Level of detail: a not-due entity keeps its last due movement state. (Leaving
+            // it out instead would show the client the baseline's older state: the delta is
+            // against the acknowledged view, not the last one sent.)
+            let s = slot as usize;
+            if self.due_state.len() <= s {
+                self.due_state.resize(s + 1, None);
+            }
+            let e = match self.due_state[s] {
+                Some(held) if !is_due && held.id == current.id => QEntity {
+                    rev: current.rev,
+                    ..held
+                },
+                _ => {
+                    self.due_state[s] = Some(current);
+                    current
+                }
+            };
             while bi < base.len() && base[bi].0 < slot {
                 self.removed.push(base[bi].0);
                 bi += 1;
@@ -724,8 +749,6 @@ impl ObserverEncoder {
             });
             match b {
                 Some(b) if b == e => {}
-                // Not due: the client keeps the state it holds (step 5 copies the baseline's).
-                Some(b) if b.id == e.id && !is_due => {}
                 Some(b) if b.id == e.id => {
                     self.priority[slot as usize] += gain;
                     let (n, field_bits) = due(&e, Some(&b), src);
@@ -1486,33 +1509,40 @@ mod tests {
     }
 
     #[test]
-    fn entities_not_due_keep_the_clients_state_and_new_ones_arrive_anyway() {
+    fn entities_not_due_keep_their_last_due_state_and_new_ones_arrive_anyway() {
         // Level of detail: each tick a random half of the entities is not due. The client's
         // view must stay exactly what the encoder recorded, entities new to the view must
-        // arrive whether due or not, and a not-due entity must never be written.
+        // arrive whether due or not, and a not-due entity must show the state of its last
+        // due tick (never an older one: what the client showed must not go back).
         let mut world = World::new(150, 11);
         let mut enc = ObserverEncoder::default();
         let mut dec = SnapshotDecoder::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut last_due: HashMap<u64, QEntity> = HashMap::new();
         for tick in 1..=300 {
             world.step();
             let mut visible = world.visible();
             for v in &mut visible {
                 v.due = rng.random::<bool>();
             }
-            let held: HashMap<u64, QEntity> = dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
             let (snap, _) = enc.snapshot(tick, 0, &visible, no_fields, 1 << 20);
             dec.apply(&snap).unwrap();
-            enc.ack(dec.ack_tick());
+            // Acks lag two ticks, like a client 50 ms away.
+            enc.ack(tick.saturating_sub(2));
             let now: HashMap<u64, QEntity> = dec.view().iter().map(|(_, e)| (e.id, *e)).collect();
+            let shown: std::collections::HashSet<u64> =
+                visible.iter().map(|v| v.entity.id).collect();
+            last_due.retain(|id, _| shown.contains(id));
             for v in &visible {
                 let got = now
                     .get(&v.entity.id)
                     .expect("every visible entity is in the view");
-                match held.get(&v.entity.id) {
-                    Some(before) if !v.due => assert_eq!(got, before, "tick {tick}"),
-                    _ => assert_eq!(got.x, v.entity.x, "tick {tick}"),
-                }
+                let want = match last_due.get(&v.entity.id) {
+                    Some(held) if !v.due => *held,
+                    _ => v.entity,
+                };
+                assert_eq!((got.x, got.y), (want.x, want.y), "tick {tick}");
+                last_due.insert(v.entity.id, want);
             }
             assert_eq!(
                 sorted_states(dec.view()),

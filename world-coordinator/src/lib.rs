@@ -81,8 +81,8 @@ pub struct BalanceSettings {
 }
 
 impl Default for BalanceSettings {
-    /// Stripes: what tests that place players on stripe borders expect. The coordinator
-    /// balances with `--balance`; `worldmesh local` unless told `--no-balance`.
+    /// Stripes, until balancing stops moving crowds back and forth (BENCHMARKS.md); the
+    /// coordinator and `worldmesh local` balance with `--balance`.
     fn default() -> Self {
         Self {
             enabled: false,

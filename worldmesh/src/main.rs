@@ -86,10 +86,11 @@ struct Local {
     /// (a crowd at one spot: `--behaviour crowd --spawn 1000,1000`).
     #[arg(long = "spawn", value_parser = worldmesh_runtime::parse_point)]
     spawn: Vec<(f32, f32)>,
-    /// Fixed column stripes, one per zone, instead of cells assigned by load. (`travel`,
-    /// `fight` and `trade` always use stripes: they spawn on the stripes' borders.)
+    /// Assign cells to zones by load instead of fixed column stripes (`travel`, `fight` and
+    /// `trade` always use stripes: they spawn on the stripes' borders). Experimental: see
+    /// BENCHMARKS.md, "Crowds degrade gracefully".
     #[arg(long)]
-    no_balance: bool,
+    balance: bool,
     /// Where `converge` bots go, `x,y` (default: the middle of the world).
     #[arg(long, value_parser = worldmesh_runtime::parse_point)]
     converge_at: Option<(f32, f32)>,
@@ -141,7 +142,7 @@ async fn local(args: Local) -> anyhow::Result<()> {
     })?;
     config.gateways = args.gateways;
     config.gateway_listen = args.listen;
-    config.coordinator.balance.enabled = !args.no_balance
+    config.coordinator.balance.enabled = args.balance
         && !matches!(
             args.behaviour,
             Behaviour::Travel | Behaviour::Fight | Behaviour::Trade
